@@ -1,0 +1,105 @@
+"""Which CUDA / cudart / NVML entry points the tracer follows, and how to read them.
+
+An argument kind tells the gdb layer what to read (x86-64 SysV: rdi rsi rdx rcx r8 r9):
+  int / uint / u64 / ptr  - the register itself
+  str                     - a NUL-terminated string at the pointer, read at entry
+  uuid                    - 16 bytes at the pointer, read at entry
+  out_i32 / out_u32 / out_u64 / out_ptr / out_str - read through the pointer at return
+Pure: never imports gdb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ARG_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    layer: str  # driver | runtime | nvml
+    args: tuple[tuple[str, str], ...]
+    result: str  # CUresult | cudaError_t | nvmlReturn_t | str
+
+    def arg_index(self, name: str) -> int:
+        for i, (n, _) in enumerate(self.args):
+            if n == name:
+                return i
+        raise KeyError(name)
+
+
+def _s(name, layer, result, *args):
+    return Spec(name, layer, tuple(args), result)
+
+
+_D, _R, _N = "driver", "runtime", "nvml"
+_CU, _RT, _NV = "CUresult", "cudaError_t", "nvmlReturn_t"
+
+SPECS: dict[str, Spec] = {s.name: s for s in (
+    _s("cuInit", _D, _CU, ("flags", "uint")),
+    _s("cuDriverGetVersion", _D, _CU, ("driverVersion", "out_i32")),
+    _s("cuGetProcAddress_v2", _D, _CU, ("symbol", "str"), ("pfn", "out_ptr"), ("cudaVersion", "int"),
+       ("flags", "u64"), ("symbolStatus", "out_i32")),
+    _s("cuGetProcAddress", _D, _CU, ("symbol", "str"), ("pfn", "out_ptr"), ("cudaVersion", "int"), ("flags", "u64")),
+    _s("cuGetExportTable", _D, _CU, ("ppExportTable", "out_ptr"), ("pExportTableId", "uuid")),
+    _s("cuDeviceGetCount", _D, _CU, ("count", "out_i32")),
+    _s("cuDeviceGet", _D, _CU, ("device", "out_i32"), ("ordinal", "int")),
+    _s("cuDeviceGetName", _D, _CU, ("name", "out_str"), ("len", "int"), ("dev", "int")),
+    _s("cuDeviceTotalMem_v2", _D, _CU, ("bytes", "out_u64"), ("dev", "int")),
+    _s("cuDeviceGetAttribute", _D, _CU, ("pi", "out_i32"), ("attrib", "int"), ("dev", "int")),
+    _s("cuDevicePrimaryCtxRetain", _D, _CU, ("pctx", "out_ptr"), ("dev", "int")),
+    _s("cuMemGetAllocationGranularity", _D, _CU, ("granularity", "out_u64"), ("prop", "ptr"), ("option", "int")),
+    _s("cudaGetDeviceCount", _R, _RT, ("count", "out_i32")),
+    _s("cudaGetDevice", _R, _RT, ("device", "out_i32")),
+    _s("cudaSetDevice", _R, _RT, ("device", "int")),
+    _s("cudaRuntimeGetVersion", _R, _RT, ("runtimeVersion", "out_i32")),
+    _s("cudaDriverGetVersion", _R, _RT, ("driverVersion", "out_i32")),
+    _s("cudaGetDeviceProperties_v2", _R, _RT, ("prop", "ptr"), ("device", "int")),
+    _s("cudaDeviceGetAttribute", _R, _RT, ("value", "out_i32"), ("attr", "int"), ("device", "int")),
+    _s("cudaGetErrorString", _R, "str", ("error", "int")),
+    _s("nvmlInit_v2", _N, _NV),
+    _s("nvmlInit", _N, _NV),
+    _s("nvmlInitWithFlags", _N, _NV, ("flags", "uint")),
+    _s("nvmlDeviceGetCount_v2", _N, _NV, ("deviceCount", "out_u32")),
+    _s("nvmlDeviceGetHandleByIndex_v2", _N, _NV, ("index", "uint"), ("device", "out_ptr")),
+    _s("nvmlDeviceGetHandleByUUID", _N, _NV, ("uuid", "str"), ("device", "out_ptr")),
+    _s("nvmlDeviceGetMemoryInfo", _N, _NV, ("device", "ptr"), ("memory", "ptr")),
+)}
+
+# Entry points whose first call runs ggml's CUDA init: the window in which write
+# capture and lookup tracing are armed. The first is exported by every libggml-cuda.
+WINDOW_FUNCTIONS = ("_Z14ggml_cuda_infov", "ggml_backend_cuda_reg", "cudaGetDeviceCount")
+
+# Libraries whose loading (or failure to load) matters, by file name.
+CUDA_LIBRARY_MARKERS = ("libcuda.so", "libcudart", "libggml-cuda", "libnvidia-ml", "libcublas", "ggml-cuda")
+
+
+def is_cuda_library(path: str | None) -> bool:
+    if not path:
+        return False
+    base = path.rsplit("/", 1)[-1]
+    return any(m in base for m in CUDA_LIBRARY_MARKERS)
+
+
+def is_cuda_symbol(name: str | None) -> bool:
+    if not name:
+        return False
+    return (name.startswith("cu") and len(name) > 2 and (name[2].isupper() or name.startswith("cuda"))) or name.startswith("nvml")
+
+
+def role_of(path: str | None) -> str | None:
+    """driver | runtime | ggml-cuda | nvml | cublas, from a file name."""
+    if not path:
+        return None
+    base = path.rsplit("/", 1)[-1]
+    if base.startswith("libcudart"):
+        return "runtime"
+    if base.startswith("libcuda.so") or base.startswith("libcuda-"):
+        return "driver"
+    if "ggml-cuda" in base:
+        return "ggml-cuda"
+    if base.startswith("libnvidia-ml"):
+        return "nvml"
+    if base.startswith("libcublas"):
+        return "cublas"
+    return None

@@ -1,0 +1,184 @@
+"""The report: a plain dict (what --json writes) and pure renderers from it to lines.
+
+Pure: never imports gdb. The gdb command and the CLI render the same dict.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+from tabulate import tabulate
+
+from .rules import Finding
+from .timeline import Timeline, event_to_dict
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
+    errors = []
+    for w in tl.errors:
+        d = event_to_dict(w)
+        d["origin"] = w.origin
+        errors.append(d)
+    status = EXIT_TIMEOUT if hang else (EXIT_FAILURE if (findings or errors) else EXIT_OK)
+    return {
+        "status": status,
+        "meta": meta or {},
+        "errors": errors,
+        "calls": [event_to_dict(c) for c in tl.calls],
+        "lookups": [event_to_dict(l) for l in tl.lookups],
+        "loads": [event_to_dict(l) for l in tl.loads],
+        "findings": [asdict(f) for f in findings],
+        "processes": [event_to_dict(p) for p in tl.processes],
+        "hang": hang,
+        "stops": tl.stops,
+        "notes": list(tl.notes),
+    }
+
+
+def _b(path):
+    return os.path.basename(path) if path else "?"
+
+
+class Style:
+    """ANSI styling through pygments' terminal colour names; a no-op when colour is off."""
+
+    def __init__(self, color: bool):
+        self.color = color
+        if color:
+            from pygments.console import colorize
+            self._colorize = colorize
+
+    def __call__(self, name: str, text: str) -> str:
+        return self._colorize(name, text) if self.color else text
+
+
+def render(report: dict, color: bool = False, verbose: bool = False) -> list[str]:
+    s = Style(color)
+    out: list[str] = []
+    meta = report.get("meta") or {}
+    if meta.get("command"):
+        out.append(s("bold", "gdb-cudashim: ") + " ".join(meta["command"]))
+    procs = [p for p in report["processes"] if p["what"] == "start"]
+    exits = {p["pid"]: p.get("exit_code") for p in report["processes"] if p["what"] == "exit"}
+    if procs:
+        rows = [[p["pid"], p.get("parent") or "", _b(p.get("detail")), exits.get(p["pid"], "running" if not report["hang"] else "hung")]
+                for p in procs]
+        out.append("")
+        out.append(s("bold", "Processes"))
+        out += tabulate(rows, headers=["pid", "parent", "program", "exit"], tablefmt="simple").splitlines()
+
+    out.append("")
+    if report["errors"]:
+        out.append(s("bold", "CUDA init errors, as written"))
+        for e in report["errors"]:
+            out.append(s("red", f"  pid {e['pid']} fd {e['fd']} ({e['via']}, {len(e['text'].encode())} bytes): ")
+                       + e["text"].rstrip("\n"))
+            if e.get("origin"):
+                out.append(f"    written by {e['origin']}")
+            frames = e.get("backtrace") or []
+            for i, f in enumerate(frames[: (len(frames) if verbose else 10)]):
+                where = f" at {f['where']}" if f.get("where") else ""
+                out.append(f"    #{i:<2} {f['function']} ({_b(f['library'])}){where}")
+    else:
+        out.append(s("bold", "CUDA init errors: ") + "none written")
+
+    calls = report["calls"]
+    if calls:
+        out.append("")
+        out.append(s("bold", "CUDA calls") + " (where each landed)")
+        shown = calls if verbose else _condense_calls(calls)
+        rows = []
+        for c in shown:
+            result = c.get("result_name", "")
+            if c.get("patched_from") is not None:
+                result += f" (patched from {c['patched_from']})"
+            if c.get("count", 1) > 1:
+                result += f"  x{c['count']}"
+            rows.append([c["pid"], c["function"], _short_args(c), s("red", result) if _is_bad(c) else result,
+                         _b(c.get("library"))])
+        out += tabulate(rows, headers=["pid", "call", "arguments", "result", "library"], tablefmt="simple").splitlines()
+
+    lookups = report["lookups"]
+    if lookups:
+        missing = [l for l in lookups if l["found"] is False]
+        out.append("")
+        out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing")
+        important = [l for l in lookups if l["symbol"] in ("cuGetProcAddress_v2", "cuGetProcAddress", "cuGetExportTable",
+                                                          "cuInit", "cuDriverGetVersion")]
+        rows = [[l["pid"], l["how"], l["symbol"], _b(l.get("handle_library")), "found" if l["found"] else s("red", "NULL"),
+                 _b(l.get("caller"))] for l in (lookups if verbose else important)]
+        if rows:
+            out += tabulate(rows, headers=["pid", "how", "symbol", "asked", "result", "asked by"], tablefmt="simple").splitlines()
+
+    loads = report["loads"]
+    if loads:
+        out.append("")
+        out.append(s("bold", "CUDA library loads"))
+        rows = [[l["pid"], l["path"], l.get("resolved") or "", "ok" if l["ok"] else s("red", "FAILED"),
+                 l.get("error") or ""] for l in loads]
+        out += tabulate(rows, headers=["pid", "dlopen", "loaded", "result", "loader error"], tablefmt="simple").splitlines()
+
+    if report.get("hang"):
+        out.append("")
+        out.append(s("red", "Hang: ") + report["hang"].get("summary", "the program was still running"))
+        for t in report["hang"].get("threads", []):
+            out.append(f"  pid {t['pid']} thread {t['tid']}" + (f" waits in {t['waiting_in']}" if t.get("waiting_in") else ""))
+            for i, f in enumerate(t["frames"][:12]):
+                where = f" at {f['where']}" if f.get("where") else ""
+                out.append(f"    #{i:<2} {f['function']} ({_b(f['library'])}){where}")
+
+    out.append("")
+    if report["findings"]:
+        out.append(s("bold", "Diagnosis"))
+        for i, f in enumerate(report["findings"], 1):
+            out.append(s("red", f"{i}. {f['summary']}"))
+            for ev in f["evidence"]:
+                out.append(f"   - {ev}")
+            out.append(s("green", "   fix: ") + f["fix"])
+    elif report["errors"]:
+        out.append(s("bold", "Diagnosis: ") + "no rule matched this failure; the full text and the timeline are above")
+    elif not report.get("hang"):
+        out.append(s("green", "No CUDA init failure seen."))
+    for note in report.get("notes") or []:
+        out.append(f"note: {note}")
+    out.append(f"({report['stops']} debugger stops)")
+    return out
+
+
+def _is_bad(c: dict) -> bool:
+    return c.get("returned") and isinstance(c.get("result"), int) and c["result"] != 0 and c["function"] != "cudaGetErrorString"
+
+
+def _short_args(c: dict) -> str:
+    args = c.get("args") or {}
+    parts = []
+    for k, v in args.items():
+        if v is None:
+            continue
+        if k in ("pfn", "ppExportTable", "pctx", "prop", "memory") and isinstance(v, int):
+            parts.append(f"{k}={v:#x}")
+        elif k == "pExportTableId":
+            from .codes import export_table_name
+            parts.append(f"{export_table_name(v)}")
+        elif k == "symbol":
+            parts.append(repr(v))
+        else:
+            parts.append(f"{k}={v}")
+    text = ", ".join(parts)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _condense_calls(calls: list[dict]) -> list[dict]:
+    """Successful runs of the same call fold into one row with a count; failures always show."""
+    out: list[dict] = []
+    for c in calls:
+        prev = out[-1] if out else None
+        if (prev is not None and prev["function"] == c["function"] and prev["pid"] == c["pid"]
+                and not _is_bad(c) and not _is_bad(prev) and c["function"] in ("cuGetProcAddress_v2", "cuDeviceGetAttribute",
+                                                                                  "cudaDeviceGetAttribute", "cuGetProcAddress")):
+            prev["count"] = prev.get("count", 1) + 1
+            continue
+        out.append(dict(c))
+    return out

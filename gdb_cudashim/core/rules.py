@@ -1,0 +1,278 @@
+"""Rules over a timeline: each produces findings naming the cause, the evidence and the fix.
+
+Pure: never imports gdb. Each rule is a function Timeline -> list[Finding],
+registered in RULES in the order findings are shown.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from . import codes
+from .calls import role_of
+from .timeline import Call, Timeline
+
+
+@dataclass
+class Finding:
+    rule: str
+    summary: str
+    evidence: list[str] = field(default_factory=list)
+    fix: str = ""
+    pid: int | None = None
+
+
+def _base(path: str | None) -> str:
+    return os.path.basename(path) if path else "?"
+
+
+def _ggml_error_code(tl: Timeline) -> tuple[int | None, str | None]:
+    """The cudaError_t behind ggml's "failed to initialize CUDA: <text>" line."""
+    for w in tl.errors:
+        m = re.search(r"failed to initialize CUDA: (.*)", w.text)
+        if m:
+            return codes.cuda_error_from_message(m.group(1)), w.text.strip()
+    return None, None
+
+
+def _runtime_failure(tl: Timeline) -> Call | None:
+    for c in tl.calls:
+        if c.spec and c.spec.layer == "runtime" and c.failed:
+            return c
+    return None
+
+
+def _error_evidence(tl: Timeline) -> list[str]:
+    out = []
+    code, text = _ggml_error_code(tl)
+    if text:
+        out.append(f"ggml printed: {text!r}" + (f" = cudaError {code} ({codes.cuda_name(code)})" if code is not None else ""))
+    rt = _runtime_failure(tl)
+    if rt:
+        out.append(f"{rt.function}() in {_base(rt.library)} returned {rt.result} ({rt.result_name})")
+    return out
+
+
+def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
+    """cudart dlsym()s cuGetProcAddress_v2; missing -> ~420 plain lookups, and v1 is never used."""
+    out = []
+    for pid in {l.pid for l in tl.lookups}:
+        asked = [l for l in tl.lookups if l.pid == pid and l.symbol == "cuGetProcAddress_v2" and l.found is False]
+        if not asked:
+            continue
+        lib = asked[0].handle_library
+        plain = [l for l in tl.lookups if l.pid == pid and l.how == "dlsym" and l.handle_library == lib]
+        missing = [l for l in plain if l.found is False]
+        ev = [f"dlsym({_base(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asked[0].caller)}",
+              f"cudart fell back to {len(plain)} plain dlsym() lookups; {len(missing)} found nothing"
+              + (f" (e.g. {', '.join(list(dict.fromkeys(l.symbol for l in missing if l.symbol != 'cuGetProcAddress_v2'))[:4])})" if missing else "")]
+        v1 = [c for c in tl.calls if c.pid == pid and c.function == "cuGetProcAddress"]
+        ev.append("cuGetProcAddress (v1) was called %d times: cudart 12 never uses it" % len(v1))
+        out.append(Finding(
+            rule="missing-cuGetProcAddress_v2",
+            summary=f"{_base(lib)} does not export cuGetProcAddress_v2, so cudart never asks it for entry points",
+            evidence=ev + _error_evidence(tl),
+            fix=("export cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus) from the shim; in a forwarding "
+                 "shim pass it through to the real driver (and return your own wrappers for the functions you intercept)"),
+            pid=pid))
+    return out
+
+
+def rule_export_table(tl: Timeline) -> list[Finding]:
+    """cuGetExportTable(CUDART_INTERFACE) missing or failing -> cudart error 36 or the CUresult."""
+    out = []
+    for l in tl.lookups:
+        if l.symbol == "cuGetExportTable" and l.found is False:
+            out.append(Finding(
+                rule="missing-cuGetExportTable",
+                summary=f"{_base(l.handle_library)} does not export cuGetExportTable, which cudart needs for its private "
+                        "CUDART_INTERFACE table",
+                evidence=[f"dlsym({_base(l.handle_library)}, \"cuGetExportTable\") = NULL, asked by {_base(l.caller)}",
+                          "without it cudart fails with cudaErrorCallRequiresNewerDriver (36) right after cuInit, "
+                          "before any device query"] + _error_evidence(tl),
+                fix=("export cuGetExportTable and forward it to the real driver unchanged; a fully fake driver would "
+                     "have to implement NVIDIA's private tables (as ZLUDA does)"),
+                pid=l.pid))
+            break
+    for c in tl.calls:
+        if c.function != "cuGetExportTable" or not c.returned:
+            continue
+        table = c.args.get("pExportTableId") or "?"
+        name = codes.export_table_name(table)
+        if name != "CUDART_INTERFACE":
+            continue
+        if c.failed or not c.args.get("ppExportTable"):
+            res = c.result if isinstance(c.result, int) else None
+            out.append(Finding(
+                rule="export-table-failed",
+                summary=f"cuGetExportTable(CUDART_INTERFACE) failed in {_base(c.library)} with {c.result_name}; cudart "
+                        f"passes that on as cudaError {res}",
+                evidence=[f"cuGetExportTable({{{table}}} {name}) in {_base(c.library)} called from {_base(c.caller)} "
+                          f"returned {res} ({c.result_name})"] + _error_evidence(tl),
+                fix=("forward cuGetExportTable to the real driver (CUDASHIM_MODE=forward with the bundled shim); "
+                     "a fake driver cannot satisfy cudart 12 without NVIDIA's private CUDART_INTERFACE table"),
+                pid=c.pid))
+            break
+    return out
+
+
+def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
+    """A non-zero CUresult from cuInit / device queries comes back as the same cudaError number."""
+    out = []
+    code, text = _ggml_error_code(tl)
+    rt = _runtime_failure(tl)
+    target = code if code is not None else (rt.result if rt and isinstance(rt.result, int) else None)
+    if not target:
+        return out
+    for c in tl.calls:
+        if c.spec is None or c.spec.layer != "driver" or not c.failed:
+            continue
+        if c.function in ("cuGetExportTable", "cuGetProcAddress_v2", "cuGetProcAddress"):
+            continue
+        if c.result != target:
+            continue
+        fixes = {
+            100: "make cuInit find a device: check the shim's device discovery and CUDA_VISIBLE_DEVICES "
+                 f"(it is {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!s} here)",
+            34: "the process loaded a CUDA stub library as libcuda.so.1: put the real driver (or the shim) ahead of "
+                "the stubs directory on the library path",
+            3: "cuInit must succeed before other calls: return CUDA_SUCCESS from cuInit once the shim is set up",
+        }
+        out.append(Finding(
+            rule="driver-error-passed-through",
+            summary=f"{c.function}() in {_base(c.library)} returned {c.result_name} ({c.result}); cudart passed it "
+                    f"through and ggml reported cudaError {target} ({codes.cuda_name(target)})",
+            evidence=[f"{c.function}({c.describe_args()}) in {_base(c.library)} called from {_base(c.caller)} "
+                      f"returned {c.result} ({c.result_name})"] + _error_evidence(tl),
+            fix=fixes.get(target, f"find why {c.function} returns {c.result_name} in the shim and return CUDA_SUCCESS"),
+            pid=c.pid))
+        break
+    return out
+
+
+def rule_driver_version(tl: Timeline) -> list[Finding]:
+    out = []
+    code, _ = _ggml_error_code(tl)
+    rt = _runtime_failure(tl)
+    failed35 = code == 35 or (rt is not None and rt.result == 35)
+    for c in tl.calls:
+        if c.function != "cuDriverGetVersion" or not c.returned:
+            continue
+        version = c.args.get("driverVersion")
+        if c.failed:
+            out.append(Finding("driver-version", f"cuDriverGetVersion failed in {_base(c.library)} ({c.result_name}); "
+                               "cudart treats that as an insufficient driver",
+                               [f"cuDriverGetVersion() returned {c.result} ({c.result_name})"] + _error_evidence(tl),
+                               "return CUDA_SUCCESS and a version >= 12000 (e.g. 12090) from cuDriverGetVersion", c.pid))
+            break
+        if isinstance(version, int) and version < 12000 and failed35:
+            out.append(Finding("driver-version",
+                               f"the driver reports version {version}, older than the CUDA 12 runtime needs; cudart "
+                               "stops before cuInit with cudaErrorInsufficientDriver (35)",
+                               [f"cuDriverGetVersion() in {_base(c.library)} set *driverVersion = {version}"]
+                               + _error_evidence(tl),
+                               "report a driver version of at least 12000 (the runtime here is 12.9: 12090 is safe), or "
+                               "use a CUDA 11 build of ggml", c.pid))
+            break
+    return out
+
+
+def rule_driver_not_found(tl: Timeline) -> list[Finding]:
+    out = []
+    for l in tl.loads:
+        if role_of(l.path) == "driver" and l.ok is False:
+            out.append(Finding(
+                "driver-not-found",
+                f"cudart could not load {l.path}: it reports cudaErrorInsufficientDriver (35)",
+                [f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}"
+                 + (f": {l.error}" if l.error else "")] + _error_evidence(tl),
+                "put the directory holding the shim's libcuda.so.1 on LD_LIBRARY_PATH (or in /etc/ld.so.conf.d and run "
+                "ldconfig); the file must be named libcuda.so.1", l.pid))
+    for l in tl.loads:
+        where = l.resolved or l.path
+        if role_of(where) == "driver" and l.ok and "/stubs/" in where:
+            out.append(Finding("stub-driver", f"libcuda.so.1 resolved to a CUDA stub library ({where})",
+                               [f"dlopen(\"{l.path}\") loaded {where}"] + _error_evidence(tl),
+                               "remove the stubs directory from LD_LIBRARY_PATH; stubs are for linking only", l.pid))
+    return out
+
+
+def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
+    """libggml-cuda failed to dlopen: typically 'undefined symbol: cuMemCreate' from a shim that lacks it."""
+    out = []
+    for l in tl.loads:
+        if l.ok is not False or role_of(l.path) != "ggml-cuda":
+            continue
+        text = l.error
+        if not text:
+            for w in tl.errors:
+                if "failed to load" in w.text and os.path.basename(l.path) in w.text:
+                    text = w.text.strip()
+        m = re.search(r"undefined symbol: (\S+)", text or "")
+        ev = [f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}" + (f": {text}" if text else "")]
+        extra = explain(l) if explain else []
+        ev += extra
+        if m:
+            sym = m.group(1).rstrip(",")
+            summary = f"libggml-cuda failed to load: the {'driver' if sym.startswith('cu') and not sym.startswith('cuda') else 'library'} " \
+                      f"it links against lacks {sym}, which it imports directly"
+            fix = (f"export {sym} from the shim's libcuda.so.1 (libggml-cuda imports the VMM API directly: cuMemCreate, "
+                   "cuMemMap, cuMemSetAccess, ...); run 'gdb-cudashim audit' to list every missing import")
+        else:
+            summary = "libggml-cuda failed to load, before any CUDA call"
+            fix = "run 'gdb-cudashim audit --consumer " + l.path + "' to see which dependency is missing"
+        out.append(Finding("backend-load-failed", summary, ev, fix, l.pid))
+    return out
+
+
+def rule_two_drivers(tl: Timeline) -> list[Finding]:
+    """The LD_PRELOAD soname trap: cu* calls land in two different files in one process."""
+    out = []
+    for pid in {c.pid for c in tl.calls}:
+        libs = {}
+        for c in tl.calls:
+            if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library:
+                libs.setdefault(os.path.realpath(c.library) if os.path.isabs(c.library) else c.library, []).append(c)
+        for l in tl.lookups:
+            if l.pid == pid and l.found and l.provider and l.symbol.startswith("cu") and role_of(l.provider) == "driver":
+                libs.setdefault(l.provider, [])
+        if len(libs) < 2:
+            continue
+        ev = [f"{_base(lib)} ({lib}): {', '.join(sorted({c.function for c in calls})) or 'looked up'}"
+              for lib, calls in libs.items()]
+        preload = os.environ.get("LD_PRELOAD")
+        out.append(Finding(
+            "two-drivers",
+            "two different files act as the CUDA driver in one process: libggml-cuda's direct imports bind to one, "
+            "cudart's dlopen(\"libcuda.so.1\") loads the other",
+            ev + ([f"LD_PRELOAD={preload}"] if preload else []),
+            ("give the shim the soname libcuda.so.1 and make it the file cudart's dlopen finds (first on "
+             "LD_LIBRARY_PATH), instead of LD_PRELOADing it under another name"),
+            pid))
+    return out
+
+
+RULES = (
+    rule_backend_load_failed,
+    rule_driver_not_found,
+    rule_missing_get_proc_address,
+    rule_export_table,
+    rule_driver_version,
+    rule_driver_result_passthrough,
+    rule_two_drivers,
+)
+
+
+def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
+    findings: list[Finding] = []
+    for rule in RULES:
+        if rule is rule_backend_load_failed:
+            findings += rule(tl, explain_load)
+        else:
+            findings += rule(tl)
+    return findings
+
+
+def failure_seen(tl: Timeline, findings: list[Finding]) -> bool:
+    return bool(findings or tl.errors)

@@ -1,0 +1,200 @@
+"""Typed events and the timeline they form: what the gdb layer records, what the rules read.
+
+gdb events -> these events -> Timeline -> rules -> findings -> renderers.
+Pure: never imports gdb.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import codes
+from .calls import SPECS
+
+DEFAULT_ERROR_PATTERNS = (
+    r"failed to initialize CUDA",
+    r"CUDA error",
+    r"load_backend: failed to load",
+    r"ggml_cuda_init:",
+    r"no CUDA-capable device",
+)
+
+
+@dataclass
+class Frame:
+    function: str
+    library: str | None
+    pc: int
+    where: str | None = None  # source file:line, when there is debug info
+
+    def describe(self) -> str:
+        lib = self.library.rsplit("/", 1)[-1] if self.library else "?"
+        at = f" at {self.where}" if self.where else ""
+        return f"{self.function} ({lib}){at}"
+
+
+@dataclass
+class Call:
+    seq: int
+    pid: int
+    tid: int
+    function: str
+    library: str | None  # where the call landed
+    caller: str | None  # the library it was called from
+    args: dict[str, Any] = field(default_factory=dict)
+    result: int | str | None = None
+    returned: bool = False
+    patched_from: int | None = None  # cuda-patch: the original result
+    kind: str = "call"
+
+    @property
+    def spec(self):
+        return SPECS.get(self.function)
+
+    @property
+    def result_name(self) -> str:
+        spec = self.spec
+        if not self.returned:
+            return "(no return seen)"
+        if spec is None or spec.result == "str":
+            return repr(self.result)
+        return codes.result_name(spec.result, self.result if isinstance(self.result, int) else None)
+
+    @property
+    def failed(self) -> bool:
+        spec = self.spec
+        return bool(self.returned and spec is not None and spec.result != "str" and self.result not in (0, None))
+
+    def describe_args(self) -> str:
+        parts = []
+        for key, value in self.args.items():
+            if key == "pExportTableId" and isinstance(value, str):
+                parts.append(f"{codes.export_table_name(value)} {{{value}}}")
+            elif key == "flags" and self.function.startswith("cuGetProcAddress") and isinstance(value, int):
+                parts.append(f"flags={value}")
+            elif isinstance(value, str):
+                parts.append(f"{key}={value!r}" if key not in ("symbol",) else repr(value))
+            elif isinstance(value, int) and key in ("pfn", "ppExportTable", "pctx", "device") and value > 4096:
+                parts.append(f"{key}={value:#x}")
+            else:
+                parts.append(f"{key}={value}")
+        return ", ".join(parts)
+
+
+@dataclass
+class Lookup:
+    seq: int
+    pid: int
+    tid: int
+    how: str  # dlsym | dlvsym
+    symbol: str
+    handle_library: str | None  # which library was asked (RTLD_DEFAULT / RTLD_NEXT for pseudo-handles)
+    version: str | None
+    found: bool | None  # None: no return seen
+    address: int = 0
+    provider: str | None = None  # the library the result lies in
+    caller: str | None = None  # the library that asked
+    kind: str = "lookup"
+
+
+@dataclass
+class Load:
+    seq: int
+    pid: int
+    tid: int
+    path: str
+    flags: int
+    ok: bool | None
+    error: str | None = None  # the loader's text, from dlerror(), when the program asked
+    resolved: str | None = None  # the file that got mapped
+    caller: str | None = None
+    kind: str = "load"
+
+
+@dataclass
+class Write:
+    seq: int
+    pid: int
+    tid: int
+    fd: int
+    text: str
+    via: str  # write | writev
+    backtrace: list[Frame] = field(default_factory=list)
+    kind: str = "write"
+
+    @property
+    def origin(self) -> str | None:
+        """The innermost frame outside libc and the dynamic loader: who wrote it."""
+        for frame in self.backtrace:
+            lib = (frame.library or "").rsplit("/", 1)[-1]
+            if lib.startswith(("libc.so", "ld-linux", "libpthread")):
+                continue
+            return frame.describe()
+        return None
+
+
+@dataclass
+class ProcessEvent:
+    seq: int
+    pid: int
+    what: str  # start | fork | vfork | exec | exit | signal
+    detail: str = ""
+    parent: int | None = None
+    exit_code: int | None = None
+    kind: str = "process"
+
+
+@dataclass
+class Timeline:
+    events: list = field(default_factory=list)
+    stops: int = 0
+    patterns: tuple[str, ...] = DEFAULT_ERROR_PATTERNS
+    notes: list[str] = field(default_factory=list)
+    _seq: int = 0
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def add(self, event):
+        self.events.append(event)
+        return event
+
+    def of(self, kind: str) -> list:
+        return [e for e in self.events if e.kind == kind]
+
+    @property
+    def calls(self) -> list[Call]:
+        return self.of("call")
+
+    @property
+    def lookups(self) -> list[Lookup]:
+        return self.of("lookup")
+
+    @property
+    def loads(self) -> list[Load]:
+        return self.of("load")
+
+    @property
+    def writes(self) -> list[Write]:
+        return self.of("write")
+
+    @property
+    def processes(self) -> list[ProcessEvent]:
+        return self.of("process")
+
+    def matches_error(self, text: str) -> bool:
+        return any(re.search(p, text) for p in self.patterns)
+
+    @property
+    def errors(self) -> list[Write]:
+        return [w for w in self.writes if self.matches_error(w.text)]
+
+
+def event_to_dict(event) -> dict:
+    d = asdict(event)
+    if isinstance(event, Call):
+        d["result_name"] = event.result_name
+        d["layer"] = event.spec.layer if event.spec else None
+    return d

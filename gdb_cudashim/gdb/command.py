@@ -1,0 +1,91 @@
+"""One base class for every gdb command: argparse-parsed, help generated from the parser,
+errors as one line (gdb.GdbError), never a traceback."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+import gdb
+
+REGISTRY: dict[str, type] = {}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+    def exit(self, status=0, message=None):
+        if message:
+            raise UsageError(message.strip())
+        raise _HelpShown()
+
+
+class _HelpShown(Exception):
+    pass
+
+
+class Command(gdb.Command):
+    """Subclasses set name, summary, and build(parser); invoke gets the parsed namespace."""
+
+    name = ""
+    summary = ""
+    command_class = gdb.COMMAND_USER
+
+    @classmethod
+    def make_parser(cls) -> argparse.ArgumentParser:
+        parser = _Parser(prog=cls.name, description=cls.summary, add_help=True,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        cls.build(parser)
+        return parser
+
+    @classmethod
+    def build(cls, parser):
+        pass
+
+    @classmethod
+    def help_text(cls) -> str:
+        parser = cls.make_parser()
+        usage = parser.format_usage().strip()
+        if usage.lower().startswith("usage: "):
+            usage = usage[7:]
+        body = parser.format_help()
+        # drop argparse's own "usage:" and description lines, keep the option list
+        rest = body.split("\n\n", 2)[-1] if "\n\n" in body else ""
+        return f"{cls.summary}\nUsage: {usage}\n\n{rest}".rstrip()
+
+    def __init__(self):
+        type(self).__doc__ = self.help_text()
+        super().__init__(self.name, self.command_class)
+        self.parser = self.make_parser()
+
+    def invoke(self, argument, from_tty):
+        try:
+            args = self.parser.parse_args(shlex.split(argument or ""))
+        except _HelpShown:
+            gdb.write(self.parser.format_help())
+            return
+        except UsageError as exc:
+            raise gdb.GdbError(f"{self.name}: {exc} (see 'help {self.name}')") from None
+        except ValueError as exc:  # shlex: unbalanced quotes
+            raise gdb.GdbError(f"{self.name}: {exc}") from None
+        try:
+            self.run(args, from_tty)
+        except gdb.GdbError:
+            raise
+        except (gdb.error, OSError, ValueError, LookupError, RuntimeError) as exc:
+            if os.environ.get("GDB_CUDASHIM_DEBUG"):
+                raise
+            raise gdb.GdbError(f"{self.name}: {exc}") from None
+
+    def run(self, args, from_tty):
+        raise NotImplementedError
+
+
+def register(cls):
+    REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,30 @@
+"""Registers the commands once per gdb; a second load only says it is loaded."""
+from __future__ import annotations
+
+import gdb
+
+from .. import deps
+
+_loaded = False
+
+
+def load():
+    global _loaded
+    if _loaded:
+        return
+    still_missing = deps.ensure_path()
+    from .commands import cuda_doctor  # needs nothing but gdb
+
+    cuda_doctor.CudaDoctor()
+    if still_missing:
+        gdb.write(f"gdb-cudashim: missing Python packages for gdb's Python: {', '.join(still_missing)}; "
+                  f"{deps.fix_hint(still_missing)} (details: cuda-doctor)\n", gdb.STDERR)
+        _loaded = True
+        return
+    from . import commands
+    from .command import REGISTRY
+
+    for name, cls in REGISTRY.items():
+        if name != "cuda-doctor":
+            cls()
+    _loaded = True

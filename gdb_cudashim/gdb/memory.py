@@ -1,0 +1,105 @@
+"""Small, fast readers of inferior state for stop handlers (x86-64)."""
+from __future__ import annotations
+
+import gdb
+
+MASK64 = (1 << 64) - 1
+
+
+def reg(frame: gdb.Frame, name: str) -> int:
+    return int(frame.read_register(name)) & MASK64
+
+
+def as_int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def as_int64(value: int) -> int:
+    value &= MASK64
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
+def read_bytes(inferior: gdb.Inferior, address: int, length: int) -> bytes | None:
+    if not address or length <= 0:
+        return b"" if length == 0 else None
+    try:
+        return bytes(inferior.read_memory(address, length))
+    except (gdb.MemoryError, gdb.error, OverflowError, ValueError):
+        return None
+
+
+def read_u64(inferior: gdb.Inferior, address: int) -> int | None:
+    raw = read_bytes(inferior, address, 8)
+    return int.from_bytes(raw, "little") if raw and len(raw) == 8 else None
+
+
+def read_i32(inferior: gdb.Inferior, address: int) -> int | None:
+    raw = read_bytes(inferior, address, 4)
+    return int.from_bytes(raw, "little", signed=True) if raw and len(raw) == 4 else None
+
+
+def read_cstring(inferior: gdb.Inferior, address: int, limit: int = 4096) -> str | None:
+    """A NUL-terminated string; reads in page-safe chunks so a string near the end
+    of a mapping is still read."""
+    if not address:
+        return None
+    out = bytearray()
+    addr = address
+    while len(out) < limit:
+        chunk = 256 - (addr % 256)  # never cross a 256-byte boundary in one read
+        try:
+            data = bytes(inferior.read_memory(addr, chunk))
+        except (gdb.MemoryError, gdb.error, OverflowError, ValueError):
+            break
+        nul = data.find(b"\0")
+        if nul >= 0:
+            out += data[:nul]
+            return out.decode("utf-8", "replace")
+        out += data
+        addr += chunk
+    return out.decode("utf-8", "replace") if out else None
+
+
+def solib(address: int) -> str | None:
+    """The file ADDRESS lies in: a shared library, else the main program."""
+    try:
+        name = gdb.solib_name(address)
+    except (gdb.error, OverflowError, ValueError):
+        return None
+    if name:
+        return name
+    try:
+        return gdb.current_progspace().filename
+    except gdb.error:
+        return None
+
+
+def ptid() -> tuple[int, int]:
+    thread = gdb.selected_thread()
+    if thread is None:
+        return 0, 0
+    pid, lwp, _ = thread.ptid
+    return pid, lwp or pid
+
+
+def backtrace(limit: int = 32) -> list[tuple[str, str | None, int, str | None]]:
+    """(function, library, pc, file:line) per frame, newest first."""
+    out = []
+    try:
+        frame = gdb.newest_frame()
+    except gdb.error:
+        return out
+    while frame is not None and len(out) < limit:
+        try:
+            pc = frame.pc()
+            name = frame.name() or "??"
+            where = None
+            sal = frame.find_sal()
+            if sal is not None and sal.symtab is not None and sal.line:
+                where = f"{sal.symtab.filename}:{sal.line}"
+            out.append((name, solib(pc), pc, where))
+            frame = frame.older()
+        except gdb.error:
+            break
+    return out

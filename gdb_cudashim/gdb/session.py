@@ -1,0 +1,91 @@
+"""The one armed catch-init-error of this gdb, and what turns its timeline into a report."""
+from __future__ import annotations
+
+import json
+import os
+
+import gdb
+
+from ..core import report as core_report
+from ..core import rules
+from ..core.calls import role_of
+from ..core.timeline import Frame
+from . import memory, tracer as tracer_mod
+from .output import color_enabled, write_lines
+
+
+class State:
+    tracer: tracer_mod.Tracer | None = None
+    json_path: str | None = None
+    auto_report = True
+    driving = False  # cuda-run prints the report itself
+
+
+def active() -> tracer_mod.Tracer | None:
+    return State.tracer
+
+
+def explain_load(load):
+    """Evidence for a failed libggml-cuda dlopen, from the files alone (audit core)."""
+    try:
+        from ..core import audit
+        return audit.explain_failed_load(load.path, os.environ)
+    except Exception as exc:  # the audit is a bonus; the loader's text is the evidence
+        return [f"(could not audit {load.path}: {exc})"]
+
+
+def collect_hang() -> dict:
+    """Every thread's backtrace in every live inferior, and the shim frame each waits in."""
+    threads = []
+    for inferior in gdb.inferiors():
+        if not inferior.pid:
+            continue
+        for thread in inferior.threads():
+            try:
+                thread.switch()
+            except gdb.error:
+                continue
+            frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(48)]
+            waiting = None
+            for f in frames:
+                if role_of(f.library) in ("driver", "nvml") or "cudashim" in (f.library or ""):
+                    waiting = f.describe()
+                    break
+            threads.append({"pid": inferior.pid, "tid": thread.ptid[1], "name": thread.name,
+                            "waiting_in": waiting, "frames": [f.__dict__ for f in frames]})
+    shim = [t for t in threads if t["waiting_in"]]
+    if shim:
+        summary = f"still running at the timeout; {len(shim)} thread(s) wait inside the CUDA driver/shim: " + \
+                  "; ".join(f"pid {t['pid']} thread {t['tid']} in {t['waiting_in']}" for t in shim)
+    else:
+        summary = "still running at the timeout; no thread is inside a CUDA driver or shim frame"
+    return {"summary": summary, "threads": threads}
+
+
+def build_report(meta=None) -> dict:
+    t = State.tracer
+    findings = rules.analyze(t.timeline, explain_load)
+    for text in t.internal_errors:
+        t.note(f"internal: {text}")
+    return core_report.build(t.timeline, findings, t.hang, meta)
+
+
+def write_json(report: dict, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def print_report(report: dict, color_flag="auto", verbose=False):
+    write_lines(core_report.render(report, color=color_enabled(color_flag), verbose=verbose))
+
+
+def on_all_exited():
+    """Interactive use: when the last inferior is gone, report once."""
+    if State.driving or not State.auto_report or State.tracer is None:
+        return
+    report = build_report()
+    print_report(report)
+    if State.json_path:
+        write_json(report, State.json_path)

@@ -1,0 +1,549 @@
+"""catch-init-error's machinery: gdb breakpoints and catchpoints -> typed timeline events.
+
+Cost model: a ptrace stop costs ~0.1-0.3 ms here. Always armed: the traced CUDA
+entry points (called a few hundred times at init at most), dlopen, and the
+ggml-init window entry points. Armed only inside a window (the first run of
+ggml_cuda_info / ggml_backend_cuda_reg / cudaGetDeviceCount, and a few writes
+after a CUDA library fails to load): write/writev syscall capture and dlsym
+tracing. Stop handlers record and return; they never print.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import gdb
+
+from ..core.calls import SPECS, WINDOW_FUNCTIONS, ARG_REGISTERS, is_cuda_library, is_cuda_symbol
+from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write
+from . import memory
+
+SYS_WRITE, SYS_WRITEV = 1, 20
+ENOSYS = 38
+WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
+LOOKUP_CAP = 20000  # stop tracing lookups after this many (a pathological program)
+
+
+class _Handler:
+    """Mix-in: count the stop, never let an exception escape into gdb."""
+
+    tracer: "Tracer"
+
+    def stop(self):  # noqa: D401 - gdb's API
+        tracer = self.tracer
+        tracer.timeline.stops += 1
+        try:
+            self.handle()
+        except Exception as exc:  # a bug here must not stop the user's program
+            tracer.note_internal(f"{type(self).__name__}: {type(exc).__name__}: {exc}")
+        return False
+
+    def handle(self):
+        raise NotImplementedError
+
+
+class _Return(_Handler, gdb.FinishBreakpoint):
+    """The return of one traced call: reads the result and out-parameters."""
+
+    def __init__(self, tracer, frame, on_return):
+        self.tracer = tracer
+        self.on_return = on_return
+        super().__init__(frame, internal=True)
+        self.silent = True
+
+    def handle(self):
+        frame = gdb.newest_frame()
+        self.on_return(memory.reg(frame, "rax"))
+
+    def out_of_scope(self):
+        pass  # longjmp/exception: the event keeps returned=False
+
+
+def _finish(tracer, on_return) -> None:
+    try:
+        _Return(tracer, gdb.newest_frame(), on_return)
+    except (ValueError, gdb.error, RuntimeError):
+        pass  # outermost frame, or no return address: the event keeps returned=False
+
+
+class _CallBreakpoint(_Handler, gdb.Breakpoint):
+    def __init__(self, tracer, spec):
+        self.tracer = tracer
+        self.spec = spec
+        super().__init__(function=spec.name, internal=True)
+        self.silent = True
+
+    def handle(self):
+        tracer = self.tracer
+        frame = gdb.newest_frame()
+        inferior = gdb.selected_inferior()
+        pid, tid = memory.ptid()
+        raw = [memory.reg(frame, r) for r in ARG_REGISTERS[: len(self.spec.args)]]
+        args = {}
+        outs = []
+        for (name, kind), value in zip(self.spec.args, raw):
+            if kind == "str":
+                args[name] = memory.read_cstring(inferior, value)
+            elif kind == "uuid":
+                data = memory.read_bytes(inferior, value, 16)
+                from ..core.codes import uuid_str
+                args[name] = uuid_str(data) if data and len(data) == 16 else None
+            elif kind == "int":
+                args[name] = memory.as_int32(value)
+            elif kind.startswith("out_"):
+                outs.append((name, kind, value))
+            else:
+                args[name] = value
+        caller = None
+        try:
+            older = frame.older()
+            caller = memory.solib(older.pc()) if older is not None else None
+        except gdb.error:
+            pass
+        call = Call(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, function=self.spec.name,
+                    library=memory.solib(frame.pc()), caller=caller, args=args)
+        tracer.timeline.add(call)
+        tracer.seen_pid(pid)
+        spec = self.spec
+
+        def on_return(rax):
+            call.returned = True
+            if spec.result == "str":
+                call.result = memory.read_cstring(inferior, rax)
+            elif spec.result == "CUresult" or spec.result == "cudaError_t" or spec.result == "nvmlReturn_t":
+                call.result = rax & 0xFFFFFFFF
+            else:
+                call.result = rax
+            ok = call.result == 0 if isinstance(call.result, int) else True
+            for name, kind, ptr in outs:
+                if not ok and name != "symbolStatus":
+                    continue  # out-parameters are undefined on failure
+                if kind == "out_i32" or kind == "out_u32":
+                    call.args[name] = memory.read_i32(inferior, ptr)
+                elif kind == "out_u64":
+                    call.args[name] = memory.read_u64(inferior, ptr)
+                elif kind == "out_ptr":
+                    call.args[name] = memory.read_u64(inferior, ptr)
+                elif kind == "out_str":
+                    call.args[name] = memory.read_cstring(inferior, ptr, 256)
+            tracer.after_call(call)
+
+        _finish(tracer, on_return)
+
+
+class _DlopenBreakpoint(_Handler, gdb.Breakpoint):
+    def __init__(self, tracer):
+        self.tracer = tracer
+        super().__init__(function="dlopen", internal=True)
+        self.silent = True
+
+    def handle(self):
+        tracer = self.tracer
+        frame = gdb.newest_frame()
+        inferior = gdb.selected_inferior()
+        pid, tid = memory.ptid()
+        path_ptr, flags = memory.reg(frame, "rdi"), memory.reg(frame, "rsi")
+        path = memory.read_cstring(inferior, path_ptr) if path_ptr else None
+        if path is None:
+            return  # dlopen(NULL): the main program
+        caller = None
+        try:
+            older = frame.older()
+            caller = memory.solib(older.pc()) if older is not None else None
+        except gdb.error:
+            pass
+        cuda = is_cuda_library(path)
+        if not cuda:
+            return
+        load = Load(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, path=path, flags=flags & 0xFFFFFFFF,
+                    ok=None, caller=caller)
+        tracer.timeline.add(load)
+        tracer.seen_pid(pid)
+        tracer.arm_lookups()
+
+        def on_return(rax):
+            load.ok = rax != 0
+            if load.ok:
+                name_ptr = memory.read_u64(inferior, rax + 8)  # struct link_map: l_addr, l_name
+                load.resolved = memory.read_cstring(inferior, name_ptr) if name_ptr else None
+            else:
+                tracer.failed_load(pid, load)
+
+        _finish(tracer, on_return)
+
+
+class _DlerrorBreakpoint(_Handler, gdb.Breakpoint):
+    """Armed only after a CUDA library failed to load: the loader's own words."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+        super().__init__(function="dlerror", internal=True)
+        self.silent = True
+        self.enabled = False
+
+    def handle(self):
+        tracer = self.tracer
+        pid, _ = memory.ptid()
+        load = tracer.pending_dlerror.get(pid)
+        if load is None:
+            return
+        inferior = gdb.selected_inferior()
+
+        def on_return(rax):
+            text = memory.read_cstring(inferior, rax) if rax else None
+            if text and load.error is None:
+                load.error = text
+            tracer.pending_dlerror.pop(pid, None)
+            if not tracer.pending_dlerror:
+                self.enabled = False
+
+        _finish(tracer, on_return)
+
+
+class _LookupBreakpoint(_Handler, gdb.Breakpoint):
+    def __init__(self, tracer, function):
+        self.tracer = tracer
+        self.how = function
+        super().__init__(function=function, internal=True)
+        self.silent = True
+        self.enabled = False
+
+    def handle(self):
+        tracer = self.tracer
+        frame = gdb.newest_frame()
+        inferior = gdb.selected_inferior()
+        handle, sym_ptr = memory.reg(frame, "rdi"), memory.reg(frame, "rsi")
+        symbol = memory.read_cstring(inferior, sym_ptr, 512)
+        if handle == 0:
+            asked = "RTLD_DEFAULT"
+        elif handle == memory.MASK64:
+            asked = "RTLD_NEXT"
+        else:
+            name_ptr = memory.read_u64(inferior, handle + 8)
+            asked = memory.read_cstring(inferior, name_ptr) if name_ptr else None
+        if not (is_cuda_symbol(symbol) or is_cuda_library(asked)):
+            return
+        pid, tid = memory.ptid()
+        version = memory.read_cstring(inferior, memory.reg(frame, "rdx"), 128) if self.how == "dlvsym" else None
+        caller = None
+        try:
+            older = frame.older()
+            caller = memory.solib(older.pc()) if older is not None else None
+        except gdb.error:
+            pass
+        lookup = Lookup(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, how=self.how, symbol=symbol or "?",
+                        handle_library=asked, version=version, found=None, caller=caller)
+        tracer.timeline.add(lookup)
+        tracer.lookup_count += 1
+        if tracer.lookup_count >= LOOKUP_CAP:
+            tracer.note(f"lookup tracing stopped after {LOOKUP_CAP} lookups")
+            tracer.disarm_lookups()
+
+        def on_return(rax):
+            lookup.found = rax != 0
+            lookup.address = rax
+            if rax:
+                lookup.provider = memory.solib(rax)
+
+        _finish(tracer, on_return)
+
+
+class _WindowBreakpoint(_Handler, gdb.Breakpoint):
+    """The first call of a ggml/cudart init entry point opens the capture window."""
+
+    def __init__(self, tracer, function):
+        self.tracer = tracer
+        self.function = function
+        super().__init__(function=function, internal=True)
+        self.silent = True
+
+    def handle(self):
+        tracer = self.tracer
+        pid, _ = memory.ptid()
+        key = (pid, self.function)
+        if key in tracer.windows_done:
+            return
+        tracer.windows_done.add(key)
+        tracer.open_window(pid)
+        _finish(tracer, lambda rax: tracer.close_window(pid))
+
+
+class Tracer:
+    """One armed catch-init-error: its breakpoints, its timeline, the settings it changed."""
+
+    def __init__(self, patterns, follow_children=True):
+        self.timeline = Timeline(patterns=tuple(patterns))
+        self.follow_children = follow_children
+        self.breakpoints: list[gdb.Breakpoint] = []
+        self.lookup_bps: list[_LookupBreakpoint] = []
+        self.syscall_catch: gdb.Breakpoint | None = None
+        self.dlerror_bp: _DlerrorBreakpoint | None = None
+        self.window_depth: dict[int, int] = {}
+        self.writes_left: dict[int, int] = {}
+        self.windows_done: set = set()
+        self.pending_dlerror: dict[int, Load] = {}
+        self.lookup_count = 0
+        self.lookups_armed = False
+        self.saved_settings: dict[str, str] = {}
+        self.pids: dict[int, int] = {}  # pid -> inferior num
+        self.live_pids: set[int] = set()
+        self.internal_errors: list[str] = []
+        self.hang = None
+        self.timed_out = False
+        self.timeout = None
+        self.on_all_exited = None
+        self._handlers = []
+
+    # ------------------------------------------------------------ arming --
+    def arm(self) -> list[str]:
+        messages = []
+        if self.follow_children:
+            messages.append(self._follow_children())
+        for spec in SPECS.values():
+            self.breakpoints.append(_CallBreakpoint(self, spec))
+        self.breakpoints.append(_DlopenBreakpoint(self))
+        self.dlerror_bp = _DlerrorBreakpoint(self)
+        self.breakpoints.append(self.dlerror_bp)
+        for fn in ("dlsym", "dlvsym"):
+            bp = _LookupBreakpoint(self, fn)
+            self.lookup_bps.append(bp)
+            self.breakpoints.append(bp)
+        for fn in WINDOW_FUNCTIONS:
+            self.breakpoints.append(_WindowBreakpoint(self, fn))
+        self.syscall_catch = self._make_syscall_catch()
+        self._connect()
+        for inferior in gdb.inferiors():
+            if inferior.pid:
+                self.seen_pid(inferior.pid, inferior.num)
+        return messages
+
+    def _make_syscall_catch(self):
+        before = {b.number for b in gdb.breakpoints()}
+        gdb.execute("catch syscall write writev", to_string=True)
+        catch = next(b for b in gdb.breakpoints() if b.number not in before)
+        catch.enabled = False
+        catch.commands = "silent\npython __import__('gdb_cudashim.gdb.tracer', fromlist=['x']).on_syscall()\ncontinue"
+        return catch
+
+    def _follow_children(self) -> str:
+        wanted = {"detach-on-fork": "off", "schedule-multiple": "on"}
+        changed = []
+        for name, value in wanted.items():
+            current = gdb.parameter(name)
+            current = "on" if current is True else "off" if current is False else str(current)
+            if current != value:
+                self.saved_settings[name] = current
+                gdb.execute(f"set {name} {value}", to_string=True)
+                changed.append(f"{name} {value} (was {current})")
+        if changed:
+            return ("catch-init-error: following children: set " + ", ".join(changed)
+                    + "; 'catch-init-error --disarm' restores them")
+        return "catch-init-error: following children (detach-on-fork off, schedule-multiple on already)"
+
+    def _connect(self):
+        pairs = [
+            (gdb.events.exited, self._on_exited),
+            (gdb.events.new_objfile, self._on_new_objfile),
+            (gdb.events.new_inferior, self._on_new_inferior),
+        ]
+        for registry, handler in pairs:
+            registry.connect(handler)
+            self._handlers.append((registry, handler))
+
+    def disarm(self) -> list[str]:
+        messages = []
+        for registry, handler in self._handlers:
+            try:
+                registry.disconnect(handler)
+            except (ValueError, RuntimeError):
+                pass
+        self._handlers.clear()
+        for bp in self.breakpoints + ([self.syscall_catch] if self.syscall_catch else []):
+            try:
+                if bp.is_valid():
+                    bp.delete()
+            except (RuntimeError, gdb.error):
+                pass
+        for bp in list(gdb.breakpoints()):  # finish breakpoints still pending
+            if isinstance(bp, _Return) and bp.is_valid():
+                try:
+                    bp.delete()
+                except (RuntimeError, gdb.error):
+                    pass
+        self.breakpoints.clear()
+        for name, value in self.saved_settings.items():
+            gdb.execute(f"set {name} {value}", to_string=True)
+            messages.append(f"restored {name} {value}")
+        self.saved_settings.clear()
+        return messages
+
+    # ---------------------------------------------------------- windows --
+    def open_window(self, pid):
+        self.window_depth[pid] = self.window_depth.get(pid, 0) + 1
+        self.syscall_catch.enabled = True
+        self.arm_lookups()
+
+    def close_window(self, pid):
+        depth = self.window_depth.get(pid, 0) - 1
+        self.window_depth[pid] = max(depth, 0)
+        self._maybe_close()
+
+    def _maybe_close(self):
+        if any(self.window_depth.values()) or any(self.writes_left.values()):
+            return
+        if self.syscall_catch is not None and self.syscall_catch.is_valid():
+            self.syscall_catch.enabled = False
+        self.disarm_lookups()
+
+    def arm_lookups(self):
+        if not self.lookups_armed and self.lookup_count < LOOKUP_CAP:
+            self.lookups_armed = True
+            for bp in self.lookup_bps:
+                bp.enabled = True
+
+    def disarm_lookups(self):
+        if self.lookups_armed:
+            self.lookups_armed = False
+            for bp in self.lookup_bps:
+                if bp.is_valid():
+                    bp.enabled = False
+
+    def failed_load(self, pid, load):
+        self.pending_dlerror[pid] = load
+        if self.dlerror_bp is not None:
+            self.dlerror_bp.enabled = True
+        self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
+        self.syscall_catch.enabled = True
+
+    def after_call(self, call):
+        pass
+
+    # --------------------------------------------------------- syscalls --
+    def on_syscall(self):
+        self.timeline.stops += 1
+        frame = gdb.newest_frame()
+        if memory.as_int64(memory.reg(frame, "rax")) != -ENOSYS:
+            return  # the syscall's return: nothing to read
+        nr = memory.reg(frame, "orig_rax")
+        pid, tid = memory.ptid()
+        inferior = gdb.selected_inferior()
+        fd = memory.as_int32(memory.reg(frame, "rdi"))
+        if nr == SYS_WRITE:
+            data = memory.read_bytes(inferior, memory.reg(frame, "rsi"), min(memory.reg(frame, "rdx"), 1 << 20))
+            via = "write"
+        elif nr == SYS_WRITEV:
+            iov, count = memory.reg(frame, "rsi"), min(memory.reg(frame, "rdx"), 1024)
+            parts = []
+            for i in range(count):
+                base = memory.read_u64(inferior, iov + 16 * i)
+                length = memory.read_u64(inferior, iov + 16 * i + 8)
+                if base is None or length is None:
+                    break
+                parts.append(memory.read_bytes(inferior, base, min(length, 1 << 20)) or b"")
+            data = b"".join(parts)
+            via = "writev"
+        else:
+            return
+        if pid in self.writes_left and self.writes_left[pid] > 0:
+            self.writes_left[pid] -= 1
+            if self.writes_left[pid] == 0:
+                del self.writes_left[pid]
+                self._maybe_close()
+        if not data:
+            return
+        text = data.decode("utf-8", "replace")
+        if not self.timeline.matches_error(text):
+            return
+        frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
+        self.timeline.add(Write(seq=self.timeline.next_seq(), pid=pid, tid=tid, fd=fd, text=text, via=via,
+                                backtrace=frames))
+        self.seen_pid(pid)
+
+    # ------------------------------------------------------- processes --
+    def seen_pid(self, pid, num=None):
+        if not pid or pid in self.pids:
+            return
+        if num is None:
+            inf = gdb.selected_inferior()
+            num = inf.num
+        self.pids[pid] = num
+        self.live_pids.add(pid)
+        parent = None
+        exe = None
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except (OSError, ValueError, IndexError):
+            pass
+        self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
+                                       parent=parent))
+
+    def _on_new_inferior(self, event):
+        pass  # the pid is known once the child runs; seen_pid records it then
+
+    def _on_new_objfile(self, event):
+        try:
+            inferior = gdb.selected_inferior()
+            if inferior.pid:
+                self.seen_pid(inferior.pid, inferior.num)
+        except gdb.error:
+            pass
+
+    def _on_exited(self, event):
+        inferior = getattr(event, "inferior", None)
+        num = inferior.num if inferior is not None else None
+        pid = next((p for p, n in self.pids.items() if n == num and p in self.live_pids), None)
+        if pid is None:
+            return
+        self.live_pids.discard(pid)
+        code = getattr(event, "exit_code", None)
+        self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
+                                       exit_code=int(code) if code is not None else None))
+        # a pid may be reused by a later inferior
+        del self.pids[pid]
+        self.window_depth.pop(pid, None)
+        self.writes_left.pop(pid, None)
+        self._maybe_close()
+        if not self.live_pids and self.on_all_exited is not None:
+            self.on_all_exited()
+
+    # ------------------------------------------------------------ notes --
+    def note(self, text):
+        if text not in self.timeline.notes:
+            self.timeline.notes.append(text)
+
+    def note_internal(self, text):
+        if len(self.internal_errors) < 20:
+            self.internal_errors.append(text)
+
+    # -------------------------------------------------------------- hang --
+    def interrupt_later(self, seconds: float) -> threading.Timer:
+        def fire():
+            self.timed_out = True
+            for pid in list(self.live_pids):
+                try:
+                    os.kill(pid, signal.SIGINT)
+                    break  # all-stop: one stop stops every inferior
+                except OSError:
+                    continue
+
+        timer = threading.Timer(seconds, fire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+ACTIVE: Tracer | None = None
+
+
+def on_syscall():
+    """Called from the syscall catchpoint's commands."""
+    tracer = ACTIVE
+    if tracer is None:
+        return
+    try:
+        tracer.on_syscall()
+    except Exception as exc:
+        tracer.note_internal(f"on_syscall: {type(exc).__name__}: {exc}")

@@ -1,0 +1,19 @@
+# Load gdb-cudashim into gdb:   source /path/to/gdb_cudashim/gdbinit.py
+# Loading twice is harmless. A missing dependency gives one line, never a traceback.
+import os as _os
+import sys as _sys
+
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _root not in _sys.path:
+    _sys.path.insert(0, _root)
+try:
+    from gdb_cudashim.gdb import loader as _loader
+
+    _loader.load()
+except Exception as _exc:  # never a traceback at load time
+    import gdb as _gdb
+
+    _gdb.write(f"gdb-cudashim: failed to load: {type(_exc).__name__}: {_exc} (set GDB_CUDASHIM_DEBUG=1 and report it)\n",
+               _gdb.STDERR)
+    if _os.environ.get("GDB_CUDASHIM_DEBUG"):
+        raise

@@ -1,0 +1,668 @@
+/*
+ * cudashim: the bundled debug shim for libcuda.so.1 (CUDA driver API).
+ *
+ * Two modes, chosen by CUDASHIM_MODE (see shim/README.md):
+ *   fake    (default) - reports a configurable GPU with no driver present.
+ *   forward           - dlopens the real driver named by CUDASHIM_REAL_DRIVER and
+ *                       passes every call through, cuGetProcAddress_v2 and
+ *                       cuGetExportTable included, so NVIDIA's cudart works through it.
+ *
+ * The state variables keep the names used in the write-ups this tool was built
+ * from (g_initialized, g_device_found, g_in_init_phase, g_gpu_info_valid,
+ * g_gpu_info) so that `cuda-state` in gdb can show them.
+ *
+ * Built with -g3 -O0 and never stripped: the point is to be stepped through.
+ */
+#define _GNU_SOURCE
+#include <cuda.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SHIM_EXPORT __attribute__((visibility("default")))
+
+/* ---------------------------------------------------------------- state -- */
+
+struct shim_gpu_info {
+    int cc_major;                    /* compute capability, e.g. 9 */
+    int cc_minor;                    /* e.g. 0 */
+    unsigned long long vram_bytes;   /* total memory reported */
+    char name[96];                   /* cuDeviceGetName */
+    char pci_bus_id[32];             /* cuDeviceGetPCIBusId, e.g. 0000:00:05.0 */
+};
+
+enum shim_mode { SHIM_MODE_FAKE = 0, SHIM_MODE_FORWARD = 1 };
+
+SHIM_EXPORT int g_initialized = 0;        /* cuInit has run (successfully or not) */
+SHIM_EXPORT int g_device_found = 0;       /* at least one device is visible */
+SHIM_EXPORT int g_in_init_phase = 0;      /* set while cuInit runs */
+SHIM_EXPORT int g_gpu_info_valid = 0;     /* g_gpu_info has been filled in */
+SHIM_EXPORT struct shim_gpu_info g_gpu_info;
+SHIM_EXPORT enum shim_mode g_mode = SHIM_MODE_FAKE;
+SHIM_EXPORT int g_device_count = 0;       /* devices visible after CUDA_VISIBLE_DEVICES */
+SHIM_EXPORT int g_driver_version = 0;     /* what cuDriverGetVersion reports */
+SHIM_EXPORT int g_init_result = 0;        /* the CUresult cuInit returns (fake mode) */
+SHIM_EXPORT unsigned long g_call_count = 0; /* calls into this shim */
+SHIM_EXPORT unsigned long g_proc_lookups = 0; /* cuGetProcAddress(_v2) lookups answered */
+SHIM_EXPORT void *g_real_driver = NULL;   /* dlopen handle of the real driver (forward mode) */
+SHIM_EXPORT char g_real_driver_path[512]; /* its path */
+
+static int g_configured = 0;
+static int g_configured_devices = 1;
+static const char *g_hang_in = NULL;      /* CUDASHIM_HANG: function name to block in */
+static int g_log = 0;                     /* CUDASHIM_LOG=1: one stderr line per call */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* -------------------------------------------------------------- helpers -- */
+
+static void shim_log(const char *fmt, ...)
+{
+    if (!g_log)
+        return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n > 0) {
+        if ((size_t)n >= sizeof buf)
+            n = sizeof buf - 1;
+        ssize_t ignored = write(2, buf, (size_t)n);
+        (void)ignored;
+    }
+}
+
+static long env_long(const char *name, long fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    char *end = NULL;
+    long x = strtol(v, &end, 0);
+    return (end && *end == '\0') ? x : fallback;
+}
+
+/* CUDA_VISIBLE_DEVICES is the driver's job: count the listed ordinals that exist. */
+static int visible_device_count(int present)
+{
+    const char *v = getenv("CUDA_VISIBLE_DEVICES");
+    if (!v)
+        return present;
+    int count = 0;
+    const char *p = v;
+    while (*p) {
+        char *end = NULL;
+        long idx = strtol(p, &end, 10);
+        if (end == p || idx < 0 || idx >= present)
+            break; /* the driver stops at the first invalid entry */
+        count++;
+        p = end;
+        while (*p == ',' || *p == ' ')
+            p++;
+    }
+    return count;
+}
+
+/* Read the knobs once. Called from every entry point; cheap after the first time. */
+static void shim_configure(void)
+{
+    if (g_configured)
+        return;
+    pthread_mutex_lock(&g_lock);
+    if (!g_configured) {
+        g_log = (int)env_long("CUDASHIM_LOG", 0);
+        const char *mode = getenv("CUDASHIM_MODE");
+        g_mode = (mode && strcmp(mode, "forward") == 0) ? SHIM_MODE_FORWARD : SHIM_MODE_FAKE;
+        g_configured_devices = (int)env_long("CUDASHIM_DEVICE_COUNT", 1);
+        g_driver_version = (int)env_long("CUDASHIM_DRIVER_VERSION", 12090);
+        g_init_result = (int)env_long("CUDASHIM_INIT_RESULT", CUDA_SUCCESS);
+        g_hang_in = getenv("CUDASHIM_HANG");
+
+        const char *cc = getenv("CUDASHIM_CC");
+        int major = 9, minor = 0;
+        if (cc && sscanf(cc, "%d.%d", &major, &minor) < 1) {
+            major = 9;
+            minor = 0;
+        }
+        g_gpu_info.cc_major = major;
+        g_gpu_info.cc_minor = minor;
+        g_gpu_info.vram_bytes = (unsigned long long)env_long("CUDASHIM_VRAM_MIB", 81920) << 20;
+        const char *name = getenv("CUDASHIM_NAME");
+        snprintf(g_gpu_info.name, sizeof g_gpu_info.name, "%s",
+                 name ? name : "NVIDIA H100 80GB HBM3 (cudashim)");
+        const char *bus = getenv("CUDASHIM_PCI_BUS_ID");
+        snprintf(g_gpu_info.pci_bus_id, sizeof g_gpu_info.pci_bus_id, "%s",
+                 bus ? bus : "0000:00:05.0");
+        g_configured = 1;
+    }
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* CUDASHIM_HANG=<function>: block forever in that function, to reproduce a hang. */
+static void shim_wait_forever(const char *where)
+{
+    shim_log("cudashim: %s: hanging as CUDASHIM_HANG asks\n", where);
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    pthread_mutex_lock(&m);
+    for (;;)
+        pthread_cond_wait(&c, &m);
+}
+
+static void shim_enter(const char *fn)
+{
+    shim_configure();
+    __atomic_add_fetch(&g_call_count, 1, __ATOMIC_RELAXED);
+    shim_log("cudashim: %s\n", fn);
+    if (g_hang_in && strcmp(g_hang_in, fn) == 0)
+        shim_wait_forever(fn);
+}
+
+/* ------------------------------------------------------- forward mode -- */
+
+static void *real_driver(void)
+{
+    if (g_real_driver)
+        return g_real_driver;
+    const char *path = getenv("CUDASHIM_REAL_DRIVER");
+    if (!path || !*path) {
+        shim_log("cudashim: forward mode needs CUDASHIM_REAL_DRIVER\n");
+        return NULL;
+    }
+    snprintf(g_real_driver_path, sizeof g_real_driver_path, "%s", path);
+    g_real_driver = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!g_real_driver)
+        shim_log("cudashim: cannot load real driver %s: %s\n", path, dlerror());
+    return g_real_driver;
+}
+
+static void *real_sym(const char *name)
+{
+    void *h = real_driver();
+    return h ? dlsym(h, name) : NULL;
+}
+
+/* Call the real driver's NAME with ARGS, or fail with CUDA_ERROR_SHARED_OBJECT_*. */
+#define FORWARD(name, ...)                                                   \
+    do {                                                                     \
+        __typeof__(&name) real_fn = (__typeof__(&name))real_sym(#name);      \
+        if (!real_fn)                                                        \
+            return g_real_driver ? CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND \
+                                 : CUDA_ERROR_SHARED_OBJECT_INIT_FAILED;     \
+        return real_fn(__VA_ARGS__);                                         \
+    } while (0)
+
+#define ENTER(name)                             \
+    shim_enter(#name);                          \
+    if (g_mode == SHIM_MODE_FORWARD)
+
+/* --------------------------------------------------------- driver API -- */
+
+SHIM_EXPORT CUresult cuInit(unsigned int flags)
+{
+    ENTER(cuInit)
+    {
+        g_in_init_phase = 1;
+        __typeof__(&cuInit) real_init = (__typeof__(&cuInit))real_sym("cuInit");
+        CUresult rc = real_init ? real_init(flags) : CUDA_ERROR_SHARED_OBJECT_INIT_FAILED;
+        int count = 0;
+        __typeof__(&cuDeviceGetCount) real_count =
+            (__typeof__(&cuDeviceGetCount))real_sym("cuDeviceGetCount");
+        if (rc == CUDA_SUCCESS && real_count && real_count(&count) == CUDA_SUCCESS)
+            g_device_count = count;
+        g_device_found = g_device_count > 0;
+        g_initialized = 1;
+        g_in_init_phase = 0;
+        return rc;
+    }
+    g_in_init_phase = 1;
+    g_device_count = visible_device_count(g_configured_devices);
+    g_device_found = g_device_count > 0;
+    g_gpu_info_valid = 1;
+    CUresult result = (CUresult)g_init_result;
+    if (result == CUDA_SUCCESS && !g_device_found)
+        result = CUDA_ERROR_NO_DEVICE;
+    g_initialized = 1;
+    g_in_init_phase = 0;
+    return result;
+}
+
+SHIM_EXPORT CUresult cuDriverGetVersion(int *driverVersion)
+{
+    ENTER(cuDriverGetVersion) FORWARD(cuDriverGetVersion, driverVersion);
+    if (!driverVersion)
+        return CUDA_ERROR_INVALID_VALUE;
+    *driverVersion = g_driver_version;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_not_initialized(void)
+{
+    if (!g_initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (g_init_result != CUDA_SUCCESS)
+        return (CUresult)g_init_result;
+    return CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuDeviceGetCount(int *count)
+{
+    ENTER(cuDeviceGetCount) FORWARD(cuDeviceGetCount, count);
+    CUresult rc = fake_not_initialized();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!count)
+        return CUDA_ERROR_INVALID_VALUE;
+    *count = g_device_count;
+    return CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuDeviceGet(CUdevice *device, int ordinal)
+{
+    ENTER(cuDeviceGet) FORWARD(cuDeviceGet, device, ordinal);
+    CUresult rc = fake_not_initialized();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (ordinal < 0 || ordinal >= g_device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *device = ordinal;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_check_device(CUdevice dev)
+{
+    CUresult rc = fake_not_initialized();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    return (dev < 0 || dev >= g_device_count) ? CUDA_ERROR_INVALID_DEVICE : CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev)
+{
+    ENTER(cuDeviceGetName) FORWARD(cuDeviceGetName, name, len, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!name || len <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    snprintf(name, (size_t)len, "%s", g_gpu_info.name);
+    return CUDA_SUCCESS;
+}
+
+static void fake_uuid(CUuuid *uuid, CUdevice dev)
+{
+    memset(uuid->bytes, 0, sizeof uuid->bytes);
+    memcpy(uuid->bytes, "cudashim", 8);
+    uuid->bytes[15] = (char)dev;
+}
+
+SHIM_EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev)
+{
+    ENTER(cuDeviceGetUuid) FORWARD(cuDeviceGetUuid, uuid, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!uuid)
+        return CUDA_ERROR_INVALID_VALUE;
+    fake_uuid(uuid, dev);
+    return CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
+{
+    ENTER(cuDeviceGetUuid_v2) FORWARD(cuDeviceGetUuid_v2, uuid, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!uuid)
+        return CUDA_ERROR_INVALID_VALUE;
+    fake_uuid(uuid, dev);
+    return CUDA_SUCCESS;
+}
+
+/* cuda.h maps cuDeviceTotalMem to cuDeviceTotalMem_v2. */
+SHIM_EXPORT CUresult cuDeviceTotalMem(size_t *bytes, CUdevice dev)
+{
+    ENTER(cuDeviceTotalMem_v2) FORWARD(cuDeviceTotalMem, bytes, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!bytes)
+        return CUDA_ERROR_INVALID_VALUE;
+    *bytes = (size_t)g_gpu_info.vram_bytes;
+    return CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuDeviceComputeCapability(int *major, int *minor, CUdevice dev)
+{
+    ENTER(cuDeviceComputeCapability) FORWARD(cuDeviceComputeCapability, major, minor, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!major || !minor)
+        return CUDA_ERROR_INVALID_VALUE;
+    *major = g_gpu_info.cc_major;
+    *minor = g_gpu_info.cc_minor;
+    return CUDA_SUCCESS;
+}
+
+/* Plausible values for the attributes cudaGetDeviceProperties and ggml ask for. */
+static int fake_attribute(CUdevice_attribute attrib)
+{
+    switch (attrib) {
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: return g_gpu_info.cc_major;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: return g_gpu_info.cc_minor;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: return 132;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: return 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X: return 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y: return 1024;
+    case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z: return 64;
+    case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X: return 2147483647;
+    case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y: return 65535;
+    case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z: return 65535;
+    case CU_DEVICE_ATTRIBUTE_WARP_SIZE: return 32;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: return 49152;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: return 232448;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: return 233472;
+    case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK: return 65536;
+    case CU_DEVICE_ATTRIBUTE_CLOCK_RATE: return 1980000;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE: return 2619000;
+    case CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH: return 5120;
+    case CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE: return 52428800;
+    case CU_DEVICE_ATTRIBUTE_INTEGRATED: return 0;
+    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: return 5;
+    case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: return 0;
+    case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: return 0;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: return 1;
+    case CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS: return 1;
+    case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY: return 1;
+    default: return 0;
+    }
+}
+
+SHIM_EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev)
+{
+    ENTER(cuDeviceGetAttribute) FORWARD(cuDeviceGetAttribute, pi, attrib, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!pi)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pi = fake_attribute(attrib);
+    return CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuDeviceGetPCIBusId(char *pciBusId, int len, CUdevice dev)
+{
+    ENTER(cuDeviceGetPCIBusId) FORWARD(cuDeviceGetPCIBusId, pciBusId, len, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!pciBusId || len <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    snprintf(pciBusId, (size_t)len, "%s", g_gpu_info.pci_bus_id);
+    return CUDA_SUCCESS;
+}
+
+/* cuda.h maps cuMemGetInfo to cuMemGetInfo_v2. */
+SHIM_EXPORT CUresult cuMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    ENTER(cuMemGetInfo_v2) FORWARD(cuMemGetInfo, free_bytes, total_bytes);
+    CUresult rc = fake_not_initialized();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (free_bytes)
+        *free_bytes = (size_t)g_gpu_info.vram_bytes;
+    if (total_bytes)
+        *total_bytes = (size_t)g_gpu_info.vram_bytes;
+    return CUDA_SUCCESS;
+}
+
+static const char *fake_error_name(CUresult error)
+{
+    switch (error) {
+    case CUDA_SUCCESS: return "CUDA_SUCCESS";
+    case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE";
+    case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED";
+    case CUDA_ERROR_STUB_LIBRARY: return "CUDA_ERROR_STUB_LIBRARY";
+    case CUDA_ERROR_NO_DEVICE: return "CUDA_ERROR_NO_DEVICE";
+    case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE";
+    case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
+    case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";
+    default: return NULL;
+    }
+}
+
+SHIM_EXPORT CUresult cuGetErrorName(CUresult error, const char **pStr)
+{
+    ENTER(cuGetErrorName) FORWARD(cuGetErrorName, error, pStr);
+    if (!pStr)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pStr = fake_error_name(error);
+    return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+SHIM_EXPORT CUresult cuGetErrorString(CUresult error, const char **pStr)
+{
+    ENTER(cuGetErrorString) FORWARD(cuGetErrorString, error, pStr);
+    if (!pStr)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pStr = fake_error_name(error);
+    return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* -- contexts: enough for a caller that only asks; no memory is ever real -- */
+
+static int g_fake_context_storage;
+
+SHIM_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    ENTER(cuDevicePrimaryCtxRetain) FORWARD(cuDevicePrimaryCtxRetain, pctx, dev);
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = (CUcontext)&g_fake_context_storage;
+    return CUDA_SUCCESS;
+}
+
+/* cuda.h maps cuDevicePrimaryCtxRelease to cuDevicePrimaryCtxRelease_v2. */
+SHIM_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
+{
+    ENTER(cuDevicePrimaryCtxRelease_v2) FORWARD(cuDevicePrimaryCtxRelease, dev);
+    return fake_check_device(dev);
+}
+
+SHIM_EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    ENTER(cuCtxGetCurrent) FORWARD(cuCtxGetCurrent, pctx);
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = NULL;
+    return CUDA_SUCCESS;
+}
+
+SHIM_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    ENTER(cuCtxSetCurrent) FORWARD(cuCtxSetCurrent, ctx);
+    return fake_not_initialized();
+}
+
+SHIM_EXPORT CUresult cuCtxGetDevice(CUdevice *device)
+{
+    ENTER(cuCtxGetDevice) FORWARD(cuCtxGetDevice, device);
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    *device = 0;
+    return fake_not_initialized();
+}
+
+/* -- virtual memory management: libggml-cuda imports these directly ---- */
+
+SHIM_EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity,
+                                                   const CUmemAllocationProp *prop,
+                                                   CUmemAllocationGranularity_flags option)
+{
+    ENTER(cuMemGetAllocationGranularity)
+        FORWARD(cuMemGetAllocationGranularity, granularity, prop, option);
+    if (!granularity)
+        return CUDA_ERROR_INVALID_VALUE;
+    *granularity = 2u << 20;
+    return fake_not_initialized();
+}
+
+SHIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                                 const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    ENTER(cuMemCreate) FORWARD(cuMemCreate, handle, size, prop, flags);
+    return CUDA_ERROR_OUT_OF_MEMORY; /* a fake GPU has no memory to give */
+}
+
+SHIM_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    ENTER(cuMemRelease) FORWARD(cuMemRelease, handle);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SHIM_EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment,
+                                         CUdeviceptr addr, unsigned long long flags)
+{
+    ENTER(cuMemAddressReserve) FORWARD(cuMemAddressReserve, ptr, size, alignment, addr, flags);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+SHIM_EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    ENTER(cuMemAddressFree) FORWARD(cuMemAddressFree, ptr, size);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SHIM_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                              CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    ENTER(cuMemMap) FORWARD(cuMemMap, ptr, size, offset, handle, flags);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SHIM_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    ENTER(cuMemUnmap) FORWARD(cuMemUnmap, ptr, size);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SHIM_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,
+                                    const CUmemAccessDesc *desc, size_t count)
+{
+    ENTER(cuMemSetAccess) FORWARD(cuMemSetAccess, ptr, size, desc, count);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ------------------------------------------- private export tables -- */
+
+/*
+ * cudart asks for private tables by UUID (cuGetExportTable). In forward mode
+ * they come from the real driver untouched. A fake driver cannot provide
+ * them (their layout is NVIDIA's), so fake mode answers CUDA_ERROR_NOT_FOUND:
+ * cudart then fails with "named symbol not found" - which is exactly what
+ * catch-init-error diagnoses.
+ */
+SHIM_EXPORT CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId)
+{
+    ENTER(cuGetExportTable) FORWARD(cuGetExportTable, ppExportTable, pExportTableId);
+    if (ppExportTable)
+        *ppExportTable = NULL;
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+/* ------------------------------------------------- symbol lookups -- */
+
+/* Our own copy of an entry point, found in this library's own symbol table. */
+static void *own_symbol(const char *name)
+{
+    static void *self;
+    if (!self) {
+        Dl_info info;
+        if (dladdr((void *)&own_symbol, &info) && info.dli_fname)
+            self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+    }
+    return self ? dlsym(self, name) : NULL;
+}
+
+/*
+ * The driver maps (name, ABI version) to an implementation: cudart asks for
+ * "cuDeviceTotalMem" with version 3020 and means cuDeviceTotalMem_v2.
+ */
+static void *fake_proc_address(const char *symbol, int cudaVersion)
+{
+    static const struct { const char *name; int since; const char *impl; } versioned[] = {
+        {"cuDeviceTotalMem", 3020, "cuDeviceTotalMem_v2"},
+        {"cuMemGetInfo", 3020, "cuMemGetInfo_v2"},
+        {"cuDevicePrimaryCtxRelease", 11000, "cuDevicePrimaryCtxRelease_v2"},
+        {"cuDeviceGetUuid", 11040, "cuDeviceGetUuid_v2"},
+        {"cuGetProcAddress", 12000, "cuGetProcAddress_v2"},
+    };
+    for (size_t i = 0; i < sizeof versioned / sizeof versioned[0]; i++)
+        if (strcmp(symbol, versioned[i].name) == 0 && cudaVersion >= versioned[i].since)
+            return own_symbol(versioned[i].impl);
+    return own_symbol(symbol);
+}
+
+/* cuda.h maps cuGetProcAddress to cuGetProcAddress_v2 (CUDA 12 ABI). */
+SHIM_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
+                                      cuuint64_t flags, CUdriverProcAddressQueryResult *symbolStatus)
+{
+    ENTER(cuGetProcAddress_v2)
+    {
+        __typeof__(&cuGetProcAddress) real_gpa =
+            (__typeof__(&cuGetProcAddress))real_sym("cuGetProcAddress_v2");
+        if (!real_gpa)
+            return CUDA_ERROR_SHARED_OBJECT_INIT_FAILED;
+        CUresult rc = real_gpa(symbol, pfn, cudaVersion, flags, symbolStatus);
+        /* Hand out our own wrapper where we have one, so calls made through the
+         * pointer (and later lookups through cuGetProcAddress) still land here. */
+        if (rc == CUDA_SUCCESS && symbol && pfn && *pfn) {
+            void *own = fake_proc_address(symbol, cudaVersion);
+            if (own)
+                *pfn = own;
+        }
+        __atomic_add_fetch(&g_proc_lookups, 1, __ATOMIC_RELAXED);
+        return rc;
+    }
+    __atomic_add_fetch(&g_proc_lookups, 1, __ATOMIC_RELAXED);
+    if (!symbol || !pfn)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pfn = symbol[0] ? fake_proc_address(symbol, cudaVersion) : NULL;
+    if (symbolStatus)
+        *symbolStatus = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+}
+
+/* The CUDA 11 ABI (no symbolStatus); cudart 12 never calls it. */
+CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
+    __asm__("cuGetProcAddress");
+SHIM_EXPORT CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int cudaVersion,
+                                         cuuint64_t flags)
+{
+    ENTER(cuGetProcAddress)
+    {
+        typedef CUresult (*v1_fn)(const char *, void **, int, cuuint64_t);
+        v1_fn real_v1 = (v1_fn)real_sym("cuGetProcAddress");
+        if (!real_v1)
+            return CUDA_ERROR_SHARED_OBJECT_INIT_FAILED;
+        return real_v1(symbol, pfn, cudaVersion, flags);
+    }
+    __atomic_add_fetch(&g_proc_lookups, 1, __ATOMIC_RELAXED);
+    if (!symbol || !pfn)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pfn = symbol[0] ? fake_proc_address(symbol, cudaVersion) : NULL;
+    return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+}
