@@ -226,27 +226,49 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
     return out
 
 
-def rule_two_drivers(tl: Timeline) -> list[Finding]:
-    """The LD_PRELOAD soname trap: cu* calls land in two different files in one process."""
+def _preloaded_drivers(tl: Timeline, pid: int) -> list[tuple[str, str | None]]:
+    """(path, soname) of LD_PRELOADed files of PID that export cuInit."""
+    from .elf import ElfProblem, read_elf_cached
+
+    start = next((p for p in tl.processes if p.pid == pid and p.what == "start"), None)
+    if start is None or not start.env.get("LD_PRELOAD"):
+        return []
     out = []
-    for pid in {c.pid for c in tl.calls}:
-        libs = {}
+    for item in start.env["LD_PRELOAD"].replace(":", " ").split():
+        path = item if os.path.isabs(item) else os.path.join(start.cwd or "", item)
+        try:
+            info = read_elf_cached(path)
+        except (ElfProblem, OSError):
+            continue
+        if "cuInit" in info.exports:
+            out.append((path, info.soname))
+    return out
+
+
+def rule_two_drivers(tl: Timeline) -> list[Finding]:
+    """The LD_PRELOAD soname trap: two files act as the driver in one process."""
+    out = []
+    pids = {c.pid for c in tl.calls} | {l.pid for l in tl.loads} | {p.pid for p in tl.processes}
+    for pid in sorted(pids):
+        libs: dict[str, list[str]] = {}
         for c in tl.calls:
             if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library:
-                libs.setdefault(os.path.realpath(c.library) if os.path.isabs(c.library) else c.library, []).append(c)
-        for l in tl.lookups:
-            if l.pid == pid and l.found and l.provider and l.symbol.startswith("cu") and role_of(l.provider) == "driver":
-                libs.setdefault(l.provider, [])
+                libs.setdefault(os.path.basename(c.library), []).append(c.function)
+        for l in tl.loads:
+            if l.pid == pid and l.ok and role_of(l.path) == "driver":
+                libs.setdefault(os.path.basename(l.resolved or l.path), []).append(f"dlopen(\"{l.path}\") by {_base(l.caller)}")
+        preloaded = _preloaded_drivers(tl, pid)
+        for path, soname in preloaded:
+            if soname != "libcuda.so.1":
+                libs.setdefault(os.path.basename(path), []).append(f"LD_PRELOAD, soname {soname!r}: libggml-cuda's direct cu* imports bind here")
         if len(libs) < 2:
             continue
-        ev = [f"{_base(lib)} ({lib}): {', '.join(sorted({c.function for c in calls})) or 'looked up'}"
-              for lib, calls in libs.items()]
-        preload = os.environ.get("LD_PRELOAD")
+        ev = [f"{lib}: {', '.join(dict.fromkeys(what))}" for lib, what in libs.items()]
         out.append(Finding(
             "two-drivers",
             "two different files act as the CUDA driver in one process: libggml-cuda's direct imports bind to one, "
             "cudart's dlopen(\"libcuda.so.1\") loads the other",
-            ev + ([f"LD_PRELOAD={preload}"] if preload else []),
+            ev + _error_evidence(tl),
             ("give the shim the soname libcuda.so.1 and make it the file cudart's dlopen finds (first on "
              "LD_LIBRARY_PATH), instead of LD_PRELOADing it under another name"),
             pid))

@@ -142,6 +142,8 @@ class ProcessEvent:
     detail: str = ""
     parent: int | None = None
     exit_code: int | None = None
+    env: dict = field(default_factory=dict)  # LD_*, CUDA_*, OLLAMA_*, GGML_* at start
+    cwd: str | None = None
     kind: str = "process"
 
 
@@ -190,6 +192,13 @@ class Timeline:
     @property
     def errors(self) -> list[Write]:
         return [w for w in self.writes if self.matches_error(w.text)]
+
+
+RELEVANT_ENV_PREFIXES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "CUDA_", "OLLAMA_", "GGML_", "CUDASHIM_")
+
+
+def relevant_env(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k.startswith(RELEVANT_ENV_PREFIXES)}
 
 
 def event_to_dict(event) -> dict:

@@ -8,7 +8,7 @@ import gdb
 
 from ..core import report as core_report
 from ..core import rules
-from ..core.calls import role_of
+from ..core.calls import is_cuda_symbol, role_of
 from ..core.timeline import Frame
 from . import memory, tracer as tracer_mod
 from .output import color_enabled, write_lines
@@ -46,11 +46,14 @@ def collect_hang() -> dict:
             except gdb.error:
                 continue
             frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(48)]
+            in_shim = [f for f in frames if role_of(f.library) in ("driver", "nvml")]
             waiting = None
-            for f in frames:
-                if role_of(f.library) in ("driver", "nvml") or "cudashim" in (f.library or ""):
-                    waiting = f.describe()
-                    break
+            if in_shim:
+                entry = next((f for f in in_shim if is_cuda_symbol(f.function)), None)
+                innermost = in_shim[0]
+                waiting = entry.describe() if entry else innermost.describe()
+                if entry is not None and entry is not innermost:
+                    waiting += f", blocked in {innermost.function}" + (f" at {innermost.where}" if innermost.where else "")
             threads.append({"pid": inferior.pid, "tid": thread.ptid[1], "name": thread.name,
                             "waiting_in": waiting, "frames": [f.__dict__ for f in frames]})
     shim = [t for t in threads if t["waiting_in"]]

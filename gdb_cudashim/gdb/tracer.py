@@ -16,7 +16,7 @@ import threading
 import gdb
 
 from ..core.calls import SPECS, WINDOW_FUNCTIONS, ARG_REGISTERS, is_cuda_library, is_cuda_symbol
-from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write
+from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write, relevant_env
 from . import memory
 
 SYS_WRITE, SYS_WRITEV = 1, 20
@@ -277,7 +277,7 @@ class Tracer:
         self.follow_children = follow_children
         self.breakpoints: list[gdb.Breakpoint] = []
         self.lookup_bps: list[_LookupBreakpoint] = []
-        self.syscall_catch: gdb.Breakpoint | None = None
+        self.syscall_catches: dict[int, gdb.Breakpoint] = {}  # inferior num -> its catchpoint
         self.dlerror_bp: _DlerrorBreakpoint | None = None
         self.window_depth: dict[int, int] = {}
         self.writes_left: dict[int, int] = {}
@@ -287,6 +287,7 @@ class Tracer:
         self.lookups_armed = False
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
+        self.exes: dict[int, str] = {}
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
         self.hang = None
@@ -311,20 +312,34 @@ class Tracer:
             self.breakpoints.append(bp)
         for fn in WINDOW_FUNCTIONS:
             self.breakpoints.append(_WindowBreakpoint(self, fn))
-        self.syscall_catch = self._make_syscall_catch()
+        self._ensure_syscall_catch()
         self._connect()
         for inferior in gdb.inferiors():
             if inferior.pid:
                 self.seen_pid(inferior.pid, inferior.num)
         return messages
 
-    def _make_syscall_catch(self):
+    def _ensure_syscall_catch(self):
+        """gdb 13 ties a catchpoint to the program space current at its creation:
+        each inferior gets its own (made from events, never inside a stop handler)."""
+        num = gdb.selected_inferior().num
+        existing = self.syscall_catches.get(num)
+        if existing is not None and existing.is_valid():
+            return
         before = {b.number for b in gdb.breakpoints()}
         gdb.execute("catch syscall write writev", to_string=True)
         catch = next(b for b in gdb.breakpoints() if b.number not in before)
-        catch.enabled = False
+        catch.enabled = self._window_open()
         catch.commands = "silent\npython __import__('gdb_cudashim.gdb.tracer', fromlist=['x']).on_syscall()\ncontinue"
-        return catch
+        self.syscall_catches[num] = catch
+
+    def _window_open(self) -> bool:
+        return any(self.window_depth.values()) or any(self.writes_left.values())
+
+    def _set_syscall_capture(self, on: bool):
+        for catch in self.syscall_catches.values():
+            if catch.is_valid() and catch.enabled != on:
+                catch.enabled = on
 
     def _follow_children(self) -> str:
         wanted = {"detach-on-fork": "off", "schedule-multiple": "on"}
@@ -359,7 +374,7 @@ class Tracer:
             except (ValueError, RuntimeError):
                 pass
         self._handlers.clear()
-        for bp in self.breakpoints + ([self.syscall_catch] if self.syscall_catch else []):
+        for bp in self.breakpoints + list(self.syscall_catches.values()):
             try:
                 if bp.is_valid():
                     bp.delete()
@@ -381,7 +396,7 @@ class Tracer:
     # ---------------------------------------------------------- windows --
     def open_window(self, pid):
         self.window_depth[pid] = self.window_depth.get(pid, 0) + 1
-        self.syscall_catch.enabled = True
+        self._set_syscall_capture(True)
         self.arm_lookups()
 
     def close_window(self, pid):
@@ -390,10 +405,9 @@ class Tracer:
         self._maybe_close()
 
     def _maybe_close(self):
-        if any(self.window_depth.values()) or any(self.writes_left.values()):
+        if self._window_open():
             return
-        if self.syscall_catch is not None and self.syscall_catch.is_valid():
-            self.syscall_catch.enabled = False
+        self._set_syscall_capture(False)
         self.disarm_lookups()
 
     def arm_lookups(self):
@@ -414,7 +428,7 @@ class Tracer:
         if self.dlerror_bp is not None:
             self.dlerror_bp.enabled = True
         self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
-        self.syscall_catch.enabled = True
+        self._set_syscall_capture(True)
 
     def after_call(self, call):
         pass
@@ -469,16 +483,22 @@ class Tracer:
             num = inf.num
         self.pids[pid] = num
         self.live_pids.add(pid)
-        parent = None
-        exe = None
+        parent = exe = cwd = None
+        env = {}
         try:
             with open(f"/proc/{pid}/stat") as f:
                 parent = int(f.read().rsplit(")", 1)[1].split()[1])
             exe = os.readlink(f"/proc/{pid}/exe")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                for item in f.read().split(b"\0"):
+                    if b"=" in item:
+                        k, v = item.split(b"=", 1)
+                        env[k.decode(errors="replace")] = v.decode(errors="replace")
         except (OSError, ValueError, IndexError):
             pass
         self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
-                                       parent=parent))
+                                       parent=parent, env=relevant_env(env), cwd=cwd))
 
     def _on_new_inferior(self, event):
         pass  # the pid is known once the child runs; seen_pid records it then
@@ -488,8 +508,24 @@ class Tracer:
             inferior = gdb.selected_inferior()
             if inferior.pid:
                 self.seen_pid(inferior.pid, inferior.num)
-        except gdb.error:
-            pass
+                self._check_exec(inferior.pid)
+            if is_cuda_library(getattr(event.new_objfile, "filename", None)):
+                self._ensure_syscall_catch()
+        except gdb.error as exc:
+            self.note_internal(f"new_objfile: {exc}")
+
+    def _check_exec(self, pid):
+        """A followed child that exec'd: record the new program once."""
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        if self.exes.get(pid) not in (None, exe):
+            self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exec", detail=exe))
+            for p in self.timeline.processes:
+                if p.pid == pid and p.what == "start":
+                    p.detail = exe
+        self.exes[pid] = exe
 
     def _on_exited(self, event):
         inferior = getattr(event, "inferior", None)

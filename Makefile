@@ -1,0 +1,52 @@
+# The README's two commands: `make demo` and `make test`. Both do all set-up themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+GCS    := $(BIN)/gdb-cudashim
+
+.PHONY: setup system-deps venv stack shim programs demo test bench clean
+
+setup: venv stack shim programs
+
+system-deps:
+	@./.ci/system-deps
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+stack: venv
+	@$(GCS) stack fetch >/dev/null
+
+shim: stack
+	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
+
+programs: build/probe build/spawner
+
+build/%: tests/programs/%.c | system-deps
+	@mkdir -p build
+	cc -g -O0 -Wall -o $@ $< -ldl
+
+# The seeds' case: the real cudart and libggml-cuda under the write-ups' shim
+# (no cuGetProcAddress_v2, no cuGetExportTable), diagnosed in one command.
+demo: setup
+	@echo "== gdb-cudashim run, probe under the seed-style shim (real libcudart 12.9 + libggml-cuda)"
+	-LD_LIBRARY_PATH=$(CURDIR)/shim/build/variants/seed GGML_CUDA_LIB="$$($(GCS) stack path ggml-cuda)" \
+	    $(GCS) run -- build/probe
+	@echo
+	@echo "== gdb-cudashim audit of the same shim against the real consumers"
+	-$(GCS) audit --shim shim/build/variants/seed/libcuda.so.1
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	@./.ci/system-deps --bench
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf build shim/build

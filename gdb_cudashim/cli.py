@@ -1,0 +1,231 @@
+"""gdb-cudashim: the command outside gdb (batch runs, gdb launcher, set-up checks, audit).
+
+Exit statuses: 0 no CUDA init failure seen, 1 failure found, 2 usage or environment error, 3 timed out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from . import deps
+
+EXIT_USAGE = 2
+GDBINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdbinit.py")
+
+
+class CliError(Exception):
+    """One line for the user; exit status 2."""
+
+
+def _gdb() -> str:
+    gdb = os.environ.get("GDB", "gdb")
+    path = shutil.which(gdb)
+    if not path:
+        raise CliError(f"gdb not found ({gdb}): install it (Debian/Ubuntu: apt-get install gdb) or set GDB=/path/to/gdb")
+    return path
+
+
+def _gdb_env() -> dict:
+    env = dict(os.environ)
+    site = sysconfig.get_paths()["purelib"]
+    env["GDB_CUDASHIM_SITE"] = os.pathsep.join(filter(None, [env.get("GDB_CUDASHIM_SITE"), site]))
+    return env
+
+
+def _color(flag: str) -> bool:
+    if flag == "always":
+        return True
+    if flag == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return sys.stdout.isatty()
+
+
+def _check_program(argv: list[str]) -> str:
+    if not argv:
+        raise CliError("no program given: gdb-cudashim run [OPTIONS] -- PROGRAM [ARGS...]")
+    prog = argv[0]
+    path = prog if os.sep in prog else shutil.which(prog)
+    if not path or not os.path.exists(path):
+        raise CliError(f"no such program: {prog}")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise CliError(f"not an executable program: {prog}")
+    return path
+
+
+def _gdb_base(env: dict) -> tuple[list[str], dict]:
+    """gdb with the extension loaded; LD_PRELOAD moves from gdb itself to the program."""
+    cmd = [_gdb(), "-nx", "-q", "-iex", "set print inferior-events off", "-iex", "set print thread-events off",
+           "-iex", f"source {GDBINIT}"]
+    preload = env.pop("LD_PRELOAD", None)
+    if preload:
+        cmd += ["-iex", f"set environment LD_PRELOAD={preload}"]
+    return cmd, env
+
+
+def cmd_run(args) -> int:
+    program = _check_program(args.command)
+    for pattern in args.pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise CliError(f"bad --pattern {pattern!r}: {exc}")
+    if args.json is not None:
+        if not args.json.strip():
+            raise CliError("--json needs a file name")
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise CliError(f"cannot write --json {args.json}: {parent} is not a writable directory")
+    if args.timeout is not None and args.timeout <= 0:
+        raise CliError("--timeout must be a positive number of seconds")
+    env = _gdb_env()
+    base, env = _gdb_base(env)
+    arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]
+    if not args.follow:
+        arm.append("--no-follow-children")
+    with tempfile.TemporaryDirectory(prefix="gdb-cudashim-") as tmp:
+        report_path = os.path.join(tmp, "report.json")
+        drive = ["cuda-run", "--no-report", "--quit", "--json", report_path]
+        if args.timeout:
+            drive += ["--timeout", str(args.timeout)]
+        cmd = base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args", program] + args.command[1:]
+        proc = subprocess.run(cmd, env=env)
+        if not os.path.exists(report_path):
+            raise CliError(f"gdb ended (status {proc.returncode}) without a report; run the same under "
+                           f"'gdb-cudashim gdb --args ...' to see why")
+        with open(report_path) as f:
+            report = json.load(f)
+    from .core.report import render
+
+    report.setdefault("meta", {})["command"] = args.command
+    if args.json:
+        tmp_out = f"{args.json}.tmp{os.getpid()}"
+        with open(tmp_out, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp_out, args.json)
+    print("\n".join(render(report, color=_color(args.color), verbose=args.verbose)))
+    return int(report.get("status", 1))
+
+
+def cmd_gdb(args) -> int:
+    env = _gdb_env()
+    base, env = _gdb_base(env)
+    return subprocess.call(base + args.gdb_args, env=env)
+
+
+def cmd_gdbinit(args) -> int:
+    print(f"source {GDBINIT}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    print(f"gdb-cudashim in {deps.package_root()}; this Python: {sys.version.split()[0]} ({sys.executable})")
+    gdb = _gdb()
+    env = _gdb_env()
+    out = subprocess.run([gdb, "-nx", "-q", "-batch", "-iex", f"source {GDBINIT}", "-ex", "cuda-doctor"],
+                         env=env, capture_output=True, text=True)
+    sys.stdout.write(out.stdout)
+    sys.stdout.write(out.stderr)
+    from . import stack
+
+    s = stack.installed()
+    print(f"real CUDA stack: {s.root if s else 'not fetched (make stack)'}")
+    for tool in ("cc", "make"):
+        print(f"{tool}: {shutil.which(tool) or 'MISSING (apt-get install build-essential)'}")
+    return 0 if "all dependencies importable" in out.stdout else 1
+
+
+def cmd_stack(args) -> int:
+    from . import stack
+
+    if args.action == "fetch":
+        s = stack.fetch(log=lambda m: print(f"gdb-cudashim: {m}", file=sys.stderr))
+        print(s.root)
+        return 0
+    s = stack.require()
+    what = {"root": s.root, "lib": s.lib, "include": s.include, "cudart": s.cudart, "ggml-cuda": s.ggml_cuda}
+    print(what[args.what])
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .core import audit
+
+    return audit.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gdb-cudashim",
+                                description="Why does ggml/llama.cpp/ollama's CUDA backend fail to initialise under a CUDA shim?")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a program under gdb with catch-init-error armed and report",
+                       description="Run PROGRAM under gdb with catch-init-error armed, children followed, and print "
+                                   "the report. Exit: 0 no failure, 1 failure caught, 2 usage/environment, 3 timed out.")
+    r.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    r.add_argument("--timeout", type=float, metavar="S", help="interrupt after S seconds and report every thread")
+    r.add_argument("--pattern", action="append", default=[], metavar="REGEX", help="also capture writes matching REGEX")
+    r.add_argument("--no-follow-children", dest="follow", action="store_false", help="do not follow child processes")
+    r.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    r.add_argument("--verbose", action="store_true", help="every call and lookup, full backtraces")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
+    r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("gdb", help="start gdb with the extension loaded", add_help=False)
+    g.add_argument("gdb_args", nargs=argparse.REMAINDER)
+    g.set_defaults(func=cmd_gdb)
+
+    i = sub.add_parser("gdbinit", help="print the line that loads the extension (for ~/.gdbinit)")
+    i.set_defaults(func=cmd_gdbinit)
+
+    d = sub.add_parser("doctor", help="check gdb's Python, the dependencies and the set-up")
+    d.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("stack", help="fetch or locate the pinned real CUDA stack (cudart 12.9 + libggml-cuda)")
+    s.add_argument("action", choices=("fetch", "path"))
+    s.add_argument("what", nargs="?", default="root", choices=("root", "lib", "include", "cudart", "ggml-cuda"))
+    s.set_defaults(func=cmd_stack)
+
+    a = sub.add_parser("audit", help="check, without running, that shims give cudart and libggml-cuda what they need")
+    from .core import audit
+
+    audit.add_arguments(a)
+    a.set_defaults(func=cmd_audit)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"gdb-cudashim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gdb-cudashim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from .stack import StackError
+
+        if isinstance(exc, StackError) or isinstance(exc, OSError):
+            print(f"gdb-cudashim: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if os.environ.get("GDB_CUDASHIM_DEBUG"):
+            raise
+        print(f"gdb-cudashim: internal error: {type(exc).__name__}: {exc} (GDB_CUDASHIM_DEBUG=1 shows where)",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

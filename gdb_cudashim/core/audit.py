@@ -1,0 +1,391 @@
+"""Audit without running: does a shim give cudart and libggml-cuda what they need?
+
+Reads ELF files with pyelftools (no nm/readelf), resolves sonames the way ld.so does,
+and reports each problem with why it matters and the fix. Pure: never imports gdb.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+
+from .elf import ElfInfo, ElfProblem, read_elf_cached
+
+# Entry points cudart looks up by name at run time (strings in libcudart, not imports).
+RUNTIME_LOOKUPS = {
+    "cuGetProcAddress_v2": "cudart dlsym()s it first; without it cudart falls back to ~420 plain lookups and never "
+                           "calls cuGetProcAddress (v1), then fails",
+    "cuGetExportTable": "cudart gets its private CUDART_INTERFACE table through it; without it cudart fails with "
+                        "'API call is not supported in the installed CUDA driver' (36)",
+    "cuInit": "cudart calls it on the first runtime call; a non-zero result comes back as the cudaError",
+    "cuDriverGetVersion": "cudart checks the driver version (< 12000 -> cudaErrorInsufficientDriver 35) before cuInit",
+}
+DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
+ROLE_SONAMES = {"driver": "libcuda.so.1", "runtime": "libcudart.so.12", "nvml": "libnvidia-ml.so.1"}
+
+
+@dataclass
+class Problem:
+    kind: str
+    subject: str
+    detail: str
+    why: str
+    fix: str
+
+
+@dataclass
+class Need:
+    symbol: str
+    needed_by: str
+    provider: str
+    present: bool
+    why: str
+    fix: str
+
+
+@dataclass
+class AuditResult:
+    files: list[dict] = field(default_factory=list)
+    needs: list[Need] = field(default_factory=list)
+    resolution: list[dict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "needs": [asdict(n) for n in self.needs], "resolution": self.resolution,
+                "problems": [asdict(p) for p in self.problems], "unreadable": self.unreadable}
+
+
+# ------------------------------------------------------------ resolution --
+def _ld_cache() -> dict[str, list[str]]:
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        try:
+            out = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return {}
+    cache: dict[str, list[str]] = {}
+    for line in out.splitlines()[1:]:
+        line = line.strip()
+        if "=>" not in line or "x86-64" not in line:
+            continue
+        name = line.split(" ", 1)[0]
+        cache.setdefault(name, []).append(line.rsplit("=>", 1)[1].strip())
+    return cache
+
+
+def _expand(path: str, origin: str) -> str:
+    return path.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+
+
+def resolve(soname: str, consumer: ElfInfo | None, env: dict, cache=None) -> list[dict]:
+    """Candidates in the order ld.so tries them; the first existing one wins."""
+    steps: list[tuple[str, str]] = []
+    for item in (env.get("LD_PRELOAD") or "").replace(":", " ").split():
+        steps.append(("LD_PRELOAD", item))
+    origin = os.path.dirname(os.path.abspath(consumer.path)) if consumer else ""
+    if consumer and consumer.rpath and not consumer.runpath:
+        steps += [("DT_RPATH", os.path.join(_expand(d, origin), soname)) for d in consumer.rpath]
+    steps += [("LD_LIBRARY_PATH", os.path.join(d, soname)) for d in (env.get("LD_LIBRARY_PATH") or "").split(":") if d]
+    if consumer and consumer.runpath:
+        steps += [("DT_RUNPATH", os.path.join(_expand(d, origin), soname)) for d in consumer.runpath]
+    cache = _ld_cache() if cache is None else cache
+    steps += [("ld.so.cache", p) for p in cache.get(soname, [])]
+    steps += [("default dirs", os.path.join(d, soname)) for d in DEFAULT_DIRS]
+    out = []
+    seen = set()
+    for how, path in steps:
+        real = os.path.realpath(path)
+        exists = os.path.isfile(path)
+        if how == "LD_PRELOAD":
+            soname_of = None
+            if exists:
+                try:
+                    soname_of = read_elf_cached(path).soname
+                except ElfProblem:
+                    pass
+            out.append({"how": how, "path": path, "exists": exists, "soname": soname_of,
+                        "satisfies": exists and soname_of == soname})
+            continue
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append({"how": how, "path": path, "exists": exists, "soname": None, "satisfies": exists})
+    return out
+
+
+def _is_stub(path: str) -> bool:
+    return "/stubs/" in os.path.realpath(path) or "/stubs/" in path
+
+
+# ---------------------------------------------------------------- checks --
+def _describe(info: ElfInfo) -> dict:
+    return {"path": info.path, "soname": info.soname, "exports": len(info.exports),
+            "version_definitions": info.version_definitions, "debug_info": info.has_debug_info,
+            "build_id": info.build_id, "debuglink": info.debuglink, "stripped": info.stripped}
+
+
+def _role(info: ElfInfo) -> str | None:
+    if info.soname in ROLE_SONAMES.values():
+        return {v: k for k, v in ROLE_SONAMES.items()}[info.soname]
+    if "cuInit" in info.exports:
+        return "driver"
+    if "cudaGetDeviceCount" in info.exports:
+        return "runtime"
+    if "nvmlInit_v2" in info.exports:
+        return "nvml"
+    return None
+
+
+def _consumer_kind(info: ElfInfo) -> str | None:
+    base = os.path.basename(info.path)
+    if "ggml-cuda" in base or "libggml-cuda" in (info.soname or ""):
+        return "ggml-cuda"
+    if (info.soname or "").startswith("libcudart") or base.startswith("libcudart"):
+        return "cudart"
+    return None
+
+
+def _cudart_lookups(info: ElfInfo) -> list[str]:
+    """Driver names cudart looks up at run time: the RUNTIME_LOOKUPS it carries as strings."""
+    try:
+        with open(info.path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return list(RUNTIME_LOOKUPS)
+    return [name for name in RUNTIME_LOOKUPS if b"\0" + name.encode() + b"\0" in data]
+
+
+def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
+    res = AuditResult()
+    shim_infos: list[ElfInfo] = []
+    for path in shims:
+        try:
+            info = read_elf_cached(path)
+        except ElfProblem as exc:
+            res.unreadable.append(str(exc))
+            continue
+        shim_infos.append(info)
+        d = _describe(info)
+        d["role"] = _role(info)
+        d["kind"] = "shim"
+        res.files.append(d)
+        if not info.has_debug_info:
+            res.problems.append(Problem("no-debug-info", path, "no DWARF (.debug_info)" + (
+                f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
+                "cuda-state can only show globals as raw integers, and you cannot step through it",
+                "build the shim with -g (the bundled one uses -g3 -O0) and do not strip it"))
+    consumer_infos: list[ElfInfo] = []
+    for path in consumers:
+        try:
+            info = read_elf_cached(path)
+        except ElfProblem as exc:
+            res.unreadable.append(str(exc))
+            continue
+        consumer_infos.append(info)
+        d = _describe(info)
+        d["kind"] = "consumer"
+        res.files.append(d)
+
+    drivers = [s for s in shim_infos if _role(s) == "driver"]
+    runtimes = [s for s in shim_infos if _role(s) == "runtime"]
+
+    for s in drivers:
+        if s.soname != "libcuda.so.1":
+            res.problems.append(Problem(
+                "wrong-soname", s.path, f"soname is {s.soname!r}, not 'libcuda.so.1'",
+                "cudart dlopen()s \"libcuda.so.1\" and dlsym()s only that handle: a preloaded file under another "
+                "soname is bypassed by cudart, while libggml-cuda's direct cu* imports bind to it (two drivers in one "
+                "process)",
+                "link the shim with -Wl,-soname,libcuda.so.1, name the file libcuda.so.1 and put its directory first on "
+                "LD_LIBRARY_PATH instead of LD_PRELOAD"))
+
+    for c in consumer_infos:
+        kind = _consumer_kind(c)
+        name = os.path.basename(c.path)
+        if kind == "cudart":
+            for sym in _cudart_lookups(c):
+                for s in drivers:
+                    present = s.exports_symbol(sym)
+                    res.needs.append(Need(sym, f"{name} (run-time lookup)", os.path.basename(s.path), present,
+                                          RUNTIME_LOOKUPS[sym],
+                                          "" if present else f"export {sym} from the shim (forward it to the real driver)"))
+        elif kind == "ggml-cuda":
+            direct = [i for i in c.imports if i.library is None and i.name.startswith("cu")
+                      and not i.name.startswith("cuda") and not i.name.startswith("cublas") and not i.weak]
+            for imp in direct:
+                for s in drivers:
+                    present = s.exports_symbol(imp.name)
+                    res.needs.append(Need(imp.name, f"{name} (direct import)", os.path.basename(s.path), present,
+                                          "libggml-cuda links libcuda.so.1 directly: dlopen(libggml-cuda) fails with "
+                                          f"'undefined symbol: {imp.name}' before any CUDA call",
+                                          "" if present else f"export {imp.name} from the shim's libcuda.so.1"))
+            versioned = [i for i in c.imports if i.library == "libcudart.so.12"]
+            for s in runtimes:
+                if "libcudart.so.12" not in s.version_definitions:
+                    res.problems.append(Problem(
+                        "missing-version-node", s.path, "defines no 'libcudart.so.12' symbol version",
+                        f"{name} imports {len(versioned)} symbols as name@libcudart.so.12; ld.so refuses the file "
+                        "('version `libcudart.so.12' not found')",
+                        "link the runtime shim with a version script: libcudart.so.12 { global: *; };"))
+                for imp in versioned:
+                    present = s.exports_symbol(imp.name, imp.version)
+                    if not present:
+                        res.needs.append(Need(imp.name, f"{name} (import @libcudart.so.12)", os.path.basename(s.path),
+                                              False, "ggml calls it on the init path or later",
+                                              f"export {imp.name}@libcudart.so.12"))
+
+    for n in res.needs:
+        if not n.present:
+            res.problems.append(Problem("missing-symbol", n.provider, f"{n.symbol} needed by {n.needed_by}", n.why, n.fix))
+
+    # resolution of the CUDA sonames, for each consumer (cudart's own dlopen of the driver included)
+    cache = _ld_cache()
+    for c in consumer_infos:
+        wanted = [n for n in c.needed if n in ROLE_SONAMES.values()]
+        if _consumer_kind(c) == "cudart":
+            wanted.append("libcuda.so.1")  # dlopen()ed at run time, not DT_NEEDED
+        for soname in wanted:
+            cands = resolve(soname, c, env, cache)
+            chosen = next((x for x in cands if x["satisfies"]), None)
+            others = [x for x in cands if x["satisfies"] and x is not chosen]
+            res.resolution.append({"consumer": c.path, "soname": soname, "chosen": chosen["path"] if chosen else None,
+                                   "how": chosen["how"] if chosen else None, "candidates": cands})
+            for x in cands:
+                if x["how"] == "LD_PRELOAD" and x["exists"] and not x["satisfies"] and soname == "libcuda.so.1" \
+                        and x.get("soname") and "cuInit" in read_elf_cached(x["path"]).exports:
+                    res.problems.append(Problem(
+                        "preload-soname", x["path"], f"preloaded with soname {x['soname']!r}; "
+                        f"{os.path.basename(c.path)} still resolves libcuda.so.1 to {chosen['path'] if chosen else 'nothing'}",
+                        "one process, two drivers: cudart talks to the file it dlopen()s, not to the preloaded shim",
+                        "give the shim the soname libcuda.so.1 and put it first on LD_LIBRARY_PATH"))
+            if chosen is None:
+                res.problems.append(Problem("not-found", soname, f"{os.path.basename(c.path)} finds no {soname}",
+                                            "cudart reports cudaErrorInsufficientDriver (35); libggml-cuda fails to load",
+                                            f"put the directory with the shim's {soname} on LD_LIBRARY_PATH"))
+            elif _is_stub(chosen["path"]):
+                res.problems.append(Problem("stub-first", chosen["path"], f"{soname} resolves to a CUDA stub library "
+                                            f"(via {chosen['how']})",
+                                            "stub libraries are for linking; cuInit returns CUDA_ERROR_STUB_LIBRARY (34)",
+                                            "remove the stubs directory from LD_LIBRARY_PATH"))
+            if chosen is not None and others:
+                res.problems.append(Problem("several-candidates", soname, f"also found: {', '.join(o['path'] for o in others[:3])}",
+                                            f"only {chosen['path']} is used; the others are shadowed",
+                                            "make sure the one chosen is the one you built"))
+    # de-duplicate identical problems (several consumers can raise the same one)
+    unique = {}
+    for p in res.problems:
+        unique.setdefault((p.kind, p.subject, p.detail), p)
+    res.problems = list(unique.values())
+    return res
+
+
+def explain_failed_load(path: str, env) -> list[str]:
+    """Why dlopen(path) failed, from the files: direct cu* imports the resolved driver lacks."""
+    info = read_elf_cached(path)
+    env = dict(env)
+    cands = resolve("libcuda.so.1", info, env)
+    chosen = next((x for x in cands if x["satisfies"]), None)
+    if chosen is None:
+        return ["no libcuda.so.1 is found on the search path"]
+    driver = read_elf_cached(chosen["path"])
+    missing = [i.name for i in info.imports if i.library is None and i.name.startswith("cu")
+               and not i.name.startswith(("cuda", "cublas")) and not driver.exports_symbol(i.name)]
+    if not missing:
+        return []
+    return [f"{chosen['path']} (via {chosen['how']}) lacks {len(missing)} of libggml-cuda's direct imports: "
+            + ", ".join(missing)]
+
+
+# ------------------------------------------------------------------- CLI --
+def add_arguments(p):
+    p.add_argument("--shim", action="append", default=[], metavar="PATH", help="a shim library to check (repeatable)")
+    p.add_argument("--consumer", action="append", default=[], metavar="PATH",
+                   help="what uses it: libggml-cuda*, libcudart.so.12 (default: the pinned real stack)")
+    p.add_argument("--env-from", type=int, metavar="PID", help="resolve with this process's environment")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _env_from(pid: int) -> dict:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"no process {pid}") from None
+    except PermissionError:
+        raise ValueError(f"cannot read /proc/{pid}/environ: permission denied (run as the process's user or root)") from None
+    env = {}
+    for item in raw.split(b"\0"):
+        if b"=" in item:
+            k, v = item.split(b"=", 1)
+            env[k.decode(errors="replace")] = v.decode(errors="replace")
+    return env
+
+
+def render(result: AuditResult) -> list[str]:
+    from tabulate import tabulate
+
+    out = []
+    if result.files:
+        rows = [[os.path.basename(f["path"]), f["kind"], f.get("role") or "", f["soname"] or "", f["exports"],
+                 "yes" if f["debug_info"] else "no", (f["build_id"] or "")[:12], "yes" if f["stripped"] else "no"]
+                for f in result.files]
+        out += tabulate(rows, headers=["file", "kind", "role", "soname", "exports", "DWARF", "build-id", "stripped"],
+                        tablefmt="simple").splitlines()
+    for line in result.unreadable:
+        out.append(f"skipped: {line}")
+    missing = [n for n in result.needs if not n.present]
+    if result.needs:
+        out.append("")
+        out.append(f"Needs: {len(result.needs)} checked, {len(missing)} missing")
+        rows = [[n.symbol, n.needed_by, n.provider, "present" if n.present else "MISSING", "" if n.present else n.why[:70]]
+                for n in (missing or [])[:60]]
+        if rows:
+            out += tabulate(rows, headers=["symbol", "needed by", "shim", "status", "why it matters"],
+                            tablefmt="simple").splitlines()
+    if result.resolution:
+        out.append("")
+        rows = [[os.path.basename(r["consumer"]), r["soname"], r["chosen"] or "NOT FOUND", r["how"] or ""]
+                for r in result.resolution]
+        out += tabulate(rows, headers=["consumer", "needs", "resolves to", "via"], tablefmt="simple").splitlines()
+    out.append("")
+    if result.problems:
+        out.append(f"{len(result.problems)} problem(s):")
+        for i, p in enumerate(result.problems, 1):
+            out.append(f"{i}. [{p.kind}] {p.subject}: {p.detail}")
+            out.append(f"   why: {p.why}")
+            out.append(f"   fix: {p.fix}")
+    else:
+        out.append("nothing missing")
+    return out
+
+
+def main(args) -> int:
+    consumers = list(args.consumer)
+    if not consumers:
+        from ..stack import StackError, installed
+
+        stack = installed()
+        if stack is None:
+            print("gdb-cudashim audit: no --consumer and the pinned stack is not fetched (make stack)", file=sys.stderr)
+            return 2
+        consumers = [str(p) for p in stack.consumers()]
+    if not args.shim:
+        print("gdb-cudashim audit: give at least one --shim PATH", file=sys.stderr)
+        return 2
+    try:
+        env = _env_from(args.env_from) if args.env_from else dict(os.environ)
+    except ValueError as exc:
+        print(f"gdb-cudashim audit: {exc}", file=sys.stderr)
+        return 2
+    result = audit(args.shim, consumers, env)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print("\n".join(render(result)))
+    if not [f for f in result.files if f["kind"] == "shim"]:
+        return 2
+    return 1 if result.problems else 0

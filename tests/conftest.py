@@ -1,0 +1,88 @@
+"""Shared fixtures: the real CUDA stack, shim variants, and runners for real gdb and the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+SHIM_BUILD = ROOT / "shim" / "build"
+GDBINIT = ROOT / "gdb_cudashim" / "gdbinit.py"
+CLI = [sys.executable, "-m", "gdb_cudashim.cli"]
+
+
+@pytest.fixture(scope="session")
+def stack():
+    from gdb_cudashim import stack as stack_mod
+
+    s = stack_mod.installed()
+    if s is None:
+        msg = "the real CUDA stack is not fetched (make stack)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return s
+
+
+@pytest.fixture(scope="session")
+def probe():
+    p = BUILD / "probe"
+    assert p.exists(), "build/probe missing: run 'make programs'"
+    return p
+
+
+@pytest.fixture(scope="session")
+def variant_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("variants")
+
+
+def build_variant(stack, outdir: Path, name: str, hide=(), soname="libcuda.so.1", filename=None) -> Path:
+    """A defect variant of the bundled shim: the exports in HIDE made local by a version script."""
+    d = outdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    vmap = d / "v.map"
+    local = "".join(f" {h};" for h in hide)
+    vmap.write_text("{ global: *;" + (f" local:{local}" if hide else "") + " };\n")
+    out = d / (filename or soname)
+    subprocess.run(["cc", "-g3", "-O0", "-fPIC", "-fvisibility=hidden", "-Wno-deprecated-declarations",
+                    f"-I{stack.include}", "-shared", "-Wl,--build-id", f"-Wl,-soname,{soname}",
+                    f"-Wl,--version-script={vmap}", "-o", str(out), str(ROOT / "shim" / "cudashim.c"), "-ldl",
+                    "-lpthread"], check=True)
+    return out
+
+
+def env_with(**extra) -> dict:
+    env = dict(os.environ)
+    for k in ("LD_LIBRARY_PATH", "LD_PRELOAD", "CUDASHIM_MODE", "CUDASHIM_INIT_RESULT", "CUDASHIM_DRIVER_VERSION",
+              "CUDASHIM_HANG", "CUDA_VISIBLE_DEVICES", "NO_COLOR"):
+        env.pop(k, None)
+    env.update({k: str(v) for k, v in extra.items() if v is not None})
+    return env
+
+
+def run_cli(args, env=None, timeout=120):
+    proc = subprocess.run(CLI + list(args), cwd=ROOT, env=env or env_with(), capture_output=True, text=True,
+                          timeout=timeout)
+    return proc
+
+
+def run_report(tmp_path, program_args, env, extra=(), timeout=120):
+    """gdb-cudashim run --json; returns (process, report dict)."""
+    out = tmp_path / "report.json"
+    proc = run_cli(["run", "--json", str(out), *extra, "--", *map(str, program_args)], env=env, timeout=timeout)
+    report = json.loads(out.read_text()) if out.exists() else None
+    return proc, report
+
+
+def run_gdb(commands, args=(), env=None, timeout=120):
+    cmd = ["gdb", "-nx", "-q", "-batch", "-ex", f"source {GDBINIT}"]
+    for c in commands:
+        cmd += ["-ex", c]
+    if args:
+        cmd += ["--args", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, env=env or env_with(), capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,76 @@
+"""The pure core, with plain pytest (no gdb): codes against NVIDIA's real headers and library."""
+import ctypes
+
+import pytest
+
+from gdb_cudashim.core import codes
+from gdb_cudashim.core.elf import ElfProblem, read_elf
+
+
+def test_error_strings_match_real_cudart(stack):
+    rt = ctypes.CDLL(str(stack.cudart))
+    rt.cudaGetErrorString.restype = ctypes.c_char_p
+    for code, text in codes.CUDA_ERROR_STRING.items():
+        assert rt.cudaGetErrorString(code).decode() == text, code
+
+
+def test_code_tables_match_headers(stack):
+    cuda_h = (stack.include / "cuda.h").read_text()
+    assert "CUDA_ERROR_NO_DEVICE                      = 100" in cuda_h
+    assert codes.cu_name(100) == "CUDA_ERROR_NO_DEVICE"
+    assert codes.cu_name(34) == "CUDA_ERROR_STUB_LIBRARY"
+    assert codes.cuda_name(36) == "cudaErrorCallRequiresNewerDriver"
+    assert codes.cuda_name(35) == "cudaErrorInsufficientDriver"
+
+
+def test_seed_message_is_98_bytes_and_maps_to_36():
+    line = "ggml_cuda_init: failed to initialize CUDA: " + codes.CUDA_ERROR_STRING[36] + "\n"
+    assert len(line.encode()) == 98
+    assert codes.cuda_error_from_message(codes.CUDA_ERROR_STRING[36]) == 36
+
+
+@pytest.mark.parametrize("text,value", [("CUDA_ERROR_NO_DEVICE", 100), ("cudaErrorNoDevice", 100), ("SUCCESS", 0),
+                                        ("0x64", 100), ("11080", 11080), ("NVML_ERROR_NOT_FOUND", 6), ("no_device", 100)])
+def test_parse_value(text, value):
+    assert codes.parse_value(text) == value
+
+
+def test_parse_value_rejects_unknown():
+    with pytest.raises(codes.UnknownValue):
+        codes.parse_value("CUDA_ERROR_BANANA")
+
+
+def test_export_table_names():
+    assert codes.export_table_name(codes.CUDART_INTERFACE) == "CUDART_INTERFACE"
+    assert codes.export_table_name("00000000-0000-0000-0000-000000000000") == "unknown table"
+
+
+def test_bundled_shim_has_debug_info_and_state():
+    from conftest import SHIM_BUILD
+
+    info = read_elf(str(SHIM_BUILD / "libcuda.so.1"))
+    assert info.soname == "libcuda.so.1" and info.has_debug_info and info.build_id and not info.stripped
+    for name in ("g_initialized", "g_device_found", "g_in_init_phase", "g_gpu_info_valid", "g_gpu_info",
+                 "cuGetProcAddress_v2", "cuGetExportTable", "cuMemCreate"):
+        assert name in info.exports, name
+    seed = read_elf(str(SHIM_BUILD / "variants" / "seed" / "libcuda.so.1"))
+    assert "cuGetProcAddress_v2" not in seed.exports and "cuGetExportTable" not in seed.exports
+    assert "cuGetProcAddress" in seed.exports
+
+
+def test_elf_problems_are_one_line(tmp_path):
+    (tmp_path / "text").write_text("hello")
+    (tmp_path / "trunc").write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 20)
+    for path, words in ((tmp_path / "text", "not an ELF"), (tmp_path, "directory"), (tmp_path / "nope", "no such"),
+                        (tmp_path / "trunc", "truncated")):
+        with pytest.raises(ElfProblem) as exc:
+            read_elf(str(path))
+        assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_stubs_cover_exactly_the_cublas_imports(stack):
+    info = read_elf(str(stack.ggml_cuda))
+    stub = read_elf(str(stack.lib / "libcublas.so.12"))
+    wanted = {i.name for i in info.imports if i.library == "libcublas.so.12"}
+    assert wanted and wanted <= set(stub.exports)
+    assert all(stub.exports_symbol(n, "libcublas.so.12") for n in wanted)

@@ -1,0 +1,171 @@
+"""gdb-cudashim run on the real stack: real gdb, NVIDIA's libcudart 12.9, a real libggml-cuda,
+the bundled shim and defect variants of it, real child processes."""
+import os
+import subprocess
+
+import pytest
+
+from conftest import BUILD, ROOT, SHIM_BUILD, build_variant, env_with, run_cli, run_report
+
+SEED = SHIM_BUILD / "variants" / "seed"
+
+
+def rules_of(report):
+    return [f["rule"] for f in report["findings"]]
+
+
+def probe_env(stack, libdir, **extra):
+    return env_with(LD_LIBRARY_PATH=libdir, GGML_CUDA_LIB=stack.ggml_cuda, **extra)
+
+
+def test_seed_case_full_message_and_cause(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SEED))
+    assert proc.returncode == 1, proc.stderr
+    (err,) = report["errors"]
+    assert err["text"] == ("ggml_cuda_init: failed to initialize CUDA: "
+                           "API call is not supported in the installed CUDA driver\n")
+    assert len(err["text"].encode()) == 98 and err["fd"] == 2
+    assert any("ggml_cuda_init" in f["function"] for f in err["backtrace"])
+    assert "libggml-base" in err["origin"]
+    assert rules_of(report) == ["missing-cuGetProcAddress_v2", "missing-cuGetExportTable"]
+    missing_v2 = [l for l in report["lookups"] if l["symbol"] == "cuGetProcAddress_v2"]
+    assert missing_v2 and all(l["found"] is False for l in missing_v2)
+    assert missing_v2[0]["caller"].endswith("libcudart.so.12")
+    assert len(report["lookups"]) > 400  # cudart's plain-dlsym fallback
+    calls = {c["function"]: c for c in report["calls"]}
+    assert calls["cuInit"]["result"] == 0 and calls["cuDriverGetVersion"]["args"]["driverVersion"] == 12090
+    assert calls["cudaGetDeviceCount"]["result"] == 36
+    assert "cuDeviceGetCount" not in calls  # never reached, as the seeds saw
+    assert calls["cuInit"]["library"].endswith("libcuda.so.1")
+    assert report["stops"] > 0 and report["hang"] is None
+    # the readable report names the fix
+    assert "export cuGetProcAddress_v2" in proc.stdout and "98 bytes" in proc.stdout
+    assert "cuBLAS stub called" not in proc.stdout + proc.stderr
+
+
+def test_fake_shim_fails_at_the_private_export_table(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD))
+    assert proc.returncode == 1
+    assert "named symbol not found" in report["errors"][0]["text"]
+    assert "export-table-failed" in rules_of(report)
+    tables = [c for c in report["calls"] if c["function"] == "cuGetExportTable"]
+    assert any(c["args"]["pExportTableId"].startswith("6bd5fb6c") and c["result"] == 500 for c in tables)
+    lookups = [c for c in report["calls"] if c["function"] == "cuGetProcAddress_v2"]
+    assert len(lookups) > 300 and any(c["args"]["symbol"] == "cuInit" for c in lookups)
+
+
+def test_cuinit_error_traced_back_to_the_call(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD, CUDASHIM_INIT_RESULT=100))
+    assert proc.returncode == 1
+    assert report["errors"][0]["text"].endswith("no CUDA-capable device is detected\n")
+    f = next(f for f in report["findings"] if f["rule"] == "driver-error-passed-through")
+    assert "cuInit" in f["summary"] and "CUDA_ERROR_NO_DEVICE" in f["summary"]
+
+
+def test_old_driver_version(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD, CUDASHIM_DRIVER_VERSION=11080))
+    assert proc.returncode == 1
+    assert "insufficient for CUDA runtime version" in report["errors"][0]["text"]
+    f = next(f for f in report["findings"] if f["rule"] == "driver-version")
+    assert "11080" in f["summary"]
+    assert not any(c["function"] == "cuInit" for c in report["calls"])  # cudart stops before cuInit
+
+
+def test_driver_not_found(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], env_with(GGML_CUDA_LIB=stack.ggml_cuda))
+    assert proc.returncode == 1
+    rules = rules_of(report)
+    assert "backend-load-failed" in rules  # libggml-cuda NEEDs libcuda.so.1 directly
+    load = next(l for l in report["loads"] if "ggml-cuda" in l["path"])
+    assert load["ok"] is False and "libcuda.so.1" in load["error"]
+
+
+def test_shim_missing_a_vmm_symbol(stack, probe, tmp_path, variant_dir):
+    lib = build_variant(stack, variant_dir, "novmm", hide=["cuMemCreate"])
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, lib.parent))
+    assert proc.returncode == 1
+    f = next(f for f in report["findings"] if f["rule"] == "backend-load-failed")
+    assert "cuMemCreate" in f["summary"] and "export cuMemCreate" in f["fix"]
+    assert any("undefined symbol: cuMemCreate" in e for e in f["evidence"])
+    assert any("load_backend: failed to load" in e["text"] for e in report["errors"])
+
+
+def test_preload_soname_trap_two_drivers(stack, probe, tmp_path, variant_dir):
+    preloaded = build_variant(stack, variant_dir, "preload", soname="libcudashim.so")
+    env = probe_env(stack, SEED, LD_PRELOAD=preloaded)
+    proc, report = run_report(tmp_path, [probe], env)
+    assert proc.returncode == 1
+    f = next(f for f in report["findings"] if f["rule"] == "two-drivers")
+    assert any("libcudashim.so" in e for e in f["evidence"]) and any("libcuda.so.1" in e for e in f["evidence"])
+
+
+def test_child_with_stderr_to_devnull(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [BUILD / "spawner", probe, "--exit-count"], probe_env(stack, SEED))
+    assert proc.returncode == 1
+    assert 'library=cpu' in proc.stdout and 'total_vram="0 B"' in proc.stdout
+    starts = [p for p in report["processes"] if p["what"] == "start"]
+    assert len(starts) == 2
+    parent, child = starts
+    assert child["parent"] == parent["pid"]
+    (err,) = report["errors"]
+    assert err["pid"] == child["pid"] and "API call is not supported" in err["text"]
+    assert "missing-cuGetExportTable" in rules_of(report)
+
+
+def test_raw_syscall_writer(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe, "--raw-log"], probe_env(stack, SEED))
+    assert proc.returncode == 1
+    (err,) = report["errors"]
+    assert "API call is not supported" in err["text"]
+    assert err["backtrace"][0]["function"] in ("raw_write", "raw_log")
+    assert not any("libc.so" in (f["library"] or "") for f in err["backtrace"][:1])
+
+
+def test_hang_inside_the_shim(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD, CUDASHIM_HANG="cuInit"),
+                              extra=["--timeout", "4"])
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    hang = report["hang"]
+    waiting = [t for t in hang["threads"] if t["waiting_in"]]
+    assert waiting and "cuInit" in waiting[0]["waiting_in"] and "cudashim.c" in waiting[0]["waiting_in"]
+    assert "shim_wait_forever" in [f["function"] for f in waiting[0]["frames"]]
+
+
+def test_no_cuda_at_all_is_clean(tmp_path):
+    proc, report = run_report(tmp_path, ["/bin/sh", "-c", "echo hello; echo CUDA-free >&2"], env_with())
+    assert proc.returncode == 0, proc.stdout
+    assert report["findings"] == [] and report["errors"] == [] and report["calls"] == []
+    assert "No CUDA init failure seen" in proc.stdout
+
+
+def test_recipe_batch_run(stack, probe):
+    env = probe_env(stack, SEED)
+    proc = subprocess.run(["gdb", "-batch", "-x", "commands/catch-init-error.gdb", "--args", str(probe)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "does not export cuGetProcAddress_v2" in proc.stdout
+    # from another directory, the recipe finds the package by its own path
+    proc = subprocess.run(["gdb", "-batch", "-x", str(ROOT / "commands/catch-init-error.gdb"), "--args", "/bin/true"],
+                          cwd="/", env=env_with(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["run", "--", "/no/such/program"], "no such program"),
+    (["run", "--pattern", "(", "--", "/bin/true"], "bad --pattern"),
+    (["run", "--json", "", "--", "/bin/true"], "--json needs a file name"),
+    (["run", "--json", "/proc/x/y.json", "--", "/bin/true"], "cannot write --json"),
+    (["run"], "no program given"),
+    (["run", "--timeout", "-1", "--", "/bin/true"], "--timeout"),
+])
+def test_bad_input_is_one_line(args, words):
+    proc = run_cli(args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_program_killed_mid_trace(tmp_path):
+    proc, report = run_report(tmp_path, ["/bin/sh", "-c", "kill -9 $$"], env_with())
+    assert proc.returncode == 0 and report is not None
+    assert "Traceback" not in proc.stderr
