@@ -14,6 +14,7 @@ BUILD = ROOT / "build"
 SHIM_BUILD = ROOT / "shim" / "build"
 GDBINIT = ROOT / "gdb_cudashim" / "gdbinit.py"
 CLI = [sys.executable, "-m", "gdb_cudashim.cli"]
+collect_ignore = ["ingdb"]  # these run inside gdb, through test_in_gdb.py
 
 
 @pytest.fixture(scope="session")

@@ -228,8 +228,9 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 if "libcudart.so.12" not in s.version_definitions:
                     res.problems.append(Problem(
                         "missing-version-node", s.path, "defines no 'libcudart.so.12' symbol version",
-                        f"{name} imports {len(versioned)} symbols as name@libcudart.so.12; ld.so refuses the file "
-                        "('version `libcudart.so.12' not found')",
+                        f"{name} imports {len(versioned)} symbols as name@libcudart.so.12: with no version definitions "
+                        "at all ld.so aborts the whole process (assertion in check_match); with other versions "
+                        "dlopen fails with 'undefined symbol: cudaMalloc, version libcudart.so.12'",
                         "link the runtime shim with a version script: libcudart.so.12 { global: *; };"))
                 for imp in versioned:
                     present = s.exports_symbol(imp.name, imp.version)

@@ -54,10 +54,10 @@ class ElfInfo:
             return False
         if version is None:
             return True
-        # An unversioned definition satisfies a versioned reference (ld.so accepts
-        # it with a warning-free fallback only for the base definition); a
-        # definition under another version does not.
-        return version in versions or versions == {None}
+        # Measured with glibc 2.36: a versioned reference is not satisfied by an
+        # unversioned definition (ld.so even asserts in check_match when the file has
+        # no version definitions at all) nor by one under another version.
+        return version in versions
 
     def imports_from(self, library: str) -> list[Import]:
         return [i for i in self.imports if i.library == library]
@@ -196,5 +196,6 @@ def _cached(path: str, mtime: float, size: int) -> ElfInfo:
 
 
 def read_elf_cached(path: str) -> ElfInfo:
+    _check_file(path)
     st = os.stat(path)
     return _cached(os.path.realpath(path), st.st_mtime, st.st_size)

@@ -1,0 +1,99 @@
+"""Inside real gdb: loading, help text, bad input, and stepping through the shim's cuInit."""
+import os
+
+import gdb
+
+ROOT = os.environ["INGDB_ROOT"]
+PROBE = os.environ["INGDB_PROBE"]
+SHIM = os.path.join(ROOT, "shim", "build")
+
+
+def _out(cmd):
+    return gdb.execute(cmd, to_string=True)
+
+
+def test_loading_twice_is_harmless():
+    before = _out("help user-defined")
+    gdb.execute(f"source {ROOT}/gdb_cudashim/gdbinit.py")
+    gdb.execute(f"source {ROOT}/gdb_cudashim/gdbinit.py")
+    assert _out("help user-defined") == before
+    for name in ("catch-init-error", "cuda-run", "cuda-report", "cuda-doctor"):
+        assert name in before
+
+
+def test_help_is_summary_then_usage():
+    text = _out("help catch-init-error")
+    lines = text.splitlines()
+    assert lines[0].startswith("Capture why ggml/cudart CUDA init fails")
+    assert lines[1].startswith("Usage: catch-init-error")
+    assert "--follow-children" in text and "--timeout S" in text
+
+
+def test_bad_option_is_one_line_error():
+    try:
+        gdb.execute("catch-init-error --nope", to_string=True)
+    except gdb.error as exc:
+        msg = str(exc)
+    else:
+        raise AssertionError("no error")
+    assert "unrecognized arguments: --nope" in msg and "\n" not in msg
+    try:
+        gdb.execute("catch-init-error --pattern '('", to_string=True)
+    except gdb.error as exc:
+        assert "bad --pattern" in str(exc)
+    else:
+        raise AssertionError("no error")
+    try:
+        gdb.execute("cuda-report", to_string=True)
+    except gdb.error as exc:
+        assert "run 'catch-init-error' first" in str(exc)
+    else:
+        raise AssertionError("no error")
+
+
+def test_step_through_shim_cuinit_with_source_and_locals():
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute(f"file {PROBE}")
+    bp = gdb.Breakpoint("cuInit")  # pending: the shim is loaded later by cudart
+    gdb.execute("run", to_string=True)
+    frame = gdb.selected_frame()
+    assert frame.name() == "cuInit"
+    sal = frame.find_sal()
+    assert sal.symtab.filename.endswith("cudashim.c") and sal.line > 0
+    assert int(frame.read_var("flags")) == 0
+    assert frame.function().symtab.filename.endswith("cudashim.c")
+    for _ in range(40):  # step to the assignment of the local 'result'
+        gdb.execute("next", to_string=True)
+        f = gdb.selected_frame()
+        if f.name() != "cuInit":
+            break
+        try:
+            result = int(f.read_var("result"))
+            line = f.find_sal().line
+            if "g_initialized = 1" in open(f.find_sal().symtab.fullname()).read().splitlines()[line - 1]:
+                break
+        except ValueError:
+            continue
+    assert result == 0  # CUDA_SUCCESS in fake mode with one device
+    assert int(gdb.parse_and_eval("g_in_init_phase")) == 1
+    assert int(gdb.parse_and_eval("g_device_count")) == 1
+    assert int(gdb.parse_and_eval("g_gpu_info.cc_major")) == 9
+    listing = _out("list")
+    assert "g_initialized" in listing or "g_in_init_phase" in listing
+    bp.delete()
+    gdb.execute("kill", to_string=True)
+
+
+def test_interactive_catch_then_run_reports_once():
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}/variants/seed")
+    gdb.execute(f"file {PROBE}")
+    out = _out("catch-init-error")
+    assert "detach-on-fork off (was on)" in out
+    gdb.execute("run")  # the report is printed when the last process exits
+    report = _out("cuda-report --color never")
+    assert "does not export cuGetProcAddress_v2" in report
+    assert str(gdb.parameter("detach-on-fork")) in ("False", "off")
+    out = _out("catch-init-error --disarm")
+    assert "restored detach-on-fork on" in out and "restored schedule-multiple off" in out
+    assert gdb.parameter("detach-on-fork") in (True, "on")
+    assert not [b for b in gdb.breakpoints() if b.type == gdb.BP_CATCHPOINT]

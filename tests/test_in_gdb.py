@@ -1,0 +1,27 @@
+"""pwndbg-style: each function in tests/ingdb/test_*.py runs inside its own real gdb process."""
+import ast
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import GDBINIT, ROOT, env_with
+
+HERE = Path(__file__).resolve().parent / "ingdb"
+
+
+def _collect():
+    for path in sorted(HERE.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                yield f"{path.stem}::{node.name}"
+
+
+@pytest.mark.parametrize("test_id", list(_collect()))
+def test_in_gdb(test_id, stack, probe):
+    env = env_with(INGDB_TEST=test_id, GGML_CUDA_LIB=stack.ggml_cuda, INGDB_PROBE=probe, INGDB_ROOT=ROOT,
+                   INGDB_STACK_LIB=stack.lib)
+    proc = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", f"source {GDBINIT}", "-x", str(HERE / "runner.py")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "INGDB PASSED" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
