@@ -407,7 +407,10 @@ class Tracer:
     def _maybe_close(self):
         if self._window_open():
             return
-        self._set_syscall_capture(False)
+        # Disabling a syscall catchpoint from inside a stop() handler does not reach
+        # ptrace in gdb 13 (it keeps resuming with PTRACE_SYSCALL and every later
+        # write costs two hidden stops: 11x on a chatty program). The next syscall
+        # stop, run from the catchpoint's commands, disables it instead.
         self.disarm_lookups()
 
     def arm_lookups(self):
@@ -436,6 +439,9 @@ class Tracer:
     # --------------------------------------------------------- syscalls --
     def on_syscall(self):
         self.timeline.stops += 1
+        if not self._window_open():
+            self._set_syscall_capture(False)  # safe here: a command context, not a stop() handler
+            return
         frame = gdb.newest_frame()
         if memory.as_int64(memory.reg(frame, "rax")) != -ENOSYS:
             return  # the syscall's return: nothing to read
