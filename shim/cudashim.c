@@ -108,6 +108,20 @@ static int visible_device_count(int present)
     return count;
 }
 
+/* True when this very file is the one CUDASHIM_REAL_DRIVER names: a copy of the
+ * shim standing in for the real driver must answer, not forward to itself. */
+static int shim_is_the_real_driver(void)
+{
+    const char *target = getenv("CUDASHIM_REAL_DRIVER");
+    Dl_info info;
+    if (!target || !dladdr((void *)&shim_is_the_real_driver, &info) || !info.dli_fname)
+        return 0;
+    char a[4096], b[4096];
+    if (!realpath(target, a) || !realpath(info.dli_fname, b))
+        return 0;
+    return strcmp(a, b) == 0;
+}
+
 /* Read the knobs once. Called from every entry point; cheap after the first time. */
 static void shim_configure(void)
 {
@@ -118,6 +132,8 @@ static void shim_configure(void)
         g_log = (int)env_long("CUDASHIM_LOG", 0);
         const char *mode = getenv("CUDASHIM_MODE");
         g_mode = (mode && strcmp(mode, "forward") == 0) ? SHIM_MODE_FORWARD : SHIM_MODE_FAKE;
+        if (g_mode == SHIM_MODE_FORWARD && shim_is_the_real_driver())
+            g_mode = SHIM_MODE_FAKE; /* never forward to ourselves */
         g_configured_devices = (int)env_long("CUDASHIM_DEVICE_COUNT", 1);
         g_driver_version = (int)env_long("CUDASHIM_DRIVER_VERSION", 12090);
         g_init_result = (int)env_long("CUDASHIM_INIT_RESULT", CUDA_SUCCESS);

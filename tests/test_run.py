@@ -169,3 +169,31 @@ def test_program_killed_mid_trace(tmp_path):
     proc, report = run_report(tmp_path, ["/bin/sh", "-c", "kill -9 $$"], env_with())
     assert proc.returncode == 0 and report is not None
     assert "Traceback" not in proc.stderr
+
+
+def test_forward_mode_passes_everything_through(stack, probe, tmp_path):
+    """No GPU here: a second copy of the fake shim stands in for the real driver, so the real
+    cudart goes through the forwarding shim's cuGetProcAddress_v2 and cuGetExportTable."""
+    real = tmp_path / "driver" / "libcuda.so.1"
+    real.parent.mkdir()
+    real.write_bytes((SHIM_BUILD / "libcuda.so.1").read_bytes())
+    env = probe_env(stack, SHIM_BUILD, CUDASHIM_MODE="forward", CUDASHIM_REAL_DRIVER=real)
+    proc, report = run_report(tmp_path, [probe], env)
+    assert proc.returncode == 1
+    assert "named symbol not found" in report["errors"][0]["text"]  # the stand-in's answer, passed through
+    forward, driver = str(SHIM_BUILD / "libcuda.so.1"), str(real)
+
+    def landed(fn, lib):
+        return [c for c in report["calls"] if c["function"] == fn and os.path.realpath(c["library"]) == lib]
+
+    # cudart -> forwarding shim -> stand-in driver, for the init calls and the private table
+    for fn in ("cuInit", "cuDriverGetVersion", "cuGetExportTable", "cuGetProcAddress_v2"):
+        assert landed(fn, forward), fn
+        assert landed(fn, driver), fn
+        assert all(os.path.realpath(c["caller"]) == forward for c in landed(fn, driver)), fn
+    table = [c for c in landed("cuGetExportTable", driver) if c["args"]["pExportTableId"].startswith("6bd5fb6c")]
+    assert table and table[0]["result"] == 500
+    load = next(l for l in report["loads"] if l["path"] == driver)
+    assert load["ok"] and os.path.realpath(load["caller"]) == forward
+    rules = rules_of(report)
+    assert "export-table-failed" in rules and "two-drivers" not in rules

@@ -251,11 +251,12 @@ def rule_two_drivers(tl: Timeline) -> list[Finding]:
     pids = {c.pid for c in tl.calls} | {l.pid for l in tl.loads} | {p.pid for p in tl.processes}
     for pid in sorted(pids):
         libs: dict[str, list[str]] = {}
+        # calls and loads made by a driver-role file are a shim forwarding to its driver: legitimate
         for c in tl.calls:
-            if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library:
+            if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library and role_of(c.caller) != "driver":
                 libs.setdefault(os.path.basename(c.library), []).append(c.function)
         for l in tl.loads:
-            if l.pid == pid and l.ok and role_of(l.path) == "driver":
+            if l.pid == pid and l.ok and role_of(l.path) == "driver" and role_of(l.caller) != "driver":
                 libs.setdefault(os.path.basename(l.resolved or l.path), []).append(f"dlopen(\"{l.path}\") by {_base(l.caller)}")
         preloaded = _preloaded_drivers(tl, pid)
         for path, soname in preloaded:
