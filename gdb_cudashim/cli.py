@@ -114,6 +114,112 @@ def cmd_run(args) -> int:
     return int(report.get("status", 1))
 
 
+def _processes() -> list[tuple[int, str, str]]:
+    """(pid, comm, argv) of every readable process but this one."""
+    out = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (me, os.getppid()):
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out.append((int(entry), comm, argv))
+    return out
+
+
+def _pick_target(target: str) -> int:
+    if target.isdigit():
+        pid = int(target)
+        if not os.path.exists(f"/proc/{pid}"):
+            raise CliError(f"no process {pid}")
+        return pid
+    matches = [(pid, comm, argv) for pid, comm, argv in _processes()
+               if comm == target or os.path.basename(argv.split(" ", 1)[0]) == target]
+    if not matches:
+        raise CliError(f"no process named {target!r}")
+    if len(matches) == 1:
+        return matches[0][0]
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from prompt_toolkit.shortcuts import radiolist_dialog  # only here: never at load time
+
+        choice = radiolist_dialog(title=f"Several processes match {target!r}", text="Attach to which one?",
+                                  values=[(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches]).run()
+        if choice is None:
+            raise CliError("no process chosen")
+        return int(choice)
+    listing = "; ".join(f"{pid} ({argv[:60]})" for pid, _, argv in matches[:8])
+    raise CliError(f"{len(matches)} processes match {target!r}: {listing}; give a PID")
+
+
+def _check_ptrace(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        raise CliError(f"no process {pid}") from None
+    tracer = int(status.get("TracerPid", "0").strip() or 0)
+    if tracer:
+        name = ""
+        try:
+            with open(f"/proc/{tracer}/comm") as f:
+                name = f" ({f.read().strip()})"
+        except OSError:
+            pass
+        raise CliError(f"process {pid} is already traced by pid {tracer}{name}; detach that debugger (or strace) first")
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read().strip())
+    except (OSError, ValueError):
+        scope = 0
+    if os.geteuid() != 0:
+        uid = int(status.get("Uid", "0").split()[1]) if status.get("Uid") else None
+        if uid is not None and uid != os.geteuid():
+            raise CliError(f"process {pid} belongs to uid {uid}: attach as that user or with sudo")
+        if scope >= 1:
+            raise CliError(f"kernel.yama.ptrace_scope is {scope}: only a parent may trace its child; run with sudo, "
+                           "or 'sudo sysctl kernel.yama.ptrace_scope=0'")
+
+
+def cmd_attach(args) -> int:
+    if args.json is not None and not args.json.strip():
+        raise CliError("--json needs a file name")
+    if args.timeout <= 0:
+        raise CliError("--timeout must be a positive number of seconds")
+    pid = _pick_target(args.target)
+    _check_ptrace(pid)
+    env = _gdb_env()
+    base, env = _gdb_base(env)
+    with tempfile.TemporaryDirectory(prefix="gdb-cudashim-") as tmp:
+        report_path = os.path.join(tmp, "report.json")
+        drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout", str(args.timeout)]
+        cmd = base + ["-batch", "-p", str(pid), "-ex", "catch-init-error", "-ex", " ".join(drive)]
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if not os.path.exists(report_path):
+            text = proc.stdout + proc.stderr
+            if "Operation not permitted" in text:
+                raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run with sudo, or check "
+                               "kernel.yama.ptrace_scope and container seccomp/CAP_SYS_PTRACE")
+            last = next((l for l in reversed(text.strip().splitlines()) if l.strip()), "no output")
+            raise CliError(f"could not attach to {pid}: {last}")
+        with open(report_path) as f:
+            report = json.load(f)
+    from .core.report import render
+
+    report.setdefault("meta", {})["command"] = [f"attach {pid}"]
+    if report.get("status") == 3:
+        report["status"] = 1 if report.get("findings") or report.get("errors") else 0
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    print("\n".join(render(report, color=_color(args.color), verbose=args.verbose)))
+    return int(report.get("status", 1))
+
+
 def cmd_gdb(args) -> int:
     env = _gdb_env()
     base, env = _gdb_base(env)
@@ -177,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--verbose", action="store_true", help="every call and lookup, full backtraces")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
     r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("attach", help="attach to a running process (and its future children), report, detach",
+                       description="Attach to PID or the process named NAME, arm catch-init-error for it and its future "
+                                   "children, watch for --timeout seconds (or until it exits), report, and detach leaving "
+                                   "it running and unpatched. Exit: 0 no failure, 1 failure caught, 2 usage/permission.")
+    t.add_argument("target", metavar="PID|NAME")
+    t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    t.add_argument("--timeout", type=float, default=30.0, metavar="S", help="how long to watch (default 30)")
+    t.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    t.add_argument("--verbose", action="store_true")
+    t.set_defaults(func=cmd_attach)
 
     g = sub.add_parser("gdb", help="start gdb with the extension loaded", add_help=False)
     g.add_argument("gdb_args", nargs=argparse.REMAINDER)

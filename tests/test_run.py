@@ -197,3 +197,47 @@ def test_forward_mode_passes_everything_through(stack, probe, tmp_path):
     assert load["ok"] and os.path.realpath(load["caller"]) == forward
     rules = rules_of(report)
     assert "export-table-failed" in rules and "two-drivers" not in rules
+
+
+def test_attach_to_a_running_parent_and_detach(stack, probe, tmp_path):
+    """Like ollama under systemd: a server already running spawns a runner later."""
+    env = probe_env(stack, SEED, SPAWNER_DELAY=3, SPAWNER_LINGER=30)
+    server = subprocess.Popen([str(BUILD / "spawner"), str(probe), "--exit-count"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        proc = run_cli(["attach", str(server.pid), "--timeout", "8", "--json", str(tmp_path / "a.json")], env=env)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        import json
+        report = json.loads((tmp_path / "a.json").read_text())
+        child = [p for p in report["processes"] if p["what"] == "start" and p["parent"] == server.pid]
+        assert child and report["errors"] and report["errors"][0]["pid"] == child[0]["pid"]
+        assert "missing-cuGetExportTable" in rules_of(report)
+        assert any(f"detached from {server.pid}" in n for n in report["notes"])
+        # left running, untraced, unpatched
+        assert server.poll() is None
+        status = open(f"/proc/{server.pid}/status").read()
+        assert "TracerPid:\t0" in status
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["attach", "999999999"], "no process 999999999"),
+    (["attach", "no-such-program-name"], "no process named"),
+    (["attach", "1", "--timeout", "0"], "--timeout"),
+])
+def test_attach_bad_input(args, words):
+    proc = run_cli(args)
+    assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_attach_name_matching_several_processes_without_a_tty():
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        proc = run_cli(["attach", "sleep"])
+        assert proc.returncode == 2
+        assert "processes match 'sleep'" in proc.stderr and str(sleepers[0].pid) in proc.stderr
+    finally:
+        for s in sleepers:
+            s.kill()

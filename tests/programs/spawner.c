@@ -4,10 +4,14 @@
  * away, and logs only a summary line, as ollama does.
  *
  *   spawner PROBE [ARGS...]
+ *
+ * SPAWNER_DELAY=S waits S seconds before starting the child and SPAWNER_LINGER=S
+ * stays S seconds after it (a long-running server, for attach tests).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +21,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: spawner PROBE [ARGS...]\n");
         return 2;
     }
+    const char *delay = getenv("SPAWNER_DELAY");
+    if (delay)
+        sleep((unsigned)atoi(delay));
     pid_t pid = vfork();
     if (pid == 0) {
         int devnull = open("/dev/null", O_WRONLY);
@@ -35,5 +42,9 @@ int main(int argc, char **argv)
         printf("msg=\"inference compute\" id=0 library=cuda devices=%d\n", devices);
     else
         printf("msg=\"inference compute\" id=cpu library=cpu compute=\"\" name=cpu total_vram=\"0 B\"\n");
+    fflush(stdout);
+    const char *linger = getenv("SPAWNER_LINGER");
+    if (linger)
+        sleep((unsigned)atoi(linger));
     return 0;
 }

@@ -28,6 +28,8 @@ class CudaRun(Command):
         p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
         p.add_argument("--verbose", action="store_true", help="every call and lookup, full backtraces")
         p.add_argument("--no-report", action="store_true", help="do not print the report (with --json)")
+        p.add_argument("--detach", action="store_true", help="attached use: at the end (or --timeout) remove everything "
+                       "armed, delete cuda-patch patches, and detach, leaving the processes running")
         p.add_argument("--quit", action="store_true", help="quit gdb with the report's exit status: 0 no failure, "
                        "1 failure caught, 2 could not run, 3 timed out")
 
@@ -42,6 +44,11 @@ class CudaRun(Command):
         status = None
         started = time.monotonic()
         timer = t.interrupt_later(timeout) if timeout else None
+        if args.detach and not _live():
+            session.State.driving = False
+            if timer is not None:
+                timer.cancel()
+            raise gdb.GdbError("cuda-run: --detach needs an attached process (attach PID first)")
         try:
             try:
                 if _live():
@@ -62,7 +69,9 @@ class CudaRun(Command):
                 except gdb.error as exc:
                     t.note(f"continue failed: {exc}")
                     break
-            if t.timed_out and _live():
+            if args.detach and _live():
+                _detach_all(t)
+            elif t.timed_out and _live():
                 t.hang = session.collect_hang()
                 t.hang["after_seconds"] = round(time.monotonic() - started, 1)
                 gdb.execute("kill inferiors " + " ".join(str(i.num) for i in _live()), to_string=True)
@@ -84,6 +93,22 @@ class CudaRun(Command):
             session.print_report(report, args.color, args.verbose)
         if args.quit:
             gdb.execute(f"quit {report['status']}")
+
+
+def _detach_all(tracer):
+    """Leave every process running and exactly as it was: no breakpoint, no patch, settings restored."""
+    from . import cuda_patch
+
+    if cuda_patch.PATCHES:
+        gdb.execute("cuda-patch delete all", to_string=True)
+    for message in tracer.disarm():
+        tracer.note(message)
+    session.State.tracer = None
+    live = _live()
+    pids = ", ".join(str(i.pid) for i in live)
+    gdb.execute("detach inferiors " + " ".join(str(i.num) for i in live), to_string=True)
+    tracer.note(f"detached from {pids}; left running")
+    session.State.tracer = tracer  # build_report still reads its timeline
 
 
 def _command_line():

@@ -1,0 +1,134 @@
+"""Inside real gdb, on the real stack: cuda-state and cuda-patch."""
+import json
+import os
+import subprocess
+import tempfile
+
+import gdb
+
+ROOT = os.environ["INGDB_ROOT"]
+PROBE = os.environ["INGDB_PROBE"]
+SHIM = os.path.join(ROOT, "shim", "build")
+
+
+def _out(cmd):
+    return gdb.execute(cmd, to_string=True)
+
+
+def _stop_in(function, libdir=SHIM):
+    gdb.execute(f"set environment LD_LIBRARY_PATH={libdir}")
+    gdb.execute(f"file {PROBE}")
+    bp = gdb.Breakpoint(function, internal=True)
+    gdb.execute("run", to_string=True)
+    bp.delete()
+
+
+def _error_of_run():
+    """Run the probe to its end; return ggml's error line (captured by catch-init-error)."""
+    gdb.execute("catch-init-error --no-follow-children", to_string=True)
+    out = tempfile.mktemp(suffix=".json")
+    gdb.execute(f"cuda-run --no-report --json {out}", to_string=True)
+    report = json.load(open(out))
+    gdb.execute("catch-init-error --disarm", to_string=True)
+    return report
+
+
+def test_cuda_state_with_dwarf():
+    _stop_in("cuDeviceGetCount" if False else "cuGetProcAddress_v2")
+    gdb.execute("finish", to_string=True)
+    state = json.loads(_out("cuda-state --json"))[0]
+    roles = {r["role"]: r for r in state["roles"]}
+    assert roles["driver"]["kind"] == "bundled cudashim" and roles["driver"]["debug_info"]
+    assert roles["runtime"]["kind"] == "NVIDIA runtime" and roles["runtime"]["soname"] == "libcudart.so.12"
+    assert roles["ggml-cuda"]["kind"] == "ggml CUDA backend"
+    (shim,) = state["shim_state"]
+    g = shim["globals"]
+    assert shim["how"] == "DWARF"
+    assert g["g_gpu_info"]["value"]["cc_major"] == 9 and g["g_gpu_info"]["value"]["name"].startswith("NVIDIA H100")
+    assert g["g_gpu_info"]["type"] == "struct shim_gpu_info"
+    assert g["g_proc_lookups"]["value"] >= 1 and g["g_mode"]["value"] == "SHIM_MODE_FAKE"
+    assert state["environment"]["LD_LIBRARY_PATH"] == SHIM
+    assert "detach-on-fork" in state["gdb_settings"]
+    text = _out("cuda-state --color never --var g_initialized --var g_nope")
+    assert "g_initialized" in text and "not found: g_nope" in text and "g_call_count" not in text
+    gdb.execute("kill", to_string=True)
+
+
+def test_cuda_state_without_dwarf():
+    tmp = tempfile.mkdtemp()
+    subprocess.run(["strip", "-g", "-o", os.path.join(tmp, "libcuda.so.1"), os.path.join(SHIM, "libcuda.so.1")],
+                   check=True)
+    _stop_in("cuGetExportTable", tmp)
+    state = json.loads(_out("cuda-state --json"))[0]
+    (shim,) = state["shim_state"]
+    assert shim["how"] == "ELF symbol table"
+    g = shim["globals"]
+    assert g["g_driver_version"]["value"] == 12090 and g["g_driver_version"]["size"] == 4
+    assert g["g_gpu_info"]["size"] == 144 and isinstance(g["g_gpu_info"]["value"], str)  # raw bytes, hex
+    assert "raw integer" in g["g_initialized"]["source"]
+    gdb.execute("kill", to_string=True)
+
+
+def test_cuda_state_bad_input():
+    for cmd, words in (("cuda-state", "no process"), ("cuda-state --pid 1", "no process: "),
+                       ("cuda-state --pid x", "invalid int value")):
+        try:
+            gdb.execute(cmd, to_string=True)
+        except gdb.error as exc:
+            assert words in str(exc), (cmd, str(exc))
+        else:
+            raise AssertionError(cmd)
+
+
+def test_cuda_patch_on_the_real_stack():
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute(f"file {PROBE}")
+    out = _out("cuda-patch cuInit --return CUDA_ERROR_NO_DEVICE")
+    assert "#1" in out and "pending" in out
+    report = _error_of_run()
+    assert report["errors"][0]["text"].endswith("no CUDA-capable device is detected\n")
+    patched = [c for c in report["calls"] if c["args"].get("cuda-patch") == 1]
+    assert patched and patched[0]["patched_from"] == 0 and patched[0]["result"] == 100
+    _out("cuda-patch cuDriverGetVersion --return SUCCESS --out 0=11080")
+    report = _error_of_run()
+    assert "insufficient for CUDA runtime version" in report["errors"][0]["text"]
+    listing = _out("cuda-patch list")
+    assert "#1 cuInit" in listing and "#2 cuDriverGetVersion" in listing and "libcuda.so.1" in listing
+    _out("cuda-patch delete 2")
+    assert "no CUDA-capable device" in _error_of_run()["errors"][0]["text"]
+    _out("cuda-patch delete all")
+    assert "named symbol not found" in _error_of_run()["errors"][0]["text"]  # the original behaviour
+    assert not [b for b in gdb.breakpoints() if b.is_valid() and b.location == "cuInit"]
+
+
+def test_cuda_patch_skip_does_not_run_the_function():
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute(f"file {PROBE}")
+    _out("cuda-patch cuInit --return 100 --skip --count 1")
+    bp = gdb.Breakpoint("cudaGetErrorString", internal=True)  # ggml asks for the message after the failure
+    gdb.execute("run", to_string=True)
+    assert int(gdb.parse_and_eval("$rdi")) == 100  # cudart passed the skipped cuInit's value through
+    assert int(gdb.parse_and_eval("g_initialized")) == 0  # cuInit's body never ran
+    assert int(gdb.parse_and_eval("g_in_init_phase")) == 0
+    assert "hits 1" in _out("cuda-patch list")
+    bp.delete()
+    gdb.execute("kill", to_string=True)
+    _out("cuda-patch delete all")
+
+
+def test_cuda_patch_bad_input_leaves_nothing_armed():
+    before = len(gdb.breakpoints())
+    for cmd, words in (("cuda-patch frobnicate --return 1", "no function 'frobnicate'"),
+                       ("cuda-patch cuInit --return BANANA", "neither a number nor a known"),
+                       ("cuda-patch cuDeviceGetCount --return 0 --out 1=1", "beyond cuDeviceGetCount's 1 argument"),
+                       ("cuda-patch cuInit", "give --return VALUE"),
+                       ("cuda-patch delete 7", "no patch #7"),
+                       ("cuda-patch cuInit --return 0 --count 0", "--count must be")):
+        try:
+            gdb.execute(cmd, to_string=True)
+        except gdb.error as exc:
+            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
+        else:
+            raise AssertionError(cmd)
+    assert len(gdb.breakpoints()) == before
+    assert "no patches" in _out("cuda-patch list")
