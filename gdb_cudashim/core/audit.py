@@ -159,36 +159,34 @@ def _cudart_lookups(info: ElfInfo) -> list[str]:
     return [name for name in RUNTIME_LOOKUPS if b"\0" + name.encode() + b"\0" in data]
 
 
-def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
-    res = AuditResult()
-    shim_infos: list[ElfInfo] = []
-    for path in shims:
+def _read_all(paths: list[str], kind: str, res: AuditResult) -> list[ElfInfo]:
+    """Read each file; an unusable one is one line in res.unreadable and the rest go on."""
+    infos = []
+    for path in paths:
         try:
             info = read_elf_cached(path)
         except ElfProblem as exc:
             res.unreadable.append(str(exc))
             continue
-        shim_infos.append(info)
+        infos.append(info)
         d = _describe(info)
-        d["role"] = _role(info)
-        d["kind"] = "shim"
+        d["kind"] = kind
+        if kind == "shim":
+            d["role"] = _role(info)
         res.files.append(d)
+    return infos
+
+
+def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
+    res = AuditResult()
+    shim_infos = _read_all(shims, "shim", res)
+    for info in shim_infos:
         if not info.has_debug_info:
-            res.problems.append(Problem("no-debug-info", path, "no DWARF (.debug_info)" + (
+            res.problems.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
                 f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
                 "cuda-state can only show globals as raw integers, and you cannot step through it",
                 "build the shim with -g (the bundled one uses -g3 -O0) and do not strip it"))
-    consumer_infos: list[ElfInfo] = []
-    for path in consumers:
-        try:
-            info = read_elf_cached(path)
-        except ElfProblem as exc:
-            res.unreadable.append(str(exc))
-            continue
-        consumer_infos.append(info)
-        d = _describe(info)
-        d["kind"] = "consumer"
-        res.files.append(d)
+    consumer_infos = _read_all(consumers, "consumer", res)
 
     drivers = [s for s in shim_infos if _role(s) == "driver"]
     runtimes = [s for s in shim_infos if _role(s) == "runtime"]
@@ -311,19 +309,12 @@ def add_arguments(p):
 
 
 def _env_from(pid: int) -> dict:
+    from .procfs import ProcError, read_environ
+
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ValueError(f"no process {pid}") from None
-    except PermissionError:
-        raise ValueError(f"cannot read /proc/{pid}/environ: permission denied (run as the process's user or root)") from None
-    env = {}
-    for item in raw.split(b"\0"):
-        if b"=" in item:
-            k, v = item.split(b"=", 1)
-            env[k.decode(errors="replace")] = v.decode(errors="replace")
-    return env
+        return read_environ(pid)
+    except ProcError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def render(result: AuditResult) -> list[str]:

@@ -75,6 +75,15 @@ def solib(address: int) -> str | None:
         return None
 
 
+def caller_library(frame: gdb.Frame) -> str | None:
+    """The file FRAME was called from: who made the call or asked for the symbol."""
+    try:
+        older = frame.older()
+        return solib(older.pc()) if older is not None else None
+    except gdb.error:
+        return None
+
+
 def ptid() -> tuple[int, int]:
     thread = gdb.selected_thread()
     if thread is None:

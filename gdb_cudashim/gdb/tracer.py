@@ -16,6 +16,7 @@ import threading
 import gdb
 
 from ..core.calls import SPECS, WINDOW_FUNCTIONS, ARG_REGISTERS, is_cuda_library, is_cuda_symbol
+from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write, relevant_env
 from . import memory
 
@@ -95,12 +96,7 @@ class _CallBreakpoint(_Handler, gdb.Breakpoint):
                 outs.append((name, kind, value))
             else:
                 args[name] = value
-        caller = None
-        try:
-            older = frame.older()
-            caller = memory.solib(older.pc()) if older is not None else None
-        except gdb.error:
-            pass
+        caller = memory.caller_library(frame)
         call = Call(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, function=self.spec.name,
                     library=memory.solib(frame.pc()), caller=caller, args=args)
         tracer.timeline.add(call)
@@ -147,12 +143,7 @@ class _DlopenBreakpoint(_Handler, gdb.Breakpoint):
         path = memory.read_cstring(inferior, path_ptr) if path_ptr else None
         if path is None:
             return  # dlopen(NULL): the main program
-        caller = None
-        try:
-            older = frame.older()
-            caller = memory.solib(older.pc()) if older is not None else None
-        except gdb.error:
-            pass
+        caller = memory.caller_library(frame)
         cuda = is_cuda_library(path)
         if not cuda:
             return
@@ -226,12 +217,7 @@ class _LookupBreakpoint(_Handler, gdb.Breakpoint):
             return
         pid, tid = memory.ptid()
         version = memory.read_cstring(inferior, memory.reg(frame, "rdx"), 128) if self.how == "dlvsym" else None
-        caller = None
-        try:
-            older = frame.older()
-            caller = memory.solib(older.pc()) if older is not None else None
-        except gdb.error:
-            pass
+        caller = memory.caller_library(frame)
         lookup = Lookup(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, how=self.how, symbol=symbol or "?",
                         handle_library=asked, version=version, found=None, caller=caller)
         tracer.timeline.add(lookup)
@@ -489,20 +475,14 @@ class Tracer:
             num = inf.num
         self.pids[pid] = num
         self.live_pids.add(pid)
-        parent = exe = cwd = None
-        env = {}
+        parent = parent_pid(pid)
+        exe = cwd = None
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
             exe = os.readlink(f"/proc/{pid}/exe")
             cwd = os.readlink(f"/proc/{pid}/cwd")
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                for item in f.read().split(b"\0"):
-                    if b"=" in item:
-                        k, v = item.split(b"=", 1)
-                        env[k.decode(errors="replace")] = v.decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            pass
+            env = read_environ(pid)
+        except (OSError, ProcError):
+            env = {}
         self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
                                        parent=parent, env=relevant_env(env), cwd=cwd))
 

@@ -8,6 +8,7 @@ import gdb
 
 from ...core import state as core_state
 from ...core.elf import ElfProblem, read_elf_cached, read_symtab_objects
+from ...core.procfs import ProcError, read_environ
 from ...core.timeline import relevant_env
 from .. import session
 from ..command import Command, register
@@ -31,16 +32,10 @@ def _maps(pid: int) -> dict[str, int]:
 
 
 def _environ(pid: int) -> dict:
-    env = {}
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if b"=" in item:
-                    k, v = item.split(b"=", 1)
-                    env[k.decode(errors="replace")] = v.decode(errors="replace")
-    except OSError as exc:
-        env["(error)"] = f"cannot read /proc/{pid}/environ: {exc.strerror}"
-    return env
+        return read_environ(pid)
+    except ProcError as exc:
+        return {"(error)": str(exc)}
 
 
 def _value_to_py(value: gdb.Value, depth=0):
