@@ -47,5 +47,5 @@ def fix_hint(names: list[str]) -> str:
     root = package_root()
     if os.path.isfile(os.path.join(root, "Makefile")):
         return f"run 'make setup' in {root}"
-    return (f"run: {os.path.basename(sys.executable) or 'python3'} -m pip install --target ~/.local/share/gdb-cudashim/site "
+    return (f"run: python3 -m pip install --target ~/.local/share/gdb-cudashim/site "
             f"{' '.join(names)} and export GDB_CUDASHIM_SITE=~/.local/share/gdb-cudashim/site")

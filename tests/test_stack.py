@@ -31,3 +31,27 @@ def test_stack_path_without_a_stack(tmp_path):
 def test_unknown_option_is_usage_error():
     proc = run_cli(["run", "--bogus", "--", "/bin/true"])
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def test_missing_dependency_is_one_line_and_doctor_still_works(tmp_path):
+    """A copy of the package with no venv beside it: gdb's own Python lacks the dependencies."""
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+
+    shutil.copytree(ROOT / "gdb_cudashim", tmp_path / "gdb_cudashim", ignore=shutil.ignore_patterns("__pycache__"))
+    env = env_with(GDB_CUDASHIM_SITE=str(tmp_path / "nowhere"), PYTHONPATH="")
+    proc = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", f"source {tmp_path}/gdb_cudashim/gdbinit.py",
+                           "-ex", "cuda-doctor"], env=env, capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", "python import importlib.util as u; "
+                            "print([m for m in ('tabulate','elftools') if u.find_spec(m) is None])"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    if probe.stdout.strip() == "[]":
+        import pytest
+
+        pytest.skip("this machine's system Python has the dependencies, so nothing is missing")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [l for l in proc.stderr.splitlines() if "missing Python packages" in l]
+    assert "pyelftools" in line or "tabulate" in line
+    assert "MISSING" in proc.stdout and "fix:" in proc.stdout

@@ -21,9 +21,13 @@ def load():
                   f"{deps.fix_hint(still_missing)} (details: cuda-doctor)\n", gdb.STDERR)
         _loaded = True
         return
-    from . import commands
-    from .command import REGISTRY
+    import importlib
 
+    from .command import REGISTRY
+    from .commands import MODULES
+
+    for module in MODULES:
+        importlib.import_module(f"{__package__}.commands.{module}")
     for name, cls in REGISTRY.items():
         if name != "cuda-doctor":
             cls()

@@ -287,6 +287,9 @@ class Tracer:
         messages = []
         if self.follow_children:
             messages.append(self._follow_children())
+        sigurg = self._sigurg_warning()
+        if sigurg:
+            messages.append(sigurg)
         for spec in SPECS.values():
             self.breakpoints.append(_CallBreakpoint(self, spec))
         self.breakpoints.append(_DlopenBreakpoint(self))
@@ -326,6 +329,20 @@ class Tracer:
         for catch in self.syscall_catches.values():
             if catch.is_valid() and catch.enabled != on:
                 catch.enabled = on
+
+    @staticmethod
+    def _sigurg_warning() -> str | None:
+        """Go (ollama) preempts goroutines with SIGURG: stopping on it makes every run crawl."""
+        try:
+            row = next(l for l in gdb.execute("info signals SIGURG", to_string=True).splitlines()
+                       if l.startswith("SIGURG"))
+        except (gdb.error, StopIteration):
+            return None
+        stop, _print, _pass = row.split()[1:4]
+        if stop == "Yes" or _pass == "No":
+            return ("catch-init-error: warning: SIGURG is set to stop or not pass; Go programs (ollama) use it "
+                    "constantly: 'handle SIGURG nostop noprint pass' (not changed for you)")
+        return None
 
     def _follow_children(self) -> str:
         wanted = {"detach-on-fork": "off", "schedule-multiple": "on"}

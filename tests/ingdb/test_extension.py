@@ -97,3 +97,25 @@ def test_interactive_catch_then_run_reports_once():
     assert "restored detach-on-fork on" in out and "restored schedule-multiple off" in out
     assert gdb.parameter("detach-on-fork") in (True, "on")
     assert not [b for b in gdb.breakpoints() if b.type == gdb.BP_CATCHPOINT]
+
+
+def test_cuda_audit_against_what_is_loaded():
+    import json
+
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}/variants/seed")
+    gdb.execute(f"file {PROBE}")
+    bp = gdb.Breakpoint("cuInit", internal=True)
+    gdb.execute("run", to_string=True)
+    result = json.loads(_out("cuda-audit --json"))
+    shims = [f["path"] for f in result["files"] if f["kind"] == "shim"]
+    assert shims == [f"{SHIM}/variants/seed/libcuda.so.1"]
+    consumers = sorted(os.path.basename(f["path"]) for f in result["files"] if f["kind"] == "consumer")
+    assert consumers[0].startswith("libcudart") and consumers[1].startswith("libggml-cuda")
+    assert {n["symbol"] for n in result["needs"] if not n["present"]} == {"cuGetProcAddress_v2", "cuGetExportTable"}
+    assert "cuGetExportTable needed by" in _out("cuda-audit")
+    bp.delete()
+    gdb.execute("kill", to_string=True)
+    try:
+        gdb.execute("cuda-audit --shim /nonexistent.so", to_string=True)
+    except gdb.error as exc:
+        raise AssertionError(f"unreadable file should be reported, not raised: {exc}")

@@ -1,2 +1,4 @@
-"""One module per gdb command; importing this package registers them all."""
-from . import catch_init_error, cuda_doctor, cuda_patch, cuda_report, cuda_run, cuda_state  # noqa: F401
+"""One module per gdb command. The loader imports them (cuda_doctor first, and alone when a
+dependency is missing), so importing this package itself imports nothing."""
+
+MODULES = ("catch_init_error", "cuda_run", "cuda_report", "cuda_state", "cuda_patch", "cuda_audit")

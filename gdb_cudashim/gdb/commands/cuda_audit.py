@@ -1,0 +1,77 @@
+"""cuda-audit: the file audit from inside gdb, by default against what the inferior has loaded."""
+from __future__ import annotations
+
+import json
+import os
+
+import gdb
+
+from ...core import audit as core_audit
+from ...core import state as core_state
+from ...core.elf import ElfProblem, read_elf_cached
+from ...core.procfs import ProcError, read_environ
+from ..command import Command, register
+from ..output import write_lines
+
+
+def _loaded_files(pid: int) -> list[str]:
+    files = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                path = parts[5].strip()
+                if path not in files:
+                    files.append(path)
+    return files
+
+
+@register
+class CudaAudit(Command):
+    name = "cuda-audit"
+    summary = "Check, from the files, that the shims give cudart and libggml-cuda what they need."
+
+    @classmethod
+    def build(cls, p):
+        p.epilog = ("Without --shim/--consumer: the shims and consumers the current process has loaded\n"
+                    "(or the pinned real stack as consumers when nothing is loaded), resolved with its environment.")
+        p.add_argument("--shim", action="append", default=[], metavar="PATH", help="a shim library (repeatable)")
+        p.add_argument("--consumer", action="append", default=[], metavar="PATH",
+                       help="what uses it: libggml-cuda*, libcudart.so.12")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    def run(self, args, from_tty):
+        inferior = gdb.selected_inferior()
+        env = dict(os.environ)
+        shims, consumers = list(args.shim), list(args.consumer)
+        if inferior.pid:
+            try:
+                env = read_environ(inferior.pid)
+                loaded = _loaded_files(inferior.pid)
+            except (ProcError, OSError) as exc:
+                raise gdb.GdbError(f"cuda-audit: {exc}")
+            for path in loaded:
+                try:
+                    info = read_elf_cached(path)
+                except (ElfProblem, OSError):
+                    continue
+                role = core_state.role_for(path) or core_state.role_from_exports(info)
+                kind = core_state.classify(path, info)
+                if not args.shim and role in ("driver", "nvml") and kind != "NVIDIA driver":
+                    shims.append(path)
+                if not args.consumer and role in ("ggml-cuda", "runtime") and kind != "runtime replacement":
+                    consumers.append(path)
+        if not consumers:
+            from ...stack import installed
+
+            stack = installed()
+            consumers = [str(p) for p in stack.consumers()] if stack else []
+        if not shims:
+            raise gdb.GdbError("cuda-audit: no shim loaded in this process: give --shim PATH")
+        if not consumers:
+            raise gdb.GdbError("cuda-audit: no consumer: give --consumer PATH (libggml-cuda, libcudart.so.12)")
+        result = core_audit.audit(shims, consumers, env)
+        if args.json:
+            gdb.write(json.dumps(result.to_dict(), indent=1) + "\n")
+        else:
+            write_lines(core_audit.render(result))
