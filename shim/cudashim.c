@@ -312,35 +312,30 @@ SHIM_EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev)
     return CUDA_SUCCESS;
 }
 
-static void fake_uuid(CUuuid *uuid, CUdevice dev)
+/* Both cuDeviceGetUuid ABIs answer the same in fake mode: "cudashim" + the ordinal. */
+static CUresult fake_uuid(CUuuid *uuid, CUdevice dev)
 {
+    CUresult rc = fake_check_device(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!uuid)
+        return CUDA_ERROR_INVALID_VALUE;
     memset(uuid->bytes, 0, sizeof uuid->bytes);
     memcpy(uuid->bytes, "cudashim", 8);
     uuid->bytes[15] = (char)dev;
+    return CUDA_SUCCESS;
 }
 
 SHIM_EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev)
 {
     ENTER(cuDeviceGetUuid) FORWARD(cuDeviceGetUuid, uuid, dev);
-    CUresult rc = fake_check_device(dev);
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    if (!uuid)
-        return CUDA_ERROR_INVALID_VALUE;
-    fake_uuid(uuid, dev);
-    return CUDA_SUCCESS;
+    return fake_uuid(uuid, dev);
 }
 
 SHIM_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
 {
     ENTER(cuDeviceGetUuid_v2) FORWARD(cuDeviceGetUuid_v2, uuid, dev);
-    CUresult rc = fake_check_device(dev);
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    if (!uuid)
-        return CUDA_ERROR_INVALID_VALUE;
-    fake_uuid(uuid, dev);
-    return CUDA_SUCCESS;
+    return fake_uuid(uuid, dev);
 }
 
 /* cuda.h maps cuDeviceTotalMem to cuDeviceTotalMem_v2. */

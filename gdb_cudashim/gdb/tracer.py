@@ -61,6 +61,17 @@ class _Return(_Handler, gdb.FinishBreakpoint):
         pass  # longjmp/exception: the event keeps returned=False
 
 
+class _FunctionBreakpoint(_Handler, gdb.Breakpoint):
+    """An internal, silent breakpoint on a function by name (pending until a library defines it)."""
+
+    def __init__(self, tracer, function, enabled=True):
+        self.tracer = tracer
+        super().__init__(function=function, internal=True)
+        self.silent = True
+        if not enabled:
+            self.enabled = False
+
+
 def _finish(tracer, on_return) -> None:
     try:
         _Return(tracer, gdb.newest_frame(), on_return)
@@ -68,12 +79,10 @@ def _finish(tracer, on_return) -> None:
         pass  # outermost frame, or no return address: the event keeps returned=False
 
 
-class _CallBreakpoint(_Handler, gdb.Breakpoint):
+class _CallBreakpoint(_FunctionBreakpoint):
     def __init__(self, tracer, spec):
-        self.tracer = tracer
         self.spec = spec
-        super().__init__(function=spec.name, internal=True)
-        self.silent = True
+        super().__init__(tracer, spec.name)
 
     def handle(self):
         tracer = self.tracer
@@ -128,11 +137,9 @@ class _CallBreakpoint(_Handler, gdb.Breakpoint):
         _finish(tracer, on_return)
 
 
-class _DlopenBreakpoint(_Handler, gdb.Breakpoint):
+class _DlopenBreakpoint(_FunctionBreakpoint):
     def __init__(self, tracer):
-        self.tracer = tracer
-        super().__init__(function="dlopen", internal=True)
-        self.silent = True
+        super().__init__(tracer, "dlopen")
 
     def handle(self):
         tracer = self.tracer
@@ -164,14 +171,11 @@ class _DlopenBreakpoint(_Handler, gdb.Breakpoint):
         _finish(tracer, on_return)
 
 
-class _DlerrorBreakpoint(_Handler, gdb.Breakpoint):
+class _DlerrorBreakpoint(_FunctionBreakpoint):
     """Armed only after a CUDA library failed to load: the loader's own words."""
 
     def __init__(self, tracer):
-        self.tracer = tracer
-        super().__init__(function="dlerror", internal=True)
-        self.silent = True
-        self.enabled = False
+        super().__init__(tracer, "dlerror", enabled=False)
 
     def handle(self):
         tracer = self.tracer
@@ -192,13 +196,10 @@ class _DlerrorBreakpoint(_Handler, gdb.Breakpoint):
         _finish(tracer, on_return)
 
 
-class _LookupBreakpoint(_Handler, gdb.Breakpoint):
+class _LookupBreakpoint(_FunctionBreakpoint):
     def __init__(self, tracer, function):
-        self.tracer = tracer
         self.how = function
-        super().__init__(function=function, internal=True)
-        self.silent = True
-        self.enabled = False
+        super().__init__(tracer, function, enabled=False)
 
     def handle(self):
         tracer = self.tracer
@@ -235,14 +236,12 @@ class _LookupBreakpoint(_Handler, gdb.Breakpoint):
         _finish(tracer, on_return)
 
 
-class _WindowBreakpoint(_Handler, gdb.Breakpoint):
+class _WindowBreakpoint(_FunctionBreakpoint):
     """The first call of a ggml/cudart init entry point opens the capture window."""
 
     def __init__(self, tracer, function):
-        self.tracer = tracer
         self.function = function
-        super().__init__(function=function, internal=True)
-        self.silent = True
+        super().__init__(tracer, function)
 
     def handle(self):
         tracer = self.tracer
