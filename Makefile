@@ -33,13 +33,16 @@ build/%: tests/programs/%.c | system-deps
 
 # The seeds' case: the real cudart and libggml-cuda under the write-ups' shim
 # (no cuGetProcAddress_v2, no cuGetExportTable), diagnosed in one command.
+# Exit status 1 from gdb-cudashim means "failure caught and diagnosed": expected here.
+SEED := $(CURDIR)/shim/build/variants/seed
 demo: setup
-	@echo "== gdb-cudashim run, probe under the seed-style shim (real libcudart 12.9 + libggml-cuda)"
-	-LD_LIBRARY_PATH=$(CURDIR)/shim/build/variants/seed GGML_CUDA_LIB="$$($(GCS) stack path ggml-cuda)" \
-	    $(GCS) run -- build/probe
+	@echo "== gdb-cudashim run -- build/probe   (seed-style shim; real libcudart 12.9 + libggml-cuda)"
+	@LD_LIBRARY_PATH=$(SEED) GGML_CUDA_LIB="$$($(GCS) stack path ggml-cuda)" $(GCS) run -- build/probe; \
+	    rc=$$?; echo "(gdb-cudashim run exit status $$rc: 1 = CUDA init failure caught and diagnosed)"; test $$rc -eq 1
 	@echo
-	@echo "== gdb-cudashim audit of the same shim against the real consumers"
-	-$(GCS) audit --shim shim/build/variants/seed/libcuda.so.1
+	@echo "== gdb-cudashim audit --shim shim/build/variants/seed/libcuda.so.1   (the same answer from the files alone)"
+	@LD_LIBRARY_PATH=$(SEED) $(GCS) audit --shim $(SEED)/libcuda.so.1; \
+	    rc=$$?; echo "(gdb-cudashim audit exit status $$rc: 1 = problems found)"; test $$rc -eq 1
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

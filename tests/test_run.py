@@ -60,6 +60,16 @@ def test_cuinit_error_traced_back_to_the_call(stack, probe, tmp_path):
     assert report["errors"][0]["text"].endswith("no CUDA-capable device is detected\n")
     f = next(f for f in report["findings"] if f["rule"] == "driver-error-passed-through")
     assert "cuInit" in f["summary"] and "CUDA_ERROR_NO_DEVICE" in f["summary"]
+    assert "unset in the process" in f["fix"]
+
+
+def test_empty_cuda_visible_devices_is_named_in_the_fix(stack, probe, tmp_path):
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 1
+    f = next(f for f in report["findings"] if f["rule"] == "driver-error-passed-through")
+    assert "CUDA_VISIBLE_DEVICES=''" in f["fix"]
+    cuinit = next(c for c in report["calls"] if c["function"] == "cuInit")
+    assert cuinit["result"] == 100  # the shim honours CUDA_VISIBLE_DEVICES, as the driver does
 
 
 def test_old_driver_version(stack, probe, tmp_path):

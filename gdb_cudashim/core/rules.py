@@ -132,9 +132,12 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
             continue
         if c.result != target:
             continue
+        start = next((p for p in tl.processes if p.pid == c.pid and p.what == "start"), None)
+        visible = start.env.get("CUDA_VISIBLE_DEVICES") if start is not None else None
         fixes = {
             100: "make cuInit find a device: check the shim's device discovery and CUDA_VISIBLE_DEVICES "
-                 f"(it is {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!s} here)",
+                 + (f"(the process has CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None
+                    else "(unset in the process)"),
             34: "the process loaded a CUDA stub library as libcuda.so.1: put the real driver (or the shim) ahead of "
                 "the stubs directory on the library path",
             3: "cuInit must succeed before other calls: return CUDA_SUCCESS from cuInit once the shim is set up",
