@@ -596,16 +596,52 @@ SHIM_EXPORT CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *
 
 /* ------------------------------------------------- symbol lookups -- */
 
-/* Our own copy of an entry point, found in this library's own symbol table. */
+/* Our own entry points by exported name; the forward declaration of the v1 ABI
+ * is needed because it is defined further down. tests/test_core.py checks that
+ * this table and the library's exports agree. */
+CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
+    __asm__("cuGetProcAddress");
+
+static const struct { const char *name; void *fn; } g_own_exports[] = {
+    {"cuInit", (void *)cuInit},
+    {"cuDriverGetVersion", (void *)cuDriverGetVersion},
+    {"cuDeviceGetCount", (void *)cuDeviceGetCount},
+    {"cuDeviceGet", (void *)cuDeviceGet},
+    {"cuDeviceGetName", (void *)cuDeviceGetName},
+    {"cuDeviceGetUuid", (void *)cuDeviceGetUuid},
+    {"cuDeviceGetUuid_v2", (void *)cuDeviceGetUuid_v2},
+    {"cuDeviceTotalMem_v2", (void *)cuDeviceTotalMem},
+    {"cuDeviceComputeCapability", (void *)cuDeviceComputeCapability},
+    {"cuDeviceGetAttribute", (void *)cuDeviceGetAttribute},
+    {"cuDeviceGetPCIBusId", (void *)cuDeviceGetPCIBusId},
+    {"cuMemGetInfo_v2", (void *)cuMemGetInfo},
+    {"cuGetErrorName", (void *)cuGetErrorName},
+    {"cuGetErrorString", (void *)cuGetErrorString},
+    {"cuDevicePrimaryCtxRetain", (void *)cuDevicePrimaryCtxRetain},
+    {"cuDevicePrimaryCtxRelease_v2", (void *)cuDevicePrimaryCtxRelease},
+    {"cuCtxGetCurrent", (void *)cuCtxGetCurrent},
+    {"cuCtxSetCurrent", (void *)cuCtxSetCurrent},
+    {"cuCtxGetDevice", (void *)cuCtxGetDevice},
+    {"cuMemGetAllocationGranularity", (void *)cuMemGetAllocationGranularity},
+    {"cuMemCreate", (void *)cuMemCreate},
+    {"cuMemRelease", (void *)cuMemRelease},
+    {"cuMemAddressReserve", (void *)cuMemAddressReserve},
+    {"cuMemAddressFree", (void *)cuMemAddressFree},
+    {"cuMemMap", (void *)cuMemMap},
+    {"cuMemUnmap", (void *)cuMemUnmap},
+    {"cuMemSetAccess", (void *)cuMemSetAccess},
+    {"cuGetExportTable", (void *)cuGetExportTable},
+    {"cuGetProcAddress_v2", (void *)cuGetProcAddress},
+    {"cuGetProcAddress", (void *)cuGetProcAddress_v1},
+};
+
+/* Our own copy of an entry point (no dlsym: a lookup costs the debugger nothing). */
 static void *own_symbol(const char *name)
 {
-    static void *self;
-    if (!self) {
-        Dl_info info;
-        if (dladdr((void *)&own_symbol, &info) && info.dli_fname)
-            self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
-    }
-    return self ? dlsym(self, name) : NULL;
+    for (size_t i = 0; i < sizeof g_own_exports / sizeof g_own_exports[0]; i++)
+        if (strcmp(g_own_exports[i].name, name) == 0)
+            return g_own_exports[i].fn;
+    return NULL;
 }
 
 /*
@@ -658,8 +694,6 @@ SHIM_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVe
 }
 
 /* The CUDA 11 ABI (no symbolStatus); cudart 12 never calls it. */
-CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
-    __asm__("cuGetProcAddress");
 SHIM_EXPORT CUresult cuGetProcAddress_v1(const char *symbol, void **pfn, int cudaVersion,
                                          cuuint64_t flags)
 {

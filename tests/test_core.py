@@ -74,3 +74,16 @@ def test_stubs_cover_exactly_the_cublas_imports(stack):
     wanted = {i.name for i in info.imports if i.library == "libcublas.so.12"}
     assert wanted and wanted <= set(stub.exports)
     assert all(stub.exports_symbol(n, "libcublas.so.12") for n in wanted)
+
+
+def test_shim_own_export_table_matches_its_exports():
+    """cuGetProcAddress_v2 in fake mode answers from g_own_exports: it must list every export."""
+    import re
+
+    from conftest import ROOT, SHIM_BUILD
+
+    source = (ROOT / "shim" / "cudashim.c").read_text()
+    table = set(re.findall(r'\{"(cu\w+)", \(void \*\)\w+\}', source))
+    info = read_elf(str(SHIM_BUILD / "libcuda.so.1"))
+    exported = {n for n in info.exports if n.startswith("cu")}
+    assert table == exported
