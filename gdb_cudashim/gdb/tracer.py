@@ -132,7 +132,6 @@ class _CallBreakpoint(_FunctionBreakpoint):
                     call.args[name] = memory.read_u64(inferior, ptr)
                 elif kind == "out_str":
                     call.args[name] = memory.read_cstring(inferior, ptr, 256)
-            tracer.after_call(call)
 
         _finish(tracer, on_return)
 
@@ -362,7 +361,6 @@ class Tracer:
         pairs = [
             (gdb.events.exited, self._on_exited),
             (gdb.events.new_objfile, self._on_new_objfile),
-            (gdb.events.new_inferior, self._on_new_inferior),
         ]
         for registry, handler in pairs:
             registry.connect(handler)
@@ -435,9 +433,6 @@ class Tracer:
         self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
         self._set_syscall_capture(True)
 
-    def after_call(self, call):
-        pass
-
     # --------------------------------------------------------- syscalls --
     def on_syscall(self):
         self.timeline.stops += 1
@@ -501,9 +496,6 @@ class Tracer:
             env = {}
         self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
                                        parent=parent, env=relevant_env(env), cwd=cwd))
-
-    def _on_new_inferior(self, event):
-        pass  # the pid is known once the child runs; seen_pid records it then
 
     def _on_new_objfile(self, event):
         try:
