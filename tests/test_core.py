@@ -87,3 +87,22 @@ def test_shim_own_export_table_matches_its_exports():
     info = read_elf(str(SHIM_BUILD / "libcuda.so.1"))
     exported = {n for n in info.exports if n.startswith("cu")}
     assert table == exported
+
+
+def test_mapped_files_of_this_process():
+    import ctypes
+    import os
+
+    from conftest import SHIM_BUILD
+    from gdb_cudashim.core.procfs import mapped_files
+
+    lib = ctypes.CDLL(str(SHIM_BUILD / "libnvidia-ml.so.1"))
+    files = mapped_files(os.getpid())
+    path = str(SHIM_BUILD / "libnvidia-ml.so.1")
+    assert path in files and files[path] is not None
+    base = files[path]
+    g = ctypes.c_int.in_dll(lib, "g_nvml_device_count")
+    # the base is where the ELF file starts: the global lies at base + its symbol value
+    from gdb_cudashim.core.elf import read_symtab_objects
+
+    assert ctypes.addressof(g) == base + read_symtab_objects(path)["g_nvml_device_count"][0]

@@ -28,3 +28,20 @@ def parent_pid(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def mapped_files(pid: int) -> dict[str, int | None]:
+    """Every file mapped into PID, in load order, with its load base (the start of its
+    offset-0 mapping; None if there is none)."""
+    files: dict[str, int | None] = {}
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            path = parts[5].strip()
+            if path.endswith(" (deleted)"):
+                path = path[: -len(" (deleted)")]
+            if files.get(path) is None:
+                files[path] = int(parts[0].split("-")[0], 16) if int(parts[2], 16) == 0 else None
+    return files

@@ -132,7 +132,7 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
             continue
         if c.result != target:
             continue
-        start = next((p for p in tl.processes if p.pid == c.pid and p.what == "start"), None)
+        start = tl.process_start(c.pid)
         visible = start.env.get("CUDA_VISIBLE_DEVICES") if start is not None else None
         fixes = {
             100: "make cuInit find a device: check the shim's device discovery and CUDA_VISIBLE_DEVICES "
@@ -233,7 +233,7 @@ def _preloaded_drivers(tl: Timeline, pid: int) -> list[tuple[str, str | None]]:
     """(path, soname) of LD_PRELOADed files of PID that export cuInit."""
     from .elf import ElfProblem, read_elf_cached
 
-    start = next((p for p in tl.processes if p.pid == pid and p.what == "start"), None)
+    start = tl.process_start(pid)
     if start is None or not start.env.get("LD_PRELOAD"):
         return []
     out = []

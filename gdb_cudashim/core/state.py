@@ -48,6 +48,21 @@ def classify(path: str, info: ElfInfo | None) -> str:
     return "runtime replacement" if role == "runtime" else "other"
 
 
+def identify(path: str) -> tuple[str, str, ElfInfo | None] | None:
+    """(role, what it is, ELF info) of a loaded file that plays a CUDA role, else None.
+    A file named otherwise that exports cuInit (an LD_PRELOADed shim) is a driver too."""
+    from .elf import ElfProblem, read_elf_cached
+
+    try:
+        info = read_elf_cached(path)
+    except (ElfProblem, OSError):
+        info = None
+    role = role_for(path) or (role_from_exports(info) if info is not None else None)
+    if role is None:
+        return None
+    return role, classify(path, info), info
+
+
 def cudart_version(path: str) -> str | None:
     real = os.path.basename(os.path.realpath(path))
     m = re.search(r"\.so\.(\d+(?:\.\d+)*)$", real)

@@ -186,6 +186,10 @@ class Timeline:
     def processes(self) -> list[ProcessEvent]:
         return self.of("process")
 
+    def process_start(self, pid: int) -> ProcessEvent | None:
+        """The start event of PID: its program, parent, environment and cwd."""
+        return next((p for p in self.processes if p.pid == pid and p.what == "start"), None)
+
     def matches_error(self, text: str) -> bool:
         return any(re.search(p, text) for p in self.patterns)
 

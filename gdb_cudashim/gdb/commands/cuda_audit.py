@@ -8,22 +8,9 @@ import gdb
 
 from ...core import audit as core_audit
 from ...core import state as core_state
-from ...core.elf import ElfProblem, read_elf_cached
-from ...core.procfs import ProcError, read_environ
+from ...core.procfs import ProcError, mapped_files, read_environ
 from ..command import Command, register
 from ..output import write_lines
-
-
-def _loaded_files(pid: int) -> list[str]:
-    files = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            if len(parts) == 6 and parts[5].startswith("/"):
-                path = parts[5].strip()
-                if path not in files:
-                    files.append(path)
-    return files
 
 
 @register
@@ -47,16 +34,14 @@ class CudaAudit(Command):
         if inferior.pid:
             try:
                 env = read_environ(inferior.pid)
-                loaded = _loaded_files(inferior.pid)
+                loaded = mapped_files(inferior.pid)
             except (ProcError, OSError) as exc:
                 raise gdb.GdbError(f"cuda-audit: {exc}")
             for path in loaded:
-                try:
-                    info = read_elf_cached(path)
-                except (ElfProblem, OSError):
+                found = core_state.identify(path)
+                if found is None or found[2] is None:
                     continue
-                role = core_state.role_for(path) or core_state.role_from_exports(info)
-                kind = core_state.classify(path, info)
+                role, kind, _ = found
                 if not args.shim and role in ("driver", "nvml") and kind != "NVIDIA driver":
                     shims.append(path)
                 if not args.consumer and role in ("ggml-cuda", "runtime") and kind != "runtime replacement":

@@ -7,28 +7,12 @@ import os
 import gdb
 
 from ...core import state as core_state
-from ...core.elf import ElfProblem, read_elf_cached, read_symtab_objects
-from ...core.procfs import ProcError, read_environ
+from ...core.elf import read_symtab_objects
+from ...core.procfs import ProcError, mapped_files, read_environ
 from ...core.timeline import relevant_env
 from .. import session
 from ..command import Command, register
 from ..output import color_enabled, write_lines
-
-
-def _maps(pid: int) -> dict[str, int]:
-    """File -> load base (start of its offset-0 mapping), from /proc/PID/maps."""
-    bases: dict[str, int] = {}
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            if len(parts) < 6 or not parts[5].startswith("/"):
-                continue
-            path = parts[5].strip()
-            if path.endswith(" (deleted)"):
-                path = path[:-10]
-            if int(parts[2], 16) == 0 and path not in bases:
-                bases[path] = int(parts[0].split("-")[0], 16)
-    return bases
 
 
 def _environ(pid: int) -> dict:
@@ -101,27 +85,16 @@ def _globals_from_elf(path: str, base: int, names, inferior) -> dict:
 
 def collect(inferior, wanted: list[str]) -> dict:
     pid = inferior.pid
-    bases = _maps(pid)
     roles = []
     shims = []
-    for path, base in bases.items():
-        role = core_state.role_for(path)
-        if role is None:
-            try:
-                info = read_elf_cached(path)
-            except (ElfProblem, OSError):
-                continue
-            role = core_state.role_from_exports(info)
-            if role is None:
-                continue
-        try:
-            info = read_elf_cached(path)
-        except (ElfProblem, OSError):
-            info = None
-        kind = core_state.classify(path, info)
+    for path, base in mapped_files(pid).items():
+        found = core_state.identify(path)
+        if found is None:
+            continue
+        role, kind, info = found
         roles.append({"role": role, "path": path, "soname": info.soname if info else None, "kind": kind,
-                      "debug_info": bool(info and info.has_debug_info), "base": hex(base)})
-        if kind in ("bundled cudashim", "unknown shim") and info is not None:
+                      "debug_info": bool(info and info.has_debug_info), "base": hex(base) if base is not None else None})
+        if kind in ("bundled cudashim", "unknown shim") and info is not None and base is not None:
             shims.append((path, base, info))
     state = []
     for path, base, info in shims:
