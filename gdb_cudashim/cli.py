@@ -70,13 +70,8 @@ def _gdb_base(env: dict) -> tuple[list[str], dict]:
     return cmd, env
 
 
-def cmd_run(args) -> int:
-    program = _check_program(args.command)
-    for pattern in args.pattern:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise CliError(f"bad --pattern {pattern!r}: {exc}")
+def _check_report_args(args) -> None:
+    """--json and --timeout, shared by run and attach."""
     if args.json is not None:
         if not args.json.strip():
             raise CliError("--json needs a file name")
@@ -85,26 +80,25 @@ def cmd_run(args) -> int:
             raise CliError(f"cannot write --json {args.json}: {parent} is not a writable directory")
     if args.timeout is not None and args.timeout <= 0:
         raise CliError("--timeout must be a positive number of seconds")
-    env = _gdb_env()
-    base, env = _gdb_base(env)
-    arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]
-    if not args.follow:
-        arm.append("--no-follow-children")
+
+
+def _gdb_report(make_cmd, env, no_report, **run_kwargs) -> dict:
+    """Run the gdb command that make_cmd(report_path) builds; return the report it wrote.
+    no_report(process) raises the CliError that says why there is none."""
     with tempfile.TemporaryDirectory(prefix="gdb-cudashim-") as tmp:
         report_path = os.path.join(tmp, "report.json")
-        drive = ["cuda-run", "--no-report", "--quit", "--json", report_path]
-        if args.timeout:
-            drive += ["--timeout", str(args.timeout)]
-        cmd = base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args", program] + args.command[1:]
-        proc = subprocess.run(cmd, env=env)
+        proc = subprocess.run(make_cmd(report_path), env=env, **run_kwargs)
         if not os.path.exists(report_path):
-            raise CliError(f"gdb ended (status {proc.returncode}) without a report; run the same under "
-                           f"'gdb-cudashim gdb --args ...' to see why")
+            no_report(proc)
         with open(report_path) as f:
-            report = json.load(f)
+            return json.load(f)
+
+
+def _emit(report: dict, args, command: list[str]) -> int:
+    """Write --json (atomically), print the report, and return its exit status."""
     from .core.report import render
 
-    report.setdefault("meta", {})["command"] = args.command
+    report.setdefault("meta", {})["command"] = command
     if args.json:
         tmp_out = f"{args.json}.tmp{os.getpid()}"
         with open(tmp_out, "w") as f:
@@ -112,6 +106,32 @@ def cmd_run(args) -> int:
         os.replace(tmp_out, args.json)
     print("\n".join(render(report, color=_color(args.color), verbose=args.verbose)))
     return int(report.get("status", 1))
+
+
+def cmd_run(args) -> int:
+    program = _check_program(args.command)
+    for pattern in args.pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise CliError(f"bad --pattern {pattern!r}: {exc}")
+    _check_report_args(args)
+    base, env = _gdb_base(_gdb_env())
+    arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]
+    if not args.follow:
+        arm.append("--no-follow-children")
+
+    def make_cmd(report_path):
+        drive = ["cuda-run", "--no-report", "--quit", "--json", report_path]
+        if args.timeout:
+            drive += ["--timeout", str(args.timeout)]
+        return base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args", program] + args.command[1:]
+
+    def no_report(proc):
+        raise CliError(f"gdb ended (status {proc.returncode}) without a report; run the same under "
+                       f"'gdb-cudashim gdb --args ...' to see why")
+
+    return _emit(_gdb_report(make_cmd, env, no_report), args, args.command)
 
 
 def _processes() -> list[tuple[int, str, str]]:
@@ -186,38 +206,25 @@ def _check_ptrace(pid: int) -> None:
 
 
 def cmd_attach(args) -> int:
-    if args.json is not None and not args.json.strip():
-        raise CliError("--json needs a file name")
-    if args.timeout <= 0:
-        raise CliError("--timeout must be a positive number of seconds")
+    _check_report_args(args)
     pid = _pick_target(args.target)
     _check_ptrace(pid)
-    env = _gdb_env()
-    base, env = _gdb_base(env)
-    with tempfile.TemporaryDirectory(prefix="gdb-cudashim-") as tmp:
-        report_path = os.path.join(tmp, "report.json")
-        drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout", str(args.timeout)]
-        cmd = base + ["-batch", "-p", str(pid), "-ex", "catch-init-error", "-ex", " ".join(drive)]
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if not os.path.exists(report_path):
-            text = proc.stdout + proc.stderr
-            if "Operation not permitted" in text:
-                raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run with sudo, or check "
-                               "kernel.yama.ptrace_scope and container seccomp/CAP_SYS_PTRACE")
-            last = next((l for l in reversed(text.strip().splitlines()) if l.strip()), "no output")
-            raise CliError(f"could not attach to {pid}: {last}")
-        with open(report_path) as f:
-            report = json.load(f)
-    from .core.report import render
+    base, env = _gdb_base(_gdb_env())
 
-    report.setdefault("meta", {})["command"] = [f"attach {pid}"]
-    if report.get("status") == 3:
-        report["status"] = 1 if report.get("findings") or report.get("errors") else 0
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    print("\n".join(render(report, color=_color(args.color), verbose=args.verbose)))
-    return int(report.get("status", 1))
+    def make_cmd(report_path):
+        drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout", str(args.timeout)]
+        return base + ["-batch", "-p", str(pid), "-ex", "catch-init-error", "-ex", " ".join(drive)]
+
+    def no_report(proc):
+        text = proc.stdout + proc.stderr
+        if "Operation not permitted" in text:
+            raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run with sudo, or check "
+                           "kernel.yama.ptrace_scope and container seccomp/CAP_SYS_PTRACE")
+        last = next((l for l in reversed(text.strip().splitlines()) if l.strip()), "no output")
+        raise CliError(f"could not attach to {pid}: {last}")
+
+    report = _gdb_report(make_cmd, env, no_report, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    return _emit(report, args, [f"attach {pid}"])
 
 
 def cmd_gdb(args) -> int:

@@ -251,3 +251,8 @@ def test_attach_name_matching_several_processes_without_a_tty():
     finally:
         for s in sleepers:
             s.kill()
+
+
+def test_attach_checks_json_before_attaching():
+    proc = run_cli(["attach", "1", "--json", "/proc/x/a.json"])
+    assert proc.returncode == 2 and "cannot write --json" in proc.stderr
