@@ -494,6 +494,8 @@ class Tracer:
             env = read_environ(pid)
         except (OSError, ProcError):
             env = {}
+        if exe:
+            self.exes[pid] = exe
         self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
                                        parent=parent, env=relevant_env(env), cwd=cwd))
 
@@ -516,9 +518,9 @@ class Tracer:
             return
         if self.exes.get(pid) not in (None, exe):
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exec", detail=exe))
-            for p in self.timeline.processes:
-                if p.pid == pid and p.what == "start":
-                    p.detail = exe
+            start = self.timeline.process_start(pid)
+            if start is not None:
+                start.detail = exe
         self.exes[pid] = exe
 
     def _on_exited(self, event):
