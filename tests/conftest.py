@@ -87,3 +87,10 @@ def run_gdb(commands, args=(), env=None, timeout=120):
     if args:
         cmd += ["--args", *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=env or env_with(), capture_output=True, text=True, timeout=timeout)
+
+
+def build_lib(src: Path, out: Path, *extra: str) -> Path:
+    """A small test library from tests/programs/lib."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cc", "-g", "-O0", "-fPIC", "-shared", "-o", str(out), str(src), *extra, "-ldl"], check=True)
+    return out
