@@ -18,6 +18,8 @@ import tempfile
 from . import deps
 
 EXIT_USAGE = 2
+EVERY_RETURN_HELP = ("watch every symbol lookup to its return instead of answering found/NULL from the "
+                     "library's symbol tables (slower; the default still watches the lookups the findings use)")
 GDBINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdbinit.py")
 
 
@@ -85,13 +87,34 @@ def _check_report_args(args) -> None:
 def _gdb_report(make_cmd, env, no_report, **run_kwargs) -> dict:
     """Run the gdb command that make_cmd(report_path) builds; return the report it wrote.
     no_report(process) raises the CliError that says why there is none."""
+    capture = run_kwargs.pop("capture_output", False)
+    if capture:
+        run_kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with tempfile.TemporaryDirectory(prefix="gdb-cudashim-") as tmp:
         report_path = os.path.join(tmp, "report.json")
-        proc = subprocess.run(make_cmd(report_path), env=env, **run_kwargs)
+        cmd = make_cmd(report_path)
+        with subprocess.Popen(cmd, env=env, **run_kwargs) as proc:
+            try:
+                _warm_up_renderer()  # while gdb runs: the imports cost ~0.1 s of a ~1 s run
+                out, err = proc.communicate()
+            except BaseException:
+                proc.kill()
+                raise
         if not os.path.exists(report_path):
-            no_report(proc)
+            no_report(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
         with open(report_path) as f:
             return json.load(f)
+
+
+def _warm_up_renderer() -> None:
+    """Import what rendering the report needs (tabulate, pygments) while gdb is busy."""
+    try:
+        import pygments.console  # noqa: F401
+        import tabulate  # noqa: F401
+
+        from .core import report  # noqa: F401
+    except ImportError:
+        pass  # reported when the report is rendered
 
 
 def _emit(report: dict, args, command: list[str]) -> int:
@@ -120,6 +143,8 @@ def cmd_run(args) -> int:
     arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]
     if not args.follow:
         arm.append("--no-follow-children")
+    if args.every_return:
+        arm.append("--every-return")
 
     def make_cmd(report_path):
         drive = ["cuda-run", "--no-report", "--quit", "--json", report_path]
@@ -213,10 +238,11 @@ def cmd_attach(args) -> int:
 
     def make_cmd(report_path):
         drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout", str(args.timeout)]
-        return base + ["-batch", "-p", str(pid), "-ex", "catch-init-error", "-ex", " ".join(drive)]
+        arm = "catch-init-error --every-return" if args.every_return else "catch-init-error"
+        return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", " ".join(drive)]
 
     def no_report(proc):
-        text = proc.stdout + proc.stderr
+        text = (proc.stdout or "") + (proc.stderr or "")
         if "Operation not permitted" in text:
             raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run with sudo, or check "
                            "kernel.yama.ptrace_scope and container seccomp/CAP_SYS_PTRACE")
@@ -288,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-follow-children", dest="follow", action="store_false", help="do not follow child processes")
     r.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     r.add_argument("--verbose", action="store_true", help="every call and lookup, full backtraces")
+    r.add_argument("--every-return", action="store_true", help=EVERY_RETURN_HELP)
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
     r.set_defaults(func=cmd_run)
 
@@ -300,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=30.0, metavar="S", help="how long to watch (default 30)")
     t.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     t.add_argument("--verbose", action="store_true")
+    t.add_argument("--every-return", action="store_true", help=EVERY_RETURN_HELP)
     t.set_defaults(func=cmd_attach)
 
     g = sub.add_parser("gdb", help="start gdb with the extension loaded", add_help=False)

@@ -256,3 +256,48 @@ def test_attach_name_matching_several_processes_without_a_tty():
 def test_attach_checks_json_before_attaching():
     proc = run_cli(["attach", "1", "--json", "/proc/x/a.json"])
     assert proc.returncode == 2 and "cannot write --json" in proc.stderr
+
+
+def _two_runs(tmp_path, probe, env):
+    """The same program run twice: the default, and with every lookup watched to its return."""
+    reports = []
+    for name, extra in (("fast", []), ("slow", ["--every-return"])):
+        (tmp_path / name).mkdir()
+        proc, report = run_report(tmp_path / name, [probe], env, extra=extra)
+        assert report is not None, proc.stderr
+        reports.append(report)
+    return reports
+
+
+def _lookup_facts(report):
+    return [(l["symbol"], l["handle_library"], l["found"], l["provider"], l["caller"]) for l in report["lookups"]]
+
+
+def test_lookups_answered_from_symbol_tables_match_watched_returns(stack, probe, tmp_path):
+    """The default answers most of cudart's ~420 fallback lookups from the driver's symbol tables
+    (one stop each); --every-return watches every return (two stops and a finish breakpoint each).
+    Both must say the same of every lookup, and the default must cost about half the stops."""
+    fast, slow = _two_runs(tmp_path, probe, probe_env(stack, SEED))
+    assert _lookup_facts(fast) == _lookup_facts(slow)
+    by = {}
+    for l in fast["lookups"]:
+        by.setdefault(l["found_by"], []).append(l)
+    assert len(by["symbol table"]) > 400 and {l["found_by"] for l in slow["lookups"]} == {"return"}
+    # the lookups the findings rest on are always watched
+    assert all(l["found_by"] == "return" for l in fast["lookups"]
+               if l["symbol"] in ("cuGetProcAddress_v2", "cuGetExportTable", "cuInit"))
+    assert rules_of(fast) == rules_of(slow) == ["missing-cuGetProcAddress_v2", "missing-cuGetExportTable"]
+    assert fast["stops"] < 0.6 * slow["stops"] and not fast["notes"]
+
+
+def test_interposed_dlsym_is_always_watched(stack, probe, tmp_path):
+    """A preload that interposes dlsym (HAMi-core style) answers lookups the driver cannot:
+    those must be watched at their return, not answered from the driver's symbol tables."""
+    from conftest import build_lib
+
+    hook = build_lib(ROOT / "tests" / "programs" / "lib" / "dlsym_hook.c", tmp_path / "hook" / "dlsym_hook.so")
+    fast, slow = _two_runs(tmp_path, probe, probe_env(stack, SEED, LD_PRELOAD=hook))
+    assert _lookup_facts(fast) == _lookup_facts(slow)
+    hooked = [l for l in fast["lookups"] if l["symbol"].startswith("cuMemPool") and l["caller"].endswith("libcudart.so.12")]
+    assert hooked and all(l["found"] and l["found_by"] == "return" and l["provider"].endswith("dlsym_hook.so")
+                          for l in hooked)

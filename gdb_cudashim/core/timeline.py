@@ -6,7 +6,7 @@ Pure: never imports gdb.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import codes
@@ -92,7 +92,8 @@ class Lookup:
     handle_library: str | None  # which library was asked (RTLD_DEFAULT / RTLD_NEXT for pseudo-handles)
     version: str | None
     found: bool | None  # None: no return seen
-    address: int = 0
+    address: int = 0  # the address returned (watched returns only)
+    found_by: str | None = None  # "return" (watched) | "symbol table" (core.dynsym's answer)
     provider: str | None = None  # the library the result lies in
     caller: str | None = None  # the library that asked
     kind: str = "lookup"
@@ -206,7 +207,14 @@ def relevant_env(env: dict) -> dict:
 
 
 def event_to_dict(event) -> dict:
-    d = asdict(event)
+    """A JSON-ready copy of EVENT. Not dataclasses.asdict: its deep copy took ~25 ms of a
+    report with 420 lookups; events hold only scalars, flat dicts and lists of Frames."""
+    d = dict(event.__dict__)
+    for key, value in d.items():
+        if isinstance(value, list):
+            d[key] = [dict(v.__dict__) if isinstance(v, Frame) else v for v in value]
+        elif isinstance(value, dict):
+            d[key] = dict(value)
     if isinstance(event, Call):
         d["result_name"] = event.result_name
         d["layer"] = event.spec.layer if event.spec else None

@@ -10,6 +10,13 @@ def reg(frame: gdb.Frame, name: str) -> int:
     return int(frame.read_register(name)) & MASK64
 
 
+def regs(*names: str) -> list[int]:
+    """Registers of the selected thread's newest frame, without building a gdb.Frame:
+    in a stop handler parse_and_eval('$reg') costs a fraction of newest_frame() (measured:
+    +0.01 s vs +0.06 s over 420 stops)."""
+    return [int(gdb.parse_and_eval(f"${name}")) & MASK64 for name in names]
+
+
 def as_int32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
@@ -80,6 +87,52 @@ def caller_library(frame: gdb.Frame) -> str | None:
     try:
         older = frame.older()
         return solib(older.pc()) if older is not None else None
+    except gdb.error:
+        return None
+
+
+class ReturnAddresses:
+    """Where a traced call returns to, read from the stack in one memory read.
+
+    A breakpoint on a function by name sits at its entry or just after its prologue; at
+    a given location the return address is always the same distance above $rsp. That
+    distance is learnt once per location by unwinding (frame.older(), costly) and then
+    reused; a location where the unwound answer cannot be checked keeps unwinding."""
+
+    _UNKNOWN = object()
+
+    def __init__(self):
+        self._offset: dict[tuple[int, int], int | None] = {}
+
+    def caller_pc(self, inferior: gdb.Inferior, pc: int, rsp: int) -> int | None:
+        key = (inferior.num, pc)
+        offset = self._offset.get(key, self._UNKNOWN)
+        if offset is self._UNKNOWN:
+            offset = self._offset[key] = self._learn(inferior, rsp)
+        if offset is None:
+            return _unwound_caller_pc()
+        return read_u64(inferior, rsp + offset)
+
+    @staticmethod
+    def _learn(inferior: gdb.Inferior, rsp: int) -> int | None:
+        try:
+            older = gdb.newest_frame().older()
+            if older is None:
+                return None
+            return_pc = older.pc()
+            # the caller's $rsp once the call has returned is one slot above the return address
+            offset = (int(older.read_register("rsp")) & MASK64) - 8 - rsp
+        except gdb.error:
+            return None
+        if 0 <= offset < 0x10000 and read_u64(inferior, rsp + offset) == return_pc:
+            return offset
+        return None
+
+
+def _unwound_caller_pc() -> int | None:
+    try:
+        older = gdb.newest_frame().older()
+        return older.pc() if older is not None else None
     except gdb.error:
         return None
 

@@ -15,9 +15,11 @@ import threading
 
 import gdb
 
-from ..core.calls import SPECS, WINDOW_FUNCTIONS, ARG_REGISTERS, is_cuda_library, is_cuda_symbol
+from ..core import dynsym
+from ..core.calls import KEY_LOOKUPS, SPECS, WINDOW_FUNCTIONS, ARG_REGISTERS, is_cuda_library, is_cuda_symbol
 from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write, relevant_env
+from ..core.codes import uuid_str
 from . import memory
 
 SYS_WRITE, SYS_WRITEV = 1, 20
@@ -54,8 +56,7 @@ class _Return(_Handler, gdb.FinishBreakpoint):
         self.silent = True
 
     def handle(self):
-        frame = gdb.newest_frame()
-        self.on_return(memory.reg(frame, "rax"))
+        self.on_return(memory.regs("rax")[0])
 
     def out_of_scope(self):
         pass  # longjmp/exception: the event keeps returned=False
@@ -86,10 +87,10 @@ class _CallBreakpoint(_FunctionBreakpoint):
 
     def handle(self):
         tracer = self.tracer
-        frame = gdb.newest_frame()
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
-        raw = [memory.reg(frame, r) for r in ARG_REGISTERS[: len(self.spec.args)]]
+        nargs = len(self.spec.args)
+        pc, rsp, *raw = memory.regs("pc", "rsp", *ARG_REGISTERS[:nargs])
         args = {}
         outs = []
         for (name, kind), value in zip(self.spec.args, raw):
@@ -97,7 +98,6 @@ class _CallBreakpoint(_FunctionBreakpoint):
                 args[name] = memory.read_cstring(inferior, value)
             elif kind == "uuid":
                 data = memory.read_bytes(inferior, value, 16)
-                from ..core.codes import uuid_str
                 args[name] = uuid_str(data) if data and len(data) == 16 else None
             elif kind == "int":
                 args[name] = memory.as_int32(value)
@@ -105,9 +105,9 @@ class _CallBreakpoint(_FunctionBreakpoint):
                 outs.append((name, kind, value))
             else:
                 args[name] = value
-        caller = memory.caller_library(frame)
+        caller = tracer.caller_library(inferior, pc, rsp)
         call = Call(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, function=self.spec.name,
-                    library=memory.solib(frame.pc()), caller=caller, args=args)
+                    library=memory.solib(pc), caller=caller, args=args)
         tracer.timeline.add(call)
         tracer.seen_pid(pid)
         spec = self.spec
@@ -142,17 +142,14 @@ class _DlopenBreakpoint(_FunctionBreakpoint):
 
     def handle(self):
         tracer = self.tracer
-        frame = gdb.newest_frame()
         inferior = gdb.selected_inferior()
-        pid, tid = memory.ptid()
-        path_ptr, flags = memory.reg(frame, "rdi"), memory.reg(frame, "rsi")
+        path_ptr, flags = memory.regs("rdi", "rsi")
         path = memory.read_cstring(inferior, path_ptr) if path_ptr else None
-        if path is None:
-            return  # dlopen(NULL): the main program
-        caller = memory.caller_library(frame)
-        cuda = is_cuda_library(path)
-        if not cuda:
-            return
+        if path is None or not is_cuda_library(path):
+            return  # dlopen(NULL) (the main program) or not a CUDA library
+        pid, tid = memory.ptid()
+        pc, rsp = memory.regs("pc", "rsp")
+        caller = tracer.caller_library(inferior, pc, rsp)
         load = Load(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, path=path, flags=flags & 0xFFFFFFFF,
                     ok=None, caller=caller)
         tracer.timeline.add(load)
@@ -196,15 +193,19 @@ class _DlerrorBreakpoint(_FunctionBreakpoint):
 
 
 class _LookupBreakpoint(_FunctionBreakpoint):
+    """dlsym/dlvsym inside the window. The hot path (cudart's fallback makes ~420): one
+    stop at entry; found/NULL comes from the handle's symbol tables (core.dynsym) unless
+    the lookup is one the rules read, one of the first few in its library, or the model
+    cannot answer it: those are watched at their return (see Tracer.lookup_answer)."""
+
     def __init__(self, tracer, function):
         self.how = function
         super().__init__(tracer, function, enabled=False)
 
     def handle(self):
         tracer = self.tracer
-        frame = gdb.newest_frame()
         inferior = gdb.selected_inferior()
-        handle, sym_ptr = memory.reg(frame, "rdi"), memory.reg(frame, "rsi")
+        handle, sym_ptr = memory.regs("rdi", "rsi")
         symbol = memory.read_cstring(inferior, sym_ptr, 512)
         if handle == 0:
             asked = "RTLD_DEFAULT"
@@ -216,23 +217,33 @@ class _LookupBreakpoint(_FunctionBreakpoint):
         if not (is_cuda_symbol(symbol) or is_cuda_library(asked)):
             return
         pid, tid = memory.ptid()
-        version = memory.read_cstring(inferior, memory.reg(frame, "rdx"), 128) if self.how == "dlvsym" else None
-        caller = memory.caller_library(frame)
+        pc, rsp = memory.regs("pc", "rsp")
+        version = None
+        if self.how == "dlvsym":
+            version = memory.read_cstring(inferior, memory.regs("rdx")[0], 128)
         lookup = Lookup(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, how=self.how, symbol=symbol or "?",
-                        handle_library=asked, version=version, found=None, caller=caller)
+                        handle_library=asked, version=version, found=None,
+                        caller=tracer.caller_library(inferior, pc, rsp))
         tracer.timeline.add(lookup)
         tracer.lookup_count += 1
         if tracer.lookup_count >= LOOKUP_CAP:
             tracer.note(f"lookup tracing stopped after {LOOKUP_CAP} lookups")
             tracer.disarm_lookups()
+        if not tracer.lookup_answer(inferior, lookup, pc):
+            return
 
         def on_return(rax):
             lookup.found = rax != 0
             lookup.address = rax
+            lookup.found_by = "return"
             if rax:
                 lookup.provider = memory.solib(rax)
+            tracer.check_prediction(lookup)
 
         _finish(tracer, on_return)
+
+
+WATCH_FIRST = 4  # lookups per library watched to their return, to check the symbol-table answers
 
 
 class _WindowBreakpoint(_FunctionBreakpoint):
@@ -269,6 +280,12 @@ class Tracer:
         self.pending_dlerror: dict[int, Load] = {}
         self.lookup_count = 0
         self.lookups_armed = False
+        self.every_return = False  # --every-return: watch every lookup's return
+        self.returns = memory.ReturnAddresses()
+        self.scopes: dict[tuple[int, str], list[str] | None] = {}  # (pid, handle library) -> search list
+        self.watched: dict[tuple[int, str], list[Lookup]] = {}  # (pid, handle library) -> lookups watched
+        self.unanswerable: set[tuple[int, str]] = set()  # the model disagreed once: watch them all
+        self.libc_locations: dict[int, bool] = {}  # dlsym breakpoint pc -> inside the C library
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
@@ -433,24 +450,90 @@ class Tracer:
         self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
         self._set_syscall_capture(True)
 
+    # ---------------------------------------------------------- lookups --
+    def caller_library(self, inferior, pc, rsp) -> str | None:
+        ret = self.returns.caller_pc(inferior, pc, rsp)
+        return memory.solib(ret) if ret else None
+
+    def lookup_answer(self, inferior, lookup, pc) -> bool:
+        """Whether to watch LOOKUP's return. When not, found/provider are set here from the
+        handle's search list (core.dynsym). Watched: lookups the rules read, the first
+        WATCH_FIRST per library (they check the model), anything the model cannot answer,
+        and every lookup stopped in a dlsym() that is not the C library's own (a shim that
+        interposes dlsym, as HAMi-core does, may answer anything)."""
+        key = (lookup.pid, lookup.handle_library or "")
+        watched = self.watched.setdefault(key, [])
+        if (self.every_return or lookup.how != "dlsym" or lookup.symbol in KEY_LOOKUPS
+                or len(watched) < WATCH_FIRST or key in self.unanswerable or not self._libc_dlsym(pc)):
+            watched.append(lookup)
+            return True
+        scope = self._scope(inferior, key)  # the first time, this checks the returns watched so far
+        if scope is None or key in self.unanswerable:
+            watched.append(lookup)
+            return True
+        provider = dynsym.lookup(scope, lookup.symbol)
+        lookup.found = provider is not None
+        lookup.provider = provider
+        lookup.found_by = "symbol table"
+        return False
+
+    def _libc_dlsym(self, pc) -> bool:
+        known = self.libc_locations.get(pc)
+        if known is None:
+            name = os.path.basename(memory.solib(pc) or "")
+            known = self.libc_locations[pc] = name.startswith(("libc.so", "libdl.so", "ld-linux"))
+        return known
+
+    def _scope(self, inferior, key):
+        """The handle's search list, built once per (pid, library); building it checks the
+        model against every return watched so far in that library."""
+        if key in self.scopes:
+            return self.scopes[key]
+        scope = None
+        path = key[1]
+        if path.startswith("/") and os.path.isfile(path):
+            try:
+                loaded = [o.filename for o in inferior.progspace.objfiles() if o.filename and o.filename.startswith("/")]
+                scope = dynsym.search_list(path, loaded)
+            except (dynsym.DynsymError, gdb.error, RuntimeError) as exc:
+                self.note(f"lookups in {os.path.basename(path)} are watched at every return: {exc}")
+        self.scopes[key] = scope
+        if scope is not None:
+            for earlier in self.watched.get(key, []):
+                self.check_prediction(earlier)
+        return scope
+
+    def check_prediction(self, lookup):
+        """A watched return vs the symbol tables' answer: on disagreement, watch that library's every lookup."""
+        key = (lookup.pid, lookup.handle_library or "")
+        scope = self.scopes.get(key)
+        if scope is None or lookup.found is None or lookup.how != "dlsym" or key in self.unanswerable:
+            return
+        said = dynsym.lookup(scope, lookup.symbol) is not None
+        if said == lookup.found:
+            return
+        self.unanswerable.add(key)
+        self.note(f"dlsym({os.path.basename(key[1])}, {lookup.symbol!r}) returned "
+                  f"{'an address' if lookup.found else 'NULL'} where its symbol tables said "
+                  f"{'found' if said else 'NULL'}; every later lookup in it is watched at its return")
+
     # --------------------------------------------------------- syscalls --
     def on_syscall(self):
         self.timeline.stops += 1
         if not self._window_open():
             self._set_syscall_capture(False)  # safe here: a command context, not a stop() handler
             return
-        frame = gdb.newest_frame()
-        if memory.as_int64(memory.reg(frame, "rax")) != -ENOSYS:
+        rax, nr, rdi, rsi, rdx = memory.regs("rax", "orig_rax", "rdi", "rsi", "rdx")
+        if memory.as_int64(rax) != -ENOSYS:
             return  # the syscall's return: nothing to read
-        nr = memory.reg(frame, "orig_rax")
         pid, tid = memory.ptid()
         inferior = gdb.selected_inferior()
-        fd = memory.as_int32(memory.reg(frame, "rdi"))
+        fd = memory.as_int32(rdi)
         if nr == SYS_WRITE:
-            data = memory.read_bytes(inferior, memory.reg(frame, "rsi"), min(memory.reg(frame, "rdx"), 1 << 20))
+            data = memory.read_bytes(inferior, rsi, min(rdx, 1 << 20))
             via = "write"
         elif nr == SYS_WRITEV:
-            iov, count = memory.reg(frame, "rsi"), min(memory.reg(frame, "rdx"), 1024)
+            iov, count = rsi, min(rdx, 1024)
             parts = []
             for i in range(count):
                 base = memory.read_u64(inferior, iov + 16 * i)

@@ -99,6 +99,35 @@ def test_interactive_catch_then_run_reports_once():
     assert not [b for b in gdb.breakpoints() if b.type == gdb.BP_CATCHPOINT]
 
 
+def test_a_wrong_symbol_table_answer_switches_to_watching_every_return():
+    """The symbol-table model is checked against the returns it watches; here it is made to lie
+    about one of the first watched lookups (as a library replaced on disk after loading would),
+    and every later lookup in that library must then be watched."""
+    from gdb_cudashim.core import dynsym
+    from gdb_cudashim.gdb import session
+
+    real_lookup = dynsym.lookup
+
+    def lying(scope, name):
+        found = real_lookup(scope, name)
+        return None if name == "cuInit" else found  # the shim does export cuInit
+
+    dynsym.lookup = lying
+    try:
+        gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}/variants/seed")
+        gdb.execute(f"file {PROBE}")
+        _out("catch-init-error")
+        _out("cuda-run --no-report")
+    finally:
+        dynsym.lookup = real_lookup
+    tl = session.State.tracer.timeline
+    assert any("dlsym(libcuda.so.1, 'cuInit') returned an address where its symbol tables said NULL" in n
+               for n in tl.notes), tl.notes
+    in_shim = [l for l in tl.lookups if (l.handle_library or "").endswith("libcuda.so.1")]
+    assert len(in_shim) > 400 and all(l.found_by == "return" for l in in_shim)
+    assert next(l for l in in_shim if l.symbol == "cuInit").found is True
+
+
 def test_cuda_audit_against_what_is_loaded():
     import json
 

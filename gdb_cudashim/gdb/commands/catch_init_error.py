@@ -29,6 +29,9 @@ class CatchInitError(Command):
         p.add_argument("--timeout", type=float, metavar="S",
                        help="with cuda-run: interrupt after S seconds and report every thread")
         p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+        p.add_argument("--every-return", action="store_true",
+                       help="watch every dlsym() inside the window to its return (about 2x the stops) instead of "
+                            "answering found/NULL from the handle's symbol tables, as ld.so does")
         p.add_argument("--disarm", action="store_true", help="remove everything armed and restore settings")
         p.add_argument("--status", action="store_true", help="say what is armed")
 
@@ -64,6 +67,7 @@ class CatchInitError(Command):
             session.State.tracer.disarm()
         t = tracer_mod.Tracer(tuple(DEFAULT_ERROR_PATTERNS) + tuple(args.pattern), follow_children=args.follow)
         t.timeout = args.timeout
+        t.every_return = args.every_return
         session.State.tracer = tracer_mod.ACTIVE = t
         session.State.json_path = args.json
         t.on_all_exited = session.on_all_exited
