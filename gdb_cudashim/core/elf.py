@@ -9,11 +9,8 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
-from elftools.elf.elffile import ELFFile
-from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection, GNUVerSymSection
-from elftools.elf.sections import SymbolTableSection
+# pyelftools is imported on first use, not at load: it costs ~70 ms, and loading the
+# gdb extension must stay cheap (gdb-cudashim run's cost target).
 
 
 class ElfProblem(Exception):
@@ -72,7 +69,9 @@ def _check_file(path: str) -> None:
         raise ElfProblem(f"{path}: not readable (permission denied)")
 
 
-def _dynamic_tags(elf: ELFFile, info: ElfInfo) -> None:
+def _dynamic_tags(elf, info: ElfInfo) -> None:
+    from elftools.elf.dynamic import DynamicSection
+
     for section in elf.iter_sections():
         if not isinstance(section, DynamicSection):
             continue
@@ -87,8 +86,10 @@ def _dynamic_tags(elf: ELFFile, info: ElfInfo) -> None:
                 info.runpath.extend(p for p in tag.runpath.split(":") if p)
 
 
-def _versions(elf: ELFFile) -> tuple[dict[int, str], dict[int, tuple[str, str]], list[str]]:
+def _versions(elf) -> tuple[dict[int, str], dict[int, tuple[str, str]], list[str]]:
     """Index -> defined version name; index -> (needed file, version name); defined names."""
+    from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
+
     defined: dict[int, str] = {}
     needed: dict[int, tuple[str, str]] = {}
     definitions: list[str] = []
@@ -108,7 +109,10 @@ def _versions(elf: ELFFile) -> tuple[dict[int, str], dict[int, tuple[str, str]],
     return defined, needed, definitions
 
 
-def _symbols(elf: ELFFile, info: ElfInfo) -> None:
+def _symbols(elf, info: ElfInfo) -> None:
+    from elftools.elf.gnuversions import GNUVerSymSection
+    from elftools.elf.sections import SymbolTableSection
+
     defined, needed, info.version_definitions = _versions(elf)
     dynsym = elf.get_section_by_name(".dynsym")
     versym = next((s for s in elf.iter_sections() if isinstance(s, GNUVerSymSection)), None)
@@ -135,7 +139,7 @@ def _symbols(elf: ELFFile, info: ElfInfo) -> None:
     info.has_symtab = isinstance(symtab, SymbolTableSection)
 
 
-def _debug(elf: ELFFile, info: ElfInfo) -> None:
+def _debug(elf, info: ElfInfo) -> None:
     info.has_debug_info = elf.get_section_by_name(".debug_info") is not None
     note = elf.get_section_by_name(".note.gnu.build-id")
     if note is not None:
@@ -150,6 +154,9 @@ def _debug(elf: ELFFile, info: ElfInfo) -> None:
 
 def read_symtab_objects(path: str) -> dict[str, tuple[int, int]]:
     """Data objects (name -> (address, size)) from .symtab, else .dynsym."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
         out: dict[str, tuple[int, int]] = {}
@@ -165,6 +172,9 @@ def read_symtab_objects(path: str) -> dict[str, tuple[int, int]]:
 
 def read_elf(path: str) -> ElfInfo:
     """Read PATH; raises ElfProblem with a one-line reason for anything unusable."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     _check_file(path)
     try:
         with open(path, "rb") as f:

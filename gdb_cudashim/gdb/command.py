@@ -48,8 +48,8 @@ class Command(gdb.Command):
         pass
 
     @classmethod
-    def help_text(cls) -> str:
-        parser = cls.make_parser()
+    def help_text(cls, parser=None) -> str:
+        parser = parser or cls.make_parser()
         usage = parser.format_usage().strip()
         if usage.lower().startswith("usage: "):
             usage = usage[7:]
@@ -59,9 +59,9 @@ class Command(gdb.Command):
         return f"{cls.summary}\nUsage: {usage}\n\n{rest}".rstrip()
 
     def __init__(self):
-        type(self).__doc__ = self.help_text()
-        super().__init__(self.name, self.command_class)
         self.parser = self.make_parser()
+        type(self).__doc__ = self.help_text(self.parser)
+        super().__init__(self.name, self.command_class)
 
     def invoke(self, argument, from_tty):
         try:
