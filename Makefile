@@ -25,7 +25,7 @@ stack: venv
 shim: stack
 	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
 
-programs: build/probe build/spawner build/dlsym_oracle
+programs: build/probe build/spawner build/dlsym_oracle build/forward_check
 
 build/%: tests/programs/%.c | system-deps
 	@mkdir -p build

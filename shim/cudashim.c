@@ -204,9 +204,14 @@ static void *real_sym(const char *name)
 }
 
 /* Call the real driver's NAME with ARGS, or fail with CUDA_ERROR_SHARED_OBJECT_*. */
+/* The real symbol's name must be the macro-expanded one: cuda.h maps e.g.
+ * cuDeviceTotalMem to cuDeviceTotalMem_v2, and the unexpanded "cuDeviceTotalMem" is
+ * the driver's old 32-bit entry point (seen on an H100: 81079 MiB reported as 4095). */
+#define SHIM_STR_(x) #x
+#define SHIM_STR(x) SHIM_STR_(x)
 #define FORWARD(name, ...)                                                   \
     do {                                                                     \
-        __typeof__(&name) real_fn = (__typeof__(&name))real_sym(#name);      \
+        __typeof__(&name) real_fn = (__typeof__(&name))real_sym(SHIM_STR(name)); \
         if (!real_fn)                                                        \
             return g_real_driver ? CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND \
                                  : CUDA_ERROR_SHARED_OBJECT_INIT_FAILED;     \

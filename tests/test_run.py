@@ -209,6 +209,22 @@ def test_forward_mode_passes_everything_through(stack, probe, tmp_path):
     assert "export-table-failed" in rules and "two-drivers" not in rules
 
 
+def test_forward_mode_asks_the_driver_for_the_v2_entry_points(tmp_path):
+    """cuda.h renames cuDeviceTotalMem, cuMemGetInfo and cuDevicePrimaryCtxRelease to their _v2
+    entry points; forwarding must ask the real driver for those, not the old 32-bit ones (on an
+    H100 the old name reported 81079 MiB as 4095). The stand-in driver exports only _v2 names."""
+    real = tmp_path / "driver" / "libcuda.so.1"
+    real.parent.mkdir()
+    real.write_bytes((SHIM_BUILD / "libcuda.so.1").read_bytes())
+    env = env_with(CUDASHIM_MODE="forward", CUDASHIM_REAL_DRIVER=real, CUDASHIM_VRAM_MIB=81079)
+    out = subprocess.run([str(BUILD / "forward_check"), str(SHIM_BUILD / "libcuda.so.1")], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    results = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+    assert results["cuDeviceTotalMem_v2"] == ["0", str(81079 << 20)], out
+    assert results["cuMemGetInfo_v2"] == ["0", str(81079 << 20)], out
+    assert results["cuDevicePrimaryCtxRelease_v2"] == ["0"], out
+
+
 def test_attach_to_a_running_parent_and_detach(stack, probe, tmp_path):
     """Like ollama under systemd: a server already running spawns a runner later."""
     env = probe_env(stack, SEED, SPAWNER_DELAY=3, SPAWNER_LINGER=30)
