@@ -104,7 +104,11 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     if lookups:
         missing = [l for l in lookups if l["found"] is False]
         out.append("")
-        out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing")
+        from_tables = sum(1 for l in lookups if l.get("found_by") == "symbol table")
+        how = (f" ({len(lookups) - from_tables} watched to their return, {from_tables} answered from the symbol "
+               f"tables ld.so searches)" if from_tables else "")
+        out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing"
+                   + how)
         important = [l for l in lookups if l["symbol"] in ("cuGetProcAddress_v2", "cuGetProcAddress", "cuGetExportTable",
                                                           "cuInit", "cuDriverGetVersion")]
         rows = [[l["pid"], l["how"], l["symbol"], _b(l.get("handle_library")), "found" if l["found"] else s("red", "NULL"),
