@@ -5,19 +5,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GCS    := $(BIN)/gdb-cudashim
 
-.PHONY: setup system-deps venv stack shim programs demo test bench clean
+.PHONY: setup system-deps venv bytecode stack shim programs demo test bench clean
 
-setup: venv stack shim programs
+setup: venv bytecode stack shim programs
 
 system-deps:
 	@./.ci/system-deps
 
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
 	@touch $@
 
 venv: $(STAMP)
+
+# gdb imports the extension on every start: compiled once here, not on each load
+# (PYTHONDONTWRITEBYTECODE environments never cache it otherwise).
+bytecode: venv
+	@$(BIN)/python -m compileall -q gdb_cudashim >/dev/null
 
 stack: venv
 	@$(GCS) stack fetch >/dev/null
