@@ -317,3 +317,8 @@ def test_interposed_dlsym_is_always_watched(stack, probe, tmp_path):
     hooked = [l for l in fast["lookups"] if l["symbol"].startswith("cuMemPool") and l["caller"].endswith("libcudart.so.12")]
     assert hooked and all(l["found"] and l["found_by"] == "return" and l["provider"].endswith("dlsym_hook.so")
                           for l in hooked)
+    # the interposer's own answers are expected to differ from the driver's tables: no note, and the
+    # C library's dlsym beneath it (called by the hook) is still answered from the tables
+    assert not fast["notes"]
+    beneath = [l for l in fast["lookups"] if l["caller"].endswith("dlsym_hook.so")]
+    assert beneath and sum(l["found_by"] == "symbol table" for l in beneath) > 400

@@ -70,9 +70,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
 # capture and lookup tracing are armed. The first is exported by every libggml-cuda.
 WINDOW_FUNCTIONS = ("_Z14ggml_cuda_infov", "ggml_backend_cuda_reg", "cudaGetDeviceCount")
 
-# Lookups the rules and the report read: their returns are always watched.
-KEY_LOOKUPS = frozenset(("cuGetProcAddress_v2", "cuGetProcAddress", "cuGetExportTable", "cuInit", "cuDriverGetVersion",
-                         "nvmlInit_v2", "nvmlInit"))
+# Lookups the rules and the report's table read: their returns are always watched.
+KEY_LOOKUPS = ("cuGetProcAddress_v2", "cuGetProcAddress", "cuGetExportTable", "cuInit", "cuDriverGetVersion")
 
 # Libraries whose loading (or failure to load) matters, by file name.
 CUDA_LIBRARY_MARKERS = ("libcuda.so", "libcudart", "libggml-cuda", "libnvidia-ml", "libcublas", "ggml-cuda")

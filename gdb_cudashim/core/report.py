@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
+from .calls import KEY_LOOKUPS
 from .rules import Finding
 from .timeline import Timeline, event_to_dict
 
@@ -109,8 +110,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
                f"tables ld.so searches)" if from_tables else "")
         out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing"
                    + how)
-        important = [l for l in lookups if l["symbol"] in ("cuGetProcAddress_v2", "cuGetProcAddress", "cuGetExportTable",
-                                                          "cuInit", "cuDriverGetVersion")]
+        important = [l for l in lookups if l["symbol"] in KEY_LOOKUPS]
         rows = [[l["pid"], l["how"], l["symbol"], _b(l.get("handle_library")), "found" if l["found"] else s("red", "NULL"),
                  _b(l.get("caller"))] for l in (lookups if verbose else important)]
         if rows:

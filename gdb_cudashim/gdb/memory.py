@@ -82,15 +82,6 @@ def solib(address: int) -> str | None:
         return None
 
 
-def caller_library(frame: gdb.Frame) -> str | None:
-    """The file FRAME was called from: who made the call or asked for the symbol."""
-    try:
-        older = frame.older()
-        return solib(older.pc()) if older is not None else None
-    except gdb.error:
-        return None
-
-
 class ReturnAddresses:
     """Where a traced call returns to, read from the stack in one memory read.
 

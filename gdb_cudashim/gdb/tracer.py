@@ -229,7 +229,8 @@ class _LookupBreakpoint(_FunctionBreakpoint):
         if tracer.lookup_count >= LOOKUP_CAP:
             tracer.note(f"lookup tracing stopped after {LOOKUP_CAP} lookups")
             tracer.disarm_lookups()
-        if not tracer.lookup_answer(inferior, lookup, pc):
+        watch, compare = tracer.lookup_answer(inferior, lookup, pc)
+        if not watch:
             return
 
         def on_return(rax):
@@ -238,7 +239,8 @@ class _LookupBreakpoint(_FunctionBreakpoint):
             lookup.found_by = "return"
             if rax:
                 lookup.provider = memory.solib(rax)
-            tracer.check_prediction(lookup)
+            if compare:
+                tracer.check_prediction(lookup)
 
         _finish(tracer, on_return)
 
@@ -282,8 +284,8 @@ class Tracer:
         self.lookups_armed = False
         self.every_return = False  # --every-return: watch every lookup's return
         self.returns = memory.ReturnAddresses()
-        self.scopes: dict[tuple[int, str], list[str] | None] = {}  # (pid, handle library) -> search list
-        self.watched: dict[tuple[int, str], list[Lookup]] = {}  # (pid, handle library) -> lookups watched
+        self.scopes: dict[tuple[int, str], list[dynsym.DynamicSymbols] | None] = {}  # (pid, handle library) -> search list
+        self.checks: dict[tuple[int, str], list[Lookup]] = {}  # (pid, handle library) -> returns to compare
         self.unanswerable: set[tuple[int, str]] = set()  # the model disagreed once: watch them all
         self.libc_locations: dict[int, bool] = {}  # dlsym breakpoint pc -> inside the C library
         self.saved_settings: dict[str, str] = {}
@@ -455,27 +457,28 @@ class Tracer:
         ret = self.returns.caller_pc(inferior, pc, rsp)
         return memory.solib(ret) if ret else None
 
-    def lookup_answer(self, inferior, lookup, pc) -> bool:
-        """Whether to watch LOOKUP's return. When not, found/provider are set here from the
-        handle's search list (core.dynsym). Watched: lookups the rules read, the first
-        WATCH_FIRST per library (they check the model), anything the model cannot answer,
-        and every lookup stopped in a dlsym() that is not the C library's own (a shim that
-        interposes dlsym, as HAMi-core does, may answer anything)."""
+    def lookup_answer(self, inferior, lookup, pc) -> tuple[bool, bool]:
+        """(watch LOOKUP's return?, compare that return with the symbol tables?). When not
+        watched, found/provider are set here from the handle's search list (core.dynsym).
+
+        The model describes the C library's own dlsym() only: a lookup stopped in an
+        interposed dlsym (HAMi-core style) may be answered anything, so it is watched and
+        never held against the model. Of the rest, watched and compared: lookups the rules
+        read, the first WATCH_FIRST per library, and every one after a disagreement."""
+        if lookup.how != "dlsym" or not self._libc_dlsym(pc):
+            return True, False
         key = (lookup.pid, lookup.handle_library or "")
-        watched = self.watched.setdefault(key, [])
-        if (self.every_return or lookup.how != "dlsym" or lookup.symbol in KEY_LOOKUPS
-                or len(watched) < WATCH_FIRST or key in self.unanswerable or not self._libc_dlsym(pc)):
-            watched.append(lookup)
-            return True
-        scope = self._scope(inferior, key)  # the first time, this checks the returns watched so far
-        if scope is None or key in self.unanswerable:
-            watched.append(lookup)
-            return True
-        provider = dynsym.lookup(scope, lookup.symbol)
+        checks = self.checks.setdefault(key, [])
+        if (self.every_return or lookup.symbol in KEY_LOOKUPS or len(checks) < WATCH_FIRST
+                or self._scope(inferior, key) is None  # the first time, this checks the returns watched so far
+                or key in self.unanswerable):
+            checks.append(lookup)
+            return True, True
+        provider = dynsym.lookup(self.scopes[key], lookup.symbol)
         lookup.found = provider is not None
         lookup.provider = provider
         lookup.found_by = "symbol table"
-        return False
+        return False, False
 
     def _libc_dlsym(self, pc) -> bool:
         known = self.libc_locations.get(pc)
@@ -499,7 +502,7 @@ class Tracer:
                 self.note(f"lookups in {os.path.basename(path)} are watched at every return: {exc}")
         self.scopes[key] = scope
         if scope is not None:
-            for earlier in self.watched.get(key, []):
+            for earlier in self.checks.get(key, []):
                 self.check_prediction(earlier)
         return scope
 
@@ -507,7 +510,7 @@ class Tracer:
         """A watched return vs the symbol tables' answer: on disagreement, watch that library's every lookup."""
         key = (lookup.pid, lookup.handle_library or "")
         scope = self.scopes.get(key)
-        if scope is None or lookup.found is None or lookup.how != "dlsym" or key in self.unanswerable:
+        if scope is None or lookup.found is None or key in self.unanswerable:
             return
         said = dynsym.lookup(scope, lookup.symbol) is not None
         if said == lookup.found:
