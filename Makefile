@@ -30,7 +30,12 @@ stack: venv
 shim: stack
 	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
 
-programs: build/probe build/spawner build/dlsym_oracle build/forward_check
+programs: build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child
+
+# a program with no shared libraries at all: what a child may exec
+build/static_child: tests/programs/static_child.c | system-deps
+	@mkdir -p build
+	cc -g -O0 -Wall -static -o $@ $<
 
 build/%: tests/programs/%.c | system-deps
 	@mkdir -p build

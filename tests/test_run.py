@@ -1,11 +1,12 @@
 """gdb-cudashim run on the real stack: real gdb, NVIDIA's libcudart 12.9, a real libggml-cuda,
 the bundled shim and defect variants of it, real child processes."""
+import json
 import os
 import subprocess
 
 import pytest
 
-from conftest import BUILD, ROOT, SHIM_BUILD, build_variant, env_with, run_cli, run_report
+from conftest import BUILD, ROOT, SHIM_BUILD, build_variant, env_with, run_cli, run_gdb, run_report
 
 SEED = SHIM_BUILD / "variants" / "seed"
 
@@ -322,3 +323,48 @@ def test_interposed_dlsym_is_always_watched(stack, probe, tmp_path):
     assert not fast["notes"]
     beneath = [l for l in fast["lookups"] if l["caller"].endswith("dlsym_hook.so")]
     assert beneath and sum(l["found_by"] == "symbol table" for l in beneath) > 400
+
+
+@pytest.mark.parametrize("how", ["--fork", "--fork-after-load"])
+def test_forked_child_without_exec_is_traced(stack, probe, tmp_path, how):
+    """A forked child (no exec) runs the parent's libraries at the parent's addresses: the
+    breakpoints placed in the parent must work in the child, whether it loads them or inherits them."""
+    proc, report = run_report(tmp_path, [probe, how], probe_env(stack, SEED))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    parent, child = [p["pid"] for p in report["processes"] if p["what"] == "start"]
+    (err,) = report["errors"]
+    assert err["pid"] == child != parent
+    assert {c["pid"] for c in report["calls"]} == {child}
+    assert len([l for l in report["lookups"] if l["pid"] == child]) > 400
+    assert rules_of(report) == ["missing-cuGetProcAddress_v2", "missing-cuGetExportTable"]
+
+
+def test_child_that_execs_a_program_with_none_of_the_parents_libraries(tmp_path):
+    """After exec, the parent's breakpoint addresses mean nothing in the child (here nothing is
+    mapped there at all): gdb must not be asked to insert them ("Cannot insert breakpoint")."""
+    proc, report = run_report(tmp_path, [BUILD / "spawner", BUILD / "static_child"], env_with())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Cannot insert" not in proc.stdout + proc.stderr
+    assert [p["exit_code"] for p in report["processes"] if p["what"] == "exit"] == [0, 0]
+
+
+@pytest.mark.parametrize("args", [[], ["--reload"]], ids=["seed", "reload"])
+def test_breakpoints_by_address_and_by_name_see_the_same_run(stack, probe, tmp_path, args):
+    """The default places breakpoints at addresses read from each file; --by-name lets gdb find
+    the functions by name. Every call, lookup and error must be the same either way."""
+    reports = []
+    for mode in ("", "--by-name"):
+        out = tmp_path / f"r{mode}.json"
+        proc = run_gdb([f"catch-init-error {mode}", f"cuda-run --no-report --quit --json {out}"], [probe, *args],
+                       env=probe_env(stack, SEED))
+        assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+        reports.append(json.loads(out.read_text()))
+    by_address, by_name = reports
+
+    def calls(r):
+        return [(c["function"], c["library"], c["caller"], c["args"], c["result"]) for c in r["calls"]]
+
+    assert calls(by_address) == calls(by_name) and len(calls(by_address)) >= 4
+    assert _lookup_facts(by_address) == _lookup_facts(by_name)
+    assert [e["text"] for e in by_address["errors"]] == [e["text"] for e in by_name["errors"]]
+    assert rules_of(by_address) == rules_of(by_name) and not by_address["notes"]

@@ -20,7 +20,10 @@ from ..core.calls import KEY_LOOKUPS, SPECS, WINDOW_FUNCTIONS, ARG_REGISTERS, is
 from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write, relevant_env
 from ..core.codes import uuid_str
-from . import memory
+from . import located, memory
+
+# every function catch-init-error breaks on
+TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
 
 SYS_WRITE, SYS_WRITEV = 1, 20
 ENOSYS = 38
@@ -63,11 +66,15 @@ class _Return(_Handler, gdb.FinishBreakpoint):
 
 
 class _FunctionBreakpoint(_Handler, gdb.Breakpoint):
-    """An internal, silent breakpoint on a function by name (pending until a library defines it)."""
+    """An internal, silent breakpoint on a function: at ADDRESS (its first instruction, placed
+    by located.Placer), or by name (pending until a library defines it) with --by-name."""
 
-    def __init__(self, tracer, function, enabled=True):
+    def __init__(self, tracer, function, enabled=True, address=None):
         self.tracer = tracer
-        super().__init__(function=function, internal=True)
+        if address is None:
+            super().__init__(function=function, internal=True)
+        else:
+            super().__init__(f"*{address:#x}", internal=True)
         self.silent = True
         if not enabled:
             self.enabled = False
@@ -81,9 +88,9 @@ def _finish(tracer, on_return) -> None:
 
 
 class _CallBreakpoint(_FunctionBreakpoint):
-    def __init__(self, tracer, spec):
+    def __init__(self, tracer, spec, address=None):
         self.spec = spec
-        super().__init__(tracer, spec.name)
+        super().__init__(tracer, spec.name, address=address)
 
     def handle(self):
         tracer = self.tracer
@@ -137,8 +144,8 @@ class _CallBreakpoint(_FunctionBreakpoint):
 
 
 class _DlopenBreakpoint(_FunctionBreakpoint):
-    def __init__(self, tracer):
-        super().__init__(tracer, "dlopen")
+    def __init__(self, tracer, address=None):
+        super().__init__(tracer, "dlopen", address=address)
 
     def handle(self):
         tracer = self.tracer
@@ -170,8 +177,8 @@ class _DlopenBreakpoint(_FunctionBreakpoint):
 class _DlerrorBreakpoint(_FunctionBreakpoint):
     """Armed only after a CUDA library failed to load: the loader's own words."""
 
-    def __init__(self, tracer):
-        super().__init__(tracer, "dlerror", enabled=False)
+    def __init__(self, tracer, address=None):
+        super().__init__(tracer, "dlerror", enabled=bool(tracer.pending_dlerror), address=address)
 
     def handle(self):
         tracer = self.tracer
@@ -187,7 +194,7 @@ class _DlerrorBreakpoint(_FunctionBreakpoint):
                 load.error = text
             tracer.pending_dlerror.pop(pid, None)
             if not tracer.pending_dlerror:
-                self.enabled = False
+                tracer.set_dlerror_capture(False)
 
         _finish(tracer, on_return)
 
@@ -198,9 +205,9 @@ class _LookupBreakpoint(_FunctionBreakpoint):
     the lookup is one the rules read, one of the first few in its library, or the model
     cannot answer it: those are watched at their return (see Tracer.lookup_answer)."""
 
-    def __init__(self, tracer, function):
+    def __init__(self, tracer, function, address=None):
         self.how = function
-        super().__init__(tracer, function, enabled=False)
+        super().__init__(tracer, function, enabled=tracer.lookups_armed, address=address)
 
     def handle(self):
         tracer = self.tracer
@@ -251,9 +258,9 @@ WATCH_FIRST = 4  # lookups per library watched to their return, to check the sym
 class _WindowBreakpoint(_FunctionBreakpoint):
     """The first call of a ggml/cudart init entry point opens the capture window."""
 
-    def __init__(self, tracer, function):
+    def __init__(self, tracer, function, address=None):
         self.function = function
-        super().__init__(tracer, function)
+        super().__init__(tracer, function, address=address)
 
     def handle(self):
         tracer = self.tracer
@@ -269,13 +276,15 @@ class _WindowBreakpoint(_FunctionBreakpoint):
 class Tracer:
     """One armed catch-init-error: its breakpoints, its timeline, the settings it changed."""
 
-    def __init__(self, patterns, follow_children=True):
+    def __init__(self, patterns, follow_children=True, by_name=False):
         self.timeline = Timeline(patterns=tuple(patterns))
         self.follow_children = follow_children
+        self.by_name = by_name  # gdb's by-name breakpoints instead of located.Placer's
+        self.placer: located.Placer | None = None
         self.breakpoints: list[gdb.Breakpoint] = []
         self.lookup_bps: list[_LookupBreakpoint] = []
         self.syscall_catches: dict[int, gdb.Breakpoint] = {}  # inferior num -> its catchpoint
-        self.dlerror_bp: _DlerrorBreakpoint | None = None
+        self.dlerror_bps: list[_DlerrorBreakpoint] = []
         self.window_depth: dict[int, int] = {}
         self.writes_left: dict[int, int] = {}
         self.windows_done: set = set()
@@ -307,23 +316,37 @@ class Tracer:
         sigurg = self._sigurg_warning()
         if sigurg:
             messages.append(sigurg)
-        for spec in SPECS.values():
-            self.breakpoints.append(_CallBreakpoint(self, spec))
-        self.breakpoints.append(_DlopenBreakpoint(self))
-        self.dlerror_bp = _DlerrorBreakpoint(self)
-        self.breakpoints.append(self.dlerror_bp)
-        for fn in ("dlsym", "dlvsym"):
-            bp = _LookupBreakpoint(self, fn)
-            self.lookup_bps.append(bp)
-            self.breakpoints.append(bp)
-        for fn in WINDOW_FUNCTIONS:
-            self.breakpoints.append(_WindowBreakpoint(self, fn))
+        if self.by_name:
+            for name in TRACED_FUNCTIONS:
+                self._make(name)
+        else:
+            self.placer = located.Placer(TRACED_FUNCTIONS, self._make, self.note)
         self._ensure_syscall_catch()
         self._connect()
+        if self.placer is not None:
+            self.placer.start()
         for inferior in gdb.inferiors():
             if inferior.pid:
                 self.seen_pid(inferior.pid, inferior.num)
         return messages
+
+    def _make(self, name, address=None) -> list[gdb.Breakpoint]:
+        """The breakpoints that trace function NAME (at ADDRESS, or by name)."""
+        made = []
+        if name in SPECS:
+            made.append(_CallBreakpoint(self, SPECS[name], address))
+        if name in WINDOW_FUNCTIONS:
+            made.append(_WindowBreakpoint(self, name, address))
+        if name == "dlopen":
+            made.append(_DlopenBreakpoint(self, address))
+        elif name == "dlerror":
+            made.append(_DlerrorBreakpoint(self, address))
+            self.dlerror_bps.append(made[-1])
+        elif name in ("dlsym", "dlvsym"):
+            made.append(_LookupBreakpoint(self, name, address))
+            self.lookup_bps.append(made[-1])
+        self.breakpoints.extend(made)
+        return made
 
     def _ensure_syscall_catch(self):
         """gdb 13 ties a catchpoint to the program space current at its creation:
@@ -387,6 +410,9 @@ class Tracer:
 
     def disarm(self) -> list[str]:
         messages = []
+        if self.placer is not None:
+            self.placer.stop()
+            self.placer = None
         for registry, handler in self._handlers:
             try:
                 registry.disconnect(handler)
@@ -445,10 +471,14 @@ class Tracer:
                 if bp.is_valid():
                     bp.enabled = False
 
+    def set_dlerror_capture(self, on: bool):
+        for bp in self.dlerror_bps:
+            if bp.is_valid() and bp.enabled != on:
+                bp.enabled = on
+
     def failed_load(self, pid, load):
         self.pending_dlerror[pid] = load
-        if self.dlerror_bp is not None:
-            self.dlerror_bp.enabled = True
+        self.set_dlerror_capture(True)
         self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
         self._set_syscall_capture(True)
 

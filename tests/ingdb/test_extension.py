@@ -148,3 +148,30 @@ def test_cuda_audit_against_what_is_loaded():
         gdb.execute("cuda-audit --shim /nonexistent.so", to_string=True)
     except gdb.error as exc:
         raise AssertionError(f"unreadable file should be reported, not raised: {exc}")
+
+
+def test_a_breakpoint_placed_in_an_unloaded_library_stays_off():
+    """Breakpoints go to addresses read from each loaded file. After dlclose the next library
+    is mapped at the same place: the first library's breakpoints must not be live inside it
+    (an int3 in the middle of someone else's code), while the second library's are."""
+    from gdb_cudashim.gdb import session
+
+    first, second = f"{SHIM}/libcuda.so.1", f"{SHIM}/libnvidia-ml.so.1"
+    gdb.execute(f"file {ROOT}/build/unload")
+    _out("catch-init-error")
+    gdb.Breakpoint("unload_done", internal=True)
+    _out(f"run {first} {second}")
+    placer = session.State.tracer.placer
+    stale, live = [], []
+    for (function, address), bps in placer.bps.items():
+        for bp in bps:
+            for loc in bp.locations:
+                (stale if function.startswith("cu") else live).append((function, loc))
+    inside_second = [(f, loc) for f, loc in stale if gdb.solib_name(loc.address) == second]
+    assert inside_second, "the second library was not mapped over the first: the case is not exercised"
+    assert stale and not any(loc.enabled for _, loc in stale), [(f, hex(l.address)) for f, l in stale if l.enabled]
+    nvml = [loc for f, loc in live if f.startswith("nvml")]
+    assert nvml and all(loc.enabled for loc in nvml)
+    _out("cuda-run --no-report")  # the rest runs to its end: no stray trap
+    exits = [p.exit_code for p in session.State.tracer.timeline.processes if p.what == "exit"]
+    assert exits == [0], exits

@@ -32,6 +32,10 @@ class CatchInitError(Command):
         p.add_argument("--every-return", action="store_true",
                        help="watch every dlsym() inside the window to its return (about 2x the stops) instead of "
                             "answering found/NULL from the handle's symbol tables, as ld.so does")
+        p.add_argument("--by-name", action="store_true",
+                       help="place breakpoints by function name, as 'break NAME' does, instead of at the addresses "
+                            "each loaded file's symbol tables give (slower; for targets whose files or /proc cannot "
+                            "be read from here, such as gdbserver on another machine)")
         p.add_argument("--disarm", action="store_true", help="remove everything armed and restore settings")
         p.add_argument("--status", action="store_true", help="say what is armed")
 
@@ -65,7 +69,8 @@ class CatchInitError(Command):
             raise gdb.GdbError("catch-init-error: --timeout must be a positive number of seconds")
         if session.State.tracer is not None:
             session.State.tracer.disarm()
-        t = tracer_mod.Tracer(tuple(DEFAULT_ERROR_PATTERNS) + tuple(args.pattern), follow_children=args.follow)
+        t = tracer_mod.Tracer(tuple(DEFAULT_ERROR_PATTERNS) + tuple(args.pattern), follow_children=args.follow,
+                                by_name=args.by_name)
         t.timeout = args.timeout
         t.every_return = args.every_return
         session.State.tracer = tracer_mod.ACTIVE = t

@@ -1,0 +1,167 @@
+"""Breakpoints placed by address as each file loads, kept to the program spaces where they are true.
+
+Why not by name: gdb re-resolves a by-name breakpoint in every objfile, debug info
+included, whenever a library loads; for catch-init-error's ~35 names that cost more
+than all of cudart's dlsym stops (see core/symaddr.py). Here each newly loaded file's
+symbol tables are read once, and a breakpoint goes to load bias + st_value.
+
+The catch: gdb gives an address breakpoint a location in *every* program space. A
+forked child shares the parent's layout, so there the location is right; after an
+exec, or in another program, the same address is some other code or unmapped ("Cannot
+insert breakpoint"). So every location is kept enabled only in the program spaces
+where one of their loaded files defines that function at that address, re-checked
+whenever gdb changes a breakpoint's locations, a file loads or goes, or a program
+space is emptied (exec, re-run).
+"""
+from __future__ import annotations
+
+import os
+
+import gdb
+
+from ..core import symaddr
+
+
+class Placer:
+    """For NAMES, calls MAKE(name, address) -> [breakpoint at '*address', ...] once per address
+    any loaded file defines the function at, and keeps those breakpoints' locations true."""
+
+    def __init__(self, names, make, note):
+        self.names = tuple(sorted(set(names)))
+        self.make = make
+        self.note = note
+        self.bps: dict[tuple[str, int], list[gdb.Breakpoint]] = {}
+        self.valid: dict[gdb.Progspace, set[tuple[str, int]]] = {}  # where each (name, address) is true
+        self.placed: dict[gdb.Progspace, dict[str, list[tuple[str, int]]]] = {}  # file -> what it defines
+        self._cache: dict[tuple[str, int, int], symaddr.FileFunctions] = {}
+        self._ours: set[int] = set()
+        self._busy = False
+        self._handlers = []
+
+    # ------------------------------------------------------------------ life --
+    def start(self):
+        for registry, handler in ((gdb.events.new_objfile, self._on_new_objfile),
+                                  (gdb.events.free_objfile, self._on_free_objfile),
+                                  (gdb.events.clear_objfiles, self._on_clear_objfiles),
+                                  (gdb.events.breakpoint_modified, self._on_modified)):
+            registry.connect(handler)
+            self._handlers.append((registry, handler))
+        for inferior in gdb.inferiors():
+            if inferior.pid:
+                self.place(inferior.progspace)
+
+    def stop(self):
+        for registry, handler in self._handlers:
+            try:
+                registry.disconnect(handler)
+            except (ValueError, RuntimeError):
+                pass
+        self._handlers.clear()
+
+    # ------------------------------------------------------------- placing --
+    def place(self, progspace):
+        """Read every file of PROGSPACE not read yet; place and enable what they define."""
+        pid = next((i.pid for i in gdb.inferiors() if i.pid and i.progspace == progspace), 0)
+        if not pid:
+            return  # no process yet: addresses are not known before the program is mapped
+        placed = self.placed.setdefault(progspace, {})
+        valid = self.valid.setdefault(progspace, set())
+        main = progspace.filename
+        maps = None
+        changed = False
+        cwd = None
+        for objfile in progspace.objfiles():
+            path = known_as = objfile.filename
+            if objfile.owner is not None or not path or path in placed or path.startswith("system-supplied DSO"):
+                continue
+            placed[known_as] = []
+            try:
+                if not os.path.isabs(path):  # dlopen("dir/lib.so"): ld.so took it from the process's cwd
+                    cwd = cwd or os.readlink(f"/proc/{pid}/cwd")
+                    path = os.path.join(cwd, path)
+                st = os.stat(path)
+                key = (path, st.st_ino, st.st_mtime_ns)
+                functions = self._cache.get(key)
+                if functions is None:
+                    functions = self._cache[key] = symaddr.read_functions(path, self.names, symtab=path == main)
+                if not functions.offsets:
+                    continue
+                if maps is None:
+                    with open(f"/proc/{pid}/maps") as f:
+                        maps = f.read()
+            except (OSError, symaddr.SymaddrError) as exc:
+                self.note(f"{os.path.basename(path)}: its symbols cannot be read ({exc}); its CUDA entry points "
+                          f"are not traced (catch-init-error --by-name places breakpoints by name instead)")
+                continue
+            bias = symaddr.load_bias(maps, st.st_ino, st.st_dev, functions)
+            if bias is None:
+                self.note(f"{os.path.basename(path)}: not found in /proc/{pid}/maps; its CUDA entry points are not "
+                          f"traced (catch-init-error --by-name places breakpoints by name instead)")
+                continue
+            for function, offsets in functions.offsets.items():
+                for offset in offsets:
+                    where = (function, bias + offset)
+                    placed[known_as].append(where)
+                    valid.add(where)
+                    if where not in self.bps:
+                        self.bps[where] = made = self.make(*where)
+                        for bp in made:
+                            bp.placed_at = where
+                            self._ours.add(bp.number)
+                    changed = True
+        if changed:
+            self.reconcile()
+
+    def _on_new_objfile(self, event):
+        try:
+            self.place(event.new_objfile.progspace)
+        except gdb.error as exc:
+            self.note(f"placing breakpoints: {exc}")
+
+    def _on_free_objfile(self, event):
+        objfile = event.objfile
+        try:
+            progspace, path = objfile.progspace, objfile.filename
+        except RuntimeError:
+            return
+        gone = self.placed.get(progspace, {}).pop(path, None)
+        if gone:
+            self.valid.get(progspace, set()).difference_update(gone)
+            self.reconcile()
+
+    def _on_clear_objfiles(self, event):
+        progspace = event.progspace
+        self.placed.pop(progspace, None)
+        if self.valid.pop(progspace, None):
+            self.reconcile()
+
+    def _on_modified(self, bp):
+        if bp.number in self._ours and not self._busy:
+            self._reconcile_one(bp, self._spaces())
+
+    # ---------------------------------------------------------- locations --
+    @staticmethod
+    def _spaces():
+        return {i.num: i.progspace for i in gdb.inferiors()}
+
+    def reconcile(self):
+        spaces = self._spaces()
+        for made in list(self.bps.values()):
+            for bp in made:
+                self._reconcile_one(bp, spaces)
+
+    def _reconcile_one(self, bp, spaces):
+        """Enable BP's location in a program space only where that space's files put its function there."""
+        if not bp.is_valid():
+            return
+        where = getattr(bp, "placed_at", None)
+        self._busy = True
+        try:
+            for loc in bp.locations:
+                want = any(where in self.valid.get(spaces.get(num), ()) for num in loc.thread_groups)
+                if loc.enabled != want:
+                    loc.enabled = want
+        except (gdb.error, RuntimeError):
+            pass
+        finally:
+            self._busy = False
