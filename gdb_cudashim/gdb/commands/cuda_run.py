@@ -63,7 +63,14 @@ class CudaRun(Command):
                 live = _live()
                 if not live:
                     break
-                gdb.execute(f"inferior {live[0].num}", to_string=True)
+                try:
+                    gdb.execute(f"inferior {live[0].num}", to_string=True)
+                except gdb.error:
+                    # switched, but its frame could not be shown ("Couldn't get registers: No such
+                    # process"): it is exiting, and the continue below collects that
+                    if gdb.selected_inferior().num != live[0].num:
+                        t.note(f"could not switch to inferior {live[0].num}")
+                        break
                 try:
                     gdb.execute("continue", to_string=True)
                 except gdb.error as exc:
