@@ -79,6 +79,22 @@ class _FunctionBreakpoint(_Handler, gdb.Breakpoint):
         if not enabled:
             self.enabled = False
 
+    def pc_and(self, *names: str) -> list[int]:
+        """$pc followed by the registers NAMES. At a placed breakpoint $pc is its address,
+        which saves a register read on the hottest stop."""
+        at = getattr(self, "placed_at", None)
+        if at is None:
+            return memory.regs("pc", *names)
+        return [at[1], *memory.regs(*names)]
+
+    def caller(self, inferior, pc, rsp) -> str | None:
+        """The library the call came from: a placed breakpoint sits at the function's first
+        instruction, where the return address is at $rsp."""
+        if getattr(self, "placed_at", None) is not None:
+            ret = memory.read_u64(inferior, rsp)
+            return memory.solib(ret) if ret else None
+        return self.tracer.caller_library(inferior, pc, rsp)
+
 
 def _finish(tracer, on_return) -> None:
     try:
@@ -97,7 +113,7 @@ class _CallBreakpoint(_FunctionBreakpoint):
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
         nargs = len(self.spec.args)
-        pc, rsp, *raw = memory.regs("pc", "rsp", *ARG_REGISTERS[:nargs])
+        pc, rsp, *raw = self.pc_and("rsp", *ARG_REGISTERS[:nargs])
         args = {}
         outs = []
         for (name, kind), value in zip(self.spec.args, raw):
@@ -112,7 +128,7 @@ class _CallBreakpoint(_FunctionBreakpoint):
                 outs.append((name, kind, value))
             else:
                 args[name] = value
-        caller = tracer.caller_library(inferior, pc, rsp)
+        caller = self.caller(inferior, pc, rsp)
         call = Call(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, function=self.spec.name,
                     library=memory.solib(pc), caller=caller, args=args)
         tracer.timeline.add(call)
@@ -155,8 +171,8 @@ class _DlopenBreakpoint(_FunctionBreakpoint):
         if path is None or not is_cuda_library(path):
             return  # dlopen(NULL) (the main program) or not a CUDA library
         pid, tid = memory.ptid()
-        pc, rsp = memory.regs("pc", "rsp")
-        caller = tracer.caller_library(inferior, pc, rsp)
+        pc, rsp = self.pc_and("rsp")
+        caller = self.caller(inferior, pc, rsp)
         load = Load(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, path=path, flags=flags & 0xFFFFFFFF,
                     ok=None, caller=caller)
         tracer.timeline.add(load)
@@ -212,25 +228,18 @@ class _LookupBreakpoint(_FunctionBreakpoint):
     def handle(self):
         tracer = self.tracer
         inferior = gdb.selected_inferior()
-        handle, sym_ptr = memory.regs("rdi", "rsi")
+        pc, handle, sym_ptr, rsp = self.pc_and("rdi", "rsi", "rsp")
         symbol = memory.read_cstring(inferior, sym_ptr, 512)
-        if handle == 0:
-            asked = "RTLD_DEFAULT"
-        elif handle == memory.MASK64:
-            asked = "RTLD_NEXT"
-        else:
-            name_ptr = memory.read_u64(inferior, handle + 8)
-            asked = memory.read_cstring(inferior, name_ptr) if name_ptr else None
+        pid, tid = memory.ptid()
+        asked = tracer.handle_library(inferior, pid, handle)
         if not (is_cuda_symbol(symbol) or is_cuda_library(asked)):
             return
-        pid, tid = memory.ptid()
-        pc, rsp = memory.regs("pc", "rsp")
         version = None
         if self.how == "dlvsym":
             version = memory.read_cstring(inferior, memory.regs("rdx")[0], 128)
         lookup = Lookup(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, how=self.how, symbol=symbol or "?",
                         handle_library=asked, version=version, found=None,
-                        caller=tracer.caller_library(inferior, pc, rsp))
+                        caller=self.caller(inferior, pc, rsp))
         tracer.timeline.add(lookup)
         tracer.lookup_count += 1
         if tracer.lookup_count >= LOOKUP_CAP:
@@ -297,6 +306,7 @@ class Tracer:
         self.checks: dict[tuple[int, str], list[Lookup]] = {}  # (pid, handle library) -> returns to compare
         self.unanswerable: set[tuple[int, str]] = set()  # the model disagreed once: watch them all
         self.libc_locations: dict[int, bool] = {}  # dlsym breakpoint pc -> inside the C library
+        self.handle_names: dict[tuple[int, int], str] = {}  # (pid, dlopen handle) -> its l_name
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
@@ -403,6 +413,7 @@ class Tracer:
         pairs = [
             (gdb.events.exited, self._on_exited),
             (gdb.events.new_objfile, self._on_new_objfile),
+            (gdb.events.free_objfile, self._on_free_objfile),
         ]
         for registry, handler in pairs:
             registry.connect(handler)
@@ -483,6 +494,22 @@ class Tracer:
         self._set_syscall_capture(True)
 
     # ---------------------------------------------------------- lookups --
+    def handle_library(self, inferior, pid, handle) -> str | None:
+        """The library a dlsym handle names (struct link_map's l_name), cached until the
+        next library load or unload (a freed handle's address may be reused)."""
+        if handle == 0:
+            return "RTLD_DEFAULT"
+        if handle == memory.MASK64:
+            return "RTLD_NEXT"
+        key = (pid, handle)
+        name = self.handle_names.get(key)
+        if name is None:
+            name_ptr = memory.read_u64(inferior, handle + 8)
+            name = memory.read_cstring(inferior, name_ptr) if name_ptr else None
+            if name is not None:
+                self.handle_names[key] = name
+        return name
+
     def caller_library(self, inferior, pc, rsp) -> str | None:
         ret = self.returns.caller_pc(inferior, pc, rsp)
         return memory.solib(ret) if ret else None
@@ -615,7 +642,11 @@ class Tracer:
         self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
                                        parent=parent, env=relevant_env(env), cwd=cwd))
 
+    def _on_free_objfile(self, _event):
+        self.handle_names.clear()
+
     def _on_new_objfile(self, event):
+        self.handle_names.clear()
         try:
             inferior = gdb.selected_inferior()
             if inferior.pid:
