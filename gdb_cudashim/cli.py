@@ -124,8 +124,10 @@ def _emit(report: dict, args, command: list[str]) -> int:
     report.setdefault("meta", {})["command"] = command
     if args.json:
         tmp_out = f"{args.json}.tmp{os.getpid()}"
+        from .core.report import to_json
+
         with open(tmp_out, "w") as f:
-            json.dump(report, f, indent=1)
+            f.write(to_json(report))
         os.replace(tmp_out, args.json)
     print("\n".join(render(report, color=_color(args.color), verbose=args.verbose)))
     return int(report.get("status", 1))

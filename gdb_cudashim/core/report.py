@@ -36,6 +36,22 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
     }
 
 
+def to_json(report: dict) -> str:
+    """The report as JSON text, one timeline event per line: greppable and diffable, and
+    written by json's C encoder (indent= forces the pure-Python one: ~5x slower on a
+    report of 400 lookups)."""
+    import json
+
+    parts = []
+    for key, value in report.items():
+        if isinstance(value, list) and value:
+            items = ",\n  ".join(json.dumps(item, default=str) for item in value)
+            parts.append(f"{json.dumps(key)}: [\n  {items}\n ]")
+        else:
+            parts.append(f"{json.dumps(key)}: {json.dumps(value, default=str)}")
+    return "{\n " + ",\n ".join(parts) + "\n}\n"
+
+
 def _b(path):
     return os.path.basename(path) if path else "?"
 

@@ -1,7 +1,6 @@
 """The one armed catch-init-error of this gdb, and what turns its timeline into a report."""
 from __future__ import annotations
 
-import json
 import os
 
 import gdb
@@ -76,7 +75,7 @@ def build_report(meta=None) -> dict:
 def write_json(report: dict, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(report, f, indent=1, default=str)
+        f.write(core_report.to_json(report))
     os.replace(tmp, path)
 
 
