@@ -36,7 +36,7 @@ def timed(cmd, env, repeat):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=100_000, help="log lines before and after the init (default 100000)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per variant; the median is shown (default 3)")
+    ap.add_argument("--repeat", type=int, default=7, help="runs per variant; the median is shown (default 7)")
     args = ap.parse_args()
     stack = stack_mod.require()
     env = dict(os.environ, LD_LIBRARY_PATH=str(ROOT / "shim/build/variants/seed"), GGML_CUDA_LIB=str(stack.ggml_cuda))
@@ -52,9 +52,12 @@ def main():
         if shutil.which("strace"):
             variants.append(("strace -f -s 65536 -e trace=write",
                              ["strace", "-f", "-s", "65536", "-e", "trace=write", "-o", os.path.join(tmp, "st"), *probe]))
-        results = {}
-        for name, cmd in variants:
-            results[name] = timed(cmd, env, args.repeat)
+        # rounds interleave the variants, so a slow spell of this shared machine hits them all alike
+        samples = {name: [] for name, _ in variants}
+        for _ in range(args.repeat):
+            for name, cmd in variants:
+                samples[name].append(timed(cmd, env, 1))
+        results = {name: statistics.median(times) for name, times in samples.items()}
         stops = json.load(open(report))["stops"] if os.path.exists(report) else None
         # the same init with no chatter: what the capture itself costs
         quiet = timed([*cli, "run", "--json", report, "--", str(ROOT / "build/probe")], env, args.repeat)
@@ -63,7 +66,8 @@ def main():
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         audit_s = time.perf_counter() - audit_start
     plain = results["gdb -batch -ex run"]
-    print(f"{args.lines} log lines before and {args.lines} after a failing real ggml init; median of {args.repeat}")
+    print(f"{args.lines} log lines before and {args.lines} after a failing real ggml init; median of {args.repeat} "
+          f"interleaved rounds")
     print(f"{'variant':40} {'seconds':>9} {'x plain gdb':>12}")
     for name, seconds in results.items():
         print(f"{name:40} {seconds:9.3f} {seconds / plain:12.2f}")
