@@ -5,15 +5,11 @@ Exit statuses: 0 no CUDA init failure seen, 1 failure found, 2 usage or environm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import sysconfig
-import tempfile
 
 from . import deps
 
@@ -27,9 +23,19 @@ class CliError(Exception):
     """One line for the user; exit status 2."""
 
 
+# Everything before gdb starts delays the run: json, shutil, tempfile and sysconfig
+# (~10 ms of imports) are not needed for it.
+def _which(name: str) -> str | None:
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(folder or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def _gdb() -> str:
     gdb = os.environ.get("GDB", "gdb")
-    path = shutil.which(gdb)
+    path = _which(gdb)
     if not path:
         raise CliError(f"gdb not found ({gdb}): install it (Debian/Ubuntu: apt-get install gdb) or set GDB=/path/to/gdb")
     return path
@@ -37,6 +43,8 @@ def _gdb() -> str:
 
 def _gdb_env() -> dict:
     env = dict(os.environ)
+    import sysconfig
+
     site = sysconfig.get_paths()["purelib"]
     env["GDB_CUDASHIM_SITE"] = os.pathsep.join(filter(None, [env.get("GDB_CUDASHIM_SITE"), site]))
     return env
@@ -54,7 +62,7 @@ def _check_program(argv: list[str]) -> str:
     if not argv:
         raise CliError("no program given: gdb-cudashim run [OPTIONS] -- PROGRAM [ARGS...]")
     prog = argv[0]
-    path = prog if os.sep in prog else shutil.which(prog)
+    path = prog if os.sep in prog else _which(prog)
     if not path or not os.path.exists(path):
         raise CliError(f"no such program: {prog}")
     if os.path.isdir(path) or not os.access(path, os.X_OK):
@@ -62,10 +70,14 @@ def _check_program(argv: list[str]) -> str:
     return path
 
 
-def _gdb_base(env: dict) -> tuple[list[str], dict]:
-    """gdb with the extension loaded; LD_PRELOAD moves from gdb itself to the program."""
-    cmd = [_gdb(), "-nx", "-q", "-iex", "set print inferior-events off", "-iex", "set print thread-events off",
-           "-iex", f"source {GDBINIT}"]
+def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict]:
+    """gdb with the extension loaded; LD_PRELOAD moves from gdb itself to the program.
+    A batch run prints no program values, so it skips auto-loading the libraries' gdb
+    scripts (libstdc++'s pretty-printers alone are ~0.03 s of compiling per run)."""
+    cmd = [_gdb(), "-nx", "-q"]
+    if batch:  # only catch-init-error and cuda-run are loaded (gdb/loader.py)
+        cmd += ["-iex", "set auto-load python-scripts off", "-iex", "set $gdb_cudashim_batch = 1"]
+    cmd += ["-iex", "set print inferior-events off", "-iex", "set print thread-events off", "-iex", f"source {GDBINIT}"]
     preload = env.pop("LD_PRELOAD", None)
     if preload:
         cmd += ["-iex", f"set environment LD_PRELOAD={preload}"]
@@ -90,8 +102,10 @@ def _gdb_report(make_cmd, env, no_report, **run_kwargs) -> dict:
     capture = run_kwargs.pop("capture_output", False)
     if capture:
         run_kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with tempfile.TemporaryDirectory(prefix="gdb-cudashim-") as tmp:
-        report_path = os.path.join(tmp, "report.json")
+    tmp = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"gdb-cudashim-{os.getpid()}-{os.urandom(6).hex()}")
+    os.mkdir(tmp, 0o700)  # fails rather than reuse anything already there
+    report_path = os.path.join(tmp, "report.json")
+    try:
         cmd = make_cmd(report_path)
         with subprocess.Popen(cmd, env=env, **run_kwargs) as proc:
             try:
@@ -102,12 +116,20 @@ def _gdb_report(make_cmd, env, no_report, **run_kwargs) -> dict:
                 raise
         if not os.path.exists(report_path):
             no_report(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+        import json
+
         with open(report_path) as f:
             return json.load(f)
+    finally:
+        for name in os.listdir(tmp):
+            os.remove(os.path.join(tmp, name))
+        os.rmdir(tmp)
 
 
 def _warm_up_renderer() -> None:
     """Import what rendering the report needs (tabulate, pygments) while gdb is busy."""
+    import json  # noqa: F401
+
     try:
         import pygments.console  # noqa: F401
         import tabulate  # noqa: F401
@@ -257,7 +279,7 @@ def cmd_attach(args) -> int:
 
 def cmd_gdb(args) -> int:
     env = _gdb_env()
-    base, env = _gdb_base(env)
+    base, env = _gdb_base(env, batch=False)
     return subprocess.call(base + args.gdb_args, env=env)
 
 
@@ -279,7 +301,7 @@ def cmd_doctor(args) -> int:
     s = stack.installed()
     print(f"real CUDA stack: {s.root if s else 'not fetched (make stack)'}")
     for tool in ("cc", "make"):
-        print(f"{tool}: {shutil.which(tool) or 'MISSING (apt-get install build-essential)'}")
+        print(f"{tool}: {_which(tool) or 'MISSING (apt-get install build-essential)'}")
     return 0 if "all dependencies importable" in out.stdout else 1
 
 

@@ -358,7 +358,7 @@ def render(result: AuditResult) -> list[str]:
 def main(args) -> int:
     consumers = list(args.consumer)
     if not consumers:
-        from ..stack import StackError, installed
+        from ..stack import installed
 
         stack = installed()
         if stack is None:

@@ -1,7 +1,6 @@
 """cuda-run: run the program to the end under catch-init-error, children included, then report."""
 from __future__ import annotations
 
-import os
 import time
 
 import gdb
