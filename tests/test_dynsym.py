@@ -84,3 +84,16 @@ def test_unreadable_files_are_one_line(tmp_path):
         assert words in str(exc.value) and "\n" not in str(exc.value)
     with pytest.raises(dynsym.DynsymError, match="not among the loaded"):
         dynsym.search_list(str(SHIM_BUILD / "libcuda.so.1"), [])
+
+
+def test_hash_lookups_agree_with_the_full_table(stack, versioned):
+    """dlsym_finds goes through the GNU hash table; `definitions` walks the whole .dynsym.
+    Both must answer alike for every name either knows of."""
+    for path in _libraries(stack, versioned):
+        fast = dynsym.read(path)
+        full = dynsym.read(path)
+        names = names_of(path)
+        table = full.definitions  # from here on `full` answers from the walked table
+        assert fast._hash is not None, f"{path} has no GNU hash table: the fast path is not tested"
+        assert [fast.dlsym_finds(n) for n in names] == [full.dlsym_finds(n) for n in names], path
+        assert table and fast._all is None

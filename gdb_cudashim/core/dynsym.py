@@ -20,11 +20,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field
 
 SHT_DYNSYM = 11
 SHT_GNU_VERSYM = 0x6FFFFFFF
 SHT_DYNAMIC = 6
+SHT_GNU_HASH = 0x6FFFFFF6
+SYM_SIZE = 24
 DT_NEEDED, DT_SONAME = 1, 14
 SHN_UNDEF, SHN_ABS = 0, 0xFFF1
 STT_TLS = 6
@@ -36,17 +37,84 @@ class DynsymError(Exception):
     """The file's dynamic symbols cannot be read; the message is one line."""
 
 
-@dataclass
 class DynamicSymbols:
-    path: str
-    soname: str | None = None
-    needed: list[str] = field(default_factory=list)
-    # name -> list of (version index or None, hidden) for every definition
-    definitions: dict[str, list[tuple[int | None, bool]]] = field(default_factory=dict)
+    """One object's dynamic symbols. A name is looked up through the object's GNU hash
+    table, as ld.so does (microseconds); `definitions`, every definition at once, is
+    parsed only when asked for (or when there is no GNU hash table)."""
+
+    def __init__(self, path: str, soname: str | None, needed: list[str], dynsym: bytes, dynstr: bytes,
+                 versym: bytes | None, gnu_hash: bytes | None):
+        self.path = path
+        self.soname = soname
+        self.needed = needed
+        self._dynsym, self._dynstr, self._versym, self._hash = dynsym, dynstr, versym, gnu_hash
+        self._all: dict[str, list[tuple[int | None, bool]]] | None = None
+
+    @property
+    def definitions(self) -> dict[str, list[tuple[int | None, bool]]]:
+        """name -> [(version index or None, hidden)] for every definition dlsym may take."""
+        if self._all is None:
+            out: dict[str, list[tuple[int | None, bool]]] = {}
+            for index in range(len(self._dynsym) // SYM_SIZE):
+                entry = self._definition(index)
+                if entry is not None:
+                    out.setdefault(self._name_at(index), []).append(entry)
+            self._all = out
+        return self._all
+
+    def _name_at(self, index: int) -> str:
+        st_name, = struct.unpack_from("<I", self._dynsym, index * SYM_SIZE)
+        end = self._dynstr.find(b"\0", st_name)
+        return self._dynstr[st_name:end if end >= 0 else None].decode("utf-8", "replace")
+
+    def _definition(self, index: int) -> tuple[int | None, bool] | None:
+        """(version index or None, hidden) if symbol INDEX is a definition dlsym may take."""
+        st_name, st_info, _other, st_shndx, st_value, _size = struct.unpack_from("<IBBHQQ", self._dynsym,
+                                                                                  index * SYM_SIZE)
+        if not st_name or st_shndx == SHN_UNDEF:
+            return None
+        stype, bind = st_info & 0xF, st_info >> 4
+        if stype not in ALLOWED_TYPES or bind not in ALLOWED_BINDS:
+            return None
+        if st_value == 0 and st_shndx != SHN_ABS and stype != STT_TLS:
+            return None
+        if self._versym is not None and 2 * index + 2 <= len(self._versym):
+            raw, = struct.unpack_from("<H", self._versym, 2 * index)
+            return raw & 0x7FFF, bool(raw & 0x8000)
+        return None, False
+
+    def _lookup(self, name: str) -> list[tuple[int | None, bool]]:
+        if self._all is not None or self._hash is None:
+            return self.definitions.get(name, [])
+        raw = name.encode("utf-8", "surrogateescape")
+        h = 5381
+        for c in raw:
+            h = (h * 33 + c) & 0xFFFFFFFF
+        nbuckets, symoffset, bloom_size, _shift = struct.unpack_from("<IIII", self._hash, 0)
+        if not nbuckets:
+            return []
+        buckets = 16 + bloom_size * 8
+        chains = buckets + nbuckets * 4
+        index, = struct.unpack_from("<I", self._hash, buckets + (h % nbuckets) * 4)
+        found = []
+        if index < symoffset:
+            return found
+        want = raw + b"\0"
+        while True:
+            chain, = struct.unpack_from("<I", self._hash, chains + (index - symoffset) * 4)
+            if chain | 1 == h | 1:
+                st_name, = struct.unpack_from("<I", self._dynsym, index * SYM_SIZE)
+                if self._dynstr[st_name:st_name + len(want)] == want:
+                    entry = self._definition(index)
+                    if entry is not None:
+                        found.append(entry)
+            if chain & 1:
+                return found
+            index += 1
 
     def dlsym_finds(self, name: str) -> bool:
         """Whether dlsym() (no version) would take NAME from this object."""
-        defs = self.definitions.get(name)
+        defs = self._lookup(name)
         if not defs:
             return False
         versioned = 0
@@ -59,7 +127,7 @@ class DynamicSymbols:
 
 
 def read(path: str) -> DynamicSymbols:
-    """Read PATH's .dynsym, .dynstr, .gnu.version and dynamic tags (64-bit little-endian ELF)."""
+    """Read PATH's .dynsym, .dynstr, .gnu.version, GNU hash table and dynamic tags (64-bit little-endian ELF)."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             # only the headers and the dynamic sections are touched: cheap even for a 200 MB library
@@ -78,49 +146,34 @@ def _parse(path: str, data) -> DynamicSymbols:
     if not shoff or not shnum:
         raise DynsymError(f"{path}: no section headers")
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    out = DynamicSymbols(path=path)
-    dynsym = next((s for s in sections if s[1] == SHT_DYNSYM), None)
-    if dynsym is None:
+    index = next((i for i, s in enumerate(sections) if s[1] == SHT_DYNSYM), None)
+    if index is None:
         raise DynsymError(f"{path}: no .dynsym")
-    strtab = sections[dynsym[6]]
-    str_off, str_size = strtab[4], strtab[5]
-    strings = data[str_off:str_off + str_size]
 
-    def name_at(offset: int) -> str:
-        end = strings.find(b"\0", offset)
-        return strings[offset:end if end >= 0 else None].decode("utf-8", "replace")
+    def body(section):
+        return bytes(data[section[4]:section[4] + section[5]])
 
+    dynsym = sections[index]
+    strings = body(sections[dynsym[6]])
     versym = next((s for s in sections if s[1] == SHT_GNU_VERSYM), None)
-    versions = None
-    if versym is not None:
-        count = versym[5] // 2
-        versions = struct.unpack_from(f"<{count}H", data, versym[4])
-    sym_off, sym_size, sym_ent = dynsym[4], dynsym[5], dynsym[9] or 24
-    for index, (st_name, st_info, _other, st_shndx, st_value, _size) in enumerate(
-            struct.iter_unpack("<IBBHQQ", data[sym_off:sym_off + sym_size - sym_size % sym_ent])):
-        if not st_name or st_shndx == SHN_UNDEF:
-            continue
-        stype, bind = st_info & 0xF, st_info >> 4
-        if stype not in ALLOWED_TYPES or bind not in ALLOWED_BINDS:
-            continue
-        if st_value == 0 and st_shndx != SHN_ABS and stype != STT_TLS:
-            continue
-        if versions is not None and index < len(versions):
-            raw = versions[index]
-            entry = (raw & 0x7FFF, bool(raw & 0x8000))
-        else:
-            entry = (None, False)
-        out.definitions.setdefault(name_at(st_name), []).append(entry)
+    gnu_hash = next((s for s in sections if s[1] == SHT_GNU_HASH and s[6] == index), None)
+    soname, needed = None, []
     dynamic = next((s for s in sections if s[1] == SHT_DYNAMIC), None)
     if dynamic is not None:
         for tag, value in struct.iter_unpack("<qQ", data[dynamic[4]:dynamic[4] + dynamic[5] - dynamic[5] % 16]):
             if tag == 0:
                 break
-            if tag == DT_NEEDED:
-                out.needed.append(name_at(value))
-            elif tag == DT_SONAME:
-                out.soname = name_at(value)
-    return out
+            if tag in (DT_NEEDED, DT_SONAME):
+                end = strings.find(b"\0", value)
+                text = strings[value:end if end >= 0 else None].decode("utf-8", "replace")
+                if tag == DT_NEEDED:
+                    needed.append(text)
+                else:
+                    soname = text
+    size = dynsym[5] - dynsym[5] % SYM_SIZE
+    return DynamicSymbols(path, soname, needed, bytes(data[dynsym[4]:dynsym[4] + size]), strings,
+                          body(versym) if versym is not None else None,
+                          body(gnu_hash) if gnu_hash is not None else None)
 
 
 _CACHE: dict[tuple[str, int, int], DynamicSymbols] = {}
