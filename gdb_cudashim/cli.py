@@ -370,9 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stack)
 
     a = sub.add_parser("audit", help="check, without running, that shims give cudart and libggml-cuda what they need")
-    from .core import audit
-
-    audit.add_arguments(a)
+    # defined here, not in core.audit: importing that (pyelftools, the stack) cost every command ~35 ms
+    a.add_argument("--shim", action="append", default=[], metavar="PATH", help="a shim library to check (repeatable)")
+    a.add_argument("--consumer", action="append", default=[], metavar="PATH",
+                   help="what uses it: libggml-cuda*, libcudart.so.12 (default: the pinned real stack)")
+    a.add_argument("--env-from", type=int, metavar="PID", help="resolve with this process's environment")
+    a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_audit)
     return p
 

@@ -300,14 +300,6 @@ def explain_failed_load(path: str, env) -> list[str]:
 
 
 # ------------------------------------------------------------------- CLI --
-def add_arguments(p):
-    p.add_argument("--shim", action="append", default=[], metavar="PATH", help="a shim library to check (repeatable)")
-    p.add_argument("--consumer", action="append", default=[], metavar="PATH",
-                   help="what uses it: libggml-cuda*, libcudart.so.12 (default: the pinned real stack)")
-    p.add_argument("--env-from", type=int, metavar="PID", help="resolve with this process's environment")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
 def _env_from(pid: int) -> dict:
     from .procfs import ProcError, read_environ
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import codes
 from .calls import SPECS
@@ -42,7 +41,7 @@ class Call:
     function: str
     library: str | None  # where the call landed
     caller: str | None  # the library it was called from
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, object] = field(default_factory=dict)
     result: int | str | None = None
     returned: bool = False
     patched_from: int | None = None  # cuda-patch: the original result
