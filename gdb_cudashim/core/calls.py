@@ -9,12 +9,12 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import record
 
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 
 
-@dataclass(frozen=True)
+@record
 class Spec:
     name: str
     layer: str  # driver | runtime | nvml

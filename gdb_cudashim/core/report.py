@@ -5,9 +5,9 @@ Pure: never imports gdb. The gdb command and the CLI render the same dict.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 
 from .calls import KEY_LOOKUPS
+from .record import as_dict
 from .rules import Finding
 from .timeline import Timeline, event_to_dict
 
@@ -28,7 +28,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "calls": [event_to_dict(c) for c in tl.calls],
         "lookups": [event_to_dict(l) for l in tl.lookups],
         "loads": [event_to_dict(l) for l in tl.loads],
-        "findings": [asdict(f) for f in findings],
+        "findings": [as_dict(f) for f in findings],
         "processes": [event_to_dict(p) for p in tl.processes],
         "hang": hang,
         "stops": tl.stops,

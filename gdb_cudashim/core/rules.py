@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 
 from . import codes
 from .calls import role_of
+from .record import factory, record
 from .timeline import Call, Timeline
 
 
-@dataclass
+@record
 class Finding:
     rule: str
     summary: str
-    evidence: list[str] = field(default_factory=list)
+    evidence: list[str] = factory(list)
     fix: str = ""
     pid: int | None = None
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+
+from .record import record
 
 SHT_SYMTAB, SHT_DYNSYM, SHT_GNU_HASH = 2, 11, 0x6FFFFFF6
 PT_LOAD = 1
@@ -35,7 +36,7 @@ class SymaddrError(Exception):
     """The file cannot be read for its function addresses; the message is one line."""
 
 
-@dataclass(frozen=True)
+@record
 class FileFunctions:
     path: str
     offsets: dict  # name -> tuple of st_values (duplicates from symbol versions removed)

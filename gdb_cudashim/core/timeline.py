@@ -6,10 +6,10 @@ Pure: never imports gdb.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from . import codes
 from .calls import SPECS
+from .record import factory, record
 
 DEFAULT_ERROR_PATTERNS = (
     r"failed to initialize CUDA",
@@ -20,7 +20,7 @@ DEFAULT_ERROR_PATTERNS = (
 )
 
 
-@dataclass
+@record
 class Frame:
     function: str
     library: str | None
@@ -33,7 +33,7 @@ class Frame:
         return f"{self.function} ({lib}){at}"
 
 
-@dataclass
+@record
 class Call:
     seq: int
     pid: int
@@ -41,7 +41,7 @@ class Call:
     function: str
     library: str | None  # where the call landed
     caller: str | None  # the library it was called from
-    args: dict[str, object] = field(default_factory=dict)
+    args: dict[str, object] = factory(dict)
     result: int | str | None = None
     returned: bool = False
     patched_from: int | None = None  # cuda-patch: the original result
@@ -81,7 +81,7 @@ class Call:
         return ", ".join(parts)
 
 
-@dataclass
+@record
 class Lookup:
     seq: int
     pid: int
@@ -98,7 +98,7 @@ class Lookup:
     kind: str = "lookup"
 
 
-@dataclass
+@record
 class Load:
     seq: int
     pid: int
@@ -112,7 +112,7 @@ class Load:
     kind: str = "load"
 
 
-@dataclass
+@record
 class Write:
     seq: int
     pid: int
@@ -120,7 +120,7 @@ class Write:
     fd: int
     text: str
     via: str  # write | writev
-    backtrace: list[Frame] = field(default_factory=list)
+    backtrace: list[Frame] = factory(list)
     kind: str = "write"
 
     @property
@@ -134,7 +134,7 @@ class Write:
         return None
 
 
-@dataclass
+@record
 class ProcessEvent:
     seq: int
     pid: int
@@ -142,17 +142,17 @@ class ProcessEvent:
     detail: str = ""
     parent: int | None = None
     exit_code: int | None = None
-    env: dict = field(default_factory=dict)  # LD_*, CUDA_*, OLLAMA_*, GGML_* at start
+    env: dict = factory(dict)  # LD_*, CUDA_*, OLLAMA_*, GGML_* at start
     cwd: str | None = None
     kind: str = "process"
 
 
-@dataclass
+@record
 class Timeline:
-    events: list = field(default_factory=list)
+    events: list = factory(list)
     stops: int = 0
     patterns: tuple[str, ...] = DEFAULT_ERROR_PATTERNS
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = factory(list)
     _seq: int = 0
 
     def next_seq(self) -> int:
