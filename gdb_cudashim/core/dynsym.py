@@ -48,6 +48,7 @@ class DynamicSymbols:
         self.soname = soname
         self.needed = needed
         self._dynsym, self._dynstr, self._versym, self._hash = dynsym, dynstr, versym, gnu_hash
+        self._header = struct.unpack_from("<IIII", gnu_hash, 0) if gnu_hash else None
         self._all: dict[str, list[tuple[int | None, bool]]] | None = None
 
     @property
@@ -83,15 +84,20 @@ class DynamicSymbols:
             return raw & 0x7FFF, bool(raw & 0x8000)
         return None, False
 
-    def _lookup(self, name: str) -> list[tuple[int | None, bool]]:
+    def _lookup(self, name: str, raw: bytes | None = None, h: int | None = None) -> list[tuple[int | None, bool]]:
+        """NAME's definitions here; RAW and H (its bytes and GNU hash) when the caller has them."""
         if self._all is not None or self._hash is None:
             return self.definitions.get(name, [])
-        raw = name.encode("utf-8", "surrogateescape")
-        h = 5381
-        for c in raw:
-            h = (h * 33 + c) & 0xFFFFFFFF
-        nbuckets, symoffset, bloom_size, _shift = struct.unpack_from("<IIII", self._hash, 0)
-        if not nbuckets:
+        if raw is None:
+            raw = name.encode("utf-8", "surrogateescape")
+        if h is None:
+            h = gnu_hash(raw)
+        nbuckets, symoffset, bloom_size, shift = self._header
+        if not nbuckets or not bloom_size:
+            return []
+        # the Bloom filter rules out most names an object does not define in one read
+        word, = struct.unpack_from("<Q", self._hash, 16 + ((h >> 6) % bloom_size) * 8)
+        if not (word >> (h & 63)) & 1 or not (word >> ((h >> shift) & 63)) & 1:
             return []
         buckets = 16 + bloom_size * 8
         chains = buckets + nbuckets * 4
@@ -112,9 +118,9 @@ class DynamicSymbols:
                 return found
             index += 1
 
-    def dlsym_finds(self, name: str) -> bool:
+    def dlsym_finds(self, name: str, raw: bytes | None = None, h: int | None = None) -> bool:
         """Whether dlsym() (no version) would take NAME from this object."""
-        defs = self._lookup(name)
+        defs = self._lookup(name, raw, h)
         if not defs:
             return False
         versioned = 0
@@ -124,6 +130,13 @@ class DynamicSymbols:
             if not hidden:
                 versioned += 1
         return versioned == 1
+
+
+def gnu_hash(raw: bytes) -> int:
+    h = 5381
+    for c in raw:
+        h = (h * 33 + c) & 0xFFFFFFFF
+    return h
 
 
 def read(path: str) -> DynamicSymbols:
@@ -156,7 +169,7 @@ def _parse(path: str, data) -> DynamicSymbols:
     dynsym = sections[index]
     strings = body(sections[dynsym[6]])
     versym = next((s for s in sections if s[1] == SHT_GNU_VERSYM), None)
-    gnu_hash = next((s for s in sections if s[1] == SHT_GNU_HASH and s[6] == index), None)
+    hash_section = next((s for s in sections if s[1] == SHT_GNU_HASH and s[6] == index), None)
     soname, needed = None, []
     dynamic = next((s for s in sections if s[1] == SHT_DYNAMIC), None)
     if dynamic is not None:
@@ -173,7 +186,7 @@ def _parse(path: str, data) -> DynamicSymbols:
     size = dynsym[5] - dynsym[5] % SYM_SIZE
     return DynamicSymbols(path, soname, needed, bytes(data[dynsym[4]:dynsym[4] + size]), strings,
                           body(versym) if versym is not None else None,
-                          body(gnu_hash) if gnu_hash is not None else None)
+                          body(hash_section) if hash_section is not None else None)
 
 
 _CACHE: dict[tuple[str, int, int], DynamicSymbols] = {}
@@ -232,7 +245,9 @@ def _sonames(loaded: list[str]) -> dict[str, str]:
 
 def lookup(scope: list[DynamicSymbols], name: str) -> str | None:
     """The path of the object in SCOPE that dlsym() takes NAME from, or None (dlsym returns NULL)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    h = gnu_hash(raw)  # once, not once per object: this runs at each of cudart's ~420 lookups
     for obj in scope:
-        if obj.dlsym_finds(name):
+        if obj.dlsym_finds(name, raw, h):
             return obj.path
     return None

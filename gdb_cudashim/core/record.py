@@ -1,8 +1,9 @@
 """Plain record classes: __init__, __repr__ and __eq__ from a class's annotated fields.
 
 What dataclasses.dataclass gives these classes, without its cost at every gdb start:
-importing dataclasses imports inspect, and it generates and compiles code for each
-class (together ~10 ms of a ~0.8 s batch run). Here each class gets shared closures.
+importing dataclasses imports inspect, and its class processing is heavy (together ~10
+ms of a ~0.8 s batch run). Here each class gets one small generated __init__ and shared
+__repr__/__eq__.
 
     @record
     class Lookup:
@@ -13,6 +14,9 @@ class (together ~10 ms of a ~0.8 s batch run). Here each class gets shared closu
 Pure: never imports gdb.
 """
 from __future__ import annotations
+
+
+_MISSING = object()
 
 
 class factory:
@@ -37,24 +41,25 @@ def record(cls):
         if isinstance(value, factory):
             delattr(cls, n)  # the instance attribute always exists; the class one would be shared
     title = cls.__name__
-
-    def __init__(self, *args, **kwargs):
-        if len(args) > len(names):
-            raise TypeError(f"{title}() takes {len(names)} fields, {len(args)} given")
-        for name, value in zip(names, args):
-            setattr(self, name, value)
-        for name in names[len(args):]:
-            if name in kwargs:
-                value = kwargs.pop(name)
-            elif name in defaults:
-                value = defaults[name]
-                if isinstance(value, factory):
-                    value = value.make()
-            else:
-                raise TypeError(f"{title}() missing field {name!r}")
-            setattr(self, name, value)
-        if kwargs:
-            raise TypeError(f"{title}() got unexpected or repeated fields {sorted(kwargs)}")
+    # One small generated __init__ per class (what dataclasses generate, without the rest of
+    # their work): a record is made at every traced stop, so its __init__ is on the hot path.
+    params, body, env = [], [], {"_MISSING": _MISSING}
+    for n in names:
+        if n not in defaults:
+            params.append(n)
+            body.append(f"    self.{n} = {n}")
+        elif isinstance(defaults[n], factory):
+            env[f"_make_{n}"] = defaults[n].make
+            params.append(f"{n}=_MISSING")
+            body.append(f"    self.{n} = _make_{n}() if {n} is _MISSING else {n}")
+        else:
+            env[f"_default_{n}"] = defaults[n]
+            params.append(f"{n}=_default_{n}")
+            body.append(f"    self.{n} = {n}")
+    source = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass") + "\n"
+    exec(compile(source, f"<record {title}>", "exec"), env)
+    __init__ = env["__init__"]
+    __init__.__qualname__ = f"{title}.__init__"
 
     def __repr__(self):
         return f"{title}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in names) + ")"

@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 
+from .dynsym import gnu_hash
 from .record import record
 
 SHT_SYMTAB, SHT_DYNSYM, SHT_GNU_HASH = 2, 11, 0x6FFFFFF6
@@ -85,13 +86,6 @@ def _read(path, data, names, symtab) -> FileFunctions:
                          load_vaddr=load[0], load_offset=load[1])
 
 
-def _gnu_hash(name: bytes) -> int:
-    h = 5381
-    for c in name:
-        h = (h * 33 + c) & 0xFFFFFFFF
-    return h
-
-
 def _take(data, pos, found, name) -> None:
     _st_name, info, _other, shndx, value, _size = struct.unpack_from("<IBBHQQ", data, pos)
     if shndx != 0 and value and info & 0xF == STT_FUNC and info >> 4 in FUNCTION_BINDS:
@@ -110,7 +104,7 @@ def _find_by_gnu_hash(data, table, strtab, hashtab, names, found) -> None:
     sym_off, str_off = table[4], strtab[4]
     for name in names:
         raw = name.encode()
-        h = _gnu_hash(raw)
+        h = gnu_hash(raw)
         index, = struct.unpack_from("<I", data, buckets + (h % nbuckets) * 4)
         if index < symoffset:
             continue
