@@ -3,7 +3,10 @@
 import os as _os
 import sys as _sys
 
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+# This file's own path. Not __file__: gdb runs sourced .py files in __main__, and when the
+# source comes from another Python script (a ~/.gdbinit.py, a test harness) __main__
+# already has that script's __file__, which gdb leaves in place.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(_sys._getframe(0).f_code.co_filename)))
 if _root not in _sys.path:
     _sys.path.insert(0, _root)
 try:

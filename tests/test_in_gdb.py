@@ -25,3 +25,14 @@ def test_in_gdb(test_id, stack, probe):
     proc = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", f"source {GDBINIT}", "-x", str(HERE / "runner.py")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and "INGDB PASSED" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_sourced_from_another_python_script(tmp_path):
+    """gdb leaves the outer script's __file__ in __main__ when a Python file sources
+    gdbinit.py (a ~/.gdbinit.py does this): the extension must still find itself."""
+    outer = tmp_path / "outer.py"
+    outer.write_text(f"import gdb\ngdb.execute('source {GDBINIT}')\n")
+    proc = subprocess.run(["gdb", "-nx", "-q", "-batch", "-x", str(outer), "-ex", "help catch-init-error"],
+                          cwd="/", env=env_with(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "failed to load" not in proc.stderr, proc.stderr
+    assert "Usage: catch-init-error" in proc.stdout
