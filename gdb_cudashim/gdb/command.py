@@ -29,6 +29,16 @@ class _HelpShown(Exception):
     pass
 
 
+def _formatter(prog):
+    """argparse's formatter with the width worked out here: left to itself, every
+    add_argument imports shutil (and bz2, lzma, zlib with it) to ask the terminal."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns
+    except (ValueError, OSError):
+        columns = 80
+    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns, 40) - 2)
+
+
 class Command(gdb.Command):
     """Subclasses set name, summary, and build(parser); invoke gets the parsed namespace."""
 
@@ -38,8 +48,7 @@ class Command(gdb.Command):
 
     @classmethod
     def make_parser(cls) -> argparse.ArgumentParser:
-        parser = _Parser(prog=cls.name, description=cls.summary, add_help=True,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = _Parser(prog=cls.name, description=cls.summary, add_help=True, formatter_class=_formatter)
         cls.build(parser)
         return parser
 
@@ -58,10 +67,23 @@ class Command(gdb.Command):
         rest = body.split("\n\n", 2)[-1] if "\n\n" in body else ""
         return f"{cls.summary}\nUsage: {usage}\n\n{rest}".rstrip()
 
-    def __init__(self):
-        self.parser = self.make_parser()
-        type(self).__doc__ = self.help_text(self.parser)
+    def __init__(self, full_help: bool = True):
+        """gdb takes a command's help from __doc__ when it is registered. A batch run (gdb-cudashim
+        run) never shows help, so it registers with the summary alone (FULL_HELP false) and the
+        parser is built at the first use: formatting help imports shutil and friends (~5 ms)."""
+        self._parser = None
+        if full_help:
+            self._parser = self.make_parser()
+            type(self).__doc__ = self.help_text(self._parser)
+        else:
+            type(self).__doc__ = f"{self.summary}\nUsage: {self.name} --help"
         super().__init__(self.name, self.command_class)
+
+    @property
+    def parser(self) -> argparse.ArgumentParser:
+        if self._parser is None:
+            self._parser = self.make_parser()
+        return self._parser
 
     def invoke(self, argument, from_tty):
         try:

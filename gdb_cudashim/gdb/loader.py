@@ -37,5 +37,5 @@ def load():
         importlib.import_module(f"{__package__}.commands.{module}")
     for name, cls in REGISTRY.items():
         if name != "cuda-doctor":
-            cls()
+            cls(full_help=not batch)
     _loaded = True

@@ -10,8 +10,6 @@ tracing. Stop handlers record and return; they never print.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 
 import gdb
 
@@ -698,7 +696,12 @@ class Tracer:
             self.internal_errors.append(text)
 
     # -------------------------------------------------------------- hang --
-    def interrupt_later(self, seconds: float) -> threading.Timer:
+    def interrupt_later(self, seconds: float):
+        """A threading.Timer that interrupts the program after SECONDS (imported here: most
+        runs have no --timeout)."""
+        import signal
+        import threading
+
         def fire():
             self.timed_out = True
             for pid in list(self.live_pids):
