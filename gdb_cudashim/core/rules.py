@@ -231,19 +231,19 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
 
 def _preloaded_drivers(tl: Timeline, pid: int) -> list[tuple[str, str | None]]:
     """(path, soname) of LD_PRELOADed files of PID that export cuInit."""
-    from .elf import ElfProblem, read_elf_cached
-
     start = tl.process_start(pid)
     if start is None or not start.env.get("LD_PRELOAD"):
         return []
+    from .dynsym import DynsymError, read_cached  # the dynamic symbols only: no pyelftools
+
     out = []
     for item in start.env["LD_PRELOAD"].replace(":", " ").split():
         path = item if os.path.isabs(item) else os.path.join(start.cwd or "", item)
         try:
-            info = read_elf_cached(path)
-        except (ElfProblem, OSError):
+            info = read_cached(path)
+        except DynsymError:
             continue
-        if "cuInit" in info.exports:
+        if info.dlsym_finds("cuInit"):
             out.append((path, info.soname))
     return out
 
