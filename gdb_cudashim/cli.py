@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from . import deps
+from .core.term import help_width
 
 EXIT_USAGE = 2
 EVERY_RETURN_HELP = ("watch every symbol lookup to its return instead of answering found/NULL from the "
@@ -357,10 +358,15 @@ def cmd_audit(args) -> int:
     return audit.main(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    def _get_formatter(self):
+        return self.formatter_class(prog=self.prog, width=help_width())  # see core/term.py
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gdb-cudashim",
-                                description="Why does ggml/llama.cpp/ollama's CUDA backend fail to initialise under a CUDA shim?")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p = _Parser(prog="gdb-cudashim",
+                description="Why does ggml/llama.cpp/ollama's CUDA backend fail to initialise under a CUDA shim?")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a program under gdb with catch-init-error armed and report",
                        description="Run PROGRAM under gdb with catch-init-error armed, children followed, and print "

@@ -4,8 +4,6 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-import glob
-import importlib.util
 import os
 import sys
 
@@ -21,12 +19,16 @@ def candidate_site_dirs() -> list[str]:
     env = os.environ.get("GDB_CUDASHIM_SITE")
     if env:
         dirs += [d for d in env.split(os.pathsep) if d]
+    import glob
+
     root = package_root()
     dirs += sorted(glob.glob(os.path.join(root, ".venv", "lib", "python3*", "site-packages")))
     return dirs
 
 
 def missing() -> list[str]:
+    import importlib.util
+
     return [dist for mod, dist in REQUIRED.items() if importlib.util.find_spec(mod) is None]
 
 
@@ -37,10 +39,20 @@ def ensure_path() -> list[str]:
     for d in candidate_site_dirs():
         if os.path.isdir(d) and d not in sys.path:
             sys.path.append(d)
+            import importlib
+
             importlib.invalidate_caches()
             if not missing():
                 return []
     return missing()
+
+
+def add_site_dirs() -> None:
+    """For gdb-cudashim run's own gdb: the CLI names its site dir in GDB_CUDASHIM_SITE and has
+    the dependencies there; add it without the import checks ensure_path makes (~3 ms)."""
+    for d in os.environ.get("GDB_CUDASHIM_SITE", "").split(os.pathsep):
+        if d and d not in sys.path:
+            sys.path.append(d)
 
 
 def fix_hint(names: list[str]) -> str:

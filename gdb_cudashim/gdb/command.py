@@ -8,6 +8,8 @@ import shlex
 
 import gdb
 
+from ..core.term import help_width
+
 REGISTRY: dict[str, type] = {}
 
 
@@ -30,13 +32,7 @@ class _HelpShown(Exception):
 
 
 def _formatter(prog):
-    """argparse's formatter with the width worked out here: left to itself, every
-    add_argument imports shutil (and bz2, lzma, zlib with it) to ask the terminal."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns
-    except (ValueError, OSError):
-        columns = 80
-    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns, 40) - 2)
+    return argparse.RawDescriptionHelpFormatter(prog, width=help_width())
 
 
 class Command(gdb.Command):

@@ -1,6 +1,8 @@
 """Registers the commands once per gdb; a second load only says it is loaded."""
 from __future__ import annotations
 
+import os
+
 import gdb
 
 from .. import deps
@@ -18,7 +20,11 @@ def load():
     if _loaded:
         return
     batch = gdb.convenience_variable("gdb_cudashim_batch") is not None
-    still_missing = deps.ensure_path()
+    if batch and os.environ.get("GDB_CUDASHIM_SITE"):
+        deps.add_site_dirs()
+        still_missing = []
+    else:
+        still_missing = deps.ensure_path()
     if not batch:
         from .commands import cuda_doctor  # needs nothing but gdb
 
