@@ -368,3 +368,17 @@ def test_breakpoints_by_address_and_by_name_see_the_same_run(stack, probe, tmp_p
     assert _lookup_facts(by_address) == _lookup_facts(by_name)
     assert [e["text"] for e in by_address["errors"]] == [e["text"] for e in by_name["errors"]]
     assert rules_of(by_address) == rules_of(by_name) and not by_address["notes"]
+
+
+def test_threads_started_inside_a_traced_call_do_not_lose_its_return(tmp_path):
+    """NVIDIA's driver starts threads inside cuInit. A write() from one of them while the call
+    runs used to make gdb 13 drop the call's FinishBreakpoint (it looked for the frame in the
+    writing thread): the return was never seen and the window never closed."""
+    proc, report = run_report(tmp_path, [BUILD / "threaded_init"], env_with())
+    assert report is not None, proc.stderr
+    (call,) = [c for c in report["calls"] if c["function"] == "cudaGetDeviceCount"]
+    assert call["returned"] and call["result"] == 100, call
+    texts = [e["text"] for e in report["errors"]]
+    assert any("failed to initialize CUDA" in t for t in texts)
+    # the window closed at the return: the 1000 lines after it were not captured or stopped on
+    assert not any("after init" in t for t in texts) and report["stops"] < 200, report["stops"]

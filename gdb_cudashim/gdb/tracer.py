@@ -367,7 +367,15 @@ class Tracer:
         gdb.execute("catch syscall write writev", to_string=True)
         catch = next(b for b in gdb.breakpoints() if b.number not in before)
         catch.enabled = self._window_open()
-        catch.commands = "silent\npython __import__('gdb_cudashim.gdb.tracer', fromlist=['x']).on_syscall()\ncontinue"
+        # The work happens in the condition, which says "don't stop": no user-visible stop, so
+        # gdb does not re-check FinishBreakpoints then (gdb 13 looks for their frames in the
+        # thread that stopped, and deletes those of every other thread: a driver thread's
+        # write() inside cuInit used to lose cuInit's return and leave the window open).
+        _SyscallCondition.register()
+        catch.condition = f"$_gdb_cudashim_syscall({num})"  # every inferior's catchpoint is asked: act once
+        # ... it says "stop" only once the window has closed: disabling a syscall catchpoint
+        # reaches ptrace from a command context, not from inside the condition.
+        catch.commands = "silent\npython __import__('gdb_cudashim.gdb.tracer', fromlist=['x']).syscall_stop()\ncontinue"
         self.syscall_catches[num] = catch
 
     def _window_open(self) -> bool:
@@ -576,14 +584,15 @@ class Tracer:
                   f"{'found' if said else 'NULL'}; every later lookup in it is watched at its return")
 
     # --------------------------------------------------------- syscalls --
-    def on_syscall(self):
+    def on_syscall(self) -> bool:
+        """A write/writev entry or return, from the catchpoint's condition. True: stop, so that
+        the catchpoint's commands can disable it (the window has closed)."""
         self.timeline.stops += 1
         if not self._window_open():
-            self._set_syscall_capture(False)  # safe here: a command context, not a stop() handler
-            return
+            return True
         rax, nr, rdi, rsi, rdx = memory.regs("rax", "orig_rax", "rdi", "rsi", "rdx")
         if memory.as_int64(rax) != -ENOSYS:
-            return  # the syscall's return: nothing to read
+            return False  # the syscall's return: nothing to read
         pid, tid = memory.ptid()
         inferior = gdb.selected_inferior()
         fd = memory.as_int32(rdi)
@@ -602,21 +611,22 @@ class Tracer:
             data = b"".join(parts)
             via = "writev"
         else:
-            return
+            return False
         if pid in self.writes_left and self.writes_left[pid] > 0:
             self.writes_left[pid] -= 1
             if self.writes_left[pid] == 0:
                 del self.writes_left[pid]
                 self._maybe_close()
         if not data:
-            return
+            return False
         text = data.decode("utf-8", "replace")
         if not self.timeline.matches_error(text):
-            return
+            return False
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
         self.timeline.add(Write(seq=self.timeline.next_seq(), pid=pid, tid=tid, fd=fd, text=text, via=via,
                                 backtrace=frames))
         self.seen_pid(pid)
+        return False
 
     # ------------------------------------------------------- processes --
     def seen_pid(self, pid, num=None):
@@ -720,12 +730,38 @@ class Tracer:
 ACTIVE: Tracer | None = None
 
 
-def on_syscall():
-    """Called from the syscall catchpoint's commands."""
+class _SyscallCondition(gdb.Function):
+    """$_gdb_cudashim_syscall(N): the condition of inferior N's syscall catchpoint; records the
+    write and says whether to stop (1 only when the capture should be switched off). gdb asks
+    the condition of every inferior's catchpoint at a syscall stop: only inferior N's acts."""
+
+    _registered = False
+
+    def __init__(self):
+        super().__init__("_gdb_cudashim_syscall")
+
+    @classmethod
+    def register(cls):
+        if not cls._registered:
+            cls()
+            cls._registered = True
+
+    def invoke(self, owner):
+        tracer = ACTIVE
+        if tracer is None:
+            return 0
+        here, owner = gdb.selected_inferior().num, int(owner)
+        if owner != here and (here in tracer.syscall_catches or owner != min(tracer.syscall_catches)):
+            return 0  # another catchpoint answers for this inferior
+        try:
+            return 1 if tracer.on_syscall() else 0
+        except Exception as exc:  # an error in a condition would stop the program
+            tracer.note_internal(f"on_syscall: {type(exc).__name__}: {exc}")
+            return 0
+
+
+def syscall_stop():
+    """The catchpoint's commands (a command context): switch the capture off if the window closed."""
     tracer = ACTIVE
-    if tracer is None:
-        return
-    try:
-        tracer.on_syscall()
-    except Exception as exc:
-        tracer.note_internal(f"on_syscall: {type(exc).__name__}: {exc}")
+    if tracer is not None and not tracer._window_open():
+        tracer._set_syscall_capture(False)
