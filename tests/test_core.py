@@ -106,3 +106,18 @@ def test_mapped_files_of_this_process():
     from gdb_cudashim.core.elf import read_symtab_objects
 
     assert ctypes.addressof(g) == base + read_symtab_objects(path)["g_nvml_device_count"][0]
+
+
+def test_a_healthy_init_is_not_an_error():
+    """What ggml prints on a working GPU (seen on an H100 through the forwarding shim) must not
+    count as an init failure: it made a healthy run exit 1."""
+    from gdb_cudashim.core.report import build
+    from gdb_cudashim.core.timeline import Timeline, Write
+
+    tl = Timeline()
+    healthy = ["ggml_cuda_init: found 1 CUDA devices (Total VRAM: 81079 MiB):\n",
+               "  Device 0: NVIDIA H100 80GB HBM3, compute capability 9.0, VMM: yes, VRAM: 81079 MiB\n"]
+    for text in healthy:
+        tl.add(Write(seq=tl.next_seq(), pid=1, tid=1, fd=2, text=text, via="write"))
+    assert not any(tl.matches_error(t) for t in healthy) and build(tl, [])["status"] == 0
+    assert tl.matches_error("ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected\n")

@@ -15,7 +15,6 @@ DEFAULT_ERROR_PATTERNS = (
     r"failed to initialize CUDA",
     r"CUDA error",
     r"load_backend: failed to load",
-    r"ggml_cuda_init:",
     r"no CUDA-capable device",
 )
 
