@@ -121,3 +121,23 @@ def test_a_healthy_init_is_not_an_error():
         tl.add(Write(seq=tl.next_seq(), pid=1, tid=1, fd=2, text=text, via="write"))
     assert not any(tl.matches_error(t) for t in healthy) and build(tl, [])["status"] == 0
     assert tl.matches_error("ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected\n")
+
+
+def test_nvidias_debugger_backend_is_not_a_second_driver():
+    """Under cuda-gdb, libcudadebugger.so.1 dlopens the real driver by path and calls into it:
+    with a forwarding shim that looked like two drivers (seen on an H100)."""
+    from gdb_cudashim.core.rules import rule_two_drivers
+    from gdb_cudashim.core.timeline import Call, Load, Timeline
+
+    real, shim = "/usr/lib/libcuda.so.580.159.04", "/opt/shim/libcuda.so.1"
+    tl = Timeline()
+
+    def call(library, caller):
+        tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function="cuGetExportTable", library=library, caller=caller))
+
+    call(shim, "/opt/cuda/libcudart.so.12")
+    tl.add(Load(seq=tl.next_seq(), pid=7, tid=7, path=real, flags=2, ok=True, caller="/opt/nv/libcudadebugger.so.1"))
+    call(real, "/opt/nv/libcudadebugger.so.1")
+    assert rule_two_drivers(tl) == []
+    call(real, "/opt/cuda/libcudart.so.12")  # cudart itself using a second driver is the trap
+    assert [f.rule for f in rule_two_drivers(tl)] == ["two-drivers"]

@@ -248,18 +248,24 @@ def _preloaded_drivers(tl: Timeline, pid: int) -> list[tuple[str, str | None]]:
     return out
 
 
+def _driver_side(caller: str | None) -> bool:
+    return role_of(caller) == "driver" or os.path.basename(caller or "").startswith("libcudadebugger")
+
+
 def rule_two_drivers(tl: Timeline) -> list[Finding]:
     """The LD_PRELOAD soname trap: two files act as the driver in one process."""
     out = []
     pids = {c.pid for c in tl.calls} | {l.pid for l in tl.loads} | {p.pid for p in tl.processes}
     for pid in sorted(pids):
         libs: dict[str, list[str]] = {}
-        # calls and loads made by a driver-role file are a shim forwarding to its driver: legitimate
+        # calls and loads made by a driver-role file are a shim forwarding to its driver, and
+        # those of NVIDIA's own debugger backend (cuda-gdb loads it) open the real driver by
+        # path: both legitimate
         for c in tl.calls:
-            if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library and role_of(c.caller) != "driver":
+            if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library and not _driver_side(c.caller):
                 libs.setdefault(os.path.basename(c.library), []).append(c.function)
         for l in tl.loads:
-            if l.pid == pid and l.ok and role_of(l.path) == "driver" and role_of(l.caller) != "driver":
+            if l.pid == pid and l.ok and role_of(l.path) == "driver" and not _driver_side(l.caller):
                 libs.setdefault(os.path.basename(l.resolved or l.path), []).append(f"dlopen(\"{l.path}\") by {_base(l.caller)}")
         preloaded = _preloaded_drivers(tl, pid)
         for path, soname in preloaded:

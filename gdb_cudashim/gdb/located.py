@@ -72,8 +72,8 @@ class Placer:
         cwd = None
         for objfile in progspace.objfiles():
             path = known_as = objfile.filename
-            if objfile.owner is not None or not path or path in placed or path.startswith("system-supplied DSO"):
-                continue
+            if objfile.owner is not None or not path or path in placed or path.startswith(("system-supplied DSO", "<")):
+                continue  # separate debug info, the vDSO, gdb's own objfiles ("<<anonymous objfile>>" in cuda-gdb)
             placed[known_as] = []
             try:
                 if not os.path.isabs(path):  # dlopen("dir/lib.so"): ld.so took it from the process's cwd
