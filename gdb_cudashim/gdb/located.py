@@ -20,6 +20,7 @@ import os
 import gdb
 
 from ..core import symaddr
+from .events import Subscriptions
 
 
 class Placer:
@@ -36,27 +37,20 @@ class Placer:
         self._cache: dict[tuple[str, int, int], symaddr.FileFunctions] = {}
         self._ours: set[int] = set()
         self._busy = False
-        self._handlers = []
+        self._events = Subscriptions()
 
     # ------------------------------------------------------------------ life --
     def start(self):
-        for registry, handler in ((gdb.events.new_objfile, self._on_new_objfile),
-                                  (gdb.events.free_objfile, self._on_free_objfile),
-                                  (gdb.events.clear_objfiles, self._on_clear_objfiles),
-                                  (gdb.events.breakpoint_modified, self._on_modified)):
-            registry.connect(handler)
-            self._handlers.append((registry, handler))
+        self._events.connect((gdb.events.new_objfile, self._on_new_objfile),
+                             (gdb.events.free_objfile, self._on_free_objfile),
+                             (gdb.events.clear_objfiles, self._on_clear_objfiles),
+                             (gdb.events.breakpoint_modified, self._on_modified))
         for inferior in gdb.inferiors():
             if inferior.pid:
                 self.place(inferior.progspace)
 
     def stop(self):
-        for registry, handler in self._handlers:
-            try:
-                registry.disconnect(handler)
-            except (ValueError, RuntimeError):
-                pass
-        self._handlers.clear()
+        self._events.disconnect_all()
 
     # ------------------------------------------------------------- placing --
     def place(self, progspace):

@@ -19,6 +19,7 @@ from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Call, Frame, Load, Lookup, ProcessEvent, Timeline, Write, relevant_env
 from ..core.codes import uuid_str
 from . import located, memory
+from .events import Subscriptions
 
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
@@ -314,7 +315,7 @@ class Tracer:
         self.timed_out = False
         self.timeout = None
         self.on_all_exited = None
-        self._handlers = []
+        self._events = Subscriptions()
 
     # ------------------------------------------------------------ arming --
     def arm(self) -> list[str]:
@@ -416,26 +417,16 @@ class Tracer:
         return "catch-init-error: following children (detach-on-fork off, schedule-multiple on already)"
 
     def _connect(self):
-        pairs = [
-            (gdb.events.exited, self._on_exited),
-            (gdb.events.new_objfile, self._on_new_objfile),
-            (gdb.events.free_objfile, self._on_free_objfile),
-        ]
-        for registry, handler in pairs:
-            registry.connect(handler)
-            self._handlers.append((registry, handler))
+        self._events.connect((gdb.events.exited, self._on_exited),
+                             (gdb.events.new_objfile, self._on_new_objfile),
+                             (gdb.events.free_objfile, self._on_free_objfile))
 
     def disarm(self) -> list[str]:
         messages = []
         if self.placer is not None:
             self.placer.stop()
             self.placer = None
-        for registry, handler in self._handlers:
-            try:
-                registry.disconnect(handler)
-            except (ValueError, RuntimeError):
-                pass
-        self._handlers.clear()
+        self._events.disconnect_all()
         for bp in self.breakpoints + list(self.syscall_catches.values()):
             try:
                 if bp.is_valid():
