@@ -100,8 +100,12 @@ def _gdb_report(make_cmd, env, no_report, capture: bool = False) -> dict:
     """Run the gdb command that make_cmd(report_path) builds; return the report it wrote.
     no_report(process) raises the CliError that says why there is none. CAPTURE: collect
     gdb's output for no_report (stdin from /dev/null) instead of passing it through."""
-    tmp = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"gdb-cudashim-{os.getpid()}-{os.urandom(6).hex()}")
-    os.mkdir(tmp, 0o700)  # fails rather than reuse anything already there
+    where = os.environ.get("TMPDIR") or "/tmp"
+    tmp = os.path.join(where, f"gdb-cudashim-{os.getpid()}-{os.urandom(6).hex()}")
+    try:
+        os.mkdir(tmp, 0o700)  # fails rather than reuse anything already there
+    except OSError as exc:
+        raise CliError(f"cannot make a temporary directory in {where} (TMPDIR): {exc.strerror}") from None
     report_path = os.path.join(tmp, "report.json")
     try:
         cmd = make_cmd(report_path)

@@ -176,6 +176,12 @@ def test_bad_input_is_one_line(args, words):
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_unusable_tmpdir_is_one_line():
+    proc = run_cli(["run", "--", "/bin/true"], env=env_with(TMPDIR="/no/such/dir"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "gdb-cudashim: cannot make a temporary directory in /no/such/dir (TMPDIR): No such file or directory"]
+
+
 def test_program_killed_mid_trace(tmp_path):
     proc, report = run_report(tmp_path, ["/bin/sh", "-c", "kill -9 $$"], env_with())
     assert proc.returncode == 0 and report is not None
