@@ -23,6 +23,7 @@ class Patch:
         self.count = count
         self.cond = cond
         self.hits = 0
+        self.cond_failed = False
         self.history: list[dict] = []
         self.bp: _PatchBreakpoint | None = None
         self.finishes: list = []
@@ -100,7 +101,10 @@ class _PatchBreakpoint(gdb.Breakpoint):
                 if not bool(gdb.parse_and_eval(patch.cond)):
                     return False
             except gdb.error as exc:
-                gdb.write(f"cuda-patch: #{patch.id} --if {patch.cond!r}: {exc}; not applied\n", gdb.STDERR)
+                if not patch.cond_failed:  # once, not at every call
+                    patch.cond_failed = True
+                    gdb.write(f"cuda-patch: #{patch.id} --if {patch.cond!r}: {exc}; not applied while it fails\n",
+                              gdb.STDERR)
                 return False
         patch.hits += 1
         frame = gdb.newest_frame()
@@ -129,13 +133,56 @@ def apply_skip():
             gdb.write(f"cuda-patch: #{patch.id} could not skip {patch.function}: {exc}\n", gdb.STDERR)
 
 
-def _function_known(name: str) -> bool:
-    if name in SPECS or is_cuda_symbol(name):
-        return True
+def _function_loaded(name: str) -> bool:
     try:
         return gdb.lookup_global_symbol(name) is not None or bool(gdb.execute(f"info address {name}", to_string=True))
     except gdb.error:
         return False
+
+
+_DECLARED: set[str] = set()
+
+
+def _declared_in_headers(name: str) -> bool | None:
+    """Is NAME a driver or runtime function declared in the pinned stack's cuda.h /
+    cuda_runtime_api.h (macro names included: cuMemAlloc -> cuMemAlloc_v2)? None: no headers here."""
+    if not _DECLARED:
+        from ...stack import installed
+
+        stack = installed()
+        for header in ("cuda.h", "cuda_runtime_api.h"):
+            try:
+                text = (stack.include / header).read_text(errors="replace") if stack else ""
+            except OSError:
+                continue
+            _DECLARED.update(re.findall(r"\b(cu(?:da)?[A-Z]\w*)\s*\(", text))
+            for pair in re.findall(r"^#define\s+(cu\w+)\s+(cu\w+)\s*$", text, re.M):
+                _DECLARED.update(pair)
+    return name in _DECLARED if _DECLARED else None
+
+
+def _check_function(name: str) -> None:
+    if name in SPECS or _function_loaded(name):
+        return
+    declared = _declared_in_headers(name) if is_cuda_symbol(name) else False
+    if declared is False:
+        raise gdb.GdbError(f"cuda-patch: no function {name!r} is loaded, and it is not a CUDA function I know "
+                           f"(not declared in cuda.h or cuda_runtime_api.h; check the spelling)")
+
+
+def _fits(value: int, size: int) -> bool:
+    """VALUE fits SIZE bytes as a signed or an unsigned number."""
+    return -(1 << (8 * size - 1)) <= value < (1 << (8 * size))
+
+
+def _check_condition(cond: str) -> None:
+    """Reject an --if that does not parse now; one naming a symbol not loaded yet may work later.
+    'whatis' parses and types it without side effects (no call, no assignment)."""
+    try:
+        gdb.execute(f"whatis {cond}", to_string=True)
+    except gdb.error as exc:
+        if re.search(r"syntax error|Junk after|Unmatched|Invalid (number|character)", str(exc)):
+            raise gdb.GdbError(f"cuda-patch: --if {cond!r}: {exc}")
 
 
 def _parse_out(text: str, function: str) -> tuple[int, int, int]:
@@ -152,7 +199,11 @@ def _parse_out(text: str, function: str) -> tuple[int, int, int]:
         value = parse_value(m.group(2))
     except UnknownValue as exc:
         raise gdb.GdbError(f"cuda-patch: --out {text}: {exc}")
-    return index, value, int(m.group(3) or 4)
+    size = int(m.group(3) or 4)
+    if not _fits(value, size):
+        raise gdb.GdbError(f"cuda-patch: --out {text}: {value} does not fit in {size} byte{'s' if size > 1 else ''} "
+                           f"(give :8 for a 64-bit out-parameter)")
+    return index, value, size
 
 
 @register
@@ -188,11 +239,16 @@ class CudaPatch(Command):
             value = parse_value(args.ret)
         except UnknownValue as exc:
             raise gdb.GdbError(f"cuda-patch: {exc}")
+        spec = SPECS.get(args.function)
+        if not _fits(value, 4 if spec and spec.result != "str" else 8):
+            what = f"{args.function}'s {spec.result} (32 bits)" if spec and spec.result != "str" else "a 64-bit register"
+            raise gdb.GdbError(f"cuda-patch: --return {args.ret} does not fit in {what}")
         if args.count is not None and args.count <= 0:
             raise gdb.GdbError("cuda-patch: --count must be a positive number")
-        if not _function_known(args.function):
-            raise gdb.GdbError(f"cuda-patch: no function {args.function!r} is loaded, and it is not a CUDA/NVML entry point")
+        _check_function(args.function)
         outs = [_parse_out(o, args.function) for o in args.out]
+        if args.cond is not None:
+            _check_condition(args.cond)
         patch = Patch(_NEXT_ID[0], args.function, value, outs, args.skip, args.count, args.cond)
         patch.bp = quietly(lambda: _PatchBreakpoint(patch))
         _NEXT_ID[0] += 1
