@@ -32,6 +32,34 @@ def missing() -> list[str]:
     return [dist for mod, dist in REQUIRED.items() if importlib.util.find_spec(mod) is None]
 
 
+def import_problems() -> dict[str, str]:
+    """Import each dependency for real: distribution -> 'MISSING' or the one-line exception it raised
+    (a package found on the path whose __init__ fails is as unusable as a missing one)."""
+    import importlib
+
+    problems = {}
+    for mod, dist in REQUIRED.items():
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            problems[dist] = "MISSING" if exc.name == mod else f"BROKEN: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure of its import is the answer
+            where = getattr(sys.modules.get(mod), "__file__", None) or _spec_origin(mod)
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            problems[dist] = f"BROKEN: {type(exc).__name__}: {line}" + (f" (in {where})" if where else "")
+    return problems
+
+
+def _spec_origin(mod: str) -> str | None:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(mod)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec else None
+
+
 def ensure_path() -> list[str]:
     """Add site dirs until every dependency imports; returns the distributions still missing."""
     if not missing():

@@ -25,12 +25,16 @@ class CudaDoctor(Command):
         for d in deps.candidate_site_dirs():
             lines.append(f"site dir: {d} ({'on sys.path' if d in sys.path else 'not on sys.path'}"
                          f"{'' if os.path.isdir(d) else ', missing'})")
-        missing = deps.missing()
+        problems = deps.import_problems()
         for mod, dist in deps.REQUIRED.items():
-            lines.append(f"  {dist:15} {'MISSING' if dist in missing else 'ok'}")
+            lines.append(f"  {dist:15} {problems.get(dist, 'ok')}")
+        missing = [d for d, p in problems.items() if p == "MISSING"]
         if missing:
             lines.append(f"fix: {deps.fix_hint(missing)}")
-        else:
+        if len(missing) < len(problems):
+            lines.append("fix: a BROKEN package fails when imported: repair or remove that copy (the path above; "
+                         "gdb's Python searches PYTHONPATH first), then restart gdb")
+        if not problems:
             lines.append("all dependencies importable")
         if args.path:
             lines += [f"  sys.path: {p}" for p in sys.path]
