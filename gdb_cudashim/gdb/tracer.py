@@ -281,6 +281,9 @@ class _WindowBreakpoint(_FunctionBreakpoint):
         _finish(tracer, lambda rax: tracer.close_window(pid))
 
 
+_CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
+
+
 class Tracer:
     """One armed catch-init-error: its breakpoints, its timeline, the settings it changed."""
 
@@ -361,12 +364,18 @@ class Tracer:
         """gdb 13 ties a catchpoint to the program space current at its creation:
         each inferior gets its own (made from events, never inside a stop handler)."""
         num = gdb.selected_inferior().num
+        # gdb numbers the syscalls for the architecture current now: armed before 'file', that is
+        # i386's (write = 4), and an x86-64 program's writes would never match. Remake it then.
+        arch = gdb.selected_inferior().architecture().name()
         existing = self.syscall_catches.get(num)
         if existing is not None and existing.is_valid():
-            return
+            if _CATCH_ARCH.get(existing.number, arch) == arch:
+                return
+            existing.delete()
         before = {b.number for b in gdb.breakpoints()}
         gdb.execute("catch syscall write writev", to_string=True)
         catch = next(b for b in gdb.breakpoints() if b.number not in before)
+        _CATCH_ARCH[catch.number] = arch
         catch.enabled = self._window_open()
         # The work happens in the condition, which says "don't stop": no user-visible stop, so
         # gdb does not re-check FinishBreakpoints then (gdb 13 looks for their frames in the

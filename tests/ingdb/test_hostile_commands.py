@@ -42,3 +42,16 @@ def test_cuda_patch_rejects_what_cannot_work():
     assert "pending" in _out("cuda-patch cuInit --return 0 --if 'g_initialized == 0'")
     assert "#1 cuMemAlloc_v2" in _out("cuda-patch list")
     _out("cuda-patch delete all")
+
+
+def test_catch_armed_before_file_still_captures():
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute("catch-init-error --no-follow-children", to_string=True)  # no program yet
+    gdb.execute(f"file {PROBE}")
+    gdb.execute("run", to_string=True)
+    out = tempfile.mktemp(suffix=".json")
+    gdb.execute(f"cuda-report --json {out}", to_string=True)
+    report = json.load(open(out))
+    assert report["errors"] and "named symbol not found" in report["errors"][0]["text"], report["errors"]
+    assert any("ggml printed" in e for f in report["findings"] for e in f["evidence"]), report["findings"]
+    gdb.execute("catch-init-error --disarm", to_string=True)
