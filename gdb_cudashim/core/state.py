@@ -84,9 +84,36 @@ def warnings(roles: list[dict]) -> list[str]:
     return out
 
 
+class More:
+    """Stands at the end of an array cut short: how many elements were left out.
+    JSON (default=str) and the table both show it as "(N more)"."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __str__(self):
+        return f"({self.count} more)"
+
+    __repr__ = __str__
+
+
+CELL_WIDTH = 100  # a table cell longer than this is cut, with a marker saying how much
+
+
+def _cell(text: str, width: int = CELL_WIDTH) -> str:
+    text = str(text)
+    if len(text) <= width:
+        return text
+    return f"{text[:width]}... ({len(text) - width} more characters)"
+
+
 def _fmt(value) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, More):
+        return f"... {value}"
     if isinstance(value, str):
         return repr(value) if not value.startswith("0x") else value
     return str(value)
@@ -100,7 +127,7 @@ def render(result: dict, color: bool = False) -> list[str]:
     s = Style(color)
     out = [s("bold", f"process {result['pid']} (inferior {result['inferior']})")]
     if result["roles"]:
-        rows = [[r["role"], r["kind"], r["soname"] or "", "yes" if r["debug_info"] else "no", r["path"]]
+        rows = [[r["role"], r["kind"], r["soname"] or "", "yes" if r["debug_info"] else "no", _cell(r["path"])]
                 for r in result["roles"]]
         out += tabulate(rows, headers=["role", "what it is", "soname", "DWARF", "file"], tablefmt="simple").splitlines()
     else:
@@ -113,8 +140,10 @@ def render(result: dict, color: bool = False) -> list[str]:
         if st["globals"]:
             rows = []
             for name, v in st["globals"].items():
-                value = _fmt(v.get("value")) if v.get("error") is None else f"<{v['error']}>"
-                rows.append([name, v.get("type") or f"{v.get('size')} bytes", value])
+                value = _cell(_fmt(v.get("value")) if v.get("error") is None else f"<{v['error']}>")
+                if v.get("more_bytes"):
+                    value += f" (+{v['more_bytes']} bytes not read)"
+                rows.append([name, _cell(v.get("type") or f"{v.get('size')} bytes"), value])
             out += tabulate(rows, headers=["global", "type", "value"], tablefmt="simple").splitlines()
         else:
             out.append("  no g_* globals found (no DWARF and no symbol table entries)")

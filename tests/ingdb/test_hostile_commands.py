@@ -55,3 +55,47 @@ def test_catch_armed_before_file_still_captures():
     assert report["errors"] and "named symbol not found" in report["errors"][0]["text"], report["errors"]
     assert any("ggml printed" in e for f in report["findings"] for e in f["evidence"]), report["findings"]
     gdb.execute("catch-init-error --disarm", to_string=True)
+
+
+_SHIM_WITH_TEXT = r"""
+#include <string.h>
+char g_name[32] = "H100 \xff fake";          /* not UTF-8: still text */
+const char *g_where = "/opt/shim/libcuda.so.1";
+int g_table[100];
+char g_long[600];
+unsigned long long g_words[40];
+int cuInit(unsigned flags) {
+    for (int i = 0; i < 100; i++) g_table[i] = i;
+    memset(g_long, 'x', sizeof g_long - 1);
+    return (int)flags;
+}
+"""
+
+
+def test_cuda_state_strings_arrays_and_wide_values():
+    tmp = tempfile.mkdtemp()
+    with open(os.path.join(tmp, "shim.c"), "w") as f:
+        f.write(_SHIM_WITH_TEXT)
+    with open(os.path.join(tmp, "main.c"), "w") as f:
+        f.write("int cuInit(unsigned);\nint main(void) { return cuInit(0) + cuInit(0); }\n")
+    subprocess.run(["cc", "-g", "-O0", "-fPIC", "-shared", "-Wl,-soname,libcuda.so.1", "-o",
+                    os.path.join(tmp, "libcuda.so.1"), os.path.join(tmp, "shim.c")], check=True)
+    subprocess.run(["cc", "-g", "-o", os.path.join(tmp, "main"), os.path.join(tmp, "main.c"),
+                    os.path.join(tmp, "libcuda.so.1"), f"-Wl,-rpath,{tmp}"], check=True)
+    gdb.execute(f"file {tmp}/main")
+    bp = gdb.Breakpoint("cuInit", internal=True)
+    gdb.execute("run", to_string=True)
+    gdb.execute("continue", to_string=True)  # the second call: the first has filled the globals
+    bp.delete()
+    (shim,) = json.loads(_out("cuda-state --json"))[0]["shim_state"]
+    g = shim["globals"]
+    assert g["g_name"]["value"].startswith("H100 ") and g["g_name"]["value"].endswith(" fake"), g["g_name"]
+    assert g["g_where"]["value"] == "/opt/shim/libcuda.so.1", g["g_where"]
+    assert g["g_table"]["value"][:3] == [0, 1, 2] and "(85 more)" in str(g["g_table"]["value"][-1]), g["g_table"]
+    text = _out("cuda-state --color never")
+    assert "'/opt/shim/libcuda.so.1'" in text and "(85 more)" in text, text
+    assert "(25 more)" in text  # g_words: 40 elements, 15 shown
+    width = max(len(line) for line in text.splitlines())
+    assert width <= 200, width  # g_long's 599 characters are shortened, with a marker
+    assert "more characters" in text
+    gdb.execute("kill", to_string=True)

@@ -10,7 +10,7 @@ from ...core import state as core_state
 from ...core.elf import read_symtab_objects
 from ...core.procfs import ProcError, mapped_files, read_environ
 from ...core.timeline import relevant_env
-from .. import session
+from .. import memory, session
 from ..command import Command, register
 from ..output import color_enabled, write_lines
 
@@ -22,20 +22,33 @@ def _environ(pid: int) -> dict:
         return {"(error)": str(exc)}
 
 
+ARRAY_SHOWN = 15  # elements of an array shown; the rest is counted, never dropped silently
+
+
+def _is_char(t: gdb.Type) -> bool:
+    """char / signed char (text); unsigned char stays bytes."""
+    t = t.strip_typedefs()
+    return t.code in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_CHAR) and t.sizeof == 1 and "unsigned" not in (t.name or "unsigned")
+
+
 def _value_to_py(value: gdb.Value, depth=0):
     t = value.type.strip_typedefs()
     if t.code == gdb.TYPE_CODE_STRUCT and depth < 3:
         return {f.name: _value_to_py(value[f.name], depth + 1) for f in t.fields() if f.name}
     if t.code == gdb.TYPE_CODE_ARRAY:
-        target = t.target().strip_typedefs()
-        if target.code == gdb.TYPE_CODE_INT and target.sizeof == 1:
-            try:
-                return value.string(length=t.sizeof).split("\0", 1)[0]
-            except (gdb.error, UnicodeDecodeError):
-                pass
+        if _is_char(t.target()):  # text, even when it is not valid UTF-8
+            raw = bytes(gdb.selected_inferior().read_memory(value.address, t.sizeof)) if value.address else b""
+            return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         low, high = t.range()
-        return [_value_to_py(value[i], depth + 1) for i in range(low, min(high, low + 15) + 1)]
+        shown = [_value_to_py(value[i], depth + 1) for i in range(low, min(high, low + ARRAY_SHOWN - 1) + 1)]
+        if high - low + 1 > len(shown):
+            shown.append(core_state.More(high - low + 1 - len(shown)))
+        return shown
     if t.code == gdb.TYPE_CODE_PTR:
+        if int(value) and _is_char(t.target()):
+            text = memory.read_cstring(gdb.selected_inferior(), int(value), limit=4096)
+            if text is not None:
+                return text
         return hex(int(value))
     if t.code in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_ENUM, gdb.TYPE_CODE_BOOL, gdb.TYPE_CODE_CHAR):
         if t.code == gdb.TYPE_CODE_ENUM:
@@ -80,6 +93,8 @@ def _globals_from_elf(path: str, base: int, names, inferior) -> dict:
         value = int.from_bytes(raw, "little", signed=size in (1, 2, 4, 8) and raw[-1] & 0x80 and size < 8) \
             if size in (1, 2, 4, 8) else raw.hex()
         out[name] = {"value": value, "size": size, "source": "ELF symbol table (no DWARF: raw integer/bytes)"}
+        if size > len(raw):
+            out[name]["more_bytes"] = size - len(raw)
     return out
 
 
