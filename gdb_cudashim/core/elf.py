@@ -5,7 +5,9 @@ that explain a failed dlopen.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -60,11 +62,29 @@ class ElfInfo:
         return [i for i in self.imports if i.library == library]
 
 
+_NOT_A_FILE = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
 def _check_file(path: str) -> None:
-    if os.path.isdir(path):
+    """Everything that can be told without opening PATH (a FIFO must never be opened: it blocks)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ElfProblem(f"{path}: symbolic link loop") from None
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            raise ElfProblem(f"{path}: dangling symbolic link (to {os.readlink(path)})") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ElfProblem(f"{path}: no such file") from None
+        raise ElfProblem(f"{path}: cannot be reached ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ElfProblem(f"{path}: is a directory, not a shared object")
-    if not os.path.exists(path):
-        raise ElfProblem(f"{path}: no such file")
+    for test, what in _NOT_A_FILE:
+        if test(st.st_mode):
+            raise ElfProblem(f"{path}: is {what}, not a shared object")
+    if st.st_size == 0:
+        raise ElfProblem(f"{path}: empty file, not a shared object")
     if not os.access(path, os.R_OK):
         raise ElfProblem(f"{path}: not readable (permission denied)")
 
@@ -177,7 +197,11 @@ def read_elf(path: str) -> ElfInfo:
 
     _check_file(path)
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise ElfProblem(f"{path}: cannot be opened ({exc.strerror})") from None
+    try:
+        with f:
             head = f.read(4)
             if head != b"\x7fELF":
                 raise ElfProblem(f"{path}: not an ELF file")
