@@ -118,7 +118,8 @@ def test_bad_files_are_one_line_each_and_the_rest_still_audited(stack, tmp_path)
     for p in (text, trunc, arm, ia32, tmp_path, SEED):
         args += ["--shim", p]
     proc, result = audit_json(args, env=env_with(LD_LIBRARY_PATH=SEED.parent))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # incomplete: a usage error
+    assert len(proc.stderr.splitlines()) == 5
     lines = result["unreadable"]
     assert len(lines) == 5 and all("\n" not in l for l in lines)
     joined = " | ".join(lines)
@@ -131,4 +132,4 @@ def test_usage_errors():
     proc = run_cli(["audit"])
     assert proc.returncode == 2 and "give at least one --shim" in proc.stderr
     proc = run_cli(["audit", "--shim", "/nonexistent.so"])
-    assert proc.returncode == 2 and "no such file" in proc.stdout
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "nothing missing" not in proc.stdout

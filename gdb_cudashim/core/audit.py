@@ -51,11 +51,17 @@ class AuditResult:
     needs: list[Need] = field(default_factory=list)
     resolution: list[dict] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # worth knowing, nothing a consumer needs
     unreadable: list[str] = field(default_factory=list)
+
+    def errors(self) -> list[str]:
+        """One line per file given that cannot be audited (unreadable, or not a CUDA shim): a usage error."""
+        return self.unreadable + [f"{p.subject}: {p.detail}" for p in self.problems if p.kind == "not-a-shim"]
 
     def to_dict(self) -> dict:
         return {"files": self.files, "needs": [asdict(n) for n in self.needs], "resolution": self.resolution,
-                "problems": [asdict(p) for p in self.problems], "unreadable": self.unreadable}
+                "problems": [asdict(p) for p in self.problems], "warnings": [asdict(p) for p in self.warnings],
+                "unreadable": self.unreadable, "errors": self.errors()}
 
 
 # ------------------------------------------------------------ resolution --
@@ -129,6 +135,7 @@ def _describe(info: ElfInfo) -> dict:
 
 
 def _role(info: ElfInfo) -> str | None:
+    """What the file stands in for; None: it exports no CUDA entry point at all (not a shim)."""
     if info.soname in ROLE_SONAMES.values():
         return {v: k for k, v in ROLE_SONAMES.items()}[info.soname]
     if "cuInit" in info.exports:
@@ -137,6 +144,9 @@ def _role(info: ElfInfo) -> str | None:
         return "runtime"
     if "nvmlInit_v2" in info.exports:
         return "nvml"
+    for role, prefix in (("driver", "cu"), ("runtime", "cuda"), ("nvml", "nvml")):
+        if any(n.startswith(prefix) and n[len(prefix):][:1].isupper() for n in info.exports):
+            return role
     return None
 
 
@@ -181,8 +191,16 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
     res = AuditResult()
     shim_infos = _read_all(shims, "shim", res)
     for info in shim_infos:
+        if _role(info) is None:
+            res.problems.append(Problem(
+                "not-a-shim", info.path, "not a CUDA shim: exports none of the driver (cu*), runtime (cuda*) or NVML "
+                "(nvml*) entry points", "it cannot stand in for libcuda.so.1, libcudart.so.12 or libnvidia-ml.so.1, "
+                "so there is nothing to audit in it",
+                "give --shim the shim's own file (what you built to stand in for libcuda.so.1), and "
+                "libggml-cuda or libcudart as --consumer"))
+            continue
         if not info.has_debug_info:
-            res.problems.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
+            res.warnings.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
                 f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
                 "cuda-state can only show globals as raw integers, and you cannot step through it",
                 "build the shim with -g (the bundled one uses -g3 -O0) and do not strip it"))
@@ -342,9 +360,24 @@ def render(result: AuditResult) -> list[str]:
             out.append(f"{i}. [{p.kind}] {p.subject}: {p.detail}")
             out.append(f"   why: {p.why}")
             out.append(f"   fix: {p.fix}")
-    else:
+    if result.warnings:
+        out.append(f"{len(result.warnings)} warning(s), nothing a consumer needs:")
+        for p in result.warnings:
+            out.append(f"- [{p.kind}] {p.subject}: {p.detail}")
+            out.append(f"   why: {p.why}")
+            out.append(f"   fix: {p.fix}")
+    errors = result.errors()
+    if errors:
+        out.append(f"incomplete: {len(errors)} of the files given could not be audited (above)")
+    elif not result.problems:
         out.append("nothing missing")
     return out
+
+
+def usable(result: AuditResult) -> bool:
+    """At least one shim and one consumer could be audited: worth printing beside the errors."""
+    return any(f["kind"] == "shim" and f.get("role") for f in result.files) and \
+        any(f["kind"] == "consumer" for f in result.files)
 
 
 def main(args) -> int:
@@ -366,10 +399,13 @@ def main(args) -> int:
         print(f"gdb-cudashim audit: {exc}", file=sys.stderr)
         return 2
     result = audit(args.shim, consumers, env)
+    errors = result.errors()
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
-    else:
+    elif not errors or usable(result):
         print("\n".join(render(result)))
-    if not [f for f in result.files if f["kind"] == "shim"]:
+    for line in errors:
+        print(f"gdb-cudashim audit: {line}", file=sys.stderr)
+    if errors or not usable(result):
         return 2
     return 1 if result.problems else 0

@@ -56,7 +56,10 @@ class CudaAudit(Command):
         if not consumers:
             raise gdb.GdbError("cuda-audit: no consumer: give --consumer PATH (libggml-cuda, libcudart.so.12)")
         result = core_audit.audit(shims, consumers, env)
+        errors = result.errors()
         if args.json:
             gdb.write(json.dumps(result.to_dict(), indent=1) + "\n")
-        else:
+        elif not errors or core_audit.usable(result):
             write_lines(core_audit.render(result))
+        for line in errors:  # one line each, not a gdb error: a script sourcing this goes on
+            gdb.write(f"cuda-audit: {line}\n", gdb.STDERR)
