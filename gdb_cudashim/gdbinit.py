@@ -10,9 +10,10 @@ _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(_sys._getframe(0).f_c
 if _root not in _sys.path:
     _sys.path.insert(0, _root)
 try:
-    from gdb_cudashim.gdb import loader as _loader
-
-    _loader.load()
+    if "gdb_cudashim" in _sys.modules:  # sourced again, or after 'python import gdb_cudashim'
+        _sys.modules["gdb_cudashim"].load_in_gdb()
+    else:
+        import gdb_cudashim  # noqa: F401 - importing it inside gdb loads it
 except Exception as _exc:  # never a traceback at load time
     import gdb as _gdb
 

@@ -23,3 +23,28 @@ def test_cuda_doctor_names_a_broken_dependency(tmp_path):
     line = next((l for l in out.splitlines() if "tabulate" in l and "BROKEN" in l), None)
     assert line and "RuntimeError: tabulate is broken here" in line, out
     assert "all dependencies importable" not in out
+
+
+def _gdb(*ex, env=None):
+    cmd = ["gdb", "-nx", "-q", "-batch"]
+    for c in ex:
+        cmd += ["-ex", c]
+    return subprocess.run(cmd, cwd="/", env=env or env_with(), capture_output=True, text=True, timeout=60)
+
+
+def test_python_import_loads_the_extension_once():
+    proc = _gdb("python import gdb_cudashim", "python import gdb_cudashim", "help cuda-patch", "help user-defined",
+                env=env_with(PYTHONPATH=ROOT))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Usage: cuda-patch" in proc.stdout, proc.stdout
+    assert sum(l.startswith("catch-init-error --") for l in proc.stdout.splitlines()) == 1, proc.stdout
+    # a later gdbinit.py source is harmless too
+    proc = _gdb("python import gdb_cudashim", f"source {ROOT}/gdb_cudashim/gdbinit.py", "help user-defined",
+                env=env_with(PYTHONPATH=ROOT))
+    assert proc.returncode == 0 and proc.stdout.count("cuda-patch --") == 1, proc.stdout + proc.stderr
+
+
+def test_importing_outside_gdb_needs_no_gdb():
+    proc = subprocess.run([sys.executable, "-c", "import gdb_cudashim, sys; assert 'gdb' not in sys.modules"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
