@@ -5,6 +5,11 @@ import sys
 from conftest import ROOT, SHIM_BUILD, env_with, run_gdb
 
 
+def test_cuda_run_shows_gdbs_own_error():
+    proc = run_gdb(["cuda-run --no-report"])
+    assert "No executable file specified" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
 def test_cuda_patch_if_that_fails_at_run_time_says_so_once(stack, probe):
     env = env_with(GGML_CUDA_LIB=stack.ggml_cuda)
     proc = run_gdb([f"set environment LD_LIBRARY_PATH={SHIM_BUILD}",
@@ -48,3 +53,4 @@ def test_importing_outside_gdb_needs_no_gdb():
     proc = subprocess.run([sys.executable, "-c", "import gdb_cudashim, sys; assert 'gdb' not in sys.modules"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
