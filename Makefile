@@ -30,7 +30,7 @@ stack: venv
 shim: stack
 	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
 
-programs: build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init
+programs: build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter
 
 # a program with no shared libraries at all: what a child may exec
 build/static_child: tests/programs/static_child.c | system-deps
@@ -39,7 +39,7 @@ build/static_child: tests/programs/static_child.c | system-deps
 
 build/%: tests/programs/%.c | system-deps
 	@mkdir -p build
-	cc -g -O0 -Wall -o $@ $< -ldl
+	cc -g -O0 -Wall -o $@ $< -ldl -lpthread
 
 # The seeds' case: the real cudart and libggml-cuda under the write-ups' shim
 # (no cuGetProcAddress_v2, no cuGetExportTable), diagnosed in one command.

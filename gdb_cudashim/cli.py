@@ -8,12 +8,15 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import sys
+import time
 
 from . import deps
 from .core.term import help_width
 
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
 EVERY_RETURN_HELP = ("watch every symbol lookup to its return instead of answering found/NULL from the "
                      "library's symbol tables (slower; the default still watches the lookups the findings use)")
 GDBINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdbinit.py")
@@ -87,19 +90,234 @@ def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict]:
 def _check_report_args(args) -> None:
     """--json and --timeout, shared by run and attach."""
     if args.json is not None:
-        if not args.json.strip():
-            raise CliError("--json needs a file name")
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise CliError(f"cannot write --json {args.json}: {parent} is not a writable directory")
-    if args.timeout is not None and args.timeout <= 0:
-        raise CliError("--timeout must be a positive number of seconds")
+        from .core.files import check_writable
+
+        problem = check_writable(args.json)
+        if problem:
+            raise CliError(problem)
 
 
-def _gdb_report(make_cmd, env, no_report, capture: bool = False) -> dict:
-    """Run the gdb command that make_cmd(report_path) builds; return the report it wrote.
-    no_report(process) raises the CliError that says why there is none. CAPTURE: collect
-    gdb's output for no_report (stdin from /dev/null) instead of passing it through."""
+def _seconds(text: str) -> float:
+    """--timeout: a finite positive number of seconds (inf, nan, 1e300, -1 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value <= MAX_TIMEOUT):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {text!r}")
+    return value
+
+
+MAX_TIMEOUT = 1e6  # 11 days: gdb's timers and ours stay exact
+GRACE_S = 15.0  # after the deadline (or a first interrupt), how long gdb gets to stop and report
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DETACH_WAIT_S = 10.0  # an attach: how long a woken gdb gets to detach before it is ended
+
+
+class _Supervisor:
+    """gdb-cudashim's side of a gdb run. gdb runs in a session of its own, so the terminal's
+    Ctrl-C (and a hangup) reaches only us: the first SIGINT/SIGTERM/SIGHUP asks gdb, on
+    its control pipe, to stop the programs, tear down and report; a second one, or gdb not
+    answering GRACE_S after the deadline, ends gdb from here: a launched program with it, an
+    attached one is rescued (breakpoints taken out of its code) and left running."""
+
+    def __init__(self, tmp: str, attach_pid: int | None, timeout: float | None):
+        self.tmp = tmp
+        self.attach_pid = attach_pid
+        self.timeout = timeout
+        self.signals: list[int] = []
+        self.interrupted: int | None = None  # the first stop signal
+        self.hard_stopped = False
+        self.notes: list[str] = []
+        self.was_stopped: set[int] = set()
+        self.control_r, self.control_w = os.pipe()  # gdb reads, we write; its EOF = we are gone
+
+    def spawn(self, cmd: list[str], env: dict, give_stdio: bool) -> int:
+        """gdb, its output into the log; the program gets our stdout/stderr as 3/4 (cuda-run --stdio)."""
+        import fcntl
+
+        log = os.open(os.path.join(self.tmp, "gdb.log"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (log, self.control_r)]
+        os.close(log)
+        log_hi, control_hi = high
+        actions = []
+        if give_stdio:
+            for src, dst in ((1, 3), (2, 4)):
+                if _fd_open(src):
+                    actions.append((os.POSIX_SPAWN_DUP2, src, dst))
+            if not _fd_open(0):
+                actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        else:
+            actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        actions += [(os.POSIX_SPAWN_DUP2, log_hi, 1), (os.POSIX_SPAWN_DUP2, log_hi, 2),
+                    (os.POSIX_SPAWN_DUP2, control_hi, CONTROL_FD)]
+        try:
+            pid = os.posix_spawn(cmd[0], cmd, env, file_actions=actions, setsid=True)
+        finally:
+            for fd in (log_hi, control_hi, self.control_r):
+                os.close(fd)
+        self.pid = pid
+        return pid
+
+    def _on_signal(self, signo, _frame):
+        self.signals.append(signo)
+
+    def wait(self) -> int:
+        """Until gdb ends; its exit status (negative: killed by that signal)."""
+        import select
+
+        old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        started = time.monotonic()
+        give_up_at = started + self.timeout + GRACE_S if self.timeout else None
+        nudged = False
+        try:
+            while True:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+                if done:
+                    return os.waitstatus_to_exitcode(status)
+                while self.signals:
+                    signo = self.signals.pop(0)
+                    if self.interrupted is None:
+                        self.interrupted = signo
+                        self._send(f"stop {signal.Signals(signo).name}\n")
+                        give_up_at = time.monotonic() + GRACE_S
+                    else:
+                        self.notes.append(f"second {signal.Signals(signo).name}: gdb ended at once")
+                        return self._hard_stop()
+                now = time.monotonic()
+                if give_up_at is not None and now >= give_up_at:
+                    if not nudged:
+                        # gdb 13 can sleep in sigsuspend forever when its SIGCHLD went to another
+                        # thread: one more SIGCHLD wakes it
+                        nudged = True
+                        os.kill(self.pid, signal.SIGCHLD)
+                        give_up_at = now + 3.0
+                        continue
+                    self.notes.append("gdb stopped answering; gdb-cudashim ended it")
+                    return self._hard_stop()
+                wait = None if give_up_at is None else max(0.0, give_up_at - now)
+                if pidfd is None:
+                    wait = 0.05 if wait is None else min(wait, 0.05)
+                try:
+                    select.select([wake_r] + ([pidfd] if pidfd is not None else []), [], [], wait)
+                except InterruptedError:
+                    pass
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    pass
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old.items():
+                signal.signal(s, h)
+            for fd in (wake_r, wake_w) + ((pidfd,) if pidfd is not None else ()):
+                os.close(fd)
+
+    def _send(self, line: str) -> None:
+        try:
+            os.write(self.control_w, line.encode())
+        except OSError:
+            pass
+
+    def _hard_stop(self) -> int:
+        """gdb is not answering, or the user insisted. A run: ask gdb's watchdog thread for what
+        it has, then end gdb and the programs it started (they share its process group). An
+        attach: gdb is the only one that can take its breakpoints out of a thread stopped at
+        one, so it is woken first (SIGCONT, SIGCHLD) and given time to detach; only if it still
+        does not, it is ended and its breakpoints are taken out of the code from here."""
+        from .core import rescue
+
+        self.hard_stopped = True
+        partial = os.path.join(self.tmp, "partial.json")
+        self._send(f"dump {partial}\n")
+        if self.attach_pid is not None:
+            for sig in (signal.SIGCONT, signal.SIGCHLD):
+                try:
+                    os.kill(self.pid, sig)
+                except OSError:
+                    pass
+            end = time.monotonic() + DETACH_WAIT_S
+            while time.monotonic() < end:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+                if done:
+                    self.notes.append("gdb was woken and detached")
+                    return os.waitstatus_to_exitcode(status)
+                time.sleep(0.05)
+        for _ in range(30):
+            if os.path.exists(partial):
+                break
+            time.sleep(0.05)
+        targets = []
+        if self.attach_pid is not None:
+            targets = [self.attach_pid] + rescue.descendants(self.attach_pid)
+            for p in targets:  # held still while gdb goes and the code is put back
+                try:
+                    os.kill(p, signal.SIGSTOP)
+                except OSError:
+                    pass
+            self.notes.append("gdb did not detach; gdb-cudashim ended it and took its breakpoints out itself "
+                              "(a thread stopped at one of them at that moment may die of SIGTRAP)")
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            os.kill(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        if targets:
+            time.sleep(0.05)
+            self.notes += rescue.rescue(targets, self.was_stopped)
+        return os.waitstatus_to_exitcode(status)
+
+    def after_gdb_died(self):
+        """gdb died on its own: the programs it started go with it (its process group); an
+        attached process gets its code back and runs on."""
+        from .core import rescue
+
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.attach_pid is not None:
+            targets = [self.attach_pid] + rescue.descendants(self.attach_pid)
+            for p in targets:
+                try:
+                    os.kill(p, signal.SIGSTOP)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+            self.notes += rescue.rescue(targets, self.was_stopped)
+
+    def close(self):
+        try:
+            os.close(self.control_w)
+        except OSError:
+            pass
+
+
+CONTROL_FD = 5  # gdb's descriptor for our control pipe (0-2 its stdio, 3-4 the program's)
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict:
+    """Run the gdb command that make_cmd(report_path) builds, supervised; return the report
+    it wrote (a partial one if the run was interrupted). no_report(log_text, status) raises
+    the CliError that says why there is none."""
     where = os.environ.get("TMPDIR") or "/tmp"
     tmp = os.path.join(where, f"gdb-cudashim-{os.getpid()}-{os.urandom(6).hex()}")
     try:
@@ -107,57 +325,62 @@ def _gdb_report(make_cmd, env, no_report, capture: bool = False) -> dict:
     except OSError as exc:
         raise CliError(f"cannot make a temporary directory in {where} (TMPDIR): {exc.strerror}") from None
     report_path = os.path.join(tmp, "report.json")
+    sup = _Supervisor(tmp, attach_pid, timeout)
     try:
-        cmd = make_cmd(report_path)
-        ended = _run_captured(cmd, env) if capture else _run_through(cmd, env)
-        if not os.path.exists(report_path):
-            no_report(ended)
-        import json
+        if attach_pid is not None:
+            from .core.rescue import descendants, state
 
-        with open(report_path) as f:
-            return json.load(f)
+            sup.was_stopped = {p for p in [attach_pid] + descendants(attach_pid) if state(p) == "T"}
+        cmd = make_cmd(report_path, tmp)
+        sup.spawn(cmd, env, give_stdio=attach_pid is None)
+        _warm_up_renderer()  # while gdb runs: the imports cost ~0.1 s of a ~1 s run
+        status = sup.wait()
+        if status < 0 and not sup.hard_stopped:  # gdb itself was killed (or crashed)
+            sup.notes.append(f"gdb died ({signal.Signals(-status).name})")
+            sup.after_gdb_died()
+        report = _load_report(report_path) or _load_report(os.path.join(tmp, "partial.json"))
+        if report is None:
+            if sup.interrupted is None and not sup.hard_stopped and status >= 0:
+                no_report(_read_log(tmp), status)
+            report = _empty_report()
+        if sup.interrupted is None and (sup.hard_stopped or status < 0):
+            report["status"] = EXIT_TIMEOUT if sup.hard_stopped else EXIT_USAGE
+        if sup.interrupted is not None or sup.hard_stopped or status < 0:
+            report["partial"] = True
+            if sup.interrupted is not None:
+                report["interrupted"] = signal.Signals(sup.interrupted).name
+                report["exit_signal"] = sup.interrupted
+        notes = report.setdefault("notes", [])
+        notes += [n for n in sup.notes if n not in notes]
+        return report
     finally:
+        sup.close()
         for name in os.listdir(tmp):
             os.remove(os.path.join(tmp, name))
         os.rmdir(tmp)
 
 
-class _Ended:
-    def __init__(self, returncode, stdout=None, stderr=None):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+def _load_report(path):
+    import json
 
-
-def _run_through(cmd, env) -> _Ended:
-    """gdb with this terminal's stdio, started without importing subprocess (~7 ms of
-    every run before gdb starts)."""
-    pid = os.posix_spawn(cmd[0], cmd, env)
     try:
-        _warm_up_renderer()  # while gdb runs: the imports cost ~0.1 s of a ~1 s run
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-    except BaseException:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        raise
-    return _Ended(os.waitstatus_to_exitcode(status))
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
-def _run_captured(cmd, env) -> _Ended:
-    import subprocess
+def _read_log(tmp) -> str:
+    try:
+        with open(os.path.join(tmp, "gdb.log"), errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
-    with subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            _warm_up_renderer()
-            out, err = proc.communicate()
-        except BaseException:
-            proc.kill()
-            raise
-    return _Ended(proc.returncode, out, err)
+
+def _empty_report() -> dict:
+    return {"status": EXIT_USAGE, "meta": {}, "errors": [], "calls": [], "lookups": [], "loads": [], "findings": [],
+            "processes": [], "hang": None, "stops": 0, "notes": ["gdb ended before it could write any report"]}
 
 
 def _warm_up_renderer() -> None:
@@ -174,19 +397,35 @@ def _warm_up_renderer() -> None:
 
 
 def _emit(report: dict, args, command: list[str]) -> int:
-    """Write --json (atomically), print the report, and return its exit status."""
-    from .core.report import render
+    """Write --json, print the report, and return the exit status: the report's, or
+    128+N when the run was stopped by signal N."""
+    from .core.report import render, to_json
 
     report.setdefault("meta", {})["command"] = command
+    status = int(report.get("status", 1))
+    if report.get("exit_signal"):
+        status = 128 + int(report["exit_signal"])
     if args.json:
-        tmp_out = f"{args.json}.tmp{os.getpid()}"
-        from .core.report import to_json
+        from .core.files import write_text
 
-        with open(tmp_out, "w") as f:
-            f.write(to_json(report))
-        os.replace(tmp_out, args.json)
-    print("\n".join(render(report, color=_color(args.color), verbose=args.verbose)))
-    return int(report.get("status", 1))
+        if status == EXIT_USAGE and args.json != "-" and os.path.lexists(args.json):
+            print(f"gdb-cudashim: the run did not start; {args.json} left as it was", file=sys.stderr)
+        else:
+            try:
+                write_text(args.json, to_json(report))
+            except OSError as exc:
+                print(f"gdb-cudashim: cannot write --json {args.json}: {exc.strerror}", file=sys.stderr)
+                status = EXIT_USAGE if status in (0, 1) else status
+    lines = render(report, color=_color(args.color), verbose=args.verbose)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    try:
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+    except BrokenPipeError:  # | head -1: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())  # no second error when Python flushes at exit
+        os.close(devnull)
+    return status
 
 
 def cmd_run(args) -> int:
@@ -204,17 +443,38 @@ def cmd_run(args) -> int:
     if args.every_return:
         arm.append("--every-return")
 
-    def make_cmd(report_path):
-        drive = ["cuda-run", "--no-report", "--quit", "--json", report_path]
+    def make_cmd(report_path, tmp):
+        drive = ["cuda-run", "--no-report", "--quit", "--json", report_path, "--control-fd", str(CONTROL_FD),
+                 "--stdio", f"{3 if _fd_open(1) else '-'},{4 if _fd_open(2) else '-'}", "--owned-dir", tmp]
         if args.timeout:
-            drive += ["--timeout", str(args.timeout)]
-        return base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args", program] + args.command[1:]
+            drive += ["--timeout", repr(args.timeout)]
+        return base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args",
+                       *_exec_argv(program), *args.command[1:]]
 
-    def no_report(proc):
-        raise CliError(f"gdb ended (status {proc.returncode}) without a report; run the same under "
-                       f"'gdb-cudashim gdb --args ...' to see why")
+    def no_report(log, status):
+        last = _last_line(log)
+        raise CliError(f"gdb ended (status {status}) without a report" + (f": {last}" if last else "")
+                       + "; run the same under 'gdb-cudashim gdb --args ...' to see why")
 
-    return _emit(_gdb_report(make_cmd, env, no_report), args, args.command)
+    return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command)
+
+
+def _exec_argv(program: str) -> list[str]:
+    """How gdb starts PROGRAM as a shell would: an ELF file directly; a script (#!, a pyenv
+    shim, a wrapper) through /bin/sh's exec, which the kernel turns into its interpreter.
+    gdb follows the exec, so the script's own children are traced as usual."""
+    try:
+        with open(program, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic == b"\x7fELF":
+        return [program]
+    return ["/bin/sh", "-c", 'exec "$0" "$@"', program]
+
+
+def _last_line(text: str) -> str:
+    return next((l.strip() for l in reversed(text.strip().splitlines()) if l.strip()), "")
 
 
 def _processes() -> list[tuple[int, str, str]]:
@@ -294,20 +554,19 @@ def cmd_attach(args) -> int:
     _check_ptrace(pid)
     base, env = _gdb_base(_gdb_env())
 
-    def make_cmd(report_path):
-        drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout", str(args.timeout)]
+    def make_cmd(report_path, tmp):
+        drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout",
+                 repr(args.timeout), "--control-fd", str(CONTROL_FD), "--owned-dir", tmp]
         arm = "catch-init-error --every-return" if args.every_return else "catch-init-error"
         return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", " ".join(drive)]
 
-    def no_report(proc):
-        text = (proc.stdout or "") + (proc.stderr or "")
-        if "Operation not permitted" in text:
+    def no_report(log, status):
+        if "Operation not permitted" in log:
             raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run with sudo, or check "
                            "kernel.yama.ptrace_scope and container seccomp/CAP_SYS_PTRACE")
-        last = next((l for l in reversed(text.strip().splitlines()) if l.strip()), "no output")
-        raise CliError(f"could not attach to {pid}: {last}")
+        raise CliError(f"could not attach to {pid}: {_last_line(log) or 'no output'}")
 
-    report = _gdb_report(make_cmd, env, no_report, capture=True)
+    report = _gdb_report(make_cmd, env, no_report, attach_pid=pid, timeout=args.timeout)
     return _emit(report, args, [f"attach {pid}"])
 
 
@@ -366,6 +625,10 @@ class _Parser(argparse.ArgumentParser):
     def _get_formatter(self):
         return self.formatter_class(prog=self.prog, width=help_width())  # see core/term.py
 
+    def error(self, message):
+        """One line, not argparse's usage block."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gdb-cudashim",
@@ -376,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run PROGRAM under gdb with catch-init-error armed, children followed, and print "
                                    "the report. Exit: 0 no failure, 1 failure caught, 2 usage/environment, 3 timed out.")
     r.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    r.add_argument("--timeout", type=float, metavar="S", help="interrupt after S seconds and report every thread")
+    r.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds and report every thread")
     r.add_argument("--pattern", action="append", default=[], metavar="REGEX", help="also capture writes matching REGEX")
     r.add_argument("--no-follow-children", dest="follow", action="store_false", help="do not follow child processes")
     r.add_argument("--color", choices=("auto", "always", "never"), default="auto")
@@ -391,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it running and unpatched. Exit: 0 no failure, 1 failure caught, 2 usage/permission.")
     t.add_argument("target", metavar="PID|NAME")
     t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    t.add_argument("--timeout", type=float, default=30.0, metavar="S", help="how long to watch (default 30)")
+    t.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="how long to watch (default 30)")
     t.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     t.add_argument("--verbose", action="store_true")
     t.add_argument("--every-return", action="store_true", help=EVERY_RETURN_HELP)
@@ -424,12 +687,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gdb"]:  # every gdb option passes through untouched (-nx, -batch, --args ...)
+        return _guarded(cmd_gdb, argparse.Namespace(gdb_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
+    return _guarded(args.func, args)
+
+
+def _guarded(func, args) -> int:
+    """FUNC(ARGS) with every failure as one line on stderr, and a reader that went away
+    (| head -1) as a quiet exit with the real status."""
     try:
-        return args.func(args)
+        return func(args)
     except CliError as exc:
         print(f"gdb-cudashim: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,7 +20,8 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         d = event_to_dict(w)
         d["origin"] = w.origin
         errors.append(d)
-    status = EXIT_TIMEOUT if hang else (EXIT_FAILURE if (findings or errors) else EXIT_OK)
+    timed_out = bool(hang) and hang.get("reason", "timeout") == "timeout"
+    status = EXIT_TIMEOUT if timed_out else (EXIT_FAILURE if (findings or errors) else EXIT_OK)
     return {
         "status": status,
         "meta": meta or {},
@@ -78,10 +79,13 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     if meta.get("command"):
         out.append(s("bold", "gdb-cudashim: ") + " ".join(meta["command"]))
     procs = [p for p in report["processes"] if p["what"] == "start"]
-    exits = {p["pid"]: p.get("exit_code") for p in report["processes"] if p["what"] == "exit"}
+    exits = {p["pid"]: (p.get("signal") or p.get("exit_code")) for p in report["processes"] if p["what"] == "exit"}
+    left = set(report.get("left_running") or ())
+    still = "running" if not report["hang"] else ("hung" if report["hang"].get("reason", "timeout") == "timeout"
+                                                   else "ended by us")
     if procs:
-        rows = [[p["pid"], p.get("parent") or "", _b(p.get("detail")), exits.get(p["pid"], "running" if not report["hang"] else "hung")]
-                for p in procs]
+        rows = [[p["pid"], p.get("parent") or "", _b(p.get("detail")),
+                 exits.get(p["pid"], "left running" if p["pid"] in left else still)] for p in procs]
         out.append("")
         out.append(s("bold", "Processes"))
         out += tabulate(rows, headers=["pid", "parent", "program", "exit"], tablefmt="simple").splitlines()
@@ -142,7 +146,8 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
 
     if report.get("hang"):
         out.append("")
-        out.append(s("red", "Hang: ") + report["hang"].get("summary", "the program was still running"))
+        label = "Hang: " if report["hang"].get("reason", "timeout") == "timeout" else "Interrupted: "
+        out.append(s("red", label) + report["hang"].get("summary", "the program was still running"))
         for t in report["hang"].get("threads", []):
             out.append(f"  pid {t['pid']} thread {t['tid']}" + (f" waits in {t['waiting_in']}" if t.get("waiting_in") else ""))
             for i, f in enumerate(t["frames"][:12]):
@@ -163,6 +168,9 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
         out.append(s("green", "No CUDA init failure seen."))
     for note in report.get("notes") or []:
         out.append(f"note: {note}")
+    if report.get("partial"):
+        out.append(s("red", "partial report: ") + f"the run was stopped ({report.get('interrupted') or 'interrupted'}) "
+                   "before every process ended; what it shows is true up to then")
     out.append(f"({report['stops']} debugger stops)")
     return out
 

@@ -33,7 +33,11 @@ def explain_load(load):
         return [f"(could not audit {load.path}: {exc})"]
 
 
-def collect_hang() -> dict:
+WHY = {"timeout": "still running at the timeout", "SIGINT": "stopped by SIGINT (Ctrl-C)",
+       "SIGTERM": "stopped by SIGTERM", "SIGHUP": "stopped by SIGHUP"}
+
+
+def collect_hang(reason: str = "timeout") -> dict:
     """Every thread's backtrace in every live inferior, and the shim frame each waits in."""
     threads = []
     for inferior in gdb.inferiors():
@@ -57,11 +61,11 @@ def collect_hang() -> dict:
                             "waiting_in": waiting, "frames": [f.__dict__ for f in frames]})
     shim = [t for t in threads if t["waiting_in"]]
     if shim:
-        summary = f"still running at the timeout; {len(shim)} thread(s) wait inside the CUDA driver/shim: " + \
+        summary = f"{WHY.get(reason, reason)}; {len(shim)} thread(s) wait inside the CUDA driver/shim: " + \
                   "; ".join(f"pid {t['pid']} thread {t['tid']} in {t['waiting_in']}" for t in shim)
     else:
-        summary = "still running at the timeout; no thread is inside a CUDA driver or shim frame"
-    return {"summary": summary, "threads": threads}
+        summary = f"{WHY.get(reason, reason)}; no thread is inside a CUDA driver or shim frame"
+    return {"summary": summary, "reason": reason, "threads": threads}
 
 
 def build_report(meta=None) -> dict:
@@ -73,10 +77,10 @@ def build_report(meta=None) -> dict:
 
 
 def write_json(report: dict, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(core_report.to_json(report))
-    os.replace(tmp, path)
+    """Replaces a regular file atomically, writes through a symlink, in place into a FIFO or device."""
+    from ..core.files import write_text
+
+    write_text(path, core_report.to_json(report))
 
 
 def print_report(report: dict, color_flag="auto", verbose=False):

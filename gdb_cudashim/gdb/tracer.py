@@ -315,7 +315,8 @@ class Tracer:
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
         self.hang = None
-        self.timed_out = False
+        self.stop_reason = None  # set by the watchdog (gdb/control.py): why the run was stopped
+        self.ending = None  # cuda-run is killing the processes, and why
         self.timeout = None
         self.on_all_exited = None
         self._events = Subscriptions()
@@ -686,8 +687,13 @@ class Tracer:
             return
         self.live_pids.discard(pid)
         code = getattr(event, "exit_code", None)
-        self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
-                                       exit_code=int(code) if code is not None else None))
+        if self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
+            self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
+                                           detail=f"ended by gdb-cudashim ({self.ending})"))
+        else:
+            self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
+                                           exit_code=int(code) if code is not None else None,
+                                           signal=None if code is not None else _exit_signal()))
         # a pid may be reused by a later inferior
         del self.pids[pid]
         self.window_depth.pop(pid, None)
@@ -705,26 +711,23 @@ class Tracer:
         if len(self.internal_errors) < 20:
             self.internal_errors.append(text)
 
-    # -------------------------------------------------------------- hang --
-    def interrupt_later(self, seconds: float):
-        """A threading.Timer that interrupts the program after SECONDS (imported here: most
-        runs have no --timeout)."""
-        import signal
-        import threading
 
-        def fire():
-            self.timed_out = True
-            for pid in list(self.live_pids):
-                try:
-                    os.kill(pid, signal.SIGINT)
-                    break  # all-stop: one stop stops every inferior
-                except OSError:
-                    continue
+def _exit_signal() -> str | None:
+    """The signal that ended the process gdb just saw go ($_exitsignal; gdb sets it when a
+    process is killed, instead of $_exitcode)."""
+    try:
+        value = gdb.parse_and_eval("$_exitsignal")
+        if value.type.code == gdb.TYPE_CODE_VOID:
+            return None
+        number = int(value)
+    except (gdb.error, ValueError):
+        return None
+    import signal
 
-        timer = threading.Timer(seconds, fire)
-        timer.daemon = True
-        timer.start()
-        return timer
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 ACTIVE: Tracer | None = None

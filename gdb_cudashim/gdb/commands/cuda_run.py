@@ -1,12 +1,20 @@
-"""cuda-run: run the program to the end under catch-init-error, children included, then report."""
+"""cuda-run: run the program to the end under catch-init-error, children included, then report.
+
+The loop resumes every process until none is left, or until the watchdog (gdb/control.py)
+stops them: the --timeout deadline, the CLI's control pipe (the user interrupted the run,
+or the CLI went away). Then it tears down: a launched program is killed, an attached one
+is detached untouched (--detach). Either way the report is written.
+"""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import gdb
 
 from ...core.report import EXIT_USAGE
-from .. import session
+from .. import control, session
 from ..command import Command, register
 
 
@@ -23,7 +31,7 @@ class CudaRun(Command):
     def build(cls, p):
         p.epilog = "Arms catch-init-error with its defaults first if it is not armed. Used by commands/*.gdb."
         p.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
-        p.add_argument("--timeout", type=float, metavar="S", help="interrupt after S seconds and report the hang")
+        p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds and report the hang")
         p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
         p.add_argument("--verbose", action="store_true", help="every call and lookup, full backtraces")
         p.add_argument("--no-report", action="store_true", help="do not print the report (with --json)")
@@ -31,63 +39,67 @@ class CudaRun(Command):
                        "armed, delete cuda-patch patches, and detach, leaving the processes running")
         p.add_argument("--quit", action="store_true", help="quit gdb with the report's exit status: 0 no failure, "
                        "1 failure caught, 2 could not run, 3 timed out")
+        # the CLI's side of the run (gdb-cudashim run/attach)
+        p.add_argument("--control-fd", type=int, metavar="FD", help="read 'stop REASON' / 'dump FILE' lines from FD; "
+                       "its end of file (the caller died) stops and tears down the run")
+        p.add_argument("--stdio", metavar="OUT,ERR", help="give the program these descriptors as its stdout and stderr "
+                       "(gdb's own output then stays out of the program's)")
+        p.add_argument("--owned-dir", metavar="DIR", help="remove DIR at the end if the caller is gone")
 
     def run(self, args, from_tty):
-        if args.json is not None and not args.json.strip():
-            raise gdb.GdbError("cuda-run: --json needs a file name")
+        from ...core.files import check_writable
+
+        if args.json is not None:
+            problem = check_writable(args.json)
+            if problem:
+                raise gdb.GdbError(f"cuda-run: {problem}")
+        if args.timeout is not None and not (0 < args.timeout < 1e9):
+            raise gdb.GdbError("cuda-run: --timeout must be a positive number of seconds")
         if session.State.tracer is None:
             gdb.execute("catch-init-error", to_string=True)
         t = session.State.tracer
+        if args.detach and not _live():
+            raise gdb.GdbError("cuda-run: --detach needs an attached process (attach PID first)")
+        if args.control_fd is not None:
+            try:
+                os.set_inheritable(args.control_fd, False)  # never into the program
+            except OSError as exc:
+                raise gdb.GdbError(f"cuda-run: --control-fd {args.control_fd}: {exc.strerror}")
         timeout = args.timeout if args.timeout is not None else t.timeout
+        started = time.monotonic()
+        t.stop_reason = None
+        stopped_before = {i.pid for i in _live() if _state(i.pid) == "T"}
+        dog = control.Watchdog(t, deadline=started + timeout if timeout else None, control_fd=args.control_fd,
+                               dump=lambda path: _dump(path, started))
         session.State.driving = True
         status = None
-        started = time.monotonic()
-        timer = t.interrupt_later(timeout) if timeout else None
-        if args.detach and not _live():
-            session.State.driving = False
-            if timer is not None:
-                timer.cancel()
-            raise gdb.GdbError("cuda-run: --detach needs an attached process (attach PID first)")
+        stops = _StopWatch()
         try:
-            try:
-                if _live():
-                    gdb.execute("continue", to_string=True)
-                else:
-                    gdb.execute("run", to_string=True)
-            except gdb.error as exc:
-                if not t.timeline.processes:
-                    status = EXIT_USAGE
-                    t.note(f"could not run the program: {exc}")
-            while status is None and not t.timed_out:
-                live = _live()
-                if not live:
-                    break
-                try:
-                    gdb.execute(f"inferior {live[0].num}", to_string=True)
-                except gdb.error:
-                    # switched, but its frame could not be shown ("Couldn't get registers: No such
-                    # process"): it is exiting, and the continue below collects that
-                    if gdb.selected_inferior().num != live[0].num:
-                        t.note(f"could not switch to inferior {live[0].num}")
-                        break
-                try:
-                    gdb.execute("continue", to_string=True)
-                except gdb.error as exc:
-                    t.note(f"continue failed: {exc}")
-                    break
-            if args.detach and _live():
-                _detach_all(t)
-            elif t.timed_out and _live():
-                t.hang = session.collect_hang()
-                t.hang["after_seconds"] = round(time.monotonic() - started, 1)
-                gdb.execute("kill inferiors " + " ".join(str(i.num) for i in _live()), to_string=True)
+            dog.start()
+            status = self._drive(t, args, dog, stops)
         finally:
-            if timer is not None:
-                timer.cancel()
+            dog.close()
+            stops.disconnect()
             session.State.driving = False
+        reason = t.stop_reason
+        left_running = []
+        if _live():
+            if args.detach or (reason == "settled" and not args.quit):
+                left_running = _detach_all(t, stopped_before)
+            else:
+                _end_all(t, reason, started)
         report = session.build_report(meta={"command": _command_line(), "elapsed_s": round(time.monotonic() - started, 3)})
         if status is not None:
             report["status"] = status
+        if reason not in (None, "timeout", "settled"):
+            report["partial"] = True
+            report["interrupted"] = reason
+        if left_running:
+            report["left_running"] = left_running
+        if reason == "cli-gone":
+            _remove_owned(args.owned_dir)
+            gdb.execute("quit 2")
+            return
         json_path = args.json or session.State.json_path
         if json_path:
             try:
@@ -100,9 +112,108 @@ class CudaRun(Command):
         if args.quit:
             gdb.execute(f"quit {report['status']}")
 
+    def _drive(self, t, args, dog, stops):
+        """Resume every process until none is left or the watchdog stopped them; the status
+        when the program could not be run at all."""
+        try:
+            if _live():
+                gdb.execute("continue", to_string=True)
+            else:
+                saved = _program_args()
+                try:
+                    gdb.execute(_run_command(args.stdio), to_string=True)
+                finally:
+                    gdb.execute(f"set args {saved}", to_string=True)
+        except gdb.error as exc:
+            gdb.write(f"{exc}\n", gdb.STDERR)  # gdb's own words ("No executable file specified.")
+            if not t.timeline.processes:
+                t.note(f"could not run the program: {exc}")
+                return EXIT_USAGE
+        while True:
+            if stops.user_interrupt and t.stop_reason is None:
+                t.stop_reason = "SIGINT"  # Ctrl-C in an interactive gdb: the user wants out
+            if t.stop_reason is not None:
+                dog.ack()
+                return None
+            live = _live()
+            if not live:
+                return None
+            try:
+                gdb.execute(f"inferior {live[0].num}", to_string=True)
+            except gdb.error:
+                # switched, but its frame could not be shown ("Couldn't get registers: No such
+                # process"): it is exiting, and the continue below collects that
+                if gdb.selected_inferior().num != live[0].num:
+                    t.note(f"could not switch to inferior {live[0].num}")
+                    return None
+            try:
+                gdb.execute("continue", to_string=True)
+            except gdb.error as exc:
+                gdb.write(f"{exc}\n", gdb.STDERR)
+                t.note(f"continue failed: {exc}")
+                return None
 
-def _detach_all(tracer):
-    """Leave every process running and exactly as it was: no breakpoint, no patch, settings restored."""
+
+class _StopWatch:
+    """Notices a SIGINT stop that the watchdog did not cause (Ctrl-C in an interactive gdb)."""
+
+    def __init__(self):
+        self.user_interrupt = False
+        gdb.events.stop.connect(self._on_stop)
+
+    def _on_stop(self, event):
+        if isinstance(event, gdb.SignalEvent) and event.stop_signal == "SIGINT":
+            self.user_interrupt = True
+
+    def disconnect(self):
+        try:
+            gdb.events.stop.disconnect(self._on_stop)
+        except (ValueError, RuntimeError):
+            pass
+
+
+def _run_command(stdio: str | None) -> str:
+    """'run', giving the program the caller's stdout/stderr descriptors (through the
+    startup shell's redirections) instead of gdb's, which go to gdb's log."""
+    if not stdio:
+        return "run"
+    out, err = (x.strip() for x in stdio.split(",", 1))
+    redirect = []
+    for target, fd in (("1", out), ("2", err)):
+        redirect.append(f"{target}>&{fd}" if fd.isdigit() else f"{target}>&-")
+    redirect += [f"{fd}>&-" for fd in (out, err) if fd.isdigit()]
+    return f"run {_program_args()} {' '.join(redirect)}"
+
+
+def _program_args() -> str:
+    """The program's arguments as gdb holds them (gdb 13 has no Python API for them:
+    gdb.parameter('args') is always empty)."""
+    text = gdb.execute("show args", to_string=True).strip()
+    start, end = text.find('"'), text.rfind('"')
+    return text[start + 1:end] if 0 <= start < end else ""
+
+
+def _state(pid) -> str | None:
+    from ...core.rescue import state
+
+    return state(pid)
+
+
+def _end_all(tracer, reason, started):
+    """A launched program is ended. At the timeout, every thread's backtrace first."""
+    if reason in ("timeout", "SIGINT", "SIGTERM", "SIGHUP"):
+        try:
+            tracer.hang = session.collect_hang(reason)
+            tracer.hang["after_seconds"] = round(time.monotonic() - started, 1)
+        except gdb.error as exc:
+            tracer.note(f"could not read the threads: {exc}")
+    tracer.ending = reason or "the run ended"
+    gdb.execute("kill inferiors " + " ".join(str(i.num) for i in _live()), to_string=True)
+
+
+def _detach_all(tracer, stopped_before=()) -> list[int]:
+    """Leave every process running and exactly as it was: no breakpoint, no patch, settings
+    restored, no signal of ours delivered. Returns the pids left running."""
     from . import cuda_patch
 
     if cuda_patch.PATCHES:
@@ -111,16 +222,65 @@ def _detach_all(tracer):
         tracer.note(message)
     session.State.tracer = None
     live = _live()
-    pids = ", ".join(str(i.pid) for i in live)
-    gdb.execute("detach inferiors " + " ".join(str(i.num) for i in live), to_string=True)
-    tracer.note(f"detached from {pids}; left running")
+    pids = [i.pid for i in live]
+    # a watchdog SIGSTOP is the last stop signal: never hand it to the program on detach
+    row = _signal_row("SIGSTOP")
+    gdb.execute("handle SIGSTOP nopass", to_string=True)
+    try:
+        gdb.execute("detach inferiors " + " ".join(str(i.num) for i in live), to_string=True)
+    finally:
+        if row is not None and row[2] == "Yes":
+            gdb.execute("handle SIGSTOP pass", to_string=True)
+    for pid in pids:
+        # a SIGSTOP still queued when gdb let go stops it: let it run, as it was
+        if pid not in stopped_before and _state(pid) == "T":
+            try:
+                time.sleep(0.05)
+                if _state(pid) == "T":
+                    os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+    tracer.note(f"detached from {', '.join(map(str, pids))}; left running untraced")
     session.State.tracer = tracer  # build_report still reads its timeline
+    return pids
+
+
+def _signal_row(name):
+    try:
+        for line in gdb.execute(f"info signals {name}", to_string=True).splitlines():
+            if line.startswith(name):
+                return line.split()[:4]
+    except gdb.error:
+        pass
+    return None
+
+
+def _dump(path, started):
+    """The watchdog thread's partial report (the CLI asked: gdb may be stuck). No gdb calls."""
+    from ...core.files import write_text
+    from ...core.report import to_json
+
+    report = session.build_report(meta={"command": [], "elapsed_s": round(time.monotonic() - started, 3)})
+    report["partial"] = True
+    write_text(path, to_json(report))
+
+
+def _remove_owned(folder):
+    """The CLI that made FOLDER is gone: remove what it would have removed (its files only)."""
+    if not folder or not os.path.basename(folder).startswith("gdb-cudashim-"):
+        return
+    try:
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def _command_line():
     try:
         prog = gdb.current_progspace().filename or ""
-        extra = gdb.parameter("args") or ""
+        extra = _program_args()
         return [prog] + ([extra] if extra else [])
     except gdb.error:
         return []

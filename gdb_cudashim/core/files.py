@@ -1,0 +1,79 @@
+"""Writing a file the user named without harming what is there. Pure: never imports gdb.
+
+- a regular file (or a new one) is replaced atomically: a temporary file beside it, then rename;
+- a symlink is written through: the target is replaced, the link stays;
+- a FIFO, a character device or a socket is written in place (never renamed over);
+- "-" is standard output.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+
+def write_text(path: str, text: str) -> None:
+    """Write TEXT to PATH as described above; OSError on failure (nothing half-written is
+    left in a regular file's place)."""
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    target = os.path.realpath(path)  # through symlinks, to what they name (may not exist yet)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # a FIFO, a device: write in place, never replace
+        with open(target, "w") as f:
+            f.write(text)
+        return
+    folder = os.path.dirname(target) or "."
+    mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str) -> str | None:
+    """Why PATH cannot take a report, or None. Checked before a run starts."""
+    if not path.strip():
+        return "--json needs a file name"
+    if path == "-":
+        return None
+    target = os.path.realpath(path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        return f"cannot write --json {path}: {exc.strerror}"
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return f"cannot write --json {path}: it is a directory"
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return None if os.access(target, os.W_OK) else f"cannot write --json {path}: permission denied"
+    parent = os.path.dirname(target) or "."
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        return f"cannot write --json {path}: {parent} is not a writable directory"
+    return None

@@ -1,0 +1,160 @@
+"""The watchdog inside gdb: one thread that stops the traced programs when it is time.
+
+It stops them when the CLI asks on its control pipe ("stop REASON"), when the CLI goes
+away (end of file on that pipe: the CLI was killed), at the --timeout deadline, or when
+a condition the driver gives says so (a server whose CUDA init has settled). "Stopping"
+is a SIGSTOP to one traced process: gdb sees it as a signal stop in all-stop mode, so
+every process stops and cuda-run's loop regains control. SIGSTOP cannot be blocked,
+caught or sigwait()ed: a program that blocks SIGINT still stops, and never receives the
+tool's own signal (cuda-run does not pass it on).
+
+gdb 13's threads must never receive gdb's signals: a SIGCHLD handed to this thread
+leaves gdb in sigsuspend forever. The thread is started with them all blocked.
+
+Nothing here calls gdb's API: it is not safe off gdb's main thread. It also writes the
+partial report when the CLI asks ("dump PATH"), which works even while gdb's main
+thread is stuck.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+
+# every signal gdb handles itself; the thread blocks them all
+_GDB_SIGNALS = {signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
+                signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM, signal.SIGIO,
+                signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2}
+
+RESEND_S = 1.0  # a SIGSTOP that gdb absorbed as one of its own is sent again
+
+
+def start_thread(target, name: str) -> threading.Thread:
+    """A daemon thread that can never receive gdb's signals."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _GDB_SIGNALS)
+    try:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return t
+
+
+class Watchdog:
+    """See the module's doc. TRACER gives live_pids; REASON is set on it (stop_reason)."""
+
+    def __init__(self, tracer, deadline: float | None = None, control_fd: int | None = None,
+                 dump=None, settled=None):
+        self.tracer = tracer
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.control_fd = control_fd
+        self.dump = dump  # dump(path): write the partial report (pure Python, no gdb calls)
+        self.settled = settled  # settled() -> reason or None, polled
+        self.lock = threading.Lock()
+        self.closed = False
+        self.acked = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = None
+
+    def start(self):
+        self._thread = start_thread(self._run, "gdb-cudashim-watchdog")
+
+    # -- the main thread's side --
+    def ack(self):
+        """cuda-run's loop saw the stop: no more SIGSTOPs."""
+        self.acked.set()
+
+    def close(self):
+        """Teardown begins: from now on nothing is sent to any process."""
+        with self.lock:
+            self.closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # -- the thread --
+    def _run(self):
+        buf = b""
+        fds = [self._wake_r] + ([self.control_fd] if self.control_fd is not None else [])
+        reason = None
+        while reason is None:
+            if self.closed:
+                return
+            wait = 0.2 if self.settled is not None else None
+            if self.deadline is not None:
+                left = max(0.0, self.deadline - time.monotonic())
+                wait = left if wait is None else min(wait, left)
+            try:
+                ready, _, _ = select.select(fds, [], [], wait)
+            except (OSError, ValueError):
+                ready = []
+            if self.closed:
+                return
+            if self.control_fd is not None and self.control_fd in ready:
+                try:
+                    data = os.read(self.control_fd, 4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    reason = "cli-gone"
+                    fds.remove(self.control_fd)
+                    break
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    word, _, arg = line.decode(errors="replace").partition(" ")
+                    if word == "stop":
+                        reason = arg or "interrupted"
+                    elif word == "dump" and self.dump is not None:
+                        self._dump(arg)
+                continue
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                reason = "timeout"
+            elif self.settled is not None:
+                reason = self.settled()
+        self._stop(reason)
+        # keep serving dumps while the main thread tears down
+        while not self.closed and self.control_fd is not None and self.control_fd in fds:
+            try:
+                ready, _, _ = select.select(fds, [], [], None)
+                if self.control_fd in ready:
+                    data = os.read(self.control_fd, 4096)
+                    if not data:
+                        return
+                    for line in data.decode(errors="replace").splitlines():
+                        if line.startswith("dump ") and self.dump is not None:
+                            self._dump(line[5:])
+            except (OSError, ValueError):
+                return
+
+    def _dump(self, path):
+        try:
+            self.dump(path)
+        except Exception:  # a partial report is best effort; the CLI says it has none
+            pass
+
+    def _stop(self, reason):
+        with self.lock:
+            if self.closed:
+                return
+            if getattr(self.tracer, "stop_reason", None) is None:
+                self.tracer.stop_reason = reason
+        # one SIGSTOP at a time, to one process: in all-stop mode one stop stops them all
+        tried = set()
+        while not self.acked.is_set():
+            with self.lock:
+                if self.closed:
+                    return
+                live = [p for p in sorted(self.tracer.live_pids) if p not in tried] or sorted(self.tracer.live_pids)
+                if not live:
+                    return
+                pid = live[0]
+                tried.add(pid)
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except OSError:
+                    pass
+            self.acked.wait(RESEND_S)
