@@ -183,9 +183,16 @@ def test_unusable_tmpdir_is_one_line():
 
 
 def test_program_killed_mid_trace(tmp_path):
+    """A process that dies by a signal says so, in the table and the JSON, and a crash
+    before CUDA init is a finding, not "No CUDA init failure seen"."""
     proc, report = run_report(tmp_path, ["/bin/sh", "-c", "kill -9 $$"], env_with())
-    assert proc.returncode == 0 and report is not None
+    assert proc.returncode == 1 and report is not None, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+    (end,) = [p for p in report["processes"] if p["what"] == "exit"]
+    assert end["signal"] == "SIGKILL" and end["exit_code"] is None
+    (finding,) = report["findings"]
+    assert finding["rule"] == "killed-by-signal" and "before CUDA init" in finding["summary"]
+    assert "No CUDA init failure seen" not in proc.stdout and "SIGKILL" in proc.stdout
 
 
 def test_forward_mode_passes_everything_through(stack, probe, tmp_path):

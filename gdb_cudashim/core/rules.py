@@ -285,6 +285,43 @@ def rule_two_drivers(tl: Timeline) -> list[Finding]:
     return out
 
 
+SIGNAL_WORDS = {"SIGSEGV": "a segmentation fault", "SIGABRT": "an abort()", "SIGBUS": "a bus error",
+                "SIGILL": "an illegal instruction", "SIGFPE": "an arithmetic fault", "SIGKILL": "SIGKILL",
+                "SIGTRAP": "a trap (an int3 or a debugger's breakpoint left behind)"}
+
+
+def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
+    """A process that died by a signal (not one we ended): where it was in CUDA init."""
+    out = []
+    for end in tl.processes:
+        if end.what != "exit" or not end.signal or end.detail.startswith("ended by gdb-cudashim"):
+            continue
+        pid = end.pid
+        start = tl.process_start(pid)
+        prog = _base(start.detail) if start else "?"
+        calls = [c for c in tl.calls if c.pid == pid]
+        loads = [l for l in tl.loads if l.pid == pid]
+        evidence = [f"pid {pid} ({prog}) ended by {end.signal}"]
+        if calls:
+            last = calls[-1]
+            state = "had not returned" if not last.returned else f"returned {last.result_name}"
+            evidence.append(f"its last CUDA call: {last.function}() in {_base(last.library)}, which {state}")
+            where = "during CUDA init" if not last.returned else "after its last CUDA call"
+        elif loads:
+            evidence.append(f"it loaded {', '.join(_base(l.path) for l in loads)} but made no traced CUDA call")
+            where = "before any CUDA call"
+        else:
+            where = "before CUDA init (no CUDA library was loaded)"
+        out.append(Finding(
+            rule="killed-by-signal", pid=pid,
+            summary=f"{prog} (pid {pid}) died of {SIGNAL_WORDS.get(end.signal, end.signal)} {where}",
+            evidence=evidence,
+            fix=("run it under 'gdb-cudashim gdb --args ...' and 'bt' at the signal to see the faulting frame; "
+                 "a crash inside the shim is the shim's bug" if end.signal != "SIGKILL" else
+                 "something outside the program killed it (a parent's timeout, the OOM killer: dmesg)")))
+    return out
+
+
 RULES = (
     rule_backend_load_failed,
     rule_driver_not_found,
@@ -293,6 +330,7 @@ RULES = (
     rule_driver_version,
     rule_driver_result_passthrough,
     rule_two_drivers,
+    rule_killed_by_signal,
 )
 
 

@@ -141,6 +141,7 @@ class ProcessEvent:
     detail: str = ""
     parent: int | None = None
     exit_code: int | None = None
+    signal: str | None = None  # exit: the signal that ended it (SIGSEGV, SIGKILL...)
     env: dict = factory(dict)  # LD_*, CUDA_*, OLLAMA_*, GGML_* at start
     cwd: str | None = None
     kind: str = "process"
