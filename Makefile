@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GCS    := $(BIN)/gdb-cudashim
 
-.PHONY: setup system-deps venv bytecode stack shim programs demo test bench clean
+.PHONY: setup system-deps venv bytecode stack shim programs demo test bench stress clean
 
 setup: venv bytecode stack shim programs
 
@@ -60,6 +60,10 @@ test: setup
 bench: setup
 	@./.ci/system-deps --bench
 	$(BIN)/python bench/bench.py
+
+# every multi-process case 50 times under gdb-cudashim run: zero hangs, nothing left behind
+stress: setup
+	$(BIN)/python bench/stress.py
 
 clean:
 	rm -rf build shim/build
