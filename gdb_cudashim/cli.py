@@ -496,27 +496,59 @@ def _processes() -> list[tuple[int, str, str]]:
 
 
 def _pick_target(target: str) -> int:
+    target = target.strip()
+    if not target:
+        raise CliError("attach needs a PID or a program name (or its full path)")
     if target.isdigit():
         pid = int(target)
+        if pid == os.getpid():
+            raise CliError(f"{pid} is this gdb-cudashim itself; give the PID of the program to watch")
         if not os.path.exists(f"/proc/{pid}"):
             raise CliError(f"no process {pid}")
         return pid
-    matches = [(pid, comm, argv) for pid, comm, argv in _processes()
-               if comm == target or os.path.basename(argv.split(" ", 1)[0]) == target]
+    if os.sep in target:  # a program's path: every process running that file
+        want = os.path.realpath(target)
+        if not os.path.exists(want):
+            raise CliError(f"no such program: {target}")
+        matches = [(pid, comm, argv) for pid, comm, argv in _processes() if _exe(pid) == want]
+    else:
+        matches = [(pid, comm, argv) for pid, comm, argv in _processes()
+                   if comm == target or os.path.basename(argv.split(" ", 1)[0]) == target]
     if not matches:
         raise CliError(f"no process named {target!r}")
     if len(matches) == 1:
         return matches[0][0]
     if sys.stdin.isatty() and sys.stdout.isatty():
-        from prompt_toolkit.shortcuts import radiolist_dialog  # only here: never at load time
-
-        choice = radiolist_dialog(title=f"Several processes match {target!r}", text="Attach to which one?",
-                                  values=[(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches]).run()
+        choice = _picker(target, matches)
         if choice is None:
             raise CliError("no process chosen")
         return int(choice)
     listing = "; ".join(f"{pid} ({argv[:60]})" for pid, _, argv in matches[:8])
     raise CliError(f"{len(matches)} processes match {target!r}: {listing}; give a PID")
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _picker(target, matches):
+    """A list to choose from; Esc, q and Ctrl-C cancel (None)."""
+    from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings  # only here: never at load time
+    from prompt_toolkit.shortcuts import radiolist_dialog
+
+    app = radiolist_dialog(title=f"Several processes match {target!r}", text="Attach to which one? (Esc or q: cancel)",
+                           values=[(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches])
+    cancel = KeyBindings()
+    for key in ("escape", "q", "c-c"):
+        cancel.add(key, eager=True)(lambda event: event.app.exit(result=None))
+    app.key_bindings = merge_key_bindings([app.key_bindings, cancel]) if app.key_bindings else cancel
+    try:
+        return app.run()
+    except (KeyboardInterrupt, EOFError):
+        return None
 
 
 def _check_ptrace(pid: int) -> None:
@@ -562,8 +594,12 @@ def cmd_attach(args) -> int:
 
     def no_report(log, status):
         if "Operation not permitted" in log:
-            raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run with sudo, or check "
-                           "kernel.yama.ptrace_scope and container seccomp/CAP_SYS_PTRACE")
+            if os.geteuid() == 0:
+                raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted) even as root: check "
+                               "kernel.yama.ptrace_scope (3 forbids it), and the container's seccomp profile and "
+                               "CAP_SYS_PTRACE")
+            raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted): run as root (sudo), or "
+                           "check kernel.yama.ptrace_scope and the container's seccomp profile and CAP_SYS_PTRACE")
         raise CliError(f"could not attach to {pid}: {_last_line(log) or 'no output'}")
 
     report = _gdb_report(make_cmd, env, no_report, attach_pid=pid, timeout=args.timeout)

@@ -92,16 +92,28 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
 
     out.append("")
     if report["errors"]:
-        out.append(s("bold", "CUDA init errors, as written"))
+        written = [e for e in report["errors"] if not e.get("error")]
+        out.append(s("bold", "CUDA init errors, as written" if len(written) == len(report["errors"])
+                     else "CUDA init errors, as written or attempted"))
+        shown: dict[tuple, int] = {}
         for e in report["errors"]:
-            out.append(s("red", f"  pid {e['pid']} fd {e['fd']} ({e['via']}, {len(e['text'].encode())} bytes): ")
-                       + e["text"].rstrip("\n"))
+            key = (e["pid"], e["fd"], e["text"])
+            if key in shown:  # the same line again: once, with a count
+                shown[key] += 1
+                continue
+            shown[key] = 1
+            failed = f", the write failed: {e['error']}" if e.get("error") else ""
+            out.append(s("red", f"  pid {e['pid']} fd {e['fd']} ({e['via']}, {len(e['text'].encode())} bytes{failed}): ")
+                       + _one_line(e["text"]))
             if e.get("origin"):
-                out.append(f"    written by {e['origin']}")
+                out.append(f"    {'written' if not failed else 'attempted'} by {e['origin']}")
             frames = e.get("backtrace") or []
             for i, f in enumerate(frames[: (len(frames) if verbose else 10)]):
                 where = f" at {f['where']}" if f.get("where") else ""
                 out.append(f"    #{i:<2} {f['function']} ({_b(f['library'])}){where}")
+        repeats = [(k, n) for k, n in shown.items() if n > 1]
+        for (pid, fd, text), n in repeats:
+            out.append(f"  (pid {pid} wrote {_one_line(text, 60)!r} {n} times)")
     else:
         out.append(s("bold", "CUDA init errors: ") + "none written")
 
@@ -173,6 +185,16 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
                    "before every process ended; what it shows is true up to then")
     out.append(f"({report['stops']} debugger stops)")
     return out
+
+
+MAX_LINE = 400  # an error text longer than this is cut on screen; --json has all of it
+
+
+def _one_line(text: str, limit: int = MAX_LINE) -> str:
+    text = text.rstrip("\n")
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters; the whole text is in --json)"
 
 
 def _is_bad(c: dict) -> bool:

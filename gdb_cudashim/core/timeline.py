@@ -120,6 +120,7 @@ class Write:
     text: str
     via: str  # write | writev
     backtrace: list[Frame] = factory(list)
+    error: str | None = None  # the write failed (EBADF: the descriptor was closed...): never reached fd
     kind: str = "write"
 
     @property

@@ -158,3 +158,66 @@ class Watchdog:
                 except OSError:
                     pass
             self.acked.wait(RESEND_S)
+
+
+class ChildSampler:
+    """With --no-follow-children gdb lets children go untraced: this thread looks at them
+    from /proc (every INTERVAL_S) so that the report can say which ones loaded a CUDA
+    library, whose init it therefore did not see. No gdb calls."""
+
+    INTERVAL_S = 0.005
+    CUDA_MARKS = ("libcuda.so", "libcudart.so", "libggml-cuda", "libnvidia-ml.so")
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+        self.children: dict[int, dict] = {}  # pid -> {"parent", "exe", "cuda": [libraries]}
+        self._done = threading.Event()
+
+    def start(self):
+        start_thread(self._run, "gdb-cudashim-children")
+
+    def stop(self):
+        self._done.set()
+
+    YOUNG_S = 2.0  # a new child is looked at every FAST_S for this long: a ggml init can take 20 ms
+    FAST_S = 0.002
+
+    def _run(self):
+        while not self._done.wait(self.FAST_S if self._young() else self.INTERVAL_S):
+            for parent in list(self.tracer.live_pids):
+                for pid in _children(parent):
+                    self._look(pid, parent)
+            for pid, seen in list(self.children.items()):
+                if seen["alive"]:
+                    self._look(pid, seen["parent"])
+                    for grandchild in _children(pid):
+                        self._look(grandchild, pid)
+
+    def _young(self) -> bool:
+        now = time.monotonic()
+        return any(s["alive"] and now - s["since"] < self.YOUNG_S for s in self.children.values())
+
+    def _look(self, pid, parent):
+        seen = self.children.setdefault(pid, {"parent": parent, "exe": None, "cuda": [], "alive": True,
+                                              "since": time.monotonic()})
+        try:
+            seen["exe"] = os.readlink(f"/proc/{pid}/exe")
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    path = line.rsplit(" ", 1)[-1].strip()
+                    name = os.path.basename(path)
+                    if name.startswith(self.CUDA_MARKS) and name not in seen["cuda"]:
+                        seen["cuda"].append(name)
+        except OSError:
+            seen["alive"] = False
+
+
+def _children(pid) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return out

@@ -317,6 +317,7 @@ class Tracer:
         self.hang = None
         self.stop_reason = None  # set by the watchdog (gdb/control.py): why the run was stopped
         self.ending = None  # cuda-run is killing the processes, and why
+        self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
         self.timeout = None
         self.on_all_exited = None
         self._events = Subscriptions()
@@ -593,7 +594,11 @@ class Tracer:
             return True
         rax, nr, rdi, rsi, rdx = memory.regs("rax", "orig_rax", "rdi", "rsi", "rdx")
         if memory.as_int64(rax) != -ENOSYS:
-            return False  # the syscall's return: nothing to read
+            if self.pending_writes:  # the return of a write we recorded: did it reach the file?
+                write = self.pending_writes.pop(memory.ptid()[1], None)
+                if write is not None and memory.as_int64(rax) < 0:
+                    write.error = _errno_name(-memory.as_int64(rax))
+            return False
         pid, tid = memory.ptid()
         inferior = gdb.selected_inferior()
         fd = memory.as_int32(rdi)
@@ -624,8 +629,8 @@ class Tracer:
         if not self.timeline.matches_error(text):
             return False
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
-        self.timeline.add(Write(seq=self.timeline.next_seq(), pid=pid, tid=tid, fd=fd, text=text, via=via,
-                                backtrace=frames))
+        self.pending_writes[tid] = self.timeline.add(Write(seq=self.timeline.next_seq(), pid=pid, tid=tid, fd=fd,
+                                                           text=text, via=via, backtrace=frames))
         self.seen_pid(pid)
         return False
 
@@ -710,6 +715,12 @@ class Tracer:
     def note_internal(self, text):
         if len(self.internal_errors) < 20:
             self.internal_errors.append(text)
+
+
+def _errno_name(number: int) -> str:
+    import errno
+
+    return errno.errorcode.get(number, f"errno {number}")
 
 
 def _exit_signal() -> str | None:

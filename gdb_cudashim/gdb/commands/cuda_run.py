@@ -71,16 +71,22 @@ class CudaRun(Command):
         stopped_before = {i.pid for i in _live() if _state(i.pid) == "T"}
         dog = control.Watchdog(t, deadline=started + timeout if timeout else None, control_fd=args.control_fd,
                                dump=lambda path: _dump(path, started))
+        sampler = None if t.follow_children else control.ChildSampler(t)
         session.State.driving = True
         status = None
         stops = _StopWatch()
         try:
             dog.start()
+            if sampler is not None:
+                sampler.start()
             status = self._drive(t, args, dog, stops)
         finally:
             dog.close()
             stops.disconnect()
             session.State.driving = False
+            if sampler is not None:
+                sampler.stop()
+                _note_unfollowed(t, sampler)
         reason = t.stop_reason
         left_running = []
         if _live():
@@ -170,6 +176,20 @@ class _StopWatch:
             gdb.events.stop.disconnect(self._on_stop)
         except (ValueError, RuntimeError):
             pass
+
+
+def _note_unfollowed(tracer, sampler):
+    """--no-follow-children: say which children were not traced, and which of them loaded CUDA."""
+    for pid, seen in sorted(sampler.children.items()):
+        if pid in tracer.pids or any(p.pid == pid for p in tracer.timeline.processes):
+            continue
+        prog = os.path.basename(seen["exe"] or "?")
+        if seen["cuda"]:
+            tracer.note(f"pid {pid} ({prog}, a child of {seen['parent']}) loaded {', '.join(seen['cuda'])} but was not "
+                        "followed (--no-follow-children): its CUDA init is not in this report; run without "
+                        "--no-follow-children to see it")
+        else:
+            tracer.note(f"pid {pid} ({prog}, a child of {seen['parent']}) was not followed (--no-follow-children)")
 
 
 def _run_command(stdio: str | None) -> str:
