@@ -51,8 +51,9 @@ def status_field(pid, name):
     return None
 
 
-def our_temp_dirs():
-    return {n for n in os.listdir("/tmp") if n.startswith("gdb-cudashim-")}
+def temp_dirs_of(cli_pid):
+    """The temporary directories a gdb-cudashim CLI process made (named after its pid)."""
+    return [n for n in os.listdir("/tmp") if n.startswith(f"gdb-cudashim-{cli_pid}-")]
 
 
 def named(pids, comm):
@@ -87,11 +88,10 @@ def hanging_run(tmp_path, stack, extra=()):
     """gdb-cudashim run on the probe under a shim whose cuInit blocks forever; returns
     (cli process, every process under it once the probe is inside cuInit, the probe's pid)."""
     env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda, CUDASHIM_HANG="cuInit")
-    before = our_temp_dirs()
     cli = start_cli(["run", "--json", str(tmp_path / "r.json"), *extra, "--", str(BUILD / "probe")], env)
     probe = wait_for(lambda: [p for p in named(children(cli.pid), "probe") if traced_by_gdb(p)])[0]
     time.sleep(0.3)  # inside cuInit's wait by now
-    return cli, children(cli.pid), probe, before
+    return cli, children(cli.pid), probe, None
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
@@ -105,7 +105,7 @@ def test_interrupting_run_ends_everything_and_reports(stack, tmp_path, sig, code
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["partial"] is True and report["interrupted"] == signal.Signals(sig).name
     assert not [p for p in procs if alive(p)], "processes left behind"
-    assert our_temp_dirs() <= before, "temporary directory left behind"
+    assert not temp_dirs_of(cli.pid), "temporary directory left behind"
 
 
 def test_ctrl_c_twice_stops_run_for_sure(stack, tmp_path):
@@ -126,7 +126,7 @@ def test_ctrl_c_twice_stops_run_for_sure(stack, tmp_path):
     assert cli.returncode == 130, out + err
     assert "partial report" in out and "second SIGINT" in out
     assert not [p for p in procs if alive(p)]
-    assert our_temp_dirs() <= before
+    assert not temp_dirs_of(cli.pid)
 
 
 def test_gdb_not_answering_at_the_timeout_is_ended_from_outside(stack, tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_gdb_not_answering_at_the_timeout_is_ended_from_outside(stack, tmp_path,
     assert cli.returncode == 3, out + err
     assert "gdb stopped answering" in out and "partial report" in out
     assert not [p for p in procs if alive(p)]
-    assert our_temp_dirs() <= before
+    assert not temp_dirs_of(cli.pid)
 
 
 def test_killing_the_cli_ends_gdb_and_the_program(stack, tmp_path):
@@ -145,11 +145,10 @@ def test_killing_the_cli_ends_gdb_and_the_program(stack, tmp_path):
     cli.kill()  # SIGKILL: no handler runs; gdb sees its control pipe close
     cli.wait()
     wait_for(lambda: not [p for p in procs if alive(p)], timeout=30)
-    wait_for(lambda: our_temp_dirs() <= before, timeout=10)
+    wait_for(lambda: not temp_dirs_of(cli.pid), timeout=10)
 
 
 def test_a_program_that_sigwaits_sigint_ends_at_the_timeout_without_receiving_it(tmp_path):
-    before = our_temp_dirs()
     cli = start_cli(["run", "--timeout", "2", "--json", str(tmp_path / "r.json"), "--", str(BUILD / "sigwaiter")],
                     env_with())
     out, err = cli.communicate(timeout=60)
@@ -160,7 +159,7 @@ def test_a_program_that_sigwaits_sigint_ends_at_the_timeout_without_receiving_it
     assert report["hang"]["reason"] == "timeout"
     pid = int(out.split("sigwaiter ", 1)[1].split()[0])
     assert not alive(pid)
-    assert our_temp_dirs() <= before
+    assert not temp_dirs_of(cli.pid)
 
 
 # -- attach: the process is someone's server; it must run on, untraced, whatever happens --
@@ -183,11 +182,10 @@ def ticks_on(proc, n=5):
 
 
 def attach_and_wait(looper, extra=()):
-    before = our_temp_dirs()
     cli = start_cli(["attach", str(looper.pid), "--timeout", "60", *extra], env_with())
     wait_for(lambda: int(status_field(looper.pid, "TracerPid") or 0) != 0)
     time.sleep(1.0)  # armed and hitting its breakpoints
-    return cli, before
+    return cli, None
 
 
 def assert_left_running(looper):
@@ -205,7 +203,7 @@ def test_interrupting_attach_leaves_the_process_running(looper, sig, code):
     assert cli.returncode == code, out + err
     assert f"detached from {looper.pid}" in out and "partial report" in out
     assert_left_running(looper)
-    assert our_temp_dirs() <= before
+    assert not temp_dirs_of(cli.pid)
 
 
 def test_ctrl_c_twice_on_attach_wakes_a_frozen_gdb_to_detach(looper):
@@ -220,7 +218,7 @@ def test_ctrl_c_twice_on_attach_wakes_a_frozen_gdb_to_detach(looper):
     assert "gdb was woken and detached" in out and f"detached from {looper.pid}" in out
     assert_left_running(looper)
     assert not alive(gdb)
-    assert our_temp_dirs() <= before
+    assert not temp_dirs_of(cli.pid)
 
 
 def test_gdb_killed_during_attach_leaves_the_process_running(looper):
@@ -246,7 +244,7 @@ def test_gdb_killed_during_attach_leaves_the_process_running(looper):
     assert "gdb died (SIGKILL)" in out and "partial report" in out, out + err
     assert f"pid {looper.pid}: restored" in out, (looper.poll(), out[-600:])
     assert_left_running(looper)
-    assert our_temp_dirs() <= before
+    assert not temp_dirs_of(cli.pid)
 
 
 # -- --json: never destroy what the path names --
