@@ -94,3 +94,49 @@ def build_lib(src: Path, out: Path, *extra: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cc", "-g", "-O0", "-fPIC", "-shared", "-o", str(out), str(src), *extra, "-ldl"], check=True)
     return out
+
+
+# -- real third-party programs (gdb_cudashim/realprogs.py, make real-programs) ----------
+
+def _real_program(name: str) -> Path:
+    from gdb_cudashim import realprogs
+
+    try:
+        return realprogs.path(name)
+    except realprogs.RealProgramsError as exc:
+        msg = str(exc)
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    return _real_program("llama-server")
+
+
+@pytest.fixture(scope="session")
+def llama_cli():
+    return _real_program("llama-cli")
+
+
+@pytest.fixture(scope="session")
+def gemma_model():
+    return _real_program("model")
+
+
+@pytest.fixture(scope="session")
+def goserver():
+    return _real_program("goserver")
+
+
+@pytest.fixture(scope="session")
+def ggml_backend_dir():
+    """The CUDA backend's directory: libggml-cuda-*.so (for GGML_BACKEND_PATH), its own
+    libggml-base, libcudart.so.12 and cuBLAS stubs; libcuda.so.1 comes from LD_LIBRARY_PATH."""
+    return _real_program("ggml-backend-dir")
+
+
+@pytest.fixture(scope="session")
+def ggml_cuda_backend():
+    return _real_program("ggml-cuda")
