@@ -28,7 +28,7 @@ def test_seed_case_full_message_and_cause(stack, probe, tmp_path):
     assert len(err["text"].encode()) == 98 and err["fd"] == 2
     assert any("ggml_cuda_init" in f["function"] for f in err["backtrace"])
     assert "libggml-base" in err["origin"]
-    assert rules_of(report) == ["missing-cuGetProcAddress_v2", "missing-cuGetExportTable"]
+    assert rules_of(report) == ["missing-cuGetExportTable", "missing-cuGetProcAddress_v2"]
     missing_v2 = [l for l in report["lookups"] if l["symbol"] == "cuGetProcAddress_v2"]
     assert missing_v2 and all(l["found"] is False for l in missing_v2)
     assert missing_v2[0]["caller"].endswith("libcudart.so.12")
@@ -316,7 +316,7 @@ def test_lookups_answered_from_symbol_tables_match_watched_returns(stack, probe,
     # the lookups the findings rest on are always watched
     assert all(l["found_by"] == "return" for l in fast["lookups"]
                if l["symbol"] in ("cuGetProcAddress_v2", "cuGetExportTable", "cuInit"))
-    assert rules_of(fast) == rules_of(slow) == ["missing-cuGetProcAddress_v2", "missing-cuGetExportTable"]
+    assert rules_of(fast) == rules_of(slow) == ["missing-cuGetExportTable", "missing-cuGetProcAddress_v2"]
     assert fast["stops"] < 0.6 * slow["stops"] and not fast["notes"]
 
 
@@ -349,7 +349,7 @@ def test_forked_child_without_exec_is_traced(stack, probe, tmp_path, how):
     assert err["pid"] == child != parent
     assert {c["pid"] for c in report["calls"]} == {child}
     assert len([l for l in report["lookups"] if l["pid"] == child]) > 400
-    assert rules_of(report) == ["missing-cuGetProcAddress_v2", "missing-cuGetExportTable"]
+    assert rules_of(report) == ["missing-cuGetExportTable", "missing-cuGetProcAddress_v2"]
 
 
 def test_child_that_execs_a_program_with_none_of_the_parents_libraries(tmp_path):
@@ -395,3 +395,17 @@ def test_threads_started_inside_a_traced_call_do_not_lose_its_return(tmp_path):
     assert any("failed to initialize CUDA" in t for t in texts)
     # the window closed at the return: the 1000 lines after it were not captured or stopped on
     assert not any("after init" in t for t in texts) and report["stops"] < 200, report["stops"]
+
+
+def test_the_cause_of_what_ggml_printed_comes_first(stack, probe, tmp_path):
+    """Seed shim (no cuGetProcAddress_v2, no cuGetExportTable) whose cuInit says NO_DEVICE:
+    ggml prints error 100, so the cuInit finding comes first, and the export-table finding
+    does not claim the 36 this run never had."""
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SEED, CUDASHIM_INIT_RESULT=100))
+    assert proc.returncode == 1
+    assert "no CUDA-capable device" in report["errors"][0]["text"]
+    first, *rest = report["findings"]
+    assert first["rule"] == "driver-error-passed-through" and "cuInit" in first["summary"] and first["explains"] == 100
+    table = next(f for f in rest if f["rule"] == "missing-cuGetExportTable")
+    claim = next(e for e in table["evidence"] if "(36)" in e)
+    assert claim.startswith("this run failed earlier, with cudaError 100")

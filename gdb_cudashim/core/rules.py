@@ -21,6 +21,7 @@ class Finding:
     evidence: list[str] = factory(list)
     fix: str = ""
     pid: int | None = None
+    explains: int | None = None  # the cudaError this cause produces: ranked first when ggml printed it
 
 
 def _base(path: str | None) -> str:
@@ -89,8 +90,9 @@ def rule_export_table(tl: Timeline) -> list[Finding]:
                 summary=f"{_base(l.handle_library)} does not export cuGetExportTable, which cudart needs for its private "
                         "CUDART_INTERFACE table",
                 evidence=[f"dlsym({_base(l.handle_library)}, \"cuGetExportTable\") = NULL, asked by {_base(l.caller)}",
-                          "without it cudart fails with cudaErrorCallRequiresNewerDriver (36) right after cuInit, "
-                          "before any device query"] + _error_evidence(tl),
+                          _consequence(tl, 36, "without it cudart fails with cudaErrorCallRequiresNewerDriver (36) right "
+                                           "after cuInit, before any device query")] + _error_evidence(tl),
+                explains=36,
                 fix=("export cuGetExportTable and forward it to the real driver unchanged; a fully fake driver would "
                      "have to implement NVIDIA's private tables (as ZLUDA does)"),
                 pid=l.pid))
@@ -112,7 +114,7 @@ def rule_export_table(tl: Timeline) -> list[Finding]:
                           f"returned {res} ({c.result_name})"] + _error_evidence(tl),
                 fix=("forward cuGetExportTable to the real driver (CUDASHIM_MODE=forward with the bundled shim); "
                      "a fake driver cannot satisfy cudart 12 without NVIDIA's private CUDART_INTERFACE table"),
-                pid=c.pid))
+                pid=c.pid, explains=res))
             break
     return out
 
@@ -149,7 +151,7 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
             evidence=[f"{c.function}({c.describe_args()}) in {_base(c.library)} called from {_base(c.caller)} "
                       f"returned {c.result} ({c.result_name})"] + _error_evidence(tl),
             fix=fixes.get(target, f"find why {c.function} returns {c.result_name} in the shim and return CUDA_SUCCESS"),
-            pid=c.pid))
+            pid=c.pid, explains=target))
         break
     return out
 
@@ -167,7 +169,8 @@ def rule_driver_version(tl: Timeline) -> list[Finding]:
             out.append(Finding("driver-version", f"cuDriverGetVersion failed in {_base(c.library)} ({c.result_name}); "
                                "cudart treats that as an insufficient driver",
                                [f"cuDriverGetVersion() returned {c.result} ({c.result_name})"] + _error_evidence(tl),
-                               "return CUDA_SUCCESS and a version >= 12000 (e.g. 12090) from cuDriverGetVersion", c.pid))
+                               "return CUDA_SUCCESS and a version >= 12000 (e.g. 12090) from cuDriverGetVersion", c.pid,
+                               explains=35))
             break
         if isinstance(version, int) and version < 12000 and failed35:
             out.append(Finding("driver-version",
@@ -176,7 +179,7 @@ def rule_driver_version(tl: Timeline) -> list[Finding]:
                                [f"cuDriverGetVersion() in {_base(c.library)} set *driverVersion = {version}"]
                                + _error_evidence(tl),
                                "report a driver version of at least 12000 (the runtime here is 12.9: 12090 is safe), or "
-                               "use a CUDA 11 build of ggml", c.pid))
+                               "use a CUDA 11 build of ggml", c.pid, explains=35))
             break
     return out
 
@@ -191,13 +194,14 @@ def rule_driver_not_found(tl: Timeline) -> list[Finding]:
                 [f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}"
                  + (f": {l.error}" if l.error else "")] + _error_evidence(tl),
                 "put the directory holding the shim's libcuda.so.1 on LD_LIBRARY_PATH (or in /etc/ld.so.conf.d and run "
-                "ldconfig); the file must be named libcuda.so.1", l.pid))
+                "ldconfig); the file must be named libcuda.so.1", l.pid, explains=35))
     for l in tl.loads:
         where = l.resolved or l.path
         if role_of(where) == "driver" and l.ok and "/stubs/" in where:
             out.append(Finding("stub-driver", f"libcuda.so.1 resolved to a CUDA stub library ({where})",
                                [f"dlopen(\"{l.path}\") loaded {where}"] + _error_evidence(tl),
-                               "remove the stubs directory from LD_LIBRARY_PATH; stubs are for linking only", l.pid))
+                               "remove the stubs directory from LD_LIBRARY_PATH; stubs are for linking only", l.pid,
+                               explains=34))
     return out
 
 
@@ -335,13 +339,37 @@ RULES = (
 
 
 def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
+    """Every rule's findings, the cause of what ggml printed first: a finding that explains
+    this run's cudaError comes before the ones that would matter only once it is fixed."""
     findings: list[Finding] = []
     for rule in RULES:
         if rule is rule_backend_load_failed:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
-    return findings
+    code = _run_error_code(tl)
+    if code is None:
+        return findings
+    return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule == "backend-load-failed" else 1)
+
+
+def _run_error_code(tl: Timeline) -> int | None:
+    """The cudaError this run failed with: the one ggml printed, else the runtime call's."""
+    code, _ = _ggml_error_code(tl)
+    if code is None:
+        rt = _runtime_failure(tl)
+        code = rt.result if rt is not None and isinstance(rt.result, int) else None
+    return code
+
+
+def _consequence(tl: Timeline, code: int, claim: str) -> str:
+    """CLAIM (what this defect makes cudart return) when this run did fail with CODE; otherwise
+    what it will do once the earlier failure is fixed: never a result this run did not have."""
+    got = _run_error_code(tl)
+    if got is None or got == code:
+        return claim
+    return (f"this run failed earlier, with cudaError {got} ({codes.cuda_name(got)}); once that is fixed, "
+            + claim[0].lower() + claim[1:])
 
 
 def failure_seen(tl: Timeline, findings: list[Finding]) -> bool:

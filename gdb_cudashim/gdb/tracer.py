@@ -27,6 +27,7 @@ TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "d
 SYS_WRITE, SYS_WRITEV = 1, 20
 ENOSYS = 38
 WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
+WRITES_AFTER_FAILED_INIT = 64  # after a failed init with no error text yet: the log thread's writes
 LOOKUP_CAP = 20000  # stop tracing lookups after this many (a pathological program)
 
 
@@ -39,7 +40,7 @@ class _Handler:
         tracer = self.tracer
         tracer.timeline.stops += 1
         try:
-            self.handle()
+            return bool(self.handle())  # True only where a real stop is needed (see _WindowBreakpoint)
         except Exception as exc:  # a bug here must not stop the user's program
             tracer.note_internal(f"{type(self).__name__}: {type(exc).__name__}: {exc}")
         return False
@@ -269,16 +270,24 @@ class _WindowBreakpoint(_FunctionBreakpoint):
     def __init__(self, tracer, function, address=None):
         self.function = function
         super().__init__(tracer, function, address=address)
+        # A real stop when the window opens: gdb 13 resumes only the stopped thread after a
+        # "don't stop" answer, so the other threads would go on without PTRACE_SYSCALL and
+        # their writes (llama.cpp's log thread writes ggml's error) would never be seen.
+        # The stop is silent and goes straight on.
+        self.commands = "silent\ncontinue"
 
     def handle(self):
         tracer = self.tracer
         pid, _ = memory.ptid()
         key = (pid, self.function)
         if key in tracer.windows_done:
-            return
+            return False
         tracer.windows_done.add(key)
+        was_capturing = tracer.capturing()
         tracer.open_window(pid)
-        _finish(tracer, lambda rax: tracer.close_window(pid))
+        failed = self.function.startswith("cuda")  # cudaGetDeviceCount: rax is its cudaError_t
+        _finish(tracer, lambda rax: tracer.close_window(pid, failed and rax & 0xFFFFFFFF != 0))
+        return not was_capturing
 
 
 _CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
@@ -393,6 +402,9 @@ class Tracer:
     def _window_open(self) -> bool:
         return any(self.window_depth.values()) or any(self.writes_left.values())
 
+    def capturing(self) -> bool:
+        return any(c.is_valid() and c.enabled for c in self.syscall_catches.values())
+
     def _set_syscall_capture(self, on: bool):
         for catch in self.syscall_catches.values():
             if catch.is_valid() and catch.enabled != on:
@@ -463,10 +475,23 @@ class Tracer:
         self._set_syscall_capture(True)
         self.arm_lookups()
 
-    def close_window(self, pid):
+    def close_window(self, pid, failed=False):
         depth = self.window_depth.get(pid, 0) - 1
         self.window_depth[pid] = max(depth, 0)
+        if depth <= 0 and self._failed_without_text(pid, failed):
+            # The init failed and nobody has written why yet: llama.cpp's log thread (common_log)
+            # writes ggml's line after the call returned. Keep the capture on for this process's
+            # next writes, a fixed number, so the stops never grow with the log volume.
+            self.writes_left[pid] = max(self.writes_left.get(pid, 0), WRITES_AFTER_FAILED_INIT)
+            if not any(self.window_depth.values()):
+                self.disarm_lookups()  # only the writes are wanted now
         self._maybe_close()
+
+    def _failed_without_text(self, pid, failed=False) -> bool:
+        tl = self.timeline
+        if any(w.pid == pid for w in tl.errors):
+            return False
+        return failed or any(c.pid == pid and c.failed and c.spec.layer == "runtime" for c in tl.calls)
 
     def _maybe_close(self):
         if self._window_open():
@@ -631,6 +656,8 @@ class Tracer:
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
         self.pending_writes[tid] = self.timeline.add(Write(seq=self.timeline.next_seq(), pid=pid, tid=tid, fd=fd,
                                                            text=text, via=via, backtrace=frames))
+        if not self.window_depth.get(pid) and self.writes_left.pop(pid, None) is not None:
+            self._maybe_close()  # the text we waited for after the init: done
         self.seen_pid(pid)
         return False
 
