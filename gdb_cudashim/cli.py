@@ -109,6 +109,7 @@ def _seconds(text: str) -> float:
 
 
 MAX_TIMEOUT = 1e6  # 11 days: gdb's timers and ours stay exact
+SETTLE_S = 5.0
 GRACE_S = 15.0  # after the deadline (or a first interrupt), how long gdb gets to stop and report
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DETACH_WAIT_S = 10.0  # an attach: how long a woken gdb gets to detach before it is ended
@@ -448,6 +449,8 @@ def cmd_run(args) -> int:
                  "--stdio", f"{3 if _fd_open(1) else '-'},{4 if _fd_open(2) else '-'}", "--owned-dir", tmp]
         if args.timeout:
             drive += ["--timeout", repr(args.timeout)]
+        if args.settle:
+            drive += ["--settle", repr(args.settle)] + (["--end-server"] if args.end_server else [])
         return base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args",
                        *_exec_argv(program), *args.command[1:]]
 
@@ -676,6 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the report. Exit: 0 no failure, 1 failure caught, 2 usage/environment, 3 timed out.")
     r.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     r.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds and report every thread")
+    r.add_argument("--settle", type=_seconds, default=SETTLE_S, metavar="S",
+                   help=f"a program still running S seconds (default {SETTLE_S:g}) after CUDA init settled in every "
+                        "process is a server (llama-server, ollama serve): report then and leave it running untraced")
+    r.add_argument("--no-settle", dest="settle", action="store_const", const=None,
+                   help="wait for every process to end, however long (up to --timeout)")
+    r.add_argument("--end-server", action="store_true", help="end the server once init settled, instead of leaving it")
     r.add_argument("--pattern", action="append", default=[], metavar="REGEX", help="also capture writes matching REGEX")
     r.add_argument("--no-follow-children", dest="follow", action="store_false", help="do not follow child processes")
     r.add_argument("--color", choices=("auto", "always", "never"), default="auto")

@@ -152,7 +152,8 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     if loads:
         out.append("")
         out.append(s("bold", "CUDA library loads"))
-        rows = [[l["pid"], l["path"], l.get("resolved") or "", "ok" if l["ok"] else s("red", "FAILED"),
+        rows = [[l["pid"], l["path"], l.get("resolved") or "",
+                 "ok" if l["ok"] else "(no return seen)" if l["ok"] is None else s("red", "FAILED"),
                  l.get("error") or ""] for l in loads]
         out += tabulate(rows, headers=["pid", "dlopen", "loaded", "result", "loader error"], tablefmt="simple").splitlines()
 

@@ -305,6 +305,10 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
         prog = _base(start.detail) if start else "?"
         calls = [c for c in tl.calls if c.pid == pid]
         loads = [l for l in tl.loads if l.pid == pid]
+        kill = next((k for k in tl.kills if k.victim == pid), None)
+        if kill is not None:
+            out.append(_killed_by_another(tl, kill, prog, calls))
+            continue
         evidence = [f"pid {pid} ({prog}) ended by {end.signal}"]
         if calls:
             last = calls[-1]
@@ -324,6 +328,37 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
                  "a crash inside the shim is the shim's bug" if end.signal != "SIGKILL" else
                  "something outside the program killed it (a parent's timeout, the OOM killer: dmesg)")))
     return out
+
+
+def _killed_by_another(tl: Timeline, kill, prog: str, calls) -> Finding:
+    """PROG was sent a fatal signal by another traced process: who, after how long, and where
+    each of its threads was just before (taken at the kill() syscall)."""
+    sender = tl.process_start(kill.pid)
+    who = f"pid {kill.pid} ({_base(sender.detail) if sender else '?'}"
+    start = tl.process_start(kill.victim)
+    if start is not None and start.parent == kill.pid:
+        who += ", its parent"
+    who += ")"
+    age = f" after {kill.victim_age_s:.1f} s" if kill.victim_age_s is not None else ""
+    stuck = [t for t in kill.threads if t.get("waiting_in")]
+    where = f", while in {stuck[0]['waiting_in']}" if stuck else ""
+    evidence = [f"{kill.via}({kill.victim}, {kill.signal}) from {who}, thread {kill.tid}"]
+    for t in kill.threads:
+        top = " <- ".join(f["function"] for f in t["frames"][:4]) or "?"
+        evidence.append(f"thread {t['tid']} ({t.get('name') or '?'})"
+                        + (f" waited in {t['waiting_in']}" if t.get("waiting_in") else "") + f": {top}")
+    pending = [c for c in calls if not c.returned]
+    if pending:
+        evidence.append(f"CUDA calls that never returned: {', '.join(c.function + '()' for c in pending[:4])}")
+    in_init = bool(stuck or pending)
+    return Finding(
+        rule="killed-by-signal", pid=kill.victim,
+        summary=f"{prog} (pid {kill.victim}) was killed with {kill.signal} by {who}{age}"
+                + (f"{where}: its CUDA init never finished" if in_init else ""),
+        evidence=evidence,
+        fix=(("the parent gave up waiting (ollama's discovery timeout is 30 s): make the call it was stuck in "
+              "return; the backtraces above show where the shim blocks" if in_init else
+              "the parent ended it on purpose; look at the parent's own log for why")))
 
 
 RULES = (
@@ -348,8 +383,8 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
         else:
             findings += rule(tl)
     code = _run_error_code(tl)
-    if code is None:
-        return findings
+    if code is None:  # nothing printed: a process that died in its init is what the user saw
+        return sorted(findings, key=lambda f: 0 if f.rule in ("killed-by-signal", "backend-load-failed") else 1)
     return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule == "backend-load-failed" else 1)
 
 
@@ -366,8 +401,10 @@ def _consequence(tl: Timeline, code: int, claim: str) -> str:
     """CLAIM (what this defect makes cudart return) when this run did fail with CODE; otherwise
     what it will do once the earlier failure is fixed: never a result this run did not have."""
     got = _run_error_code(tl)
-    if got is None or got == code:
+    if got == code:
         return claim
+    if got is None:
+        return "this run did not get that far; once it does, " + claim[0].lower() + claim[1:]
     return (f"this run failed earlier, with cudaError {got} ({codes.cuda_name(got)}); once that is fixed, "
             + claim[0].lower() + claim[1:])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from . import codes
-from .calls import SPECS
+from .calls import SPECS, is_cuda_symbol, role_of
 from .record import factory, record
 
 DEFAULT_ERROR_PATTERNS = (
@@ -149,6 +149,34 @@ class ProcessEvent:
 
 
 @record
+class Kill:
+    """A traced process sending a fatal signal to another traced process (a parent giving up
+    on its discovery child), seen at the syscall, before the signal lands."""
+    seq: int
+    pid: int  # the sender
+    tid: int
+    victim: int
+    signal: str
+    via: str  # kill | tkill | tgkill | pidfd_send_signal
+    victim_age_s: float | None = None  # how long the victim had been running
+    threads: list = factory(list)  # the victim's threads just before: {"tid", "name", "waiting_in", "frames"}
+    kind: str = "kill"
+
+
+def waiting_in(frames: list[Frame]) -> str | None:
+    """The CUDA driver/NVML frame a thread waits in: the entry point, and where inside it."""
+    in_shim = [f for f in frames if role_of(f.library) in ("driver", "nvml")]
+    if not in_shim:
+        return None
+    entry = next((f for f in in_shim if is_cuda_symbol(f.function)), None)
+    innermost = in_shim[0]
+    text = entry.describe() if entry else innermost.describe()
+    if entry is not None and entry is not innermost:
+        text += f", blocked in {innermost.function}" + (f" at {innermost.where}" if innermost.where else "")
+    return text
+
+
+@record
 class Timeline:
     events: list = factory(list)
     stops: int = 0
@@ -182,6 +210,10 @@ class Timeline:
     @property
     def writes(self) -> list[Write]:
         return self.of("write")
+
+    @property
+    def kills(self) -> list[Kill]:
+        return self.of("kill")
 
     @property
     def processes(self) -> list[ProcessEvent]:

@@ -7,7 +7,6 @@ import gdb
 
 from ..core import report as core_report
 from ..core import rules
-from ..core.calls import is_cuda_symbol, role_of
 from ..core.timeline import Frame
 from . import memory, tracer as tracer_mod
 from .output import color_enabled, write_lines
@@ -37,28 +36,34 @@ WHY = {"timeout": "still running at the timeout", "SIGINT": "stopped by SIGINT (
        "SIGTERM": "stopped by SIGTERM", "SIGHUP": "stopped by SIGHUP"}
 
 
-def collect_hang(reason: str = "timeout") -> dict:
-    """Every thread's backtrace in every live inferior, and the shim frame each waits in."""
+def thread_snapshot(inferior, limit=48) -> list[dict]:
+    """Each thread of INFERIOR: its backtrace and the CUDA driver/shim frame it waits in. The
+    selected thread is restored afterwards."""
+    from ..core.timeline import waiting_in
+
+    here = gdb.selected_thread()
     threads = []
-    for inferior in gdb.inferiors():
-        if not inferior.pid:
-            continue
+    try:
         for thread in inferior.threads():
             try:
                 thread.switch()
             except gdb.error:
                 continue
-            frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(48)]
-            in_shim = [f for f in frames if role_of(f.library) in ("driver", "nvml")]
-            waiting = None
-            if in_shim:
-                entry = next((f for f in in_shim if is_cuda_symbol(f.function)), None)
-                innermost = in_shim[0]
-                waiting = entry.describe() if entry else innermost.describe()
-                if entry is not None and entry is not innermost:
-                    waiting += f", blocked in {innermost.function}" + (f" at {innermost.where}" if innermost.where else "")
+            frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(limit)]
             threads.append({"pid": inferior.pid, "tid": thread.ptid[1], "name": thread.name,
-                            "waiting_in": waiting, "frames": [f.__dict__ for f in frames]})
+                            "waiting_in": waiting_in(frames), "frames": [f.__dict__ for f in frames]})
+    finally:
+        if here is not None and here.is_valid():
+            here.switch()
+    return threads
+
+
+def collect_hang(reason: str = "timeout") -> dict:
+    """Every thread's backtrace in every live inferior, and the shim frame each waits in."""
+    threads = []
+    for inferior in gdb.inferiors():
+        if inferior.pid:
+            threads += thread_snapshot(inferior)
     shim = [t for t in threads if t["waiting_in"]]
     if shim:
         summary = f"{WHY.get(reason, reason)}; {len(shim)} thread(s) wait inside the CUDA driver/shim: " + \

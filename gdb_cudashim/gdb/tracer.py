@@ -25,6 +25,10 @@ from .events import Subscriptions
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
 
 SYS_WRITE, SYS_WRITEV = 1, 20
+# a process sending a signal: caught with the writes, so a parent's SIGKILL of its child is
+# seen before it lands (x86-64 numbers; the catchpoint takes the names)
+KILL_SYSCALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
+FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 15: "SIGTERM"}
 ENOSYS = 38
 WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
 WRITES_AFTER_FAILED_INIT = 64  # after a failed init with no error text yet: the log thread's writes
@@ -327,6 +331,8 @@ class Tracer:
         self.stop_reason = None  # set by the watchdog (gdb/control.py): why the run was stopped
         self.ending = None  # cuda-run is killing the processes, and why
         self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
+        self.pending_kill: dict | None = None  # a fatal signal caught on its way (see _on_kill)
+        self._settle_count, self._settle_since = -1, 0.0
         self.timeout = None
         self.on_all_exited = None
         self._events = Subscriptions()
@@ -384,7 +390,7 @@ class Tracer:
                 return
             existing.delete()
         before = {b.number for b in gdb.breakpoints()}
-        gdb.execute("catch syscall write writev", to_string=True)
+        gdb.execute("catch syscall write writev " + " ".join(KILL_SYSCALLS.values()), to_string=True)
         catch = next(b for b in gdb.breakpoints() if b.number not in before)
         _CATCH_ARCH[catch.number] = arch
         catch.enabled = self._window_open()
@@ -625,6 +631,8 @@ class Tracer:
                     write.error = _errno_name(-memory.as_int64(rax))
             return False
         pid, tid = memory.ptid()
+        if nr in KILL_SYSCALLS:
+            return self._on_kill(pid, tid, nr, rdi, rsi, rdx)
         inferior = gdb.selected_inferior()
         fd = memory.as_int32(rdi)
         if nr == SYS_WRITE:
@@ -661,6 +669,35 @@ class Tracer:
         self.seen_pid(pid)
         return False
 
+    def _on_kill(self, pid, tid, nr, rdi, rsi, rdx) -> bool:
+        """A fatal signal on its way to another traced process: stop (True) so that the
+        catchpoint's commands can take the victim's backtraces before it lands."""
+        via = KILL_SYSCALLS[nr]
+        if via == "tgkill":
+            victim, sig = memory.as_int32(rdi), rdx & 0xFF
+        elif via == "pidfd_send_signal":
+            victim, sig = _pidfd_target(pid, memory.as_int32(rdi)), rsi & 0xFF
+        else:
+            victim, sig = memory.as_int32(rdi), rsi & 0xFF
+            if via == "tkill":
+                victim = _thread_group(victim)
+        if sig not in FATAL_SIGNALS or victim is None or victim == pid or victim not in self.live_pids:
+            return False
+        self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
+        return True
+
+    def record_kill(self):
+        """From the catchpoint's commands: the pending kill, with the victim's threads as they are."""
+        from ..core.timeline import Kill
+        from .session import thread_snapshot
+
+        k, self.pending_kill = self.pending_kill, None
+        threads = []
+        for inferior in gdb.inferiors():
+            if inferior.pid == k["victim"]:
+                threads = thread_snapshot(inferior, 24)
+        self.timeline.add(Kill(seq=self.timeline.next_seq(), victim_age_s=_age(k["victim"]), threads=threads, **k))
+
     # ------------------------------------------------------- processes --
     def seen_pid(self, pid, num=None):
         if not pid or pid in self.pids:
@@ -693,10 +730,20 @@ class Tracer:
             if inferior.pid:
                 self.seen_pid(inferior.pid, inferior.num)
                 self._check_exec(inferior.pid)
-            if is_cuda_library(getattr(event.new_objfile, "filename", None)):
+            filename = getattr(event.new_objfile, "filename", None)
+            if is_cuda_library(filename):
                 self._ensure_syscall_catch()
+                self._loaded(inferior.pid, filename)
         except gdb.error as exc:
             self.note_internal(f"new_objfile: {exc}")
+
+    def _loaded(self, pid, filename):
+        """A CUDA library mapped: a dlopen of it whose return was not seen (a call through
+        cgo, a longjmp) did succeed."""
+        name = os.path.basename(filename)
+        for load in self.timeline.loads:
+            if load.pid == pid and load.ok is None and os.path.basename(load.path) == name:
+                load.ok, load.resolved = True, filename
 
     def _check_exec(self, pid):
         """A followed child that exec'd: record the new program once."""
@@ -733,6 +780,23 @@ class Tracer:
         self._maybe_close()
         if not self.live_pids and self.on_all_exited is not None:
             self.on_all_exited()
+
+    # --------------------------------------------------------- settling --
+    def settled(self, quiet_s: float) -> str | None:
+        """"settled" once CUDA init is over in every traced process and nothing CUDA has
+        happened for QUIET_S seconds, while a process still runs (a server). Never while a
+        thread is inside an init window: that is a hang. Called from the watchdog thread:
+        reads only."""
+        import time
+
+        if not self.live_pids or not (self.windows_done or self.timeline.loads):
+            return None
+        now = time.monotonic()
+        count = len(self.timeline.events)
+        if any(self.window_depth.values()) or count != self._settle_count:
+            self._settle_count, self._settle_since = count, now
+            return None
+        return "settled" if now - self._settle_since >= quiet_s else None
 
     # ------------------------------------------------------------ notes --
     def note(self, text):
@@ -802,7 +866,51 @@ class _SyscallCondition(gdb.Function):
 
 
 def syscall_stop():
-    """The catchpoint's commands (a command context): switch the capture off if the window closed."""
+    """The catchpoint's commands (a command context): record a kill caught on its way, and
+    switch the capture off if the window closed."""
     tracer = ACTIVE
-    if tracer is not None and not tracer._window_open():
+    if tracer is None:
+        return
+    if tracer.pending_kill is not None:
+        try:
+            tracer.record_kill()
+        except Exception as exc:  # never leave the program stopped because of us
+            tracer.pending_kill = None
+            tracer.note_internal(f"record_kill: {type(exc).__name__}: {exc}")
+    if not tracer._window_open():
         tracer._set_syscall_capture(False)
+
+
+def _pidfd_target(pid, fd) -> int | None:
+    """The process a pidfd of PID refers to (its fdinfo's Pid: line)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _thread_group(tid) -> int | None:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _age(pid) -> float | None:
+    """Seconds since PID started (from /proc: its start time and the system's uptime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None

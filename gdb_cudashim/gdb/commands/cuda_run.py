@@ -45,6 +45,10 @@ class CudaRun(Command):
         p.add_argument("--stdio", metavar="OUT,ERR", help="give the program these descriptors as its stdout and stderr "
                        "(gdb's own output then stays out of the program's)")
         p.add_argument("--owned-dir", metavar="DIR", help="remove DIR at the end if the caller is gone")
+        p.add_argument("--settle", type=float, metavar="S", help="a program still running S seconds after CUDA init "
+                       "settled in every process is a server: report then, and leave it running untraced (or end "
+                       "it with --end-server)")
+        p.add_argument("--end-server", action="store_true", help="with --settle: end the server instead of leaving it")
 
     def run(self, args, from_tty):
         from ...core.files import check_writable
@@ -69,8 +73,11 @@ class CudaRun(Command):
         started = time.monotonic()
         t.stop_reason = None
         stopped_before = {i.pid for i in _live() if _state(i.pid) == "T"}
+        if args.settle is not None and not (0 < args.settle < 1e6):
+            raise gdb.GdbError("cuda-run: --settle must be a positive number of seconds")
+        settle = (lambda: t.settled(args.settle)) if args.settle else None
         dog = control.Watchdog(t, deadline=started + timeout if timeout else None, control_fd=args.control_fd,
-                               dump=lambda path: _dump(path, started))
+                               dump=lambda path: _dump(path, started), settled=settle)
         sampler = None if t.follow_children else control.ChildSampler(t)
         session.State.driving = True
         status = None
@@ -90,7 +97,7 @@ class CudaRun(Command):
         reason = t.stop_reason
         left_running = []
         if _live():
-            if args.detach or (reason == "settled" and not args.quit):
+            if args.detach or (reason == "settled" and not args.end_server):
                 left_running = _detach_all(t, stopped_before)
             else:
                 _end_all(t, reason, started)
@@ -221,7 +228,7 @@ def _state(pid) -> str | None:
 
 def _end_all(tracer, reason, started):
     """A launched program is ended. At the timeout, every thread's backtrace first."""
-    if reason in ("timeout", "SIGINT", "SIGTERM", "SIGHUP"):
+    if reason in ("timeout", "SIGINT", "SIGTERM", "SIGHUP", "cli-gone"):
         try:
             tracer.hang = session.collect_hang(reason)
             tracer.hang["after_seconds"] = round(time.monotonic() - started, 1)
@@ -238,8 +245,7 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
 
     if cuda_patch.PATCHES:
         gdb.execute("cuda-patch delete all", to_string=True)
-    for message in tracer.disarm():
-        tracer.note(message)
+    tracer.disarm()  # restores gdb's own settings too: nothing the report needs to say
     session.State.tracer = None
     live = _live()
     pids = [i.pid for i in live]
@@ -260,7 +266,12 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
                     os.kill(pid, signal.SIGCONT)
             except OSError:
                 pass
-    tracer.note(f"detached from {', '.join(map(str, pids))}; left running untraced")
+    names = ", ".join(f"{p} ({os.path.basename(tracer.exes.get(p) or '?')})" for p in pids)
+    if tracer.stop_reason == "settled":
+        tracer.note(f"CUDA init settled and the program went on running: left running untraced: {names}; "
+                    f"stop it with: kill {' '.join(map(str, pids))}")
+    else:
+        tracer.note(f"detached from {names}; left running untraced")
     session.State.tracer = tracer  # build_report still reads its timeline
     return pids
 
