@@ -13,7 +13,10 @@ from .output import color_enabled, write_lines
 
 
 class State:
+    """The one root object of this gdb's gdb-cudashim (GEF's way): the armed tracer, the live
+    cuda-patch patches, and how the report is delivered. Nothing else holds module state."""
     tracer: tracer_mod.Tracer | None = None
+    patches: dict = {}  # cuda-patch id -> Patch
     json_path: str | None = None
     auto_report = True
     driving = False  # cuda-run prints the report itself

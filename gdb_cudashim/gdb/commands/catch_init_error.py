@@ -46,7 +46,7 @@ class CatchInitError(Command):
                 gdb.write("catch-init-error: nothing is armed\n")
                 return
             messages = t.disarm()
-            session.State.tracer = tracer_mod.ACTIVE = None
+            session.State.tracer = None
             gdb.write("catch-init-error: disarmed" + ("; " + ", ".join(messages) if messages else "") + "\n")
             return
         if args.status:
@@ -72,8 +72,8 @@ class CatchInitError(Command):
         t = tracer_mod.Tracer(tuple(DEFAULT_ERROR_PATTERNS) + tuple(args.pattern), follow_children=args.follow,
                                 by_name=args.by_name)
         t.timeout = args.timeout
-        t.every_return = args.every_return
-        session.State.tracer = tracer_mod.ACTIVE = t
+        t.lookups.every_return = args.every_return
+        session.State.tracer = t
         session.State.json_path = args.json
         t.on_all_exited = session.on_all_exited
         from ..quiet import quietly

@@ -39,7 +39,6 @@ class Patch:
         return f"{self.function} " + " ".join(parts)
 
 
-PATCHES: dict[int, Patch] = {}
 _NEXT_ID = [1]
 _SKIP_PENDING: list[Patch] = []
 
@@ -252,15 +251,15 @@ class CudaPatch(Command):
         patch = Patch(_NEXT_ID[0], args.function, value, outs, args.skip, args.count, args.cond)
         patch.bp = quietly(lambda: _PatchBreakpoint(patch))
         _NEXT_ID[0] += 1
-        PATCHES[patch.id] = patch
+        session.State.patches[patch.id] = patch
         pending = "" if patch.bp.locations else " (pending: applies when a library defining it loads)"
         gdb.write(f"cuda-patch #{patch.id}: {patch.describe()}{pending}\n")
 
     def _list(self):
-        if not PATCHES:
+        if not session.State.patches:
             gdb.write("cuda-patch: no patches\n")
             return
-        for p in PATCHES.values():
+        for p in session.State.patches.values():
             where = ", ".join(sorted({(memory.solib(l.address) or "?").rsplit("/", 1)[-1] for l in p.bp.locations})) \
                 if p.bp and p.bp.is_valid() and p.bp.locations else "pending"
             last = p.history[-1] if p.history else None
@@ -271,15 +270,15 @@ class CudaPatch(Command):
         if not ids:
             raise gdb.GdbError("cuda-patch: delete needs patch numbers or 'all'")
         if ids == ["all"]:
-            targets = list(PATCHES)
+            targets = list(session.State.patches)
         else:
             targets = []
             for i in ids:
-                if not i.isdigit() or int(i) not in PATCHES:
+                if not i.isdigit() or int(i) not in session.State.patches:
                     raise gdb.GdbError(f"cuda-patch: no patch #{i} (see 'cuda-patch list')")
                 targets.append(int(i))
         for i in targets:
-            patch = PATCHES.pop(i)
+            patch = session.State.patches.pop(i)
             for f in list(patch.finishes):
                 if f.is_valid():
                     f.delete()

@@ -241,9 +241,7 @@ def _end_all(tracer, reason, started):
 def _detach_all(tracer, stopped_before=()) -> list[int]:
     """Leave every process running and exactly as it was: no breakpoint, no patch, settings
     restored, no signal of ours delivered. Returns the pids left running."""
-    from . import cuda_patch
-
-    if cuda_patch.PATCHES:
+    if session.State.patches:
         gdb.execute("cuda-patch delete all", to_string=True)
     tracer.disarm()  # restores gdb's own settings too: nothing the report needs to say
     session.State.tracer = None

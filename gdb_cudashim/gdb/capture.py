@@ -1,0 +1,308 @@
+"""The capture window and write capture: catch-init-error's syscall catchpoint.
+
+Writes (write/writev, libc's and raw syscalls alike) are captured only inside a window: the
+first run of an init entry point (ggml_cuda_info, ggml_backend_cuda_reg, cudaGetDeviceCount),
+a fixed number of writes after a CUDA library failed to load, and after an init that failed
+with no text yet (llama.cpp's log thread writes it later). So the stops never grow with the
+program's log volume. The same catchpoint sees kill()s: a fatal signal from one traced
+process to another is recorded with the victim's backtraces before it lands.
+"""
+from __future__ import annotations
+
+import os
+
+import gdb
+
+from ..core.timeline import Frame, Kill, Write
+from . import memory
+
+SYS_WRITE, SYS_WRITEV = 1, 20
+# a process sending a signal: caught with the writes, so a parent's SIGKILL of its child is
+# seen before it lands (x86-64 numbers; the catchpoint takes the names)
+KILL_SYSCALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
+FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 15: "SIGTERM"}
+ENOSYS = 38
+WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
+WRITES_AFTER_FAILED_INIT = 64  # after a failed init with no error text yet: the log thread's writes
+_CATCH_ARCH: dict[int, str] = {}  # catchpoint number -> the architecture its syscall numbers are for
+
+
+class Capture:
+    """One tracer's syscall catchpoints (one per inferior) and the windows that enable them."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+        self.catches: dict[int, gdb.Breakpoint] = {}  # inferior num -> its catchpoint
+        self.window_depth: dict[int, int] = {}  # pid -> init calls in progress
+        self.writes_left: dict[int, int] = {}  # pid -> writes still captured after the window
+        self.windows_done: set = set()  # (pid, function): each window opens once
+        self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
+        self.pending_kill: dict | None = None  # a fatal signal caught on its way (see _on_kill)
+
+    def after_failed_load(self, pid):
+        self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
+        self.set_enabled(True)
+
+    def forget(self, pid):
+        """PID is gone."""
+        self.window_depth.pop(pid, None)
+        self.writes_left.pop(pid, None)
+        self.maybe_close()
+
+    def delete(self):
+        for catch in self.catches.values():
+            try:
+                if catch.is_valid():
+                    catch.delete()
+            except (RuntimeError, gdb.error):
+                pass
+        self.catches.clear()
+
+    def ensure_catch(self):
+        """gdb 13 ties a catchpoint to the program space current at its creation:
+        each inferior gets its own (made from events, never inside a stop handler)."""
+        num = gdb.selected_inferior().num
+        # gdb numbers the syscalls for the architecture current now: armed before 'file', that is
+        # i386's (write = 4), and an x86-64 program's writes would never match. Remake it then.
+        arch = gdb.selected_inferior().architecture().name()
+        existing = self.catches.get(num)
+        if existing is not None and existing.is_valid():
+            if _CATCH_ARCH.get(existing.number, arch) == arch:
+                return
+            existing.delete()
+        before = {b.number for b in gdb.breakpoints()}
+        gdb.execute("catch syscall write writev " + " ".join(KILL_SYSCALLS.values()), to_string=True)
+        catch = next(b for b in gdb.breakpoints() if b.number not in before)
+        _CATCH_ARCH[catch.number] = arch
+        catch.enabled = self.window_open()
+        # The work happens in the condition, which says "don't stop": no user-visible stop, so
+        # gdb does not re-check FinishBreakpoints then (gdb 13 looks for their frames in the
+        # thread that stopped, and deletes those of every other thread: a driver thread's
+        # write() inside cuInit used to lose cuInit's return and leave the window open).
+        _SyscallCondition.register()
+        catch.condition = f"$_gdb_cudashim_syscall({num})"  # every inferior's catchpoint is asked: act once
+        # ... it says "stop" only once the window has closed: disabling a syscall catchpoint
+        # reaches ptrace from a command context, not from inside the condition.
+        catch.commands = "silent\npython __import__('gdb_cudashim.gdb.capture', fromlist=['x']).syscall_stop()\ncontinue"
+        self.catches[num] = catch
+
+    def window_open(self) -> bool:
+        return any(self.window_depth.values()) or any(self.writes_left.values())
+
+    def capturing(self) -> bool:
+        return any(c.is_valid() and c.enabled for c in self.catches.values())
+
+    def set_enabled(self, on: bool):
+        for catch in self.catches.values():
+            if catch.is_valid() and catch.enabled != on:
+                catch.enabled = on
+
+    # ---------------------------------------------------------- windows --
+    def open_window(self, pid):
+        self.window_depth[pid] = self.window_depth.get(pid, 0) + 1
+        self.set_enabled(True)
+        self.tracer.arm_lookups()
+
+    def close_window(self, pid, failed=False):
+        depth = self.window_depth.get(pid, 0) - 1
+        self.window_depth[pid] = max(depth, 0)
+        if depth <= 0 and self._failed_without_text(pid, failed):
+            # The init failed and nobody has written why yet: llama.cpp's log thread (common_log)
+            # writes ggml's line after the call returned. Keep the capture on for this process's
+            # next writes, a fixed number, so the stops never grow with the log volume.
+            self.writes_left[pid] = max(self.writes_left.get(pid, 0), WRITES_AFTER_FAILED_INIT)
+            if not any(self.window_depth.values()):
+                self.tracer.disarm_lookups()  # only the writes are wanted now
+        self.maybe_close()
+
+    def _failed_without_text(self, pid, failed=False) -> bool:
+        tl = self.tracer.timeline
+        if any(w.pid == pid for w in tl.errors):
+            return False
+        return failed or any(c.pid == pid and c.failed and c.spec.layer == "runtime" for c in tl.calls)
+
+    def maybe_close(self):
+        if self.window_open():
+            return
+        # Disabling a syscall catchpoint from inside a stop() handler does not reach
+        # ptrace in gdb 13 (it keeps resuming with PTRACE_SYSCALL and every later
+        # write costs two hidden stops: 11x on a chatty program). The next syscall
+        # stop, run from the catchpoint's commands, disables it instead.
+        self.tracer.disarm_lookups()
+
+    # --------------------------------------------------------- syscalls --
+    def on_syscall(self) -> bool:
+        """A write/writev entry or return, from the catchpoint's condition. True: stop, so that
+        the catchpoint's commands can disable it (the window has closed)."""
+        self.tracer.timeline.stops += 1
+        if not self.window_open():
+            return True
+        rax, nr, rdi, rsi, rdx = memory.regs("rax", "orig_rax", "rdi", "rsi", "rdx")
+        if memory.as_int64(rax) != -ENOSYS:
+            if self.pending_writes:  # the return of a write we recorded: did it reach the file?
+                write = self.pending_writes.pop(memory.ptid()[1], None)
+                if write is not None and memory.as_int64(rax) < 0:
+                    write.error = _errno_name(-memory.as_int64(rax))
+            return False
+        pid, tid = memory.ptid()
+        if nr in KILL_SYSCALLS:
+            return self._on_kill(pid, tid, nr, rdi, rsi, rdx)
+        inferior = gdb.selected_inferior()
+        fd = memory.as_int32(rdi)
+        if nr == SYS_WRITE:
+            data = memory.read_bytes(inferior, rsi, min(rdx, 1 << 20))
+            via = "write"
+        elif nr == SYS_WRITEV:
+            iov, count = rsi, min(rdx, 1024)
+            parts = []
+            for i in range(count):
+                base = memory.read_u64(inferior, iov + 16 * i)
+                length = memory.read_u64(inferior, iov + 16 * i + 8)
+                if base is None or length is None:
+                    break
+                parts.append(memory.read_bytes(inferior, base, min(length, 1 << 20)) or b"")
+            data = b"".join(parts)
+            via = "writev"
+        else:
+            return False
+        if pid in self.writes_left and self.writes_left[pid] > 0:
+            self.writes_left[pid] -= 1
+            if self.writes_left[pid] == 0:
+                del self.writes_left[pid]
+                self.maybe_close()
+        if not data:
+            return False
+        text = data.decode("utf-8", "replace")
+        if not self.tracer.timeline.matches_error(text):
+            return False
+        frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
+        self.pending_writes[tid] = self.tracer.timeline.add(Write(seq=self.tracer.timeline.next_seq(), pid=pid, tid=tid, fd=fd,
+                                                           text=text, via=via, backtrace=frames))
+        if not self.window_depth.get(pid) and self.writes_left.pop(pid, None) is not None:
+            self.maybe_close()  # the text we waited for after the init: done
+        self.tracer.seen_pid(pid)
+        return False
+
+    def _on_kill(self, pid, tid, nr, rdi, rsi, rdx) -> bool:
+        """A fatal signal on its way to another traced process: stop (True) so that the
+        catchpoint's commands can take the victim's backtraces before it lands."""
+        via = KILL_SYSCALLS[nr]
+        if via == "tgkill":
+            victim, sig = memory.as_int32(rdi), rdx & 0xFF
+        elif via == "pidfd_send_signal":
+            victim, sig = _pidfd_target(pid, memory.as_int32(rdi)), rsi & 0xFF
+        else:
+            victim, sig = memory.as_int32(rdi), rsi & 0xFF
+            if via == "tkill":
+                victim = _thread_group(victim)
+        if sig not in FATAL_SIGNALS or victim is None or victim == pid or victim not in self.tracer.live_pids:
+            return False
+        self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
+        return True
+
+    def record_kill(self):
+        """From the catchpoint's commands: the pending kill, with the victim's threads as they are."""
+        from .session import thread_snapshot
+
+        k, self.pending_kill = self.pending_kill, None
+        threads = []
+        for inferior in gdb.inferiors():
+            if inferior.pid == k["victim"]:
+                threads = thread_snapshot(inferior, 24)
+        tl = self.tracer.timeline
+        tl.add(Kill(seq=tl.next_seq(), victim_age_s=_age(k["victim"]), threads=threads, **k))
+
+
+def _errno_name(number: int) -> str:
+    import errno
+
+    return errno.errorcode.get(number, f"errno {number}")
+
+
+class _SyscallCondition(gdb.Function):
+    """$_gdb_cudashim_syscall(N): the condition of inferior N's syscall catchpoint; records the
+    write and says whether to stop (1 only when the capture should be switched off). gdb asks
+    the condition of every inferior's catchpoint at a syscall stop: only inferior N's acts."""
+
+    _registered = False
+
+    def __init__(self):
+        super().__init__("_gdb_cudashim_syscall")
+
+    @classmethod
+    def register(cls):
+        if not cls._registered:
+            cls()
+            cls._registered = True
+
+    def invoke(self, owner):
+        tracer = _active()
+        if tracer is None:
+            return 0
+        here, owner = gdb.selected_inferior().num, int(owner)
+        if owner != here and (here in tracer.capture.catches or owner != min(tracer.capture.catches)):
+            return 0  # another catchpoint answers for this inferior
+        try:
+            return 1 if tracer.capture.on_syscall() else 0
+        except Exception as exc:  # an error in a condition would stop the program
+            tracer.note_internal(f"on_syscall: {type(exc).__name__}: {exc}")
+            return 0
+
+
+def syscall_stop():
+    """The catchpoint's commands (a command context): record a kill caught on its way, and
+    switch the capture off if the window closed."""
+    tracer = _active()
+    if tracer is None:
+        return
+    capture = tracer.capture
+    if capture.pending_kill is not None:
+        try:
+            capture.record_kill()
+        except Exception as exc:  # never leave the program stopped because of us
+            capture.pending_kill = None
+            tracer.note_internal(f"record_kill: {type(exc).__name__}: {exc}")
+    if not capture.window_open():
+        capture.set_enabled(False)
+
+
+def _active():
+    """The armed tracer, from the session's one root object."""
+    from .session import State
+
+    return State.tracer
+
+
+def _pidfd_target(pid, fd) -> int | None:
+    """The process a pidfd of PID refers to (its fdinfo's Pid: line)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _thread_group(tid) -> int | None:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _age(pid) -> float | None:
+    """Seconds since PID started (from /proc: its start time and the system's uptime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None

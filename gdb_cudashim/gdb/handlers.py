@@ -1,0 +1,275 @@
+"""catch-init-error's breakpoints: gdb stops -> typed timeline events.
+
+Each class is one kind of stop; its handler records and returns (never prints). The state
+they feed lives in the Tracer (gdb/tracer.py), the capture window and write capture in
+gdb/capture.py, the dlsym model in core/lookups.py.
+"""
+from __future__ import annotations
+
+import gdb
+
+from ..core.calls import ARG_REGISTERS, is_cuda_library, is_cuda_symbol
+from ..core.codes import uuid_str
+from ..core.timeline import Call, Load, Lookup
+from . import memory
+
+LOOKUP_CAP = 20000  # stop tracing lookups after this many (a pathological program)
+
+
+class Handler:
+    """Mix-in: count the stop, never let an exception escape into gdb."""
+
+    tracer: "Tracer"
+
+    def stop(self):  # noqa: D401 - gdb's API
+        tracer = self.tracer
+        tracer.timeline.stops += 1
+        try:
+            return bool(self.handle())  # True only where a real stop is needed (see WindowBreakpoint)
+        except Exception as exc:  # a bug here must not stop the user's program
+            tracer.note_internal(f"{type(self).__name__}: {type(exc).__name__}: {exc}")
+        return False
+
+    def handle(self):
+        raise NotImplementedError
+
+
+class Return(Handler, gdb.FinishBreakpoint):
+    """The return of one traced call: reads the result and out-parameters."""
+
+    def __init__(self, tracer, frame, on_return):
+        self.tracer = tracer
+        self.on_return = on_return
+        super().__init__(frame, internal=True)
+        self.silent = True
+
+    def handle(self):
+        self.on_return(memory.regs("rax")[0])
+
+    def out_of_scope(self):
+        pass  # longjmp/exception: the event keeps returned=False
+
+
+class FunctionBreakpoint(Handler, gdb.Breakpoint):
+    """An internal, silent breakpoint on a function: at ADDRESS (its first instruction, placed
+    by located.Placer), or by name (pending until a library defines it) with --by-name."""
+
+    def __init__(self, tracer, function, enabled=True, address=None):
+        self.tracer = tracer
+        if address is None:
+            super().__init__(function=function, internal=True)
+        else:
+            super().__init__(f"*{address:#x}", internal=True)
+        self.silent = True
+        if not enabled:
+            self.enabled = False
+
+    def pc_and(self, *names: str) -> list[int]:
+        """$pc followed by the registers NAMES. At a placed breakpoint $pc is its address,
+        which saves a register read on the hottest stop."""
+        at = getattr(self, "placed_at", None)
+        if at is None:
+            return memory.regs("pc", *names)
+        return [at[1], *memory.regs(*names)]
+
+    def caller(self, inferior, pc, rsp) -> str | None:
+        """The library the call came from: a placed breakpoint sits at the function's first
+        instruction, where the return address is at $rsp."""
+        if getattr(self, "placed_at", None) is not None:
+            ret = memory.read_u64(inferior, rsp)
+            return memory.solib(ret) if ret else None
+        return self.tracer.caller_library(inferior, pc, rsp)
+
+
+def _finish(tracer, on_return) -> None:
+    try:
+        Return(tracer, gdb.newest_frame(), on_return)
+    except (ValueError, gdb.error, RuntimeError):
+        pass  # outermost frame, or no return address: the event keeps returned=False
+
+
+class CallBreakpoint(FunctionBreakpoint):
+    def __init__(self, tracer, spec, address=None):
+        self.spec = spec
+        super().__init__(tracer, spec.name, address=address)
+
+    def handle(self):
+        tracer = self.tracer
+        inferior = gdb.selected_inferior()
+        pid, tid = memory.ptid()
+        nargs = len(self.spec.args)
+        pc, rsp, *raw = self.pc_and("rsp", *ARG_REGISTERS[:nargs])
+        args = {}
+        outs = []
+        for (name, kind), value in zip(self.spec.args, raw):
+            if kind == "str":
+                args[name] = memory.read_cstring(inferior, value)
+            elif kind == "uuid":
+                data = memory.read_bytes(inferior, value, 16)
+                args[name] = uuid_str(data) if data and len(data) == 16 else None
+            elif kind == "int":
+                args[name] = memory.as_int32(value)
+            elif kind.startswith("out_"):
+                outs.append((name, kind, value))
+            else:
+                args[name] = value
+        caller = self.caller(inferior, pc, rsp)
+        call = Call(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, function=self.spec.name,
+                    library=memory.solib(pc), caller=caller, args=args)
+        tracer.timeline.add(call)
+        tracer.seen_pid(pid)
+        spec = self.spec
+
+        def on_return(rax):
+            call.returned = True
+            if spec.result == "str":
+                call.result = memory.read_cstring(inferior, rax)
+            elif spec.result == "CUresult" or spec.result == "cudaError_t" or spec.result == "nvmlReturn_t":
+                call.result = rax & 0xFFFFFFFF
+            else:
+                call.result = rax
+            ok = call.result == 0 if isinstance(call.result, int) else True
+            for name, kind, ptr in outs:
+                if not ok and name != "symbolStatus":
+                    continue  # out-parameters are undefined on failure
+                if kind == "out_i32" or kind == "out_u32":
+                    call.args[name] = memory.read_i32(inferior, ptr)
+                elif kind == "out_u64":
+                    call.args[name] = memory.read_u64(inferior, ptr)
+                elif kind == "out_ptr":
+                    call.args[name] = memory.read_u64(inferior, ptr)
+                elif kind == "out_str":
+                    call.args[name] = memory.read_cstring(inferior, ptr, 256)
+
+        _finish(tracer, on_return)
+
+
+class DlopenBreakpoint(FunctionBreakpoint):
+    def __init__(self, tracer, address=None):
+        super().__init__(tracer, "dlopen", address=address)
+
+    def handle(self):
+        tracer = self.tracer
+        inferior = gdb.selected_inferior()
+        path_ptr, flags = memory.regs("rdi", "rsi")
+        path = memory.read_cstring(inferior, path_ptr) if path_ptr else None
+        if path is None or not is_cuda_library(path):
+            return  # dlopen(NULL) (the main program) or not a CUDA library
+        pid, tid = memory.ptid()
+        pc, rsp = self.pc_and("rsp")
+        caller = self.caller(inferior, pc, rsp)
+        load = Load(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, path=path, flags=flags & 0xFFFFFFFF,
+                    ok=None, caller=caller)
+        tracer.timeline.add(load)
+        tracer.seen_pid(pid)
+        tracer.arm_lookups()
+
+        def on_return(rax):
+            load.ok = rax != 0
+            if load.ok:
+                name_ptr = memory.read_u64(inferior, rax + 8)  # struct link_map: l_addr, l_name
+                load.resolved = memory.read_cstring(inferior, name_ptr) if name_ptr else None
+            else:
+                tracer.failed_load(pid, load)
+
+        _finish(tracer, on_return)
+
+
+class DlerrorBreakpoint(FunctionBreakpoint):
+    """Armed only after a CUDA library failed to load: the loader's own words."""
+
+    def __init__(self, tracer, address=None):
+        super().__init__(tracer, "dlerror", enabled=bool(tracer.pending_dlerror), address=address)
+
+    def handle(self):
+        tracer = self.tracer
+        pid, _ = memory.ptid()
+        load = tracer.pending_dlerror.get(pid)
+        if load is None:
+            return
+        inferior = gdb.selected_inferior()
+
+        def on_return(rax):
+            text = memory.read_cstring(inferior, rax) if rax else None
+            if text and load.error is None:
+                load.error = text
+            tracer.pending_dlerror.pop(pid, None)
+            if not tracer.pending_dlerror:
+                tracer.set_dlerror_capture(False)
+
+        _finish(tracer, on_return)
+
+
+class LookupBreakpoint(FunctionBreakpoint):
+    """dlsym/dlvsym inside the window. The hot path (cudart's fallback makes ~420): one
+    stop at entry; found/NULL comes from the handle's symbol tables (core.dynsym) unless
+    the lookup is one the rules read, one of the first few in its library, or the model
+    cannot answer it: those are watched at their return (see Tracer.lookup_answer)."""
+
+    def __init__(self, tracer, function, address=None):
+        self.how = function
+        super().__init__(tracer, function, enabled=tracer.lookups_armed, address=address)
+
+    def handle(self):
+        tracer = self.tracer
+        inferior = gdb.selected_inferior()
+        pc, handle, sym_ptr, rsp = self.pc_and("rdi", "rsi", "rsp")
+        symbol = memory.read_cstring(inferior, sym_ptr, 512)
+        pid, tid = memory.ptid()
+        asked = tracer.handle_library(inferior, pid, handle)
+        if not (is_cuda_symbol(symbol) or is_cuda_library(asked)):
+            return
+        version = None
+        if self.how == "dlvsym":
+            version = memory.read_cstring(inferior, memory.regs("rdx")[0], 128)
+        lookup = Lookup(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, how=self.how, symbol=symbol or "?",
+                        handle_library=asked, version=version, found=None,
+                        caller=self.caller(inferior, pc, rsp))
+        tracer.timeline.add(lookup)
+        tracer.lookup_count += 1
+        if tracer.lookup_count >= LOOKUP_CAP:
+            tracer.note(f"lookup tracing stopped after {LOOKUP_CAP} lookups")
+            tracer.disarm_lookups()
+        watch, compare = tracer.lookup_answer(inferior, lookup, pc)
+        if not watch:
+            return
+
+        def on_return(rax):
+            lookup.found = rax != 0
+            lookup.address = rax
+            lookup.found_by = "return"
+            if rax:
+                lookup.provider = memory.solib(rax)
+            if compare:
+                tracer.lookups.check(lookup)
+
+        _finish(tracer, on_return)
+
+
+class WindowBreakpoint(FunctionBreakpoint):
+    """The first call of a ggml/cudart init entry point opens the capture window."""
+
+    def __init__(self, tracer, function, address=None):
+        self.function = function
+        super().__init__(tracer, function, address=address)
+        # A real stop when the window opens: gdb 13 resumes only the stopped thread after a
+        # "don't stop" answer, so the other threads would go on without PTRACE_SYSCALL and
+        # their writes (llama.cpp's log thread writes ggml's error) would never be seen.
+        # The stop is silent and goes straight on.
+        self.commands = "silent\ncontinue"
+
+    def handle(self):
+        tracer = self.tracer
+        pid, _ = memory.ptid()
+        key = (pid, self.function)
+        if key in tracer.capture.windows_done:
+            return False
+        tracer.capture.windows_done.add(key)
+        was_capturing = tracer.capture.capturing()
+        tracer.capture.open_window(pid)
+        failed = self.function.startswith("cuda")  # cudaGetDeviceCount: rax is its cudaError_t
+        _finish(tracer, lambda rax: tracer.capture.close_window(pid, failed and rax & 0xFFFFFFFF != 0))
+        return not was_capturing
+
+
+_CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
