@@ -5,6 +5,8 @@ An argument kind tells the gdb layer what to read (x86-64 SysV: rdi rsi rdx rcx 
   str                     - a NUL-terminated string at the pointer, read at entry
   uuid                    - 16 bytes at the pointer, read at entry
   out_i32 / out_u32 / out_u64 / out_ptr / out_str - read through the pointer at return
+  out_struct:NAME         - the struct NAME (devprops.STRUCTS: its size) at the pointer, read at
+                            return and decoded by decode_struct
 Pure: never imports gdb.
 """
 from __future__ import annotations
@@ -54,7 +56,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("cudaSetDevice", _R, _RT, ("device", "int")),
     _s("cudaRuntimeGetVersion", _R, _RT, ("runtimeVersion", "out_i32")),
     _s("cudaDriverGetVersion", _R, _RT, ("driverVersion", "out_i32")),
-    _s("cudaGetDeviceProperties_v2", _R, _RT, ("prop", "ptr"), ("device", "int")),
+    _s("cudaGetDeviceProperties_v2", _R, _RT, ("prop", "out_struct:cudaDeviceProp"), ("device", "int")),
+    _s("cudaMemGetInfo", _R, _RT, ("free", "out_u64"), ("total", "out_u64")),
     _s("cudaDeviceGetAttribute", _R, _RT, ("value", "out_i32"), ("attr", "int"), ("device", "int")),
     _s("cudaGetErrorString", _R, "str", ("error", "int")),
     _s("nvmlInit_v2", _N, _NV),
@@ -63,8 +66,25 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("nvmlDeviceGetCount_v2", _N, _NV, ("deviceCount", "out_u32")),
     _s("nvmlDeviceGetHandleByIndex_v2", _N, _NV, ("index", "uint"), ("device", "out_ptr")),
     _s("nvmlDeviceGetHandleByUUID", _N, _NV, ("uuid", "str"), ("device", "out_ptr")),
-    _s("nvmlDeviceGetMemoryInfo", _N, _NV, ("device", "ptr"), ("memory", "ptr")),
+    _s("nvmlDeviceGetMemoryInfo", _N, _NV, ("device", "ptr"), ("memory", "out_struct:nvmlMemory")),
 )}
+
+def struct_size(kind: str) -> int | None:
+    """The size to read for an out_struct:NAME argument."""
+    from .devprops import STRUCTS
+
+    return STRUCTS.get(kind.partition(":")[2]) if kind.startswith("out_struct:") else None
+
+
+def decode_struct(kind: str, data: bytes | None) -> dict | None:
+    """An out_struct:NAME argument's bytes as a dict of fields (None when unreadable)."""
+    from . import devprops
+
+    size = struct_size(kind)
+    if size is None or data is None or len(data) != size:
+        return None
+    return devprops.decode(kind.partition(":")[2], data)
+
 
 # Entry points whose first call runs ggml's CUDA init: the window in which write
 # capture and lookup tracing are armed. The first is exported by every libggml-cuda.

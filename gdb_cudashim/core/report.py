@@ -205,10 +205,13 @@ def _is_bad(c: dict) -> bool:
 def _short_args(c: dict) -> str:
     args = c.get("args") or {}
     parts = []
+    struct = ""
     for k, v in args.items():
         if v is None:
             continue
-        if k in ("pfn", "ppExportTable", "pctx", "prop", "memory") and isinstance(v, int):
+        if isinstance(v, dict):  # a struct read at the return: its fields by name, shown in full
+            struct = f"{k}: " + ", ".join(f"{f}={v[f]!r}" for f in STRUCT_FIELDS_SHOWN if f in v)
+        elif k in ("pfn", "ppExportTable", "pctx", "prop", "memory") and isinstance(v, int):
             parts.append(f"{k}={v:#x}")
         elif k == "pExportTableId":
             from .codes import export_table_name
@@ -218,7 +221,12 @@ def _short_args(c: dict) -> str:
         else:
             parts.append(f"{k}={v}")
     text = ", ".join(parts)
-    return text if len(text) <= 60 else text[:57] + "..."
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text}; {struct}" if text and struct else text or struct
+
+
+# The struct fields a calls-table row shows (--json has every decoded one).
+STRUCT_FIELDS_SHOWN = ("name", "major", "minor", "totalGlobalMem", "multiProcessorCount", "total", "free")
 
 
 def _condense_calls(calls: list[dict]) -> list[dict]:

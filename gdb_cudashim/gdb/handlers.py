@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gdb
 
-from ..core.calls import ARG_REGISTERS, is_cuda_library, is_cuda_symbol
+from ..core.calls import ARG_REGISTERS, decode_struct, is_cuda_library, is_cuda_symbol, struct_size
 from ..core.codes import uuid_str
 from ..core.timeline import Call, Load, Lookup
 from . import memory
@@ -140,6 +140,8 @@ class CallBreakpoint(FunctionBreakpoint):
                     call.args[name] = memory.read_u64(inferior, ptr)
                 elif kind == "out_str":
                     call.args[name] = memory.read_cstring(inferior, ptr, 256)
+                elif kind.startswith("out_struct:"):
+                    call.args[name] = decode_struct(kind, memory.read_bytes(inferior, ptr, struct_size(kind) or 0))
 
         _finish(tracer, on_return)
 
