@@ -173,3 +173,12 @@ def test_healthy_device_gives_no_finding(fakert):
                   ("cuDeviceTotalMem_v2", {"bytes": 24 << 30, "dev": 0}),
                   ("nvmlDeviceGetMemoryInfo", {"memory": {"total": 24 << 30, "free": 23 << 30, "used": 1 << 30}}))
     assert analyze(tl) == []
+
+
+def test_one_wrong_field_is_not_called_another_layout(fakert):
+    p = fakert("good")
+    p["major"] = p["minor"] = 0
+    p["nonzero"] = [r for r in p["nonzero"] if r[0] != 360]  # the bytes agree with the decoded fields
+    tl = timeline(("cudaGetDeviceProperties_v2", {"device": 0, "prop": p}))
+    (f,) = analyze(tl)
+    assert f.rule == "device-compute-capability" and not any("another layout" in e for e in f.evidence)

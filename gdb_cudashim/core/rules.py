@@ -412,6 +412,8 @@ def _layout_evidence(prop: dict, about: str) -> list[str]:
 
     fields = devprops.written_fields(prop)
     out = [f"the struct's non-zero bytes lie in {', '.join(fields) or 'no field'} (as CUDA 12 lays it out)"]
+    if prop.get("major") or prop.get("totalGlobalMem"):
+        return out  # a struct in CUDA 12's layout with one field wrong: no layout to guess
     return out + [f"looks like another layout: {m}" for m in devprops.misplaced(prop) if about in m or "early" in m]
 
 
