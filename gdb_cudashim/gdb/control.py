@@ -29,6 +29,7 @@ _GDB_SIGNALS = {signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, si
                 signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2}
 
 RESEND_S = 1.0  # a SIGSTOP that gdb absorbed as one of its own is sent again
+SETTLE_POLL_S = 1.0  # how often a settle condition is asked: each wake takes the GIL from gdb's handlers
 
 
 def start_thread(target, name: str) -> threading.Thread:
@@ -83,7 +84,7 @@ class Watchdog:
         while reason is None:
             if self.closed:
                 return
-            wait = 0.2 if self.settled is not None else None
+            wait = SETTLE_POLL_S if self.settled is not None else None
             if self.deadline is not None:
                 left = max(0.0, self.deadline - time.monotonic())
                 wait = left if wait is None else min(wait, left)

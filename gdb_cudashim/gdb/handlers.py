@@ -271,7 +271,9 @@ class WindowBreakpoint(FunctionBreakpoint):
         tracer.capture.open_window(pid)
         failed = self.function.startswith("cuda")  # cudaGetDeviceCount: rax is its cudaError_t
         _finish(tracer, lambda rax: tracer.capture.close_window(pid, failed and rax & 0xFFFFFFFF != 0))
-        return not was_capturing
+        # the real stop is needed only where other threads run (a single thread is resumed
+        # with the capture on anyway): a log thread, a driver's threads
+        return not was_capturing and len(gdb.selected_inferior().threads()) > 1
 
 
 _CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
