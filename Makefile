@@ -67,16 +67,21 @@ demo: setup
 	@echo "== gdb-cudashim audit --shim shim/build/variants/seed/libcuda.so.1   (the same answer from the files alone)"
 	@LD_LIBRARY_PATH=$(SEED) $(GCS) audit --shim $(SEED)/libcuda.so.1; \
 	    rc=$$?; echo "(gdb-cudashim audit exit status $$rc: 1 = problems found)"; test $$rc -eq 1
+	@echo
+	@echo "== past init: a fake libcudart.so.12 preloaded (shim/fakert.c) makes ggml print 'compute capability 0.0, VRAM: 0 MiB'"
+	@LD_PRELOAD=$(CURDIR)/shim/build/variants/fakert/libcudart.so.12 LD_LIBRARY_PATH=$(SEED) \
+	    GGML_CUDA_LIB="$$($(GCS) stack path ggml-cuda)" $(GCS) run -- build/probe; \
+	    rc=$$?; echo "(gdb-cudashim run exit status $$rc: 1 = an unusable device reported and diagnosed)"; test $$rc -eq 1
 
 test: setup real-programs
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-bench: setup
+bench: setup real-programs
 	@./.ci/system-deps --bench
 	$(BIN)/python bench/bench.py
 
 # every multi-process case 50 times under gdb-cudashim run: zero hangs, nothing left behind
-stress: setup
+stress: setup build/goserver
 	$(BIN)/python bench/stress.py
 
 clean:
