@@ -325,3 +325,45 @@ def test_a_run_that_does_not_start_leaves_an_existing_report(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert target.read_text() == "the last good report"
     assert "left as it was" in proc.stderr
+
+
+def test_ctrl_c_on_a_real_terminal_reaches_the_tool_not_the_program(stack, tmp_path):
+    """The terminal's Ctrl-C (a pty, ^C) goes to the foreground process group: gdb runs in a
+    session of its own, so that is gdb-cudashim, which stops the run and reports. Before,
+    gdb handed the terminal to the program, which alone got the SIGINT (and gdb swallowed it)."""
+    import pty
+    import select
+    import sys
+
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda, CUDASHIM_HANG="cuInit")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "-m", "gdb_cudashim.cli", "run", "--json",
+                                   str(tmp_path / "r.json"), "--", str(BUILD / "probe")], env)
+    out = b""
+    try:
+        probe = wait_for(lambda: [p for p in named(children(pid), "probe") if traced_by_gdb(p)])[0]
+        procs = children(pid)
+        time.sleep(0.3)
+        os.write(fd, b"\x03")
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    chunk = b""
+                out += chunk
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+        assert done, out[-2000:]
+        assert os.waitstatus_to_exitcode(status) == 130, out[-2000:]
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert b"partial report" in out and b"stopped by SIGINT" in out
+    assert not alive(probe) and not [p for p in procs if alive(p)]
