@@ -57,6 +57,10 @@ static int g_configured_devices = 1;
 static const char *g_hang_in = NULL;      /* CUDASHIM_HANG: function name to block in */
 static int g_log = 0;                     /* CUDASHIM_LOG=1: one stderr line per call */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static const char *g_spin_in = NULL;      /* CUDASHIM_SPIN: function name to busy-loop in */
+static const char *g_deadlock = NULL;     /* CUDASHIM_DEADLOCK=self|ctor|abba: how cuInit deadlocks */
+static pthread_mutex_t g_state_lock = PTHREAD_MUTEX_INITIALIZER; /* plain (non-recursive) */
+static pthread_mutex_t g_table_lock = PTHREAD_MUTEX_INITIALIZER; /* abba's second lock */
 
 /* -------------------------------------------------------------- helpers -- */
 
@@ -138,6 +142,8 @@ static void shim_configure(void)
         g_driver_version = (int)env_long("CUDASHIM_DRIVER_VERSION", 12090);
         g_init_result = (int)env_long("CUDASHIM_INIT_RESULT", CUDA_SUCCESS);
         g_hang_in = getenv("CUDASHIM_HANG");
+        g_spin_in = getenv("CUDASHIM_SPIN");
+        g_deadlock = getenv("CUDASHIM_DEADLOCK");
 
         const char *cc = getenv("CUDASHIM_CC");
         int major = 9, minor = 0;
@@ -170,6 +176,65 @@ static void shim_wait_forever(const char *where)
         pthread_cond_wait(&c, &m);
 }
 
+/* CUDASHIM_SPIN=<function>: busy-loop forever in that function (no syscall, 100% CPU). */
+static void shim_spin_forever(const char *where)
+{
+    shim_log("cudashim: %s: spinning as CUDASHIM_SPIN asks\n", where);
+    volatile unsigned long spins = 0;
+    for (;;)
+        spins++;
+}
+
+/* CUDASHIM_DEADLOCK=ctor: the constructor takes g_state_lock and never gives it back. */
+__attribute__((constructor)) static void shim_load(void)
+{
+    const char *mode = getenv("CUDASHIM_DEADLOCK");
+    if (mode && strcmp(mode, "ctor") == 0)
+        pthread_mutex_lock(&g_state_lock); /* the bug: no unlock */
+}
+
+/* Takes g_state_lock itself: called with it held, the thread waits on itself. */
+static void shim_refresh_state(void)
+{
+    pthread_mutex_lock(&g_state_lock);
+    g_device_count = visible_device_count(g_configured_devices);
+    pthread_mutex_unlock(&g_state_lock);
+}
+
+static void *shim_abba_worker(void *arg)
+{
+    pthread_mutex_lock(&g_table_lock);
+    usleep(200 * 1000);
+    pthread_mutex_lock(&g_state_lock); /* main holds it and waits for g_table_lock */
+    pthread_mutex_unlock(&g_state_lock);
+    pthread_mutex_unlock(&g_table_lock);
+    return arg;
+}
+
+/* CUDASHIM_DEADLOCK: self (g_state_lock taken twice by one thread), ctor (taken by the
+ * constructor, never released), abba (two threads take two locks in opposite order). */
+static void shim_deadlock(const char *mode)
+{
+    shim_log("cudashim: deadlocking (%s) as CUDASHIM_DEADLOCK asks\n", mode);
+    if (strcmp(mode, "self") == 0) {
+        pthread_mutex_lock(&g_state_lock);
+        shim_refresh_state();
+        pthread_mutex_unlock(&g_state_lock);
+    } else if (strcmp(mode, "ctor") == 0) {
+        pthread_mutex_lock(&g_state_lock);
+        pthread_mutex_unlock(&g_state_lock);
+    } else if (strcmp(mode, "abba") == 0) {
+        pthread_t worker;
+        pthread_mutex_lock(&g_state_lock);
+        if (pthread_create(&worker, NULL, shim_abba_worker, NULL) == 0) {
+            usleep(100 * 1000);
+            pthread_mutex_lock(&g_table_lock);
+            pthread_mutex_unlock(&g_table_lock);
+        }
+        pthread_mutex_unlock(&g_state_lock);
+    }
+}
+
 static void shim_enter(const char *fn)
 {
     shim_configure();
@@ -177,6 +242,10 @@ static void shim_enter(const char *fn)
     shim_log("cudashim: %s\n", fn);
     if (g_hang_in && strcmp(g_hang_in, fn) == 0)
         shim_wait_forever(fn);
+    if (g_spin_in && strcmp(g_spin_in, fn) == 0)
+        shim_spin_forever(fn);
+    if (g_deadlock && strcmp(fn, "cuInit") == 0)
+        shim_deadlock(g_deadlock);
 }
 
 /* ------------------------------------------------------- forward mode -- */
