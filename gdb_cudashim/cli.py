@@ -237,6 +237,7 @@ class _Supervisor:
         one, so it is woken first (SIGCONT, SIGCHLD) and given time to detach; only if it still
         does not, it is ended and its breakpoints are taken out of the code from here."""
         from .core import rescue
+        from .core.procfs import descendants
 
         self.hard_stopped = True
         partial = os.path.join(self.tmp, "partial.json")
@@ -260,7 +261,7 @@ class _Supervisor:
             time.sleep(0.05)
         targets = []
         if self.attach_pid is not None:
-            targets = [self.attach_pid] + rescue.descendants(self.attach_pid)
+            targets = [self.attach_pid] + descendants(self.attach_pid)
             for p in targets:  # held still while gdb goes and the code is put back
                 try:
                     os.kill(p, signal.SIGSTOP)
@@ -282,13 +283,14 @@ class _Supervisor:
         """gdb died on its own: the programs it started go with it (its process group); an
         attached process gets its code back and runs on."""
         from .core import rescue
+        from .core.procfs import descendants
 
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:
             pass
         if self.attach_pid is not None:
-            targets = [self.attach_pid] + rescue.descendants(self.attach_pid)
+            targets = [self.attach_pid] + descendants(self.attach_pid)
             for p in targets:
                 try:
                     os.kill(p, signal.SIGSTOP)
@@ -329,7 +331,7 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
     sup = _Supervisor(tmp, attach_pid, timeout)
     try:
         if attach_pid is not None:
-            from .core.rescue import descendants, state
+            from .core.procfs import descendants, state
 
             sup.was_stopped = {p for p in [attach_pid] + descendants(attach_pid) if state(p) == "T"}
         cmd = make_cmd(report_path, tmp)
@@ -397,15 +399,19 @@ def _warm_up_renderer() -> None:
         pass  # reported when the report is rendered
 
 
-def _emit(report: dict, args, command: list[str]) -> int:
+def _emit(report: dict, args, command: list[str], ref: dict | None = None) -> int:
     """Write --json, print the report, and return the exit status: the report's, or
-    128+N when the run was stopped by signal N."""
+    128+N when the run was stopped by signal N. With REF (run --compare), the differences
+    from it follow the report, and a clean run that differs from it exits 1."""
     from .core.report import render, to_json
 
     report.setdefault("meta", {})["command"] = command
     status = int(report.get("status", 1))
     if report.get("exit_signal"):
         status = 128 + int(report["exit_signal"])
+    compared = _compare_with(ref, report, args.compare) if ref is not None else None
+    if compared and compared[0] and status == 0:
+        status = 1
     if args.json:
         from .core.files import write_text
 
@@ -418,6 +424,8 @@ def _emit(report: dict, args, command: list[str]) -> int:
                 print(f"gdb-cudashim: cannot write --json {args.json}: {exc.strerror}", file=sys.stderr)
                 status = EXIT_USAGE if status in (0, 1) else status
     lines = render(report, color=_color(args.color), verbose=args.verbose)
+    if compared:
+        lines += [""] + compared[1]
     out = sys.stderr if args.json == "-" else sys.stdout
     try:
         out.write("\n".join(lines) + "\n")
@@ -437,6 +445,7 @@ def cmd_run(args) -> int:
         except re.error as exc:
             raise CliError(f"bad --pattern {pattern!r}: {exc}")
     _check_report_args(args)
+    ref = _load_reference(args.compare) if args.compare else None
     base, env = _gdb_base(_gdb_env())
     arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]
     if not args.follow:
@@ -459,7 +468,63 @@ def cmd_run(args) -> int:
         raise CliError(f"gdb ended (status {status}) without a report" + (f": {last}" if last else "")
                        + "; run the same under 'gdb-cudashim gdb --args ...' to see why")
 
-    return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command)
+    return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command, ref)
+
+
+def _load_reference(path: str) -> dict:
+    from .core import diff
+
+    try:
+        return diff.load(path, "REF")
+    except diff.ReportError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _compare_with(ref: dict, report: dict, ref_path: str) -> tuple[list, list[str]] | None:
+    """run --compare: (the divergences, the lines that show them), and the reference's
+    evidence added to the run's findings; None with a line on stderr when they cannot be compared."""
+    from .core import diff
+
+    try:
+        diff.check(report, "this run's report")
+    except diff.ReportError as exc:
+        print(f"gdb-cudashim: not compared with the reference: {exc}", file=sys.stderr)
+        return None
+    if diff.program(ref) != diff.program(report):
+        print(f"gdb-cudashim: not compared with the reference: it ran {diff.program(ref)}, this run "
+              f"{diff.program(report)}", file=sys.stderr)
+        return None
+    divergences = diff.compare(ref, report)
+    diff.reference_evidence(report.get("findings") or [], divergences)
+    return divergences, diff.render(divergences, ref_path, "this run")
+
+
+def cmd_diff(args) -> int:
+    """gdb-cudashim diff REF.json RUN.json: 0 the same, 1 different, 2 cannot compare."""
+    from .core import diff
+
+    try:
+        ref, run = diff.load(args.ref, "REF"), diff.load(args.run, "RUN")
+    except diff.ReportError as exc:
+        raise CliError(str(exc)) from None
+    if diff.program(ref) != diff.program(run):
+        raise CliError(f"not the same program: REF ran {diff.program(ref)}, RUN ran {diff.program(run)}; "
+                       "diff compares two runs of one program")
+    divergences = diff.compare(ref, run)
+    if args.json:
+        import json
+
+        text = json.dumps(diff.to_dict(divergences, ref, run), indent=1) + "\n"
+    else:
+        text = "\n".join(diff.render(divergences, args.ref, args.run, color=_color(args.color))) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 1 if divergences else 0
 
 
 def _exec_argv(program: str) -> list[str]:
@@ -690,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     r.add_argument("--verbose", action="store_true", help="every call and lookup, full backtraces")
     r.add_argument("--every-return", action="store_true", help=EVERY_RETURN_HELP)
+    r.add_argument("--compare", metavar="REF.json",
+                   help="then show where this run differs from REF (a run --json report of the same program on "
+                        "the real driver or a shim that works) and use it as evidence; a clean run that differs exits 1")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
     r.set_defaults(func=cmd_run)
 
@@ -704,6 +772,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--verbose", action="store_true")
     t.add_argument("--every-return", action="store_true", help=EVERY_RETURN_HELP)
     t.set_defaults(func=cmd_attach)
+
+    f = sub.add_parser("diff", help="where a run differs from a reference run of the same program, first divergence first",
+                       description="Compare two 'run --json' reports of the same program (REF: the real driver or a shim "
+                                   "that works; RUN: yours), by process role and call order; pids, pointers, timings "
+                                   "and paths are ignored. Exit: 0 the same, 1 different, 2 cannot compare.")
+    f.add_argument("ref", metavar="REF.json")
+    f.add_argument("run", metavar="RUN.json")
+    f.add_argument("--json", action="store_true", help="print the divergences as JSON")
+    f.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    f.set_defaults(func=cmd_diff)
 
     g = sub.add_parser("gdb", help="start gdb with the extension loaded", add_help=False)
     g.add_argument("gdb_args", nargs=argparse.REMAINDER)

@@ -45,3 +45,91 @@ def mapped_files(pid: int) -> dict[str, int | None]:
             if files.get(path) is None:
                 files[path] = int(parts[0].split("-")[0], 16) if int(parts[2], 16) == 0 else None
     return files
+
+
+def _fields(path: str, sep: str = ":") -> dict[str, str]:
+    with open(path) as f:
+        return {k.strip(): v.strip() for k, _, v in (line.partition(sep) for line in f) if v}
+
+
+def status_field(pid: int, name: str) -> str | None:
+    """One field of /proc/PID/status (TracerPid, Tgid, Uid, State...), None if unreadable."""
+    try:
+        return _fields(f"/proc/{pid}/status").get(name)
+    except OSError:
+        return None
+
+
+def int_field(value: str | None) -> int | None:
+    try:
+        return int(value.split()[0]) if value else None
+    except (ValueError, IndexError):
+        return None
+
+
+def tracer_of(pid: int) -> int:
+    """The pid tracing PID (0: none)."""
+    return int_field(status_field(pid, "TracerPid")) or 0
+
+
+def thread_group(tid: int) -> int | None:
+    """The process a thread belongs to."""
+    return int_field(status_field(tid, "Tgid"))
+
+
+def pidfd_target(pid: int, fd: int) -> int | None:
+    """The process that PID's pidfd FD refers to."""
+    try:
+        return int_field(_fields(f"/proc/{pid}/fdinfo/{fd}").get("Pid"))
+    except OSError:
+        return None
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def state(pid: int) -> str | None:
+    """The one-letter state (R, S, T, t, Z...), None if gone."""
+    try:
+        return _stat(pid)[0]
+    except (OSError, IndexError):
+        return None
+
+
+def age(pid: int) -> float | None:
+    """Seconds since PID started (its start time against the system's uptime)."""
+    import os
+
+    try:
+        start_ticks = int(_stat(pid)[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """PID's children, from every one of its threads."""
+    import os
+
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """PID's children, grandchildren..."""
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out

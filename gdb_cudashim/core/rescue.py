@@ -13,6 +13,8 @@ import os
 import signal
 import struct
 
+from .procfs import state, tracer_of
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PRESENT = 1 << 63
 FILE_OR_SHARED = 1 << 61
@@ -71,41 +73,6 @@ def restore_code(pid: int) -> int:
                             mem.write(bytes((was,)))
                             restored += 1
     return restored
-
-
-def state(pid: int) -> str | None:
-    """The one-letter state in /proc/PID/stat (R, S, T, t, Z...), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def tracer_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """PID's children, grandchildren... (the processes gdb may have followed)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                kids = [int(x) for x in f.read().split()]
-        except (OSError, ValueError):
-            kids = []
-        out += kids
-        todo += kids
-    return out
 
 
 def rescue(pids, was_stopped=()) -> list[str]:

@@ -9,10 +9,10 @@ process to another is recorded with the victim's backtraces before it lands.
 """
 from __future__ import annotations
 
-import os
 
 import gdb
 
+from ..core.procfs import age, pidfd_target, thread_group
 from ..core.timeline import Frame, Kill, Write
 from . import memory
 
@@ -190,11 +190,11 @@ class Capture:
         if via == "tgkill":
             victim, sig = memory.as_int32(rdi), rdx & 0xFF
         elif via == "pidfd_send_signal":
-            victim, sig = _pidfd_target(pid, memory.as_int32(rdi)), rsi & 0xFF
+            victim, sig = pidfd_target(pid, memory.as_int32(rdi)), rsi & 0xFF
         else:
             victim, sig = memory.as_int32(rdi), rsi & 0xFF
             if via == "tkill":
-                victim = _thread_group(victim)
+                victim = thread_group(victim)
         if sig not in FATAL_SIGNALS or victim is None or victim == pid or victim not in self.tracer.live_pids:
             return False
         self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
@@ -210,7 +210,7 @@ class Capture:
             if inferior.pid == k["victim"]:
                 threads = thread_snapshot(inferior, 24)
         tl = self.tracer.timeline
-        tl.add(Kill(seq=tl.next_seq(), victim_age_s=_age(k["victim"]), threads=threads, **k))
+        tl.add(Kill(seq=tl.next_seq(), victim_age_s=age(k["victim"]), threads=threads, **k))
 
 
 def _errno_name(number: int) -> str:
@@ -271,38 +271,3 @@ def _active():
     from .session import State
 
     return State.tracer
-
-
-def _pidfd_target(pid, fd) -> int | None:
-    """The process a pidfd of PID refers to (its fdinfo's Pid: line)."""
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _thread_group(tid) -> int | None:
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _age(pid) -> float | None:
-    """Seconds since PID started (from /proc: its start time and the system's uptime)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
-    except (OSError, ValueError, IndexError):
-        return None

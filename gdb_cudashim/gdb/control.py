@@ -23,6 +23,8 @@ import signal
 import threading
 import time
 
+from ..core.procfs import children
+
 # every signal gdb handles itself; the thread blocks them all
 _GDB_SIGNALS = {signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
                 signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM, signal.SIGIO,
@@ -186,12 +188,12 @@ class ChildSampler:
     def _run(self):
         while not self._done.wait(self.FAST_S if self._young() else self.INTERVAL_S):
             for parent in list(self.tracer.live_pids):
-                for pid in _children(parent):
+                for pid in children(parent):
                     self._look(pid, parent)
             for pid, seen in list(self.children.items()):
                 if seen["alive"]:
                     self._look(pid, seen["parent"])
-                    for grandchild in _children(pid):
+                    for grandchild in children(pid):
                         self._look(grandchild, pid)
 
     def _young(self) -> bool:
@@ -211,14 +213,3 @@ class ChildSampler:
                         seen["cuda"].append(name)
         except OSError:
             seen["alive"] = False
-
-
-def _children(pid) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        pass
-    return out

@@ -6,12 +6,17 @@ gdb/capture.py, the dlsym model in core/lookups.py.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gdb
 
 from ..core.calls import ARG_REGISTERS, decode_struct, is_cuda_library, is_cuda_symbol, struct_size
 from ..core.codes import uuid_str
 from ..core.timeline import Call, Load, Lookup
 from . import memory
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
 
 LOOKUP_CAP = 20000  # stop tracing lookups after this many (a pathological program)
 

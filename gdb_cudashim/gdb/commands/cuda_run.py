@@ -221,7 +221,7 @@ def _program_args() -> str:
 
 
 def _state(pid) -> str | None:
-    from ...core.rescue import state
+    from ...core.procfs import state
 
     return state(pid)
 
