@@ -183,6 +183,7 @@ class Timeline:
     patterns: tuple[str, ...] = DEFAULT_ERROR_PATTERNS
     notes: list[str] = factory(list)
     _seq: int = 0
+    hang: dict | None = None  # the threads at a timeout/interrupt, their locks and spins (session.collect_hang)
 
     def next_seq(self) -> int:
         self._seq += 1

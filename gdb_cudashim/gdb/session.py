@@ -73,11 +73,18 @@ def collect_hang(reason: str = "timeout") -> dict:
                   "; ".join(f"pid {t['pid']} thread {t['tid']} in {t['waiting_in']}" for t in shim)
     else:
         summary = f"{WHY.get(reason, reason)}; no thread is inside a CUDA driver or shim frame"
-    return {"summary": summary, "reason": reason, "threads": threads}
+    hang = {"summary": summary, "reason": reason, "threads": threads}
+    try:
+        from . import locks
+        hang.update(locks.examine(threads))
+    except (gdb.error, OSError) as exc:  # the backtraces above stand on their own
+        hang["locks_error"] = str(exc)
+    return hang
 
 
 def build_report(meta=None) -> dict:
     t = State.tracer
+    t.timeline.hang = t.hang
     findings = rules.analyze(t.timeline, explain_load)
     for text in t.internal_errors:
         t.note(f"internal: {text}")
