@@ -166,6 +166,17 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
             for i, f in enumerate(t["frames"][:12]):
                 where = f" at {f['where']}" if f.get("where") else ""
                 out.append(f"    #{i:<2} {f['function']} ({_b(f['library'])}){where}")
+        locks, spins = report["hang"].get("locks") or [], report["hang"].get("spins") or []
+        if locks or spins:
+            out.append("  Locks" + (" and spins" if spins else ""))
+        for w in locks:
+            owner = "itself" if w.get("owner") == w["waiter"] else f"thread {w.get('owner')}" + (
+                f" at {w['owner_where']}" if w.get("owner_where") else " (gone)" if not w.get("owner_alive", True) else "")
+            out.append(f"    thread {w['waiter']} waits on {w.get('symbol') or w['mutex']} ({w['mutex']}), owned by "
+                       f"{owner}: {w.get('kind')}")
+        for sp in spins:
+            out.append(f"    thread {sp['tid']} spins in {', '.join(sp.get('functions') or [])} at "
+                       f"{sp.get('lines') or '?'}: {round(100 * sp.get('cpu', 0))}% CPU, {sp.get('samples')} samples")
 
     out.append("")
     if report["findings"]:
