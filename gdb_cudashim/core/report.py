@@ -12,6 +12,8 @@ from .rules import Finding
 from .timeline import Timeline, event_to_dict
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+# The JSON's layout: raised when a field changes meaning or goes; `gdb-cudashim diff` reads only its own.
+SCHEMA = 1
 
 
 def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
@@ -23,6 +25,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
     timed_out = bool(hang) and hang.get("reason", "timeout") == "timeout"
     status = EXIT_TIMEOUT if timed_out else (EXIT_FAILURE if (findings or errors) else EXIT_OK)
     return {
+        "schema": SCHEMA,
         "status": status,
         "meta": meta or {},
         "errors": errors,
