@@ -382,8 +382,11 @@ def _read_log(tmp) -> str:
 
 
 def _empty_report() -> dict:
-    return {"status": EXIT_USAGE, "meta": {}, "errors": [], "calls": [], "lookups": [], "loads": [], "findings": [],
-            "processes": [], "hang": None, "stops": 0, "notes": ["gdb ended before it could write any report"]}
+    from .core.report import SCHEMA
+
+    return {"schema": SCHEMA, "status": EXIT_USAGE, "meta": {}, "errors": [], "calls": [], "lookups": [], "loads": [],
+            "findings": [], "processes": [], "hang": None, "stops": 0,
+            "notes": ["gdb ended before it could write any report"]}
 
 
 def _warm_up_renderer() -> None:
