@@ -77,8 +77,8 @@ def collect_hang(reason: str = "timeout") -> dict:
     try:
         from . import locks
         hang.update(locks.examine(threads))
-    except (gdb.error, OSError) as exc:  # the backtraces above stand on their own
-        hang["locks_error"] = str(exc)
+    except Exception as exc:  # the lock analysis is a bonus: the backtraces above stand on their own
+        hang["locks_error"] = f"{type(exc).__name__}: {exc}"
     return hang
 
 
