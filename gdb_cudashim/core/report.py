@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from . import interpose
 from .calls import KEY_LOOKUPS
 from .record import as_dict
 from .rules import Finding
@@ -37,6 +38,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "hang": hang,
         "stops": tl.stops,
         "notes": list(tl.notes),
+        "chains": interpose.chains(tl),
     }
 
 
@@ -119,6 +121,13 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
             out.append(f"  (pid {pid} wrote {_one_line(text, 60)!r} {n} times)")
     else:
         out.append(s("bold", "CUDA init errors: ") + "none written")
+
+    for ch in report.get("chains") or []:
+        out.append("")
+        out.append(s("bold", "CUDA driver chain: ") + f"{ch['soname']} (interposer, from {ch['source']}"
+                   + (", hooks dlsym" if ch.get("hooks_dlsym") else "") + f") -> {_b(ch['driver'])} (driver)")
+        out.append(f"  pid {ch['pid']}: {ch['forwarded']} calls followed through both ({', '.join(ch['functions'][:6])}); "
+                   f"e.g. {ch['example']}")
 
     calls = report["calls"]
     if calls:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes
+from . import codes, interpose
 from .calls import role_of
 from .record import factory, record
 from .timeline import Call, Timeline
@@ -234,15 +234,11 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
 
 
 def _preloaded_drivers(tl: Timeline, pid: int) -> list[tuple[str, str | None]]:
-    """(path, soname) of LD_PRELOADed files of PID that export cuInit."""
-    start = tl.process_start(pid)
-    if start is None or not start.env.get("LD_PRELOAD"):
-        return []
+    """(path, soname) of files preloaded into PID (LD_PRELOAD, /etc/ld.so.preload) that export cuInit."""
     from .dynsym import DynsymError, read_cached  # the dynamic symbols only: no pyelftools
 
     out = []
-    for item in start.env["LD_PRELOAD"].replace(":", " ").split():
-        path = item if os.path.isabs(item) else os.path.join(start.cwd or "", item)
+    for path, _ in interpose.preloaded(tl, pid):
         try:
             info = read_cached(path)
         except DynsymError:
@@ -257,23 +253,30 @@ def _driver_side(caller: str | None) -> bool:
 
 
 def rule_two_drivers(tl: Timeline) -> list[Finding]:
-    """The LD_PRELOAD soname trap: two files act as the driver in one process."""
+    """The LD_PRELOAD soname trap: two files act as the driver in one process. An interposer
+    (core/interpose.py) that forwards every call to the driver is a chain, not a second driver."""
     out = []
     pids = {c.pid for c in tl.calls} | {l.pid for l in tl.loads} | {p.pid for p in tl.processes}
     for pid in sorted(pids):
         libs: dict[str, list[str]] = {}
+        chain = {os.path.basename(ip["path"]) for ip in interpose.interposers(tl, pid)}
+
+        def legit(caller):
+            return _driver_side(caller) or _base(caller) in chain
+
         # calls and loads made by a driver-role file are a shim forwarding to its driver, and
         # those of NVIDIA's own debugger backend (cuda-gdb loads it) open the real driver by
-        # path: both legitimate
+        # path: both legitimate, as are an interposer's calls and those it forwards
         for c in tl.calls:
-            if c.pid == pid and c.spec and c.spec.layer == "driver" and c.library and not _driver_side(c.caller):
+            if (c.pid == pid and c.spec and c.spec.layer == "driver" and c.library and not legit(c.caller)
+                    and _base(c.library) not in chain):
                 libs.setdefault(os.path.basename(c.library), []).append(c.function)
         for l in tl.loads:
-            if l.pid == pid and l.ok and role_of(l.path) == "driver" and not _driver_side(l.caller):
+            if l.pid == pid and l.ok and role_of(l.path) == "driver" and not legit(l.caller):
                 libs.setdefault(os.path.basename(l.resolved or l.path), []).append(f"dlopen(\"{l.path}\") by {_base(l.caller)}")
         preloaded = _preloaded_drivers(tl, pid)
         for path, soname in preloaded:
-            if soname != "libcuda.so.1":
+            if soname != "libcuda.so.1" and os.path.basename(path) not in chain:
                 libs.setdefault(os.path.basename(path), []).append(f"LD_PRELOAD, soname {soname!r}: libggml-cuda's direct cu* imports bind here")
         if len(libs) < 2:
             continue
@@ -286,6 +289,25 @@ def rule_two_drivers(tl: Timeline) -> list[Finding]:
             ("give the shim the soname libcuda.so.1 and make it the file cudart's dlopen finds (first on "
              "LD_LIBRARY_PATH), instead of LD_PRELOADing it under another name"),
             pid))
+    return out
+
+
+def rule_lookup_loop(tl: Timeline) -> list[Finding]:
+    """An interposer's dlsym hook and the driver's own lookups asking each other."""
+    out = []
+    for loop in interpose.lookup_loops(tl):
+        hook, driver = _base(loop["hook"]), _base(loop["driver"])
+        out.append(Finding(
+            "dlsym-loop",
+            f"{hook}'s dlsym hook and {driver} ask each other in a loop: {loop['rounds']} nested rounds on one thread",
+            [f"thread {loop['tid']}: {driver} calls dlsym(\"{loop['symbol']}\"), the hook in {hook} answers by calling "
+             f"{driver}'s {loop['symbol']}, which calls dlsym again ({loop['rounds']} times in a row, events "
+             f"{loop['first']}..{loop['last']})",
+             "each round nests inside the last: unbounded, it ends in a stack overflow or a hang"] + _error_evidence(tl),
+            (f"in {hook}'s dlsym hook, answer lookups made from inside the driver (or from inside the hook itself: a "
+             "thread-local guard) with the real dlsym (dlvsym(RTLD_NEXT, \"dlsym\", \"GLIBC_2.34\")), never by calling "
+             "back into the driver"),
+            loop["pid"]))
     return out
 
 
@@ -661,6 +683,7 @@ RULES = (
     rule_driver_version,
     rule_driver_result_passthrough,
     rule_two_drivers,
+    rule_lookup_loop,
     rule_killed_by_signal,
     rule_device_without_properties,
     rule_device_compute_capability,

@@ -1,0 +1,134 @@
+"""Interposing shims (HAMi-core's libvgpu.so and the like): preloaded under their own soname, they
+hook dlsym and cu*, and forward to the libcuda.so.1 the loader finds. A chain, not two drivers
+(issue #11 item 4). Real gdb on tests/programs/lib/interposer.c in front of the bundled shim, and
+hand-made timelines."""
+import pytest
+
+from conftest import ROOT, SHIM_BUILD, build_lib, build_variant, env_with, run_report
+
+SRC = ROOT / "tests" / "programs" / "lib" / "interposer.c"
+
+
+@pytest.fixture(scope="module")
+def interposer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("interposer")
+    return build_lib(SRC, d / "libvgpu.so", "-Wl,-soname,libvgpu.so")
+
+
+@pytest.fixture(scope="module")
+def looping(tmp_path_factory):
+    d = tmp_path_factory.mktemp("looping")
+    return build_lib(SRC, d / "libvgpu.so", "-Wl,-soname,libvgpu.so", "-DLOOP=8")
+
+
+def rules_of(report):
+    return [f["rule"] for f in report["findings"]]
+
+
+def test_interposer_is_a_chain_not_two_drivers(stack, probe, tmp_path, interposer):
+    env = env_with(LD_PRELOAD=interposer, LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda)
+    proc, report = run_report(tmp_path, [probe], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the fake driver behind it still fails cudart
+    assert "two-drivers" not in rules_of(report)
+    (chain,) = report["chains"]
+    assert chain["soname"] == "libvgpu.so" and chain["driver"].endswith("libcuda.so.1")
+    assert chain["source"] == "LD_PRELOAD" and chain["hooks_dlsym"]
+    assert {"cuInit", "cuDriverGetVersion", "cuGetExportTable"} <= set(chain["functions"])
+    # one call followed through both: cuInit lands in the interposer, which calls the driver's
+    calls = report["calls"]
+    i = next(i for i, c in enumerate(calls) if c["function"] == "cuInit" and c["library"].endswith("libvgpu.so"))
+    assert calls[i]["caller"].endswith("libcudart.so.12")
+    inner = calls[i + 1]
+    assert inner["function"] == "cuInit" and inner["library"].endswith("libcuda.so.1")
+    assert inner["caller"].endswith("libvgpu.so") and inner["tid"] == calls[i]["tid"]
+    out = proc.stdout
+    assert "CUDA driver chain: libvgpu.so (interposer, from LD_PRELOAD, hooks dlsym) -> libcuda.so.1 (driver)" in out
+    assert "cuInit from libcudart.so.12 landed in libvgpu.so, which called cuInit in libcuda.so.1" in out
+    assert "soname libcuda.so.1" not in out and "rename" not in out.lower()
+
+
+def test_dlsym_hook_and_driver_asking_each_other_is_a_loop(stack, probe, tmp_path, looping):
+    # the bundled shim forwards (and so resolves through dlsym, which is the hook) to a copy of itself
+    real = tmp_path / "real" / "libcuda.so.1"
+    real.parent.mkdir()
+    real.write_bytes((SHIM_BUILD / "libcuda.so.1").read_bytes())
+    env = env_with(LD_PRELOAD=looping, LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda,
+                   CUDASHIM_MODE="forward", CUDASHIM_REAL_DRIVER=real)
+    proc, report = run_report(tmp_path, [probe], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    f = next(f for f in report["findings"] if f["rule"] == "dlsym-loop")
+    assert "libvgpu.so's dlsym hook and libcuda.so.1 ask each other" in f["summary"]
+    assert "rounds" in f["summary"] and any('dlsym("cuGetProcAddress_v2")' in e for e in f["evidence"])
+    assert "real dlsym" in f["fix"] and "two-drivers" not in rules_of(report)
+
+
+# -- hand-made timelines: the same shapes, no gdb --------------------------------------------------
+
+def _timeline(preload, calls, lookups=()):
+    from gdb_cudashim.core.timeline import Call, Lookup, ProcessEvent, Timeline
+
+    tl = Timeline()
+    tl.add(ProcessEvent(seq=tl.next_seq(), pid=7, what="start", detail="/bin/probe",
+                        env={"LD_PRELOAD": str(preload)} if preload else {}, cwd="/"))
+    for item in calls:
+        if item[0] == "lookup":
+            _, symbol, caller = item
+            tl.add(Lookup(seq=tl.next_seq(), pid=7, tid=7, how="dlsym", symbol=symbol,
+                          handle_library="/opt/libcuda.so.1", version=None, found=True, caller=caller))
+        else:
+            function, library, caller = item
+            tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function=function, library=library, caller=caller,
+                        returned=True, result=0))
+    return tl
+
+
+CUDART, DRIVER = "/opt/cuda/libcudart.so.12", "/opt/shim/libcuda.so.1"
+
+
+def test_forwarding_preload_is_an_interposer(interposer):
+    from gdb_cudashim.core import interpose
+    from gdb_cudashim.core.rules import rule_two_drivers
+
+    tl = _timeline(interposer, [("cuInit", str(interposer), CUDART), ("cuInit", DRIVER, str(interposer)),
+                                ("cuDeviceGetCount", str(interposer), CUDART),
+                                ("cuDeviceGetCount", DRIVER, str(interposer))])
+    assert rule_two_drivers(tl) == []
+    (chain,) = interpose.chains(tl)
+    assert chain["forwarded"] == 2 and chain["functions"] == ["cuInit", "cuDeviceGetCount"]
+
+
+def test_preloaded_copy_that_does_not_forward_is_still_two_drivers(stack, variant_dir):
+    from gdb_cudashim.core import interpose
+    from gdb_cudashim.core.rules import rule_two_drivers
+
+    copy = build_variant(stack, variant_dir, "preload-accident", soname="libcudashim.so")
+    # its own answers, no driver call behind them; cudart's lookups go to the other file
+    tl = _timeline(copy, [("cuDeviceGet", str(copy), "/opt/libggml-cuda.so"), ("cuInit", DRIVER, CUDART)])
+    assert interpose.chains(tl) == []
+    (f,) = rule_two_drivers(tl)
+    assert f.rule == "two-drivers" and "soname libcuda.so.1" in f.fix
+
+
+def test_interposer_from_ld_so_preload(interposer, tmp_path, monkeypatch):
+    from gdb_cudashim.core import interpose
+    from gdb_cudashim.core.rules import rule_two_drivers
+
+    listing = tmp_path / "ld.so.preload"
+    listing.write_text(f"# ours\n{interposer}\n")
+    monkeypatch.setenv(interpose.LD_SO_PRELOAD_ENV, str(listing))
+    tl = _timeline(None, [("cuInit", str(interposer), CUDART), ("cuInit", DRIVER, str(interposer))])
+    (chain,) = interpose.chains(tl)
+    assert chain["source"] == str(listing) and rule_two_drivers(tl) == []
+
+
+def test_alternating_lookups_and_calls_are_a_loop_below_the_threshold_not():
+    from gdb_cudashim.core import interpose
+
+    hook = "/opt/libvgpu.so"
+    rounds = [("lookup", "cuGetProcAddress_v2", DRIVER), ("cuGetProcAddress_v2", DRIVER, hook)]
+    (loop,) = interpose.lookup_loops(_timeline(None, rounds * interpose.LOOP_ROUNDS))
+    assert loop["rounds"] == interpose.LOOP_ROUNDS and loop["hook"] == hook
+    assert interpose.lookup_loops(_timeline(None, rounds * (interpose.LOOP_ROUNDS - 1))) == []
+    # a forwarding driver's plain lookups, each after a call from cudart: no loop
+    plain = [("cuInit", DRIVER, CUDART), ("lookup", "cuInit", DRIVER)] * 10
+    assert interpose.lookup_loops(_timeline(None, plain)) == []
