@@ -132,3 +132,22 @@ def test_alternating_lookups_and_calls_are_a_loop_below_the_threshold_not():
     # a forwarding driver's plain lookups, each after a call from cudart: no loop
     plain = [("cuInit", DRIVER, CUDART), ("lookup", "cuInit", DRIVER)] * 10
     assert interpose.lookup_loops(_timeline(None, plain)) == []
+
+
+def test_audit_reads_ld_so_preload_and_never_advises_renaming_an_interposer(interposer, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    listing = tmp_path / "ld.so.preload"
+    listing.write_text(f"{interposer}\n")
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GDB_CUDASHIM_LD_SO_PRELOAD=listing)
+    proc = run_cli(["audit", "--shim", str(interposer), "--shim", str(SHIM_BUILD / "libcuda.so.1"), "--json"], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    kinds = [p["kind"] for p in result["problems"]]
+    assert "wrong-soname" not in kinds and "preload-soname" not in kinds
+    (note,) = [w for w in result["warnings"] if w["kind"] == "interposer"]
+    assert note["subject"] == str(interposer) and "libcuda.so.1" in note["detail"]
+    cudart = next(r for r in result["resolution"] if r["consumer"].endswith("libcudart.so.12"))
+    assert {"how": str(listing), "path": str(interposer)}.items() <= cudart["candidates"][0].items()

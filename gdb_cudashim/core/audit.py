@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
+from . import interpose
 from .elf import ElfInfo, ElfProblem, read_elf_cached
 
 # Entry points cudart looks up by name at run time (strings in libcudart, not imports).
@@ -87,11 +88,20 @@ def _expand(path: str, origin: str) -> str:
     return path.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
 
 
+def _interposer_note(path: str, soname: str | None, driver: str | None = None) -> Problem:
+    """A preloaded file under its own soname that hooks dlsym and exports cu*: HAMi-core's libvgpu.so shape."""
+    return Problem("interposer", path, f"soname {soname!r}, exports dlsym and cu*: an interposer in front of "
+                   + (f"the libcuda.so.1 the loader finds ({driver})" if driver else "the libcuda.so.1 the loader finds"),
+                   "its cu* exports and dlsym hook take the calls first; each must be forwarded to that driver",
+                   "keep its own soname; 'gdb-cudashim run' shows whether its calls reach the driver (the driver chain)")
+
+
 def resolve(soname: str, consumer: ElfInfo | None, env: dict, cache=None) -> list[dict]:
     """Candidates in the order ld.so tries them; the first existing one wins."""
     steps: list[tuple[str, str]] = []
     for item in (env.get("LD_PRELOAD") or "").replace(":", " ").split():
         steps.append(("LD_PRELOAD", item))
+    steps += [(interpose.ld_so_preload_path(), item) for item in interpose.ld_so_preload()]
     origin = os.path.dirname(os.path.abspath(consumer.path)) if consumer else ""
     if consumer and consumer.rpath and not consumer.runpath:
         steps += [("DT_RPATH", os.path.join(_expand(d, origin), soname)) for d in consumer.rpath]
@@ -106,7 +116,7 @@ def resolve(soname: str, consumer: ElfInfo | None, env: dict, cache=None) -> lis
     for how, path in steps:
         real = os.path.realpath(path)
         exists = os.path.isfile(path)
-        if how == "LD_PRELOAD":
+        if how in ("LD_PRELOAD", interpose.ld_so_preload_path()):
             soname_of = None
             if exists:
                 try:
@@ -210,7 +220,9 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
     runtimes = [s for s in shim_infos if _role(s) == "runtime"]
 
     for s in drivers:
-        if s.soname != "libcuda.so.1":
+        if s.soname != "libcuda.so.1" and "dlsym" in s.exports:
+            res.warnings.append(_interposer_note(s.path, s.soname))
+        elif s.soname != "libcuda.so.1":
             res.problems.append(Problem(
                 "wrong-soname", s.path, f"soname is {s.soname!r}, not 'libcuda.so.1'",
                 "cudart dlopen()s \"libcuda.so.1\" and dlsym()s only that handle: a preloaded file under another "
@@ -272,8 +284,12 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
             res.resolution.append({"consumer": c.path, "soname": soname, "chosen": chosen["path"] if chosen else None,
                                    "how": chosen["how"] if chosen else None, "candidates": cands})
             for x in cands:
-                if x["how"] == "LD_PRELOAD" and x["exists"] and not x["satisfies"] and soname == "libcuda.so.1" \
+                preloaded = x["how"] in ("LD_PRELOAD", interpose.ld_so_preload_path())
+                if preloaded and x["exists"] and not x["satisfies"] and soname == "libcuda.so.1" \
                         and x.get("soname") and "cuInit" in read_elf_cached(x["path"]).exports:
+                    if "dlsym" in read_elf_cached(x["path"]).exports:  # an interposer: a design, not the trap
+                        res.warnings.append(_interposer_note(x["path"], x["soname"], chosen["path"] if chosen else None))
+                        continue
                     res.problems.append(Problem(
                         "preload-soname", x["path"], f"preloaded with soname {x['soname']!r}; "
                         f"{os.path.basename(c.path)} still resolves libcuda.so.1 to {chosen['path'] if chosen else 'nothing'}",
@@ -297,6 +313,12 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
     for p in res.problems:
         unique.setdefault((p.kind, p.subject, p.detail), p)
     res.problems = list(unique.values())
+    notes = {}  # an interposer is named once, with the driver behind it when a resolution saw it
+    for w in res.warnings:
+        key = (w.kind, w.subject) if w.kind == "interposer" else id(w)
+        if key not in notes or len(w.detail) > len(notes[key].detail):
+            notes[key] = w
+    res.warnings = list(notes.values())
     return res
 
 
