@@ -4,16 +4,27 @@ Exit statuses: 0 no CUDA init failure seen, 1 failure found, 2 usage or environm
 """
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import shlex
 import signal
 import sys
-import time
 
-from . import deps
-from .core.term import help_width
+
+def _interrupted_early(signo, _frame):
+    """A stop signal before the command has set up its own handling: exit 128+N quietly,
+    never a traceback out of an import."""
+    raise SystemExit(128 + signo)
+
+
+for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, _interrupted_early)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import time  # noqa: E402
+
+from . import deps  # noqa: E402
+from .core.term import help_width  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
@@ -58,7 +69,7 @@ def _color(flag: str) -> bool:
         return True
     if flag == "never" or os.environ.get("NO_COLOR"):
         return False
-    return sys.stdout.isatty()
+    return sys.stdout is not None and sys.stdout.isatty()
 
 
 def _check_program(argv: list[str]) -> str:
@@ -132,6 +143,13 @@ class _Supervisor:
         self.notes: list[str] = []
         self.was_stopped: set[int] = set()
         self.control_r, self.control_w = os.pipe()  # gdb reads, we write; its EOF = we are gone
+        # our handlers from before gdb exists: a signal in between must neither kill us (and
+        # orphan gdb, in a session of its own) nor be lost
+        self._old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self._old_wakeup = signal.set_wakeup_fd(self.wake_w)
 
     def spawn(self, cmd: list[str], env: dict, give_stdio: bool) -> int:
         """gdb, its output into the log; the program gets our stdout/stderr as 3/4 (cuda-run --stdio)."""
@@ -167,11 +185,7 @@ class _Supervisor:
         """Until gdb ends; its exit status (negative: killed by that signal)."""
         import select
 
-        old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
+        wake_r = self.wake_r
         try:
             pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
@@ -218,11 +232,8 @@ class _Supervisor:
                 except OSError:
                     pass
         finally:
-            signal.set_wakeup_fd(old_wakeup)
-            for s, h in old.items():
-                signal.signal(s, h)
-            for fd in (wake_r, wake_w) + ((pidfd,) if pidfd is not None else ()):
-                os.close(fd)
+            if pidfd is not None:
+                os.close(pidfd)
 
     def _send(self, line: str) -> None:
         try:
@@ -300,10 +311,14 @@ class _Supervisor:
             self.notes += rescue.rescue(targets, self.was_stopped)
 
     def close(self):
-        try:
-            os.close(self.control_w)
-        except OSError:
-            pass
+        signal.set_wakeup_fd(self._old_wakeup)
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+        for fd in (self.control_w, self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 CONTROL_FD = 5  # gdb's descriptor for our control pipe (0-2 its stdio, 3-4 the program's)
@@ -323,12 +338,13 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
     the CliError that says why there is none."""
     where = os.environ.get("TMPDIR") or "/tmp"
     tmp = os.path.join(where, f"gdb-cudashim-{os.getpid()}-{os.urandom(6).hex()}")
+    sup = _Supervisor(tmp, attach_pid, timeout)
     try:
         os.mkdir(tmp, 0o700)  # fails rather than reuse anything already there
     except OSError as exc:
+        sup.close()
         raise CliError(f"cannot make a temporary directory in {where} (TMPDIR): {exc.strerror}") from None
     report_path = os.path.join(tmp, "report.json")
-    sup = _Supervisor(tmp, attach_pid, timeout)
     try:
         if attach_pid is not None:
             from .core.procfs import descendants, state
@@ -429,15 +445,21 @@ def _emit(report: dict, args, command: list[str], ref: dict | None = None) -> in
     lines = render(report, color=_color(args.color), verbose=args.verbose)
     if compared:
         lines += [""] + compared[1]
-    out = sys.stderr if args.json == "-" else sys.stdout
+    _print("\n".join(lines) + "\n", sys.stderr if args.json == "-" else sys.stdout)
+    return status
+
+
+def _print(text: str, out) -> None:
+    """TEXT to OUT, quietly when nobody reads: OUT closed (>&-: None) or a reader gone (| head -1)."""
+    if out is None:
+        return
     try:
-        out.write("\n".join(lines) + "\n")
+        out.write(text)
         out.flush()
-    except BrokenPipeError:  # | head -1: the reader has what it wanted
+    except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, out.fileno())  # no second error when Python flushes at exit
         os.close(devnull)
-    return status
 
 
 def cmd_run(args) -> int:
@@ -520,13 +542,7 @@ def cmd_diff(args) -> int:
         text = json.dumps(diff.to_dict(divergences, ref, run), indent=1) + "\n"
     else:
         text = "\n".join(diff.render(divergences, args.ref, args.run, color=_color(args.color))) + "\n"
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    _print(text, sys.stdout)
     return 1 if divergences else 0
 
 
@@ -682,6 +698,9 @@ def cmd_gdb(args) -> int:
     base, env = _gdb_base(env, batch=False)
     import subprocess
 
+    # an interactive gdb owns Ctrl-C (it interrupts the program): we only wait for it
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
     return subprocess.call(base + args.gdb_args, env=env)
 
 

@@ -166,3 +166,27 @@ def test_picker_cancels_on_escape_q_and_ctrl_c(key, tmp_path):
         for s in sleepers:
             s.kill()
             s.wait()
+
+
+def test_diff_and_compare_never_block_on_a_fifo_or_read_a_device(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (["diff", str(fifo), str(fifo)], ["diff", "/dev/zero", "/dev/zero"],
+                 ["run", "--compare", str(fifo), "--", "/bin/true"], ["run", "--compare", "/dev/zero", "--", "/bin/true"]):
+        proc = run_cli(args, timeout=30)
+        one_line(proc, "is not a regular file")
+
+
+def test_json_into_a_fifo_nobody_reads_is_an_error_not_a_wait(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = run_cli(["run", "--json", str(fifo), "--", "/bin/true"], timeout=30)
+    assert proc.returncode == 2 and "No CUDA init failure seen" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [f"gdb-cudashim: cannot write --json {fifo}: No such device or address"]
+
+
+def test_closed_stdout_keeps_the_status():
+    proc = subprocess.run(CLI + ["run", "--", "/bin/sh", "-c", "kill -SEGV $$"], cwd=ROOT, env=env_with(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr

@@ -367,3 +367,32 @@ def test_ctrl_c_on_a_real_terminal_reaches_the_tool_not_the_program(stack, tmp_p
             pass
     assert b"partial report" in out and b"stopped by SIGINT" in out
     assert not alive(probe) and not [p for p in procs if alive(p)]
+
+
+@pytest.mark.parametrize("delay", [0.03, 0.05, 0.08, 0.12])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_while_gdb_is_starting_leaves_nothing_behind(sig, code, delay):
+    """The CLI's handlers are in place before gdb exists: a SIGTERM in between used to kill
+    the CLI with the default action and leave gdb (in its own session) and the program
+    running forever, traced."""
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, LOOPER_TICK_MS=50)
+    cli = start_cli(["run", "--timeout", "20", "--", str(BUILD / "looper")], env, start_new_session=True)
+    time.sleep(delay)
+    cli.send_signal(sig)
+    out, err = cli.communicate(timeout=60)
+    # killed by it before Python ran our code: a shell shows 128+N either way
+    assert cli.returncode in (code, -sig), out + err
+    assert "Traceback" not in err
+    time.sleep(0.3)
+    mark = f"gdb-cudashim-{cli.pid}-"
+    gdbs = [p for p in os.listdir("/proc") if p.isdigit() and mark.encode() in _cmdline(p)]
+    loopers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith(str(BUILD / "looper").encode())]
+    assert not gdbs and not loopers and not temp_dirs_of(cli.pid), (gdbs, loopers)
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

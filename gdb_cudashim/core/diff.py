@@ -60,12 +60,30 @@ def check(report, label: str) -> dict:
     return report
 
 
+MAX_REPORT_BYTES = 1 << 30
+
+
 def load(path: str, label: str) -> dict:
     import json
 
+    import stat
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # never block on a FIFO or read a device without end: a report is a regular file
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ReportError(f"{label} {path} is not a regular file (a report is one)")
+            if st.st_size > MAX_REPORT_BYTES:
+                raise ReportError(f"{label} {path} is {st.st_size} bytes, more than any report "
+                                  f"({MAX_REPORT_BYTES} at most)")
+            with os.fdopen(fd, "rb") as f:
+                fd = None
+                data = f.read(MAX_REPORT_BYTES + 1)
+        finally:
+            if fd is not None:
+                os.close(fd)
     except OSError as exc:
         raise ReportError(f"cannot read {label} {path}: {exc.strerror}") from None
     try:

@@ -27,8 +27,12 @@ def write_text(path: str, text: str) -> None:
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "Is a directory", path)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        # a FIFO, a device: write in place, never replace
-        with open(target, "w") as f:
+        # a FIFO, a device: write in place, never replace; a FIFO nobody reads is an
+        # error (ENXIO), not a wait forever
+        fd = os.open(target, os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(st.st_mode) else 0))
+        if stat.S_ISFIFO(st.st_mode):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "w") as f:
             f.write(text)
         return
     folder = os.path.dirname(target) or "."

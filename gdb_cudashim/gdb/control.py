@@ -152,9 +152,16 @@ class Watchdog:
                 if self.closed:
                     return
                 live = [p for p in sorted(self.tracer.live_pids) if p not in tried] or sorted(self.tracer.live_pids)
-                if not live:
+                if not live:  # asked before the program started: stop it as soon as it has
+                    pid = None
+                else:
+                    pid = live[0]
+            if pid is None:
+                self.acked.wait(0.05)
+                continue
+            with self.lock:
+                if self.closed:
                     return
-                pid = live[0]
                 tried.add(pid)
                 try:
                     os.kill(pid, signal.SIGSTOP)

@@ -128,6 +128,9 @@ class CudaRun(Command):
     def _drive(self, t, args, dog, stops):
         """Resume every process until none is left or the watchdog stopped them; the status
         when the program could not be run at all."""
+        if t.stop_reason is not None:  # interrupted before anything ran: run nothing
+            dog.ack()
+            return None
         try:
             if _live():
                 gdb.execute("continue", to_string=True)
