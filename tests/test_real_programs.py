@@ -133,11 +133,32 @@ def test_goserver_keeps_serving_after_discovery(goserver, ggml_cuda_backend):
 
 # -- the same programs under `gdb-cudashim run` -------------------------------------------
 
+KNOWN_GDB_FAILURE = "gdb could not continue"  # cuda-run's stop_reason for it
+GDB_RETRIES = 3
+
+
 def run_tool(tmp_path, program_args, env, extra=(), timeout=120):
+    """run_once, again (up to GDB_RETRIES) when gdb 13 itself could not go on with a
+    multi-process run: with the Go server about 1 run in 10, gdb fails a 'continue' right
+    after a child exits ("Couldn't get registers: No such process" or "the selected thread
+    is running"). The tool reports that honestly (a partial report, the note); these tests
+    are about what a full run shows. README "Known limits" tracks the gdb side."""
+    for attempt in range(GDB_RETRIES):
+        result = run_once(tmp_path / f"try{attempt}", program_args, env, extra, timeout)
+        report = result[2]
+        if not (report and report.get("interrupted") == KNOWN_GDB_FAILURE):
+            return result
+        print(f"gdb could not continue (attempt {attempt + 1}): {report.get('notes')}")
+    return result
+
+
+def run_once(tmp_path, program_args, env, extra=(), timeout=120):
     """gdb-cudashim run --json, in its own session: on a timeout the whole group (the CLI, gdb,
     the program and its children) is killed, so a wedged run cannot leave anything behind.
     Returns (returncode or None when it had to be killed, stdout+stderr, report or None, seconds)."""
     from conftest import CLI
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
 
     out = tmp_path / "report.json"
     log = tmp_path / "output.txt"  # a file, not a pipe: a server left running keeps its stdout open

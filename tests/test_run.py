@@ -409,3 +409,17 @@ def test_the_cause_of_what_ggml_printed_comes_first(stack, probe, tmp_path):
     table = next(f for f in rest if f["rule"] == "missing-cuGetExportTable")
     claim = next(e for e in table["evidence"] if "(36)" in e)
     assert claim.startswith("this run failed earlier, with cudaError 100")
+
+
+def test_twenty_children_at_once_are_all_followed(stack, probe, tmp_path):
+    """A parent starting 20 workers at once: every child's init is seen. A traced call's return
+    breakpoint got a location in every process, and inserting it where nothing was mapped made
+    gdb's continue fail: 13-18 of 21 processes, all SIGKILLed, 'No CUDA init failure seen'."""
+    proc, report = run_report(tmp_path, [BUILD / "forkn", "20", probe], probe_env(stack, SEED), timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
+    starts = [p for p in report["processes"] if p["what"] == "start"]
+    exits = [p for p in report["processes"] if p["what"] == "exit"]
+    assert len(starts) == 21 and len(exits) == 21
+    assert all(e["exit_code"] == 0 for e in exits), exits
+    assert len(report["errors"]) == 20 and not report.get("partial")
+    assert not any("continue failed" in n for n in report["notes"])

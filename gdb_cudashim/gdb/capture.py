@@ -24,7 +24,12 @@ FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKI
 ENOSYS = 38
 WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
 WRITES_AFTER_FAILED_INIT = 64  # after a failed init with no error text yet: the log thread's writes
-_CATCH_ARCH: dict[int, str] = {}  # catchpoint number -> the architecture its syscall numbers are for
+_CATCH_ARCH: dict[int, str] = {}
+# The end of our breakpoints' command lists. gdb runs them after a gdb.execute() returns, with
+# the UI async again: a 'continue' there resumes in the background, and cuda-run's next
+# command found "the selected thread is running" (about 1 run in 20 with a Go server).
+# While cuda-run drives ($_gdb_cudashim_driving = 1), its loop resumes instead.
+RESUME = "if $_gdb_cudashim_driving == 0\ncontinue\nend"  # catchpoint number -> the architecture its syscall numbers are for
 
 
 class Capture:
@@ -83,7 +88,8 @@ class Capture:
         catch.condition = f"$_gdb_cudashim_syscall({num})"  # every inferior's catchpoint is asked: act once
         # ... it says "stop" only once the window has closed: disabling a syscall catchpoint
         # reaches ptrace from a command context, not from inside the condition.
-        catch.commands = "silent\npython __import__('gdb_cudashim.gdb.capture', fromlist=['x']).syscall_stop()\ncontinue"
+        catch.commands = ("silent\npython __import__('gdb_cudashim.gdb.capture', fromlist=['x']).syscall_stop()\n"
+                          + RESUME)
         self.catches[num] = catch
 
     def window_open(self) -> bool:

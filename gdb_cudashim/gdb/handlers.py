@@ -45,8 +45,22 @@ class Return(Handler, gdb.FinishBreakpoint):
     def __init__(self, tracer, frame, on_return):
         self.tracer = tracer
         self.on_return = on_return
+        self.home = gdb.selected_inferior().num
         super().__init__(frame, internal=True)
         self.silent = True
+        self.pin_locations()
+
+    def pin_locations(self):
+        """gdb gives the return address a location in every program space: where another
+        process has nothing mapped there, inserting it fails and aborts the whole 'continue'
+        (20 children at once did). Only the calling process's location stays enabled."""
+        try:
+            for loc in self.locations:
+                want = self.home in loc.thread_groups
+                if loc.enabled != want:
+                    loc.enabled = want
+        except (gdb.error, RuntimeError):
+            pass
 
     def handle(self):
         self.on_return(memory.regs("rax")[0])
@@ -263,7 +277,9 @@ class WindowBreakpoint(FunctionBreakpoint):
         # "don't stop" answer, so the other threads would go on without PTRACE_SYSCALL and
         # their writes (llama.cpp's log thread writes ggml's error) would never be seen.
         # The stop is silent and goes straight on.
-        self.commands = "silent\ncontinue"
+        from .capture import RESUME
+
+        self.commands = "silent\n" + RESUME
 
     def handle(self):
         tracer = self.tracer

@@ -20,6 +20,8 @@ def load():
     if _loaded:
         return
     batch = gdb.convenience_variable("gdb_cudashim_batch") is not None
+    if gdb.convenience_variable("_gdb_cudashim_driving") is None:
+        gdb.set_convenience_variable("_gdb_cudashim_driving", 0)  # our breakpoints' commands read it (capture.RESUME)
     if batch and os.environ.get("GDB_CUDASHIM_SITE"):
         deps.add_site_dirs()
         still_missing = []

@@ -130,8 +130,16 @@ class Placer:
             self.reconcile()
 
     def _on_modified(self, bp):
-        if bp.number in self._ours and not self._busy:
+        if self._busy:
+            return
+        if bp.number in self._ours:
             self._reconcile_one(bp, self._spaces())
+        elif hasattr(bp, "pin_locations"):  # a traced call's return (handlers.Return)
+            self._busy = True
+            try:
+                bp.pin_locations()
+            finally:
+                self._busy = False
 
     # ---------------------------------------------------------- locations --
     @staticmethod

@@ -88,8 +88,10 @@ class _PatchBreakpoint(gdb.Breakpoint):
         super().__init__(function=patch.function, internal=True)
         self.silent = True
         if patch.skip:
+            from ..capture import RESUME
+
             self.commands = ("silent\npython __import__('gdb_cudashim.gdb.commands.cuda_patch', "
-                             "fromlist=['x']).apply_skip()\ncontinue")
+                             "fromlist=['x']).apply_skip()\n" + RESUME)
 
     def stop(self):
         patch = self.patch

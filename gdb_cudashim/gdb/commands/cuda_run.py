@@ -18,6 +18,9 @@ from .. import control, session
 from ..command import Command, register
 
 
+CONTINUE_RETRIES = 8  # continues that fail on a process that is going, before the run is given up
+
+
 def _live():
     return [i for i in gdb.inferiors() if i.pid]
 
@@ -86,8 +89,10 @@ class CudaRun(Command):
             dog.start()
             if sampler is not None:
                 sampler.start()
+            _set_driving(1)  # our loop resumes, not the breakpoints' commands (capture.RESUME)
             status = self._drive(t, args, dog, stops)
         finally:
+            _set_driving(0)
             dog.close()
             stops.disconnect()
             session.State.driving = False
@@ -107,6 +112,8 @@ class CudaRun(Command):
         if reason not in (None, "timeout", "settled"):
             report["partial"] = True
             report["interrupted"] = reason
+            if report["status"] == 0:
+                report["status"] = EXIT_USAGE  # not followed to its end: no "no failure seen"
         if left_running:
             report["left_running"] = left_running
         if reason == "cli-gone":
@@ -145,6 +152,7 @@ class CudaRun(Command):
             if not t.timeline.processes:
                 t.note(f"could not run the program: {exc}")
                 return EXIT_USAGE
+        failures = 0
         while True:
             if stops.user_interrupt and t.stop_reason is None:
                 t.stop_reason = "SIGINT"  # Ctrl-C in an interactive gdb: the user wants out
@@ -154,20 +162,76 @@ class CudaRun(Command):
             live = _live()
             if not live:
                 return None
+            # an inferior whose process is exiting cannot be resumed from ("Couldn't get
+            # registers: No such process"): take another, and retry a few times: the
+            # continue that comes next collects the exit
+            here = gdb.selected_inferior()
+            if here.pid and not failures:
+                target = here  # resume from where the stop was: no switch to a stale thread
+            else:
+                target = live[(failures // 2) % len(live)]
+                try:
+                    gdb.execute(f"inferior {target.num}", to_string=True)
+                except gdb.error:
+                    if gdb.selected_inferior().num != target.num:
+                        t.note(f"could not switch to inferior {target.num}")
+                        return None
+            _select_a_live_thread(target)
             try:
-                gdb.execute(f"inferior {live[0].num}", to_string=True)
-            except gdb.error:
-                # switched, but its frame could not be shown ("Couldn't get registers: No such
-                # process"): it is exiting, and the continue below collects that
-                if gdb.selected_inferior().num != live[0].num:
-                    t.note(f"could not switch to inferior {live[0].num}")
-                    return None
-            try:
-                gdb.execute("continue", to_string=True)
+                if failures:
+                    # with schedule-multiple gdb resumes every process, and one that has just
+                    # exited (its exit not yet collected) makes the whole continue fail;
+                    # resuming this one alone lets gdb collect that exit
+                    _continue_alone()
+                else:
+                    gdb.execute("continue", to_string=True)
+                failures = 0
             except gdb.error as exc:
+                failures += 1
+                if "No such process" in str(exc) and failures < CONTINUE_RETRIES:
+                    continue
                 gdb.write(f"{exc}\n", gdb.STDERR)
                 t.note(f"continue failed: {exc}")
+                t.stop_reason = "gdb could not continue"  # the report is partial, never a clean bill
                 return None
+
+
+def _continue_alone() -> None:
+    multiple = gdb.parameter("schedule-multiple")
+    if multiple:
+        gdb.execute("set schedule-multiple off", to_string=True)
+    try:
+        gdb.execute("continue", to_string=True)
+    finally:
+        if multiple:
+            gdb.execute("set schedule-multiple on", to_string=True)
+
+
+def _select_a_live_thread(inferior) -> None:
+    """gdb may still hold a thread that has gone (a Go runtime thread, a finished helper):
+    resuming from it fails with "Couldn't get registers: No such process". Select one the
+    kernel still lists."""
+    try:
+        here = gdb.selected_thread()
+        if here is not None and here.inferior == inferior and os.path.exists(f"/proc/{inferior.pid}/task/{here.ptid[1]}"):
+            return
+        for thread in inferior.threads():
+            if os.path.exists(f"/proc/{inferior.pid}/task/{thread.ptid[1]}"):
+                thread.switch()
+                return
+    except (gdb.error, RuntimeError):
+        pass
+
+
+def _set_driving(value: int) -> None:
+    """$_gdb_cudashim_driving. gdb may report an error of the moment here (a process that
+    just went: "Couldn't get registers: No such process"); the value is set regardless."""
+    for _ in range(3):
+        try:
+            gdb.set_convenience_variable("_gdb_cudashim_driving", value)
+            return
+        except gdb.error:
+            continue
 
 
 class _StopWatch:
