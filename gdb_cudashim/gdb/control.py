@@ -220,3 +220,34 @@ class ChildSampler:
                         seen["cuda"].append(name)
         except OSError:
             seen["alive"] = False
+
+
+class sigstop_not_passed:
+    """with sigstop_not_passed(): gdb stops on SIGSTOP and never hands it to the program
+    (the watchdog's own stop signal, on a continue or a detach); the user's 'handle SIGSTOP'
+    settings are put back exactly afterwards. Called on gdb's main thread."""
+
+    def __enter__(self):
+        import gdb
+
+        self.row = None
+        try:
+            for line in gdb.execute("info signals SIGSTOP", to_string=True).splitlines():
+                if line.startswith("SIGSTOP"):
+                    self.row = line.split()[1:4]  # Stop, Print, Pass
+        except gdb.error:
+            pass
+        gdb.execute("handle SIGSTOP stop print nopass", to_string=True)
+        return self
+
+    def __exit__(self, *exc):
+        import gdb
+
+        if self.row is not None:
+            stop, printed, passed = (v == "Yes" for v in self.row)
+            words = ["stop" if stop else "nostop", "print" if printed else "noprint", "pass" if passed else "nopass"]
+            try:
+                gdb.execute("handle SIGSTOP " + " ".join(words), to_string=True)
+            except gdb.error:
+                pass
+        return False

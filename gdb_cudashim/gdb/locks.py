@@ -205,42 +205,34 @@ def _sample(candidates) -> float:
     after each stop; the seconds it ran in all. A stop is the watchdog's SIGSTOP (never passed on)."""
     from . import control
 
-    row = _handle_row("SIGSTOP")
-    gdb.execute("handle SIGSTOP stop print nopass", to_string=True)
     ran = 0.0
     try:
-        for _ in range(SAMPLES - 1):
-            target = types.SimpleNamespace(live_pids={c["pid"] for c in candidates[:1]}, stop_reason=None)
-            dog = control.Watchdog(target, deadline=time.monotonic() + SAMPLE_S)
-            began = time.monotonic()
-            dog.start()
-            try:
-                gdb.execute("continue", to_string=True)
-            finally:
-                dog.ack()
-                dog.close()
-            ran += time.monotonic() - began
-            for c in candidates:
-                pc = _pc(c["pid"], c["tid"])
-                if pc is None:
-                    return ran
-                c["pcs"].append(pc)
+        with control.sigstop_not_passed():
+            ran = _sample_rounds(candidates, control)
     except gdb.error:
         pass
-    finally:
-        if row and row[3] == "Yes":
-            gdb.execute("handle SIGSTOP pass", to_string=True)
     return ran
 
 
-def _handle_row(name):
-    try:
-        for line in gdb.execute(f"info signals {name}", to_string=True).splitlines():
-            if line.startswith(name):
-                return line.split()[:4]
-    except gdb.error:
-        pass
-    return None
+def _sample_rounds(candidates, control) -> float:
+    ran = 0.0
+    for _ in range(SAMPLES - 1):
+        target = types.SimpleNamespace(live_pids={c["pid"] for c in candidates[:1]}, stop_reason=None)
+        dog = control.Watchdog(target, deadline=time.monotonic() + SAMPLE_S)
+        began = time.monotonic()
+        dog.start()
+        try:
+            gdb.execute("continue", to_string=True)
+        finally:
+            dog.ack()
+            dog.close()
+        ran += time.monotonic() - began
+        for c in candidates:
+            pc = _pc(c["pid"], c["tid"])
+            if pc is None:
+                return ran
+            c["pcs"].append(pc)
+    return ran
 
 
 def _thread(pid, tid):

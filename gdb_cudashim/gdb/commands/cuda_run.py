@@ -315,13 +315,8 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
     live = _live()
     pids = [i.pid for i in live]
     # a watchdog SIGSTOP is the last stop signal: never hand it to the program on detach
-    row = _signal_row("SIGSTOP")
-    gdb.execute("handle SIGSTOP nopass", to_string=True)
-    try:
+    with control.sigstop_not_passed():
         gdb.execute("detach inferiors " + " ".join(str(i.num) for i in live), to_string=True)
-    finally:
-        if row is not None and row[2] == "Yes":
-            gdb.execute("handle SIGSTOP pass", to_string=True)
     for pid in pids:
         # a SIGSTOP still queued when gdb let go stops it: let it run, as it was
         if pid not in stopped_before and _state(pid) == "T":
@@ -339,16 +334,6 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
         tracer.note(f"detached from {names}; left running untraced")
     session.State.tracer = tracer  # build_report still reads its timeline
     return pids
-
-
-def _signal_row(name):
-    try:
-        for line in gdb.execute(f"info signals {name}", to_string=True).splitlines():
-            if line.startswith(name):
-                return line.split()[:4]
-    except gdb.error:
-        pass
-    return None
 
 
 def _dump(path, started):
