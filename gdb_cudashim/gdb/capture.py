@@ -55,12 +55,9 @@ class Capture:
         self.maybe_close()
 
     def delete(self):
-        for catch in self.catches.values():
-            try:
-                if catch.is_valid():
-                    catch.delete()
-            except (RuntimeError, gdb.error):
-                pass
+        from .handlers import delete_quietly
+
+        delete_quietly(self.catches.values())
         self.catches.clear()
 
     def ensure_catch(self):

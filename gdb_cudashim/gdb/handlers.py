@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 LOOKUP_CAP = 20000  # stop tracing lookups after this many (a pathological program)
 
 
+def delete_quietly(breakpoints) -> None:
+    """Delete each breakpoint still valid; one gdb already dropped (its program gone) is no error."""
+    for bp in breakpoints:
+        try:
+            if bp.is_valid():
+                bp.delete()
+        except (RuntimeError, gdb.error):
+            pass
+
+
 class Handler:
     """Mix-in: count the stop, never let an exception escape into gdb."""
 

@@ -26,7 +26,7 @@ from . import located, memory
 from .capture import Capture
 from .events import Subscriptions
 from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, LookupBreakpoint, Return,
-                       WindowBreakpoint)
+                       WindowBreakpoint, delete_quietly)
 
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
@@ -144,19 +144,9 @@ class Tracer:
             self.placer.stop()
             self.placer = None
         self._events.disconnect_all()
-        for bp in self.breakpoints:
-            try:
-                if bp.is_valid():
-                    bp.delete()
-            except (RuntimeError, gdb.error):
-                pass
+        delete_quietly(self.breakpoints)
         self.capture.delete()
-        for bp in list(gdb.breakpoints()):  # finish breakpoints still pending
-            if isinstance(bp, Return) and bp.is_valid():
-                try:
-                    bp.delete()
-                except (RuntimeError, gdb.error):
-                    pass
+        delete_quietly([bp for bp in gdb.breakpoints() if isinstance(bp, Return)])  # returns still pending
         self.breakpoints.clear()
         for name, value in self.saved_settings.items():
             gdb.execute(f"set {name} {value}", to_string=True)
