@@ -247,9 +247,6 @@ class _Supervisor:
         attach: gdb is the only one that can take its breakpoints out of a thread stopped at
         one, so it is woken first (SIGCONT, SIGCHLD) and given time to detach; only if it still
         does not, it is ended and its breakpoints are taken out of the code from here."""
-        from .core import rescue
-        from .core.procfs import descendants
-
         self.hard_stopped = True
         partial = os.path.join(self.tmp, "partial.json")
         self._send(f"dump {partial}\n")
@@ -270,14 +267,8 @@ class _Supervisor:
             if os.path.exists(partial):
                 break
             time.sleep(0.05)
-        targets = []
-        if self.attach_pid is not None:
-            targets = [self.attach_pid] + descendants(self.attach_pid)
-            for p in targets:  # held still while gdb goes and the code is put back
-                try:
-                    os.kill(p, signal.SIGSTOP)
-                except OSError:
-                    pass
+        targets = self._hold_attached()
+        if targets:
             self.notes.append("gdb did not detach; gdb-cudashim ended it and took its breakpoints out itself "
                               "(a thread stopped at one of them at that moment may die of SIGTRAP)")
         try:
@@ -285,28 +276,37 @@ class _Supervisor:
         except OSError:
             os.kill(self.pid, signal.SIGKILL)
         _, status = os.waitpid(self.pid, 0)
-        if targets:
-            time.sleep(0.05)
-            self.notes += rescue.rescue(targets, self.was_stopped)
+        self._rescue(targets)
         return os.waitstatus_to_exitcode(status)
 
     def after_gdb_died(self):
         """gdb died on its own: the programs it started go with it (its process group); an
         attached process gets its code back and runs on."""
-        from .core import rescue
-        from .core.procfs import descendants
-
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:
             pass
-        if self.attach_pid is not None:
-            targets = [self.attach_pid] + descendants(self.attach_pid)
-            for p in targets:
-                try:
-                    os.kill(p, signal.SIGSTOP)
-                except OSError:
-                    pass
+        self._rescue(self._hold_attached())
+
+    def _hold_attached(self) -> list[int]:
+        """The attached process and its children, held still (SIGSTOP) while gdb goes and the
+        code is put back; [] for a run."""
+        from .core.procfs import descendants
+
+        if self.attach_pid is None:
+            return []
+        targets = [self.attach_pid] + descendants(self.attach_pid)
+        for p in targets:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except OSError:
+                pass
+        return targets
+
+    def _rescue(self, targets) -> None:
+        from .core import rescue
+
+        if targets:
             time.sleep(0.05)
             self.notes += rescue.rescue(targets, self.was_stopped)
 
