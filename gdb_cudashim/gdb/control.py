@@ -59,6 +59,7 @@ class Watchdog:
         self.closed = False
         self.acked = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
+        self._buf = b""  # a control line not complete yet
         self._thread = None
 
     def start(self):
@@ -80,7 +81,6 @@ class Watchdog:
 
     # -- the thread --
     def _run(self):
-        buf = b""
         fds = [self._wake_r] + ([self.control_fd] if self.control_fd is not None else [])
         reason = None
         while reason is None:
@@ -97,22 +97,13 @@ class Watchdog:
             if self.closed:
                 return
             if self.control_fd is not None and self.control_fd in ready:
-                try:
-                    data = os.read(self.control_fd, 4096)
-                except OSError:
-                    data = b""
-                if not data:
+                commands = self._commands()
+                if commands is None:
                     reason = "cli-gone"
-                    fds.remove(self.control_fd)
                     break
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    word, _, arg = line.decode(errors="replace").partition(" ")
+                for word, arg in commands:
                     if word == "stop":
                         reason = arg or "interrupted"
-                    elif word == "dump" and self.dump is not None:
-                        self._dump(arg)
                 continue
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 reason = "timeout"
@@ -120,18 +111,34 @@ class Watchdog:
                 reason = self.settled()
         self._stop(reason)
         # keep serving dumps while the main thread tears down
-        while not self.closed and self.control_fd is not None and self.control_fd in fds:
+        while reason != "cli-gone" and not self.closed and self.control_fd is not None:
             try:
                 ready, _, _ = select.select(fds, [], [], None)
-                if self.control_fd in ready:
-                    data = os.read(self.control_fd, 4096)
-                    if not data:
-                        return
-                    for line in data.decode(errors="replace").splitlines():
-                        if line.startswith("dump ") and self.dump is not None:
-                            self._dump(line[5:])
             except (OSError, ValueError):
                 return
+            if self.control_fd in ready and self._commands() is None:
+                return
+
+    def _commands(self):
+        """The complete lines the CLI sent, as (word, argument); dumps are served here. None:
+        the CLI is gone (end of file)."""
+        try:
+            data = os.read(self.control_fd, 4096)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            return None
+        self._buf += data
+        out = []
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            word, _, arg = line.decode(errors="replace").partition(" ")
+            if word == "dump" and self.dump is not None:
+                self._dump(arg)
+            out.append((word, arg))
+        return out
 
     def _dump(self, path):
         try:
