@@ -639,12 +639,13 @@ def _picker(target, matches):
 
 
 def _check_ptrace(pid: int) -> None:
+    from .core.procfs import int_field, status as proc_status
+
     try:
-        with open(f"/proc/{pid}/status") as f:
-            status = dict(line.split(":", 1) for line in f if ":" in line)
+        status = proc_status(pid)
     except OSError:
         raise CliError(f"no process {pid}") from None
-    tracer = int(status.get("TracerPid", "0").strip() or 0)
+    tracer = int_field(status.get("TracerPid")) or 0
     if tracer:
         name = ""
         try:
@@ -659,7 +660,7 @@ def _check_ptrace(pid: int) -> None:
     except (OSError, ValueError):
         scope = 0
     if os.geteuid() != 0:
-        uid = int(status.get("Uid", "0").split()[1]) if status.get("Uid") else None
+        uid = int(status["Uid"].split()[1]) if status.get("Uid") else None
         if uid is not None and uid != os.geteuid():
             raise CliError(f"process {pid} belongs to uid {uid}: attach as that user or with sudo")
         if scope >= 1:

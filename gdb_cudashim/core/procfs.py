@@ -52,10 +52,15 @@ def _fields(path: str, sep: str = ":") -> dict[str, str]:
         return {k.strip(): v.strip() for k, _, v in (line.partition(sep) for line in f) if v}
 
 
+def status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict; OSError if it cannot be read (no such process...)."""
+    return _fields(f"/proc/{pid}/status")
+
+
 def status_field(pid: int, name: str) -> str | None:
     """One field of /proc/PID/status (TracerPid, Tgid, Uid, State...), None if unreadable."""
     try:
-        return _fields(f"/proc/{pid}/status").get(name)
+        return status(pid).get(name)
     except OSError:
         return None
 

@@ -13,6 +13,7 @@ import time
 
 import gdb
 
+from ...core.procfs import state as proc_state
 from ...core.report import EXIT_USAGE
 from .. import control, session
 from ..command import Command, register
@@ -75,7 +76,7 @@ class CudaRun(Command):
         timeout = args.timeout if args.timeout is not None else t.timeout
         started = time.monotonic()
         t.stop_reason = None
-        stopped_before = {i.pid for i in _live() if _state(i.pid) == "T"}
+        stopped_before = {i.pid for i in _live() if proc_state(i.pid) == "T"}
         if args.settle is not None and not (0 < args.settle < 1e6):
             raise gdb.GdbError("cuda-run: --settle must be a positive number of seconds")
         settle = (lambda: t.settled(args.settle)) if args.settle else None
@@ -287,12 +288,6 @@ def _program_args() -> str:
     return text[start + 1:end] if 0 <= start < end else ""
 
 
-def _state(pid) -> str | None:
-    from ...core.procfs import state
-
-    return state(pid)
-
-
 def _end_all(tracer, reason, started):
     """A launched program is ended. At the timeout, every thread's backtrace first."""
     if reason in ("timeout", "SIGINT", "SIGTERM", "SIGHUP", "cli-gone"):
@@ -319,10 +314,10 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
         gdb.execute("detach inferiors " + " ".join(str(i.num) for i in live), to_string=True)
     for pid in pids:
         # a SIGSTOP still queued when gdb let go stops it: let it run, as it was
-        if pid not in stopped_before and _state(pid) == "T":
+        if pid not in stopped_before and proc_state(pid) == "T":
             try:
                 time.sleep(0.05)
-                if _state(pid) == "T":
+                if proc_state(pid) == "T":
                     os.kill(pid, signal.SIGCONT)
             except OSError:
                 pass
