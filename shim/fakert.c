@@ -146,6 +146,13 @@ EXPORT int cudaGetDeviceProperties_v2(struct cudaDeviceProp *prop, int device)
     return cudaSuccess;
 }
 
+/* The pre-CUDA-12 name: NVIDIA's cudart 12 exports both, and CUDA 12's headers #define this one to
+   the _v2 name, so ggml imports cudaGetDeviceProperties_v2 (the fakert-v1 variant exports only this). */
+EXPORT int cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
+{
+    return cudaGetDeviceProperties_v2(prop, device);
+}
+
 enum { ATTR_MULTIPROCESSORS = 16, ATTR_CC_MAJOR = 75, ATTR_CC_MINOR = 76 };
 
 EXPORT int cudaDeviceGetAttribute(int *value, int attr, int device)

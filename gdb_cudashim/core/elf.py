@@ -42,6 +42,7 @@ class ElfInfo:
     build_id: str | None = None
     debuglink: str | None = None
     symtab_objects: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (value, size)
+    has_versym: bool = False  # a .gnu.version section (any versioned import gives a file one)
 
     @property
     def stripped(self) -> bool:
@@ -53,10 +54,10 @@ class ElfInfo:
             return False
         if version is None:
             return True
-        # Measured with glibc 2.36: a versioned reference is not satisfied by an
-        # unversioned definition (ld.so even asserts in check_match when the file has
-        # no version definitions at all) nor by one under another version.
-        return version in versions
+        # Measured with glibc 2.36: a definition under another version does not satisfy a
+        # versioned reference; an unversioned (global) one does, as long as the file has a
+        # .gnu.version section; in a file with none at all ld.so asserts in check_match.
+        return version in versions or (None in versions and self.has_versym)
 
     def imports_from(self, library: str) -> list[Import]:
         return [i for i in self.imports if i.library == library]
@@ -136,6 +137,7 @@ def _symbols(elf, info: ElfInfo) -> None:
     defined, needed, info.version_definitions = _versions(elf)
     dynsym = elf.get_section_by_name(".dynsym")
     versym = next((s for s in elf.iter_sections() if isinstance(s, GNUVerSymSection)), None)
+    info.has_versym = versym is not None
     if isinstance(dynsym, SymbolTableSection):
         for index, sym in enumerate(dynsym.iter_symbols()):
             if not sym.name:

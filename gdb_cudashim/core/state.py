@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 
+from . import runtime
 from .calls import role_of
 from .elf import ElfInfo
 
@@ -24,6 +25,8 @@ def role_from_exports(info: ElfInfo) -> str | None:
         return "driver"
     if "nvmlInit_v2" in info.exports:
         return "nvml"
+    if runtime.exports_runtime(info.exports):
+        return "runtime"  # a runtime shim preloaded under its own soname
     return None
 
 
@@ -39,13 +42,13 @@ def classify(path: str, info: ElfInfo | None) -> str:
         return "NVIDIA driver"
     if role == "nvml" and re.fullmatch(r"libnvidia-ml\.so\.\d{3}\.\d+(\.\d+)?", base):
         return "NVIDIA driver"
-    if role in ("runtime",) and info is not None and "libcudart.so.12" in info.version_definitions:
-        return "NVIDIA runtime" if len(info.exports) > 300 else "runtime replacement"
+    if role == "runtime":
+        return runtime.kind(path, info.soname if info else None)
     if role == "ggml-cuda":
         return "ggml CUDA backend"
     if role in ("driver", "nvml"):
         return "unknown shim"
-    return "runtime replacement" if role == "runtime" else "other"
+    return "other"
 
 
 def identify(path: str) -> tuple[str, str, ElfInfo | None] | None:
