@@ -226,6 +226,7 @@ NOTHING(cudaHostRegister)
 NOTHING(cudaHostUnregister)
 NOTHING(cudaLaunchCooperativeKernel)
 NOTHING(cudaLaunchKernel)
+NOTHING(cudaLaunchKernelExC)  /* ggml 0.27 (llama.cpp's real programs) imports it too */
 NOTHING(cudaMemcpy2DAsync)
 NOTHING(cudaMemcpy3DPeerAsync)
 NOTHING(cudaMemcpyAsync)

@@ -45,6 +45,10 @@ def test_interposer_is_a_chain_not_two_drivers(stack, probe, tmp_path, interpose
     assert "CUDA driver chain: libvgpu.so (interposer, from LD_PRELOAD, hooks dlsym) -> libcuda.so.1 (driver)" in out
     assert "cuInit from libcudart.so.12 landed in libvgpu.so, which called cuInit in libcuda.so.1" in out
     assert "soname libcuda.so.1" not in out and "rename" not in out.lower()
+    # the failure is the driver's, at the end of the chain, not the interposer's that passed it on
+    (table,) = [f for f in report["findings"] if f["rule"] == "export-table-failed"]
+    assert "failed in libcuda.so.1 (reached through libvgpu.so)" in table["summary"], table["summary"]
+    assert any(e.startswith("forwarded by libvgpu.so to libcuda.so.1, which returned") for e in table["evidence"])
 
 
 def test_dlsym_hook_and_driver_asking_each_other_is_a_loop(stack, probe, tmp_path, looping):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from . import interpose
+from . import interpose, runtime
 from .calls import KEY_LOOKUPS
 from .record import as_dict
 from .rules import Finding
@@ -39,6 +39,8 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "stops": tl.stops,
         "notes": list(tl.notes),
         "chains": interpose.chains(tl),
+        "libraries": runtime.describe(tl),
+        "ld_so_preload": {"file": interpose.ld_so_preload_path(), "entries": interpose.ld_so_preload()},
     }
 
 
@@ -169,6 +171,8 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
                  l.get("error") or ""] for l in loads]
         out += tabulate(rows, headers=["pid", "dlopen", "loaded", "result", "loader error"], tablefmt="simple").splitlines()
 
+    out += _render_libraries(report, s)
+
     if report.get("hang"):
         out.append("")
         label = "Hang: " if report["hang"].get("reason", "timeout") == "timeout" else "Interrupted: "
@@ -209,6 +213,53 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
                    "before every process ended; what it shows is true up to then")
     out.append(f"({report['stops']} debugger stops)")
     return out
+
+
+def _render_libraries(report: dict, s) -> list[str]:
+    """Each process's CUDA files (what each is, how it got there), the runtime shims' exports
+    against libggml-cuda's imports, the soname interplay, and every shim's g_* globals."""
+    from tabulate import tabulate
+
+    out = []
+    for lib in report.get("libraries") or []:
+        if not lib["files"]:
+            continue
+        out.append("")
+        out.append(s("bold", "CUDA libraries") + f" (pid {lib['pid']}, {lib['when']})")
+        rows = [[f["role"], f["kind"] + (f" -> {_b(f['forwards_to'])}" if f.get("forwards_to") else ""),
+                 _one_line(f["how"], 60), f["path"]] for f in lib["files"]]
+        out += ["  " + line for line in tabulate(rows, headers=["role", "what it is", "loaded by", "file"],
+                                                  tablefmt="simple").splitlines()]
+        for note in lib.get("notes") or []:
+            out.append(f"  {note}")
+        for check in lib.get("imports") or []:
+            out.append(("  " + s("red", "imports: ") if check["missing"] else "  imports: ") + check["summary"])
+            for m in check["missing"][:8]:
+                out.append(f"    {m['symbol']} ({m['stage']})" + (f": {m['note']}" if m.get("note") else ""))
+        for shim in lib.get("shims") or []:
+            values = []
+            for name, v in shim["globals"].items():
+                value = f"<{v['error']}>" if v.get("error") else _value(v.get("value"))
+                values.append(f"{name}={value}")
+            text = ", ".join(values)
+            out.append(f"  state of {_b(shim['library'])} ({shim['how']}): " + _one_line(text, GLOBALS_LINE))
+    pre = report.get("ld_so_preload") or {}
+    if pre.get("entries"):
+        out.append(f"{pre['file']}: " + ", ".join(pre["entries"]) + " (preloaded into every process)")
+    return out
+
+
+GLOBALS_LINE = 600  # the shims' globals on one line, cut; --json has them all
+
+
+def _value(v) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, str) and not v.startswith("0x"):
+        return repr(v)
+    return str(v)
 
 
 MAX_LINE = 400  # an error text longer than this is cut on screen; --json has all of it

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes, interpose
+from . import codes, interpose, runtime
 from .calls import role_of
 from .record import factory, record
 from .timeline import Call, Timeline
@@ -106,17 +106,45 @@ def rule_export_table(tl: Timeline) -> list[Finding]:
             continue
         if c.failed or not c.args.get("ppExportTable"):
             res = c.result if isinstance(c.result, int) else None
+            chain = _forwarded_chain(tl, c)
+            culprit = chain[-1]
+            for outer, inner in zip(chain, chain[1:]):  # a hop that turned a success into the failure
+                if not (inner.failed or not inner.args.get("ppExportTable")):
+                    culprit = outer
+                    break
+            hops = [f"forwarded by {_base(o.library)} to {_base(i.library)}, which returned {i.result} ({i.result_name})"
+                    for o, i in zip(chain, chain[1:])]
+            where = _base(culprit.library) + (f" (reached through {', '.join(_base(x.library) for x in chain[:-1])})"
+                                              if culprit is chain[-1] and len(chain) > 1 else "")
             out.append(Finding(
                 rule="export-table-failed",
-                summary=f"cuGetExportTable(CUDART_INTERFACE) failed in {_base(c.library)} with {c.result_name}; cudart "
+                summary=f"cuGetExportTable(CUDART_INTERFACE) failed in {where} with {culprit.result_name}; cudart "
                         f"passes that on as cudaError {res}",
                 evidence=[f"cuGetExportTable({{{table}}} {name}) in {_base(c.library)} called from {_base(c.caller)} "
-                          f"returned {res} ({c.result_name})"] + _error_evidence(tl),
+                          f"returned {res} ({c.result_name})"] + hops
+                + ([f"{_base(culprit.library)} turned the driver's success into the failure"]
+                   if culprit is not chain[-1] else []) + _error_evidence(tl),
                 fix=("forward cuGetExportTable to the real driver (CUDASHIM_MODE=forward with the bundled shim); "
                      "a fake driver cannot satisfy cudart 12 without NVIDIA's private CUDART_INTERFACE table"),
                 pid=c.pid, explains=res))
             break
     return out
+
+
+def _forwarded_chain(tl: Timeline, call: Call) -> list[Call]:
+    """CALL and the same call it forwarded, hop by hop (an interposer in front of the driver):
+    on the same thread, called from the library CALL landed in, before CALL returned."""
+    chain = [call]
+    while len(chain) < 8:
+        last = chain[-1]
+        nxt = next((c for c in tl.calls if c.pid == last.pid and c.tid == last.tid and c.seq > last.seq
+                    and c.function == last.function and c.caller and last.library
+                    and os.path.realpath(c.caller) == os.path.realpath(last.library)
+                    and os.path.realpath(c.library or "") != os.path.realpath(last.library)), None)
+        if nxt is None:
+            return chain
+        chain.append(nxt)
+    return chain
 
 
 def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
@@ -218,6 +246,11 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
                     text = w.text.strip()
         m = re.search(r"undefined symbol: (\S+)", text or "")
         ev = [f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}" + (f": {text}" if text else "")]
+        if m and (m.group(1).startswith(("cuda", "__cuda")) or ", version libcudart" in (text or "")):
+            found = _runtime_shim_missing(tl, l, m.group(1).rstrip(","), ev)
+            if found is not None:
+                out.append(found)
+                continue
         extra = explain(l) if explain else []
         ev += extra
         if m:
@@ -230,6 +263,141 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
             summary = "libggml-cuda failed to load, before any CUDA call"
             fix = "run 'gdb-cudashim audit --consumer " + l.path + "' to see which dependency is missing"
         out.append(Finding("backend-load-failed", summary, ev, fix, l.pid))
+    return out
+
+
+def _runtime_shims(tl: Timeline, pid: int) -> list[str]:
+    """The runtimes in PID that are not NVIDIA's: mapped (the snapshot), else preloaded."""
+    snap = tl.mapped(pid)
+    found = [f["path"] for f in (snap.files if snap else []) if f["role"] == "runtime"
+             and not runtime.is_nvidia_runtime(f["path"])]
+    if not found:
+        for path, _ in interpose.preloaded(tl, pid):
+            from .dynsym import DynsymError, read_cached
+            try:
+                if runtime.exports_runtime([n for n in ("cudaGetDeviceCount", "__cudaRegisterFatBinary")
+                                            if read_cached(path).dlsym_finds(n)]) and not runtime.is_nvidia_runtime(path):
+                    found.append(path)
+            except (DynsymError, OSError):
+                continue
+    return list(dict.fromkeys(found))
+
+
+def _runtime_shim_missing(tl: Timeline, load, symbol: str, ev: list[str]) -> Finding | None:
+    """libggml-cuda failed to load because the runtime shim in front of it lacks an import."""
+    from .elf import ElfProblem, read_elf_cached
+
+    for shim in _runtime_shims(tl, load.pid):
+        try:
+            check = runtime.check_imports(read_elf_cached(shim), read_elf_cached(load.path))
+        except (ElfProblem, OSError):
+            continue
+        if not any(m.symbol == symbol for m in check.missing):
+            continue
+        first = next(m for m in check.missing if m.symbol == symbol)
+        lines = [f"{m.symbol}: needed {runtime.WHEN[m.stage]}" + (f"; {m.note}" if m.note else "")
+                 for m in check.missing[:8]]
+        if len(check.missing) > 8:
+            lines.append(f"... and {len(check.missing) - 8} more (gdb-cudashim audit --shim {shim})")
+        return Finding(
+            "runtime-shim-missing-symbols",
+            f"libggml-cuda failed to load: the runtime shim {shim} lacks {symbol}"
+            + (f" and {len(check.missing) - 1} more" if len(check.missing) > 1 else "")
+            + f" (libggml-cuda imports {check.imported} symbols from {check.version or 'libcudart'})",
+            ev + [f"{shim} ({runtime.kind(shim, None)}) answers for {check.version or 'libcudart'}: {check.summary()}"]
+            + lines + ([f"the loader resolved every import at dlopen (RTLD_NOW), so the load failed although "
+                        f"{symbol} is first called {runtime.WHEN[first.stage]}"]
+                       if first.stage != "registration" else []),
+            runtime.missing_fix(check), load.pid)
+    return None
+
+
+def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
+    """A runtime shim on LD_LIBRARY_PATH that the loader never used: libggml-cuda's DT_RPATH
+    (or an earlier directory) found the bundled libcudart first."""
+    out = []
+    for snap in tl.libraries:
+        start = tl.process_start(snap.pid)
+        if start is None:
+            continue
+        mapped = {os.path.basename(f["path"]): f["path"] for f in snap.files if f["role"] == "runtime"}
+        ggml = [f["path"] for f in snap.files if f["role"] == "ggml-cuda"]
+        for d in (start.env.get("LD_LIBRARY_PATH") or "").split(":"):
+            if not d:
+                continue
+            d = d if os.path.isabs(d) else os.path.join(start.cwd or "", d)
+            for name, used in mapped.items():
+                cand = os.path.join(d, name)
+                if not os.path.isfile(cand) or os.path.realpath(cand) == os.path.realpath(used) \
+                        or runtime.is_nvidia_runtime(cand):
+                    continue
+                why = _search_step(name, ggml, start.env, used)
+                out.append(Finding(
+                    "runtime-shim-bypassed",
+                    f"the runtime shim {cand} on LD_LIBRARY_PATH is never loaded: {name} came from {used} "
+                    f"({runtime.kind(used, None)})",
+                    [f"LD_LIBRARY_PATH={start.env.get('LD_LIBRARY_PATH')} holds {cand} ({runtime.kind(cand, None)})",
+                     f"the process mapped {used} for {name} instead" + (f": {why}" if why else "")]
+                    + _error_evidence(tl),
+                    (f"preload it: LD_PRELOAD={cand} (under the same soname it satisfies every DT_NEEDED {name} "
+                     "and the bundled copy is never loaded), or replace the bundled file"), snap.pid))
+                break
+    return out
+
+
+def _search_step(soname: str, ggml: list[str], env: dict, used: str) -> str | None:
+    """Which step of ld.so's search found USED for libggml-cuda's DT_NEEDED SONAME."""
+    from .audit import resolve
+    from .elf import ElfProblem, read_elf_cached
+
+    for g in ggml:
+        try:
+            info = read_elf_cached(g)
+        except (ElfProblem, OSError):
+            continue
+        if soname not in info.needed:
+            continue
+        chosen = next((c for c in resolve(soname, info, env) if c["satisfies"]), None)
+        if chosen is not None and os.path.realpath(chosen["path"]) == os.path.realpath(used):
+            if chosen["how"] in ("DT_RPATH", "DT_RUNPATH"):
+                paths = info.rpath if chosen["how"] == "DT_RPATH" else info.runpath
+                order = "before" if chosen["how"] == "DT_RPATH" else "after"
+                return (f"{_base(g)}'s {chosen['how']} {paths} is searched {order} LD_LIBRARY_PATH and holds "
+                        f"{chosen['path']}")
+            return f"{_base(g)}'s DT_NEEDED {soname} was found via {chosen['how']} first"
+    return None
+
+
+def rule_two_runtimes(tl: Timeline) -> list[Finding]:
+    """A runtime shim under its own soname beside NVIDIA's libcudart: ggml's imports the shim lacks
+    bind to NVIDIA's, so one process runs two runtimes (unless the shim forwards to it)."""
+    out = []
+    for snap in tl.libraries:
+        runtimes = [f["path"] for f in snap.files if f["role"] == "runtime"]
+        nvidia = [p for p in runtimes if runtime.is_nvidia_runtime(p)]
+        shims = [p for p in runtimes if p not in nvidia and runtime.forwarded_to(tl, snap.pid, p) is None]
+        if not nvidia or not shims:
+            continue
+        landed = [c for c in tl.calls if c.pid == snap.pid and c.library in nvidia and role_of(c.caller) == "ggml-cuda"]
+        checks = runtime.import_checks(tl, snap.pid, snap.files)
+        unbound = [m.symbol for c in checks for m in c.missing]
+        if not landed and not unbound:
+            continue
+        ev = [f"{p} ({runtime.kind(p, None)}) and {nvidia[0]} (NVIDIA runtime) are both mapped" for p in shims]
+        if unbound:
+            ev.append(f"libggml-cuda's imports the shim lacks bind to NVIDIA's: {', '.join(unbound[:8])}"
+                      + (f" (+{len(unbound) - 8})" if len(unbound) > 8 else ""))
+        if landed:
+            ev.append("calls that landed in NVIDIA's runtime: " + ", ".join(dict.fromkeys(c.function for c in landed)))
+        out.append(Finding(
+            "two-runtimes",
+            f"two CUDA runtimes in one process: {_base(shims[0])} (preloaded under its own soname) takes some of "
+            f"libggml-cuda's cuda* calls, NVIDIA's {_base(nvidia[0])} the rest; their devices, memory and errors "
+            "are not each other's",
+            ev + _error_evidence(tl),
+            (f"export every symbol libggml-cuda imports from {_base(shims[0])} (gdb-cudashim audit --shim {shims[0]}), "
+             "or give it NVIDIA's soname (libcudart.so.12) so that it replaces the bundled runtime; an interposer "
+             "must forward what it does not implement to the runtime behind it"), snap.pid))
     return out
 
 
@@ -677,6 +845,8 @@ def rule_deadlock_or_spin(tl: Timeline) -> list[Finding]:
 
 RULES = (
     rule_backend_load_failed,
+    rule_runtime_bypassed,
+    rule_two_runtimes,
     rule_driver_not_found,
     rule_missing_get_proc_address,
     rule_export_table,
@@ -705,8 +875,13 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl)
     code = _run_error_code(tl)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
-        return sorted(findings, key=lambda f: 0 if f.rule in ("killed-by-signal", "backend-load-failed") else 1)
-    return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule == "backend-load-failed" else 1)
+        return sorted(findings, key=lambda f: 0 if f.rule in ("killed-by-signal", *FIRST) else 1)
+    return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule in FIRST else 1)
+
+
+# Causes that come before whatever the run printed: the program never used the files the user
+# meant it to (the shim it loaded is not the one they built, or it failed to load at all).
+FIRST = ("backend-load-failed", "runtime-shim-missing-symbols", "runtime-shim-bypassed", "two-runtimes")
 
 
 def _run_error_code(tl: Timeline) -> int | None:

@@ -27,7 +27,7 @@ INTERPOSER = "runtime interposer"
 REGISTRATION = ("__cudaRegisterFatBinary", "__cudaRegisterFatBinaryEnd", "__cudaRegisterFunction",
                 "__cudaRegisterVar", "__cudaRegisterManagedVar", "__cudaRegisterTexture", "__cudaRegisterSurface",
                 "__cudaUnregisterFatBinary", "__cudaInitModule")
-LAUNCH = ("__cudaPushCallConfiguration", "__cudaPopCallConfiguration", "cudaLaunchKernel",
+LAUNCH = ("__cudaPushCallConfiguration", "__cudaPopCallConfiguration", "cudaLaunchKernel", "cudaLaunchKernelExC",
           "cudaLaunchCooperativeKernel", "cudaLaunchHostFunc")
 INIT_PATH = ("cudaGetDeviceCount", "cudaGetDeviceProperties_v2", "cudaGetDeviceProperties", "cudaDeviceGetAttribute",
              "cudaMemGetInfo", "cudaSetDevice", "cudaGetDevice", "cudaGetErrorString", "cudaGetLastError",
@@ -126,10 +126,15 @@ class ImportCheck:
                 f"imports" + (f" @{self.version}" if self.version else "") + " (" + "; ".join(parts) + ")")
 
 
+def runtime_imports(consumer) -> list:
+    """What CONSUMER (ElfInfo) imports from libcudart: versioned from a libcudart.so.N, or unversioned cuda*/__cuda*."""
+    return [i for i in consumer.imports if is_runtime_soname(i.library) or
+            (i.library is None and (i.name.startswith("cuda") or i.name.startswith("__cuda")) and not i.weak)]
+
+
 def check_imports(runtime, consumer) -> ImportCheck:
     """RUNTIME's exports against what CONSUMER (libggml-cuda, ElfInfo) imports from libcudart."""
-    wanted = [i for i in consumer.imports if is_runtime_soname(i.library) or
-              (i.library is None and (i.name.startswith("cuda") or i.name.startswith("__cuda")) and not i.weak)]
+    wanted = runtime_imports(consumer)
     version = next((i.version for i in wanted if i.version), None)
     missing = []
     for imp in wanted:
@@ -144,6 +149,7 @@ def check_imports(runtime, consumer) -> ImportCheck:
             versions = sorted(v or "unversioned" for v in runtime.exports[imp.name])
             note = f"it exports {imp.name} only as {', '.join(versions)}"
         missing.append(Missing(imp.name, imp.version, stage(imp.name), note))
+    missing.sort(key=lambda m: list(WHEN).index(m.stage))  # what bites first, first
     return ImportCheck(runtime.path, consumer.path, len(wanted), version, missing,
                        version_node=bool(version and version in runtime.version_definitions),
                        unversioned=any(None in runtime.exports.get(i.name, ()) for i in wanted))
@@ -168,3 +174,192 @@ def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: s
                 "for libggml-cuda's DT_NEEDED, and each cuda* import binds to whichever defines it first "
                 "(the preload, if it exports it under the same version node)")
     return f"{base} is loaded as {how}"
+
+
+# ------------------------------------------------- a process's CUDA files --
+NVIDIA_DRIVER_FILE = re.compile(r"lib(cuda|nvidia-ml)\.so\.\d{3}\.\d+(\.\d+)?$")
+BUNDLED_SHIM_MARKERS = ("g_in_init_phase", "g_gpu_info")
+
+
+def _dyn(path: str):
+    from .dynsym import DynsymError, read_cached
+
+    try:
+        return read_cached(path)
+    except (DynsymError, OSError):
+        return None
+
+
+def mapped_role(path: str, preloaded: set[str]) -> str | None:
+    """driver | runtime | nvml | ggml-cuda for a file mapped into a process: by its name, or, for a
+    preloaded file under a name of its own (an interposer, libfakert.so), by what it exports."""
+    from .calls import role_of
+
+    role = role_of(path)
+    if role in ("driver", "runtime", "nvml", "ggml-cuda"):
+        return role
+    if role is None and os.path.realpath(path) in preloaded:
+        dyn = _dyn(path)
+        if dyn is not None:
+            for name, what in (("cuInit", "driver"), ("cudaGetDeviceCount", "runtime"), ("nvmlInit_v2", "nvml")):
+                if dyn.dlsym_finds(name):
+                    return what
+    return None
+
+
+def file_kind(path: str, role: str) -> str:
+    """What a mapped CUDA file is, from its dynamic section alone (cheap: no pyelftools)."""
+    real = os.path.realpath(path)
+    dyn = _dyn(path)
+    soname = dyn.soname if dyn is not None else None
+    if role == "runtime":
+        return kind(path, soname)
+    if role == "ggml-cuda":
+        return "ggml CUDA backend"
+    if "/stubs/" in real or "/stubs/" in path:
+        return "CUDA stub library"
+    if NVIDIA_DRIVER_FILE.search(os.path.basename(real)):
+        return "NVIDIA driver" if role == "driver" else "NVIDIA NVML"
+    if dyn is not None and all(dyn.dlsym_finds(m) for m in BUNDLED_SHIM_MARKERS):
+        return "bundled cudashim"
+    if role == "driver" and soname != "libcuda.so.1" and dyn is not None and dyn.dlsym_finds("dlsym"):
+        return "interposer"
+    return "driver shim" if role == "driver" else "NVML shim"
+
+
+def made_by_nvidia(path: str, role: str) -> bool:
+    """Never read globals from these (stripped, and huge: libggml-cuda's symbol table)."""
+    if role == "ggml-cuda":
+        return True
+    if role == "runtime":
+        return is_nvidia_runtime(path)
+    return bool(NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(path)))) or "/stubs/" in path
+
+
+def how_loaded(path: str, preloaded: dict[str, str], loads, mapped: list[str]) -> str:
+    """LD_PRELOAD, /etc/ld.so.preload, dlopen("X") by Y, or DT_NEEDED of the file that needs its soname."""
+    real = os.path.realpath(path)
+    if real in preloaded:
+        return preloaded[real]
+    for l in loads:
+        if l.ok and l.resolved and os.path.realpath(l.resolved) == real:
+            return f"dlopen(\"{os.path.basename(l.path)}\") by {os.path.basename(l.caller or '?')}"
+    dyn = _dyn(path)
+    soname = (dyn.soname if dyn is not None else None) or os.path.basename(path)
+    for other in mapped:
+        if other == path:
+            continue
+        od = _dyn(other)
+        if od is not None and soname in od.needed:
+            return f"DT_NEEDED of {os.path.basename(other)}"
+    return "loaded"
+
+
+def _elf(path: str):
+    from .elf import ElfProblem, read_elf_cached
+
+    try:
+        return read_elf_cached(path)
+    except (ElfProblem, OSError):
+        return None
+
+
+def _ggml_paths(tl, pid: int, files: list[dict]) -> list[str]:
+    """libggml-cuda as mapped into PID, else as it was asked for in a load that failed."""
+    from .calls import role_of
+
+    out = [f["path"] for f in files if f["role"] == "ggml-cuda"]
+    if not out:
+        out = [l.path for l in tl.loads if l.pid == pid and l.ok is False and role_of(l.path) == "ggml-cuda"
+               and os.path.isabs(l.path)]
+    return list(dict.fromkeys(out))
+
+
+def forwarded_to(tl, pid: int, shim: str) -> str | None:
+    """The runtime a runtime shim passes its calls on to (calls landing in another libcudart,
+    called from the shim): an interposer in front of that runtime."""
+    for c in tl.calls:
+        if c.pid == pid and c.caller and c.library and os.path.realpath(c.caller) == os.path.realpath(shim) \
+                and c.function.startswith("cuda") and os.path.realpath(c.library) != os.path.realpath(shim):
+            return c.library
+    return None
+
+
+def import_checks(tl, pid: int, files: list[dict]) -> list[ImportCheck]:
+    """Each non-NVIDIA runtime in PID against the libggml-cuda it serves (pyelftools: only when
+    such a runtime is there)."""
+    shims = [f["path"] for f in files if f["role"] == "runtime" and not is_nvidia_runtime(f["path"])]
+    out = []
+    for shim in shims:
+        info = _elf(shim)
+        for ggml in _ggml_paths(tl, pid, files) if info is not None else []:
+            consumer = _elf(ggml)
+            if consumer is not None:
+                out.append(check_imports(info, consumer))
+    return out
+
+
+def describe(tl) -> list[dict]:
+    """The report's "libraries": for each process snapshot, every CUDA file with what it is and
+    how it got there, the runtime shims' exports against libggml-cuda's imports, the soname
+    interplay with the bundled cudart, and the shims' g_* globals."""
+    from . import interpose
+
+    out = []
+    for snap in tl.libraries:
+        pid = snap.pid
+        preloaded = {os.path.realpath(p): how for p, how in interpose.preloaded(tl, pid)}
+        loads = [l for l in tl.loads if l.pid == pid]
+        paths = [f["path"] for f in snap.files]
+        files = []
+        for f in snap.files:
+            kind_ = file_kind(f["path"], f["role"])
+            d = {"path": f["path"], "role": f["role"], "kind": kind_,
+                 "how": how_loaded(f["path"], preloaded, loads, paths)}
+            if f["role"] == "runtime" and kind_ != NVIDIA_RUNTIME:
+                target = forwarded_to(tl, pid, f["path"])
+                if target is not None:
+                    d["kind"], d["forwards_to"] = INTERPOSER, target
+            files.append(d)
+        checks = import_checks(tl, pid, snap.files)
+        files.sort(key=lambda f: 0 if f["how"] == "LD_PRELOAD" or f["how"].endswith("ld.so.preload") else 1)
+        out.append({"pid": pid, "when": snap.when, "files": files,
+                    "notes": interplay_notes(files, snap.files, tl, pid, checks),
+                    "imports": [c.to_dict() | {"summary": c.summary()} for c in checks], "shims": snap.shims})
+    return out
+
+
+def interplay_notes(files: list[dict], raw: list[dict], tl, pid: int, checks=()) -> list[str]:
+    """How the runtimes in one process came to be there, in a sentence each."""
+    notes = []
+    runtimes = [f for f in files if f["role"] == "runtime"]
+    ggml = _ggml_paths(tl, pid, raw)
+    for f in runtimes:
+        if f["kind"] == NVIDIA_RUNTIME:
+            continue
+        dyn = _dyn(f["path"])
+        soname = dyn.soname if dyn is not None else None
+        how = "LD_PRELOAD" if f["how"] == "LD_PRELOAD" else ("ld.so.preload" if f["how"].endswith("ld.so.preload")
+                                                             else f["how"])
+        bundled = None
+        for g in ggml:
+            for name in (soname, *(n for n in (_dyn(g).needed if _dyn(g) else []) if is_runtime_soname(n))):
+                cand = os.path.join(os.path.dirname(g), name or "")
+                if name and os.path.isfile(cand) and os.path.realpath(cand) != os.path.realpath(f["path"]):
+                    bundled = bundled or cand
+        if f.get("forwards_to"):
+            notes.append(f"{os.path.basename(f['path'])} ({how}) passes its calls on to {f['forwards_to']}: "
+                         "a runtime interposer")
+        else:
+            notes.append(soname_interplay(f["path"], soname, how, bundled))
+    nvidia = [f for f in runtimes if f["kind"] == NVIDIA_RUNTIME]
+    others = [f for f in runtimes if f["kind"] != NVIDIA_RUNTIME and not f.get("forwards_to")]
+    if nvidia and others:
+        unused = not any(c.missing for c in checks) and not any(
+            c.pid == pid and c.library in {f["path"] for f in nvidia} and c.caller and "ggml-cuda" in c.caller
+            for c in tl.calls)
+        notes.append("two runtimes in one process: " + ", ".join(
+            f"{f['path']} ({f['kind']}, {f['how']})" for f in others + nvidia)
+            + (f"; {os.path.basename(others[0]['path'])} defines every cuda* symbol libggml-cuda imports, so NVIDIA's "
+               "is loaded but never called by ggml" if unused and checks else ""))
+    return notes

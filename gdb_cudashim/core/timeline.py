@@ -163,6 +163,18 @@ class Kill:
     kind: str = "kill"
 
 
+@record
+class Libraries:
+    """The CUDA-role files mapped into a process at one moment (after its init, at a failed load,
+    at a hang), with the g_* globals of every shim among them: run's view of cuda-state."""
+    seq: int
+    pid: int
+    when: str  # after init | at a failed load | at the hang | before it was killed
+    files: list = factory(list)  # {"path", "role", "base"} in load order
+    shims: list = factory(list)  # {"library", "globals", "missing", "how"} (gdb/shimstate.read_globals)
+    kind: str = "libraries"
+
+
 def waiting_in(frames: list[Frame]) -> str | None:
     """The CUDA driver/NVML frame a thread waits in: the entry point, and where inside it."""
     in_shim = [f for f in frames if role_of(f.library) in ("driver", "nvml")]
@@ -215,6 +227,14 @@ class Timeline:
     @property
     def kills(self) -> list[Kill]:
         return self.of("kill")
+
+    @property
+    def libraries(self) -> list[Libraries]:
+        return self.of("libraries")
+
+    def mapped(self, pid: int) -> Libraries | None:
+        """The first snapshot of PID's CUDA libraries (after its init, if it got there)."""
+        return next((e for e in self.libraries if e.pid == pid), None)
 
     @property
     def processes(self) -> list[ProcessEvent]:

@@ -109,6 +109,8 @@ class Capture:
     def close_window(self, pid, failed=False):
         depth = self.window_depth.get(pid, 0) - 1
         self.window_depth[pid] = max(depth, 0)
+        if depth <= 0:
+            self.tracer.snapshot(pid, "after init")
         if depth <= 0 and self._failed_without_text(pid, failed):
             # The init failed and nobody has written why yet: llama.cpp's log thread (common_log)
             # writes ggml's line after the call returned. Keep the capture on for this process's
@@ -208,6 +210,7 @@ class Capture:
         from .session import thread_snapshot
 
         k, self.pending_kill = self.pending_kill, None
+        self.tracer.snapshot(k["victim"], "before it was killed")
         threads = []
         for inferior in gdb.inferiors():
             if inferior.pid == k["victim"]:

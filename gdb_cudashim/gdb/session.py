@@ -67,6 +67,10 @@ def collect_hang(reason: str = "timeout") -> dict:
     for inferior in gdb.inferiors():
         if inferior.pid:
             threads += thread_snapshot(inferior)
+    if State.tracer is not None:
+        for inferior in gdb.inferiors():
+            if inferior.pid:
+                State.tracer.snapshot(inferior.pid, "at the hang")
     shim = [t for t in threads if t["waiting_in"]]
     if shim:
         summary = f"{WHY.get(reason, reason)}; {len(shim)} thread(s) wait inside the CUDA driver/shim: " + \

@@ -45,8 +45,8 @@ def _value_to_py(value: gdb.Value, depth=0):
     return str(value)
 
 
-def globals_with_dwarf(path: str, names) -> dict | None:
-    objfile = next((o for o in gdb.objfiles() if o.filename and os.path.realpath(o.filename) == os.path.realpath(path)),
+def globals_with_dwarf(path: str, names, objfiles=None) -> dict | None:
+    objfile = next((o for o in (objfiles if objfiles is not None else gdb.objfiles()) if o.filename and os.path.realpath(o.filename) == os.path.realpath(path)),
                    None)
     if objfile is None:
         return None
@@ -67,7 +67,7 @@ def globals_with_dwarf(path: str, names) -> dict | None:
 
 def globals_from_elf(path: str, base: int, names, inferior) -> dict:
     out = {}
-    objects = read_symtab_objects(path)
+    objects = _objects(path, names)
     for name in names:
         if name not in objects:
             continue
@@ -88,13 +88,75 @@ def globals_from_elf(path: str, base: int, names, inferior) -> dict:
 
 
 
+def _objects(path: str, names) -> dict[str, tuple[int, int]]:
+    """The g_* data objects of PATH (core/symaddr: no pyelftools, ~1 ms); other NAMES asked for by
+    cuda-state --var come from the full symbol tables."""
+    from ..core.symaddr import SymaddrError, read_objects
+
+    if all(n.startswith("g_") for n in names):
+        try:
+            return read_objects(path, "g_")
+        except SymaddrError:
+            return {}
+    return read_symtab_objects(path)
+
+
 def read_globals(path: str, base: int, has_debug_info: bool, inferior, names=None) -> dict:
     """{"library", "globals", "missing", "how"} for the shim at PATH mapped at BASE: NAMES, or
     every g_* data object it has."""
-    names = list(names) if names else sorted(n for n in read_symtab_objects(path) if n.startswith("g_"))
-    values = globals_with_dwarf(path, names) if has_debug_info else None
+    names = list(names) if names else sorted(_objects(path, ()))
+    values = globals_with_dwarf(path, names, inferior.progspace.objfiles()) if has_debug_info else None
     if not values:
         values = globals_from_elf(path, base, names, inferior)
     return {"library": path, "globals": values, "missing": [n for n in names if n not in values],
             "how": "DWARF" if has_debug_info and values and any(v.get("source") == "DWARF" for v in values.values())
             else ("ELF symbol table" if values else "no symbols")}
+
+
+def snapshot(tracer, pid: int, when: str) -> None:
+    """Record PID's CUDA-role files and every shim's g_* globals on the timeline, once per
+    process: run's view of cuda-state, taken where the state means something (the end of the
+    init window, a failed load, a hang). Callable from a stop handler: /proc and memory reads only."""
+    tl = tracer.timeline
+    if tl.mapped(pid) is not None:
+        return
+    inferior = next((i for i in gdb.inferiors() if i.pid == pid), None)
+    if inferior is None:
+        return
+    here = gdb.selected_thread()
+    if gdb.selected_inferior() != inferior:  # typed values are read from the selected inferior
+        thread = next(iter(inferior.threads()), None)
+        if thread is None:
+            return
+        thread.switch()
+    try:
+        _snapshot(tl, inferior, pid, when)
+    finally:
+        if here is not None and here.is_valid() and gdb.selected_thread() != here:
+            here.switch()
+
+
+def _snapshot(tl, inferior, pid: int, when: str) -> None:
+    from ..core import interpose, runtime
+    from ..core.procfs import ProcError, mapped_files
+    from ..core.timeline import Libraries
+
+    try:
+        mapped = mapped_files(pid)
+    except (OSError, ProcError):
+        return
+    preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, pid)}
+    files, shims = [], []
+    for path, base in mapped.items():
+        role = runtime.mapped_role(path, preloaded)
+        if role is None:
+            continue
+        files.append({"path": path, "role": role, "base": base})
+        if base is not None and not runtime.made_by_nvidia(path, role):
+            try:
+                state = read_globals(path, base, True, inferior)
+            except Exception as exc:  # a damaged symbol table: the rest of the snapshot stands
+                state = {"library": path, "globals": {}, "missing": [], "how": f"unreadable ({exc})"}
+            if state["globals"]:
+                shims.append(state)
+    tl.add(Libraries(seq=tl.next_seq(), pid=pid, when=when, files=files, shims=shims))

@@ -28,6 +28,7 @@ from .events import Subscriptions
 from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, LookupBreakpoint, Return,
                        WindowBreakpoint, delete_quietly)
 
+FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP")
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
 
@@ -136,7 +137,16 @@ class Tracer:
     def _connect(self):
         self._events.connect((gdb.events.exited, self._on_exited),
                              (gdb.events.new_objfile, self._on_new_objfile),
-                             (gdb.events.free_objfile, self._on_free_objfile))
+                             (gdb.events.free_objfile, self._on_free_objfile),
+                             (gdb.events.stop, self._on_stop))
+
+    def _on_stop(self, event):
+        """A fatal signal stop (SIGABRT from ggml's CUDA_CHECK, a SIGSEGV inside cudart): the
+        process is still there, so its CUDA files and shim state are read before it dies."""
+        if isinstance(event, gdb.SignalEvent) and event.stop_signal in FATAL_STOPS:
+            inferior = gdb.selected_inferior()
+            if inferior.pid:
+                self.snapshot(inferior.pid, f"at its {event.stop_signal}")
 
     def disarm(self) -> list[str]:
         messages = []
@@ -173,9 +183,19 @@ class Tracer:
                 bp.enabled = on
 
     def failed_load(self, pid, load):
+        self.snapshot(pid, "at a failed load")
         self.pending_dlerror[pid] = load
         self.set_dlerror_capture(True)
         self.capture.after_failed_load(pid)
+
+    def snapshot(self, pid, when):
+        """PID's CUDA files and its shims' g_* globals, once (gdb/shimstate.py)."""
+        from . import shimstate
+
+        try:
+            shimstate.snapshot(self, pid, when)
+        except Exception as exc:  # a bonus: never let it break the trace
+            self.note_internal(f"snapshot: {type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------- lookups --
     def handle_library(self, inferior, pid, handle) -> str | None:

@@ -1,0 +1,163 @@
+"""Runtime shims are first-class in `run` (issue #11 item 3): a libcudart that is not NVIDIA's,
+preloaded, dropped in or under its own soname. Real gdb, the real libggml-cuda, NVIDIA's real
+libcudart beside it, the bundled fake runtime's variants (shim/Makefile) and real llama-server."""
+
+from conftest import SHIM_BUILD, env_with, run_report
+
+VARIANTS = SHIM_BUILD / "variants"
+FAKERT = VARIANTS / "fakert" / "libcudart.so.12"
+SEED = VARIANTS / "seed"
+
+
+def run(stack, probe, tmp_path, **env):
+    env.setdefault("LD_LIBRARY_PATH", SEED)
+    return run_report(tmp_path, [probe], env_with(GGML_CUDA_LIB=stack.ggml_cuda, **env))
+
+
+def libraries(report, pid=None):
+    (lib,) = [l for l in report["libraries"] if pid is None or l["pid"] == pid]
+    return lib, {f["path"]: f for f in lib["files"]}
+
+
+def rules_of(report):
+    return [f["rule"] for f in report["findings"]]
+
+
+def test_preloaded_fake_runtime_is_recognised_with_its_state(stack, probe, tmp_path):
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=FAKERT)
+    lib, files = libraries(report)
+    assert lib["when"] == "after init"
+    rt = files[str(FAKERT)]
+    assert (rt["role"], rt["kind"], rt["how"]) == ("runtime", "runtime replacement", "LD_PRELOAD")
+    bundled = stack.ggml_cuda.parent / "libcudart.so.12"
+    assert str(bundled) not in files  # the preload took NVIDIA's soname: the bundled copy never loaded
+    assert any(f"so the bundled copy ({bundled}) is never loaded" in n for n in lib["notes"]), lib["notes"]
+    (check,) = lib["imports"]
+    assert check["missing"] == [] and check["imported"] == 57 and check["version"] == "libcudart.so.12"
+    state = next(s for s in lib["shims"] if s["library"] == str(FAKERT))
+    g = state["globals"]
+    assert state["how"] == "DWARF"
+    assert g["g_layout"]["value"] == "FAKERT_HANDMADE" and g["g_device_name"]["value"] == "Fake GPU (fakert)"
+    assert g["g_driver_init_result"]["value"] == 0 and g["g_device_count"]["value"] == 1
+    out = proc.stdout
+    assert "runtime    runtime replacement  LD_PRELOAD" in out
+    assert "g_device_name='Fake GPU (fakert)'" in out and "g_layout='FAKERT_HANDMADE'" in out
+    # the driver shim behind it is there too: the fake runtime dlopen()s it itself
+    driver = files[str(SEED / "libcuda.so.1")]
+    assert driver["kind"] == "bundled cudashim" and driver["how"] == 'dlopen("libcuda.so.1") by libcudart.so.12'
+
+
+def test_missing_v2_name_is_a_runtime_finding(stack, probe, tmp_path):
+    shim = VARIANTS / "fakert-v1" / "libcudart.so.12"
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
+    assert proc.returncode == 1
+    first = report["findings"][0]
+    assert first["rule"] == "runtime-shim-missing-symbols", rules_of(report)
+    assert f"the runtime shim {shim} lacks cudaGetDeviceProperties_v2" in first["summary"]
+    ev = "\n".join(first["evidence"])
+    assert "undefined symbol: cudaGetDeviceProperties_v2, version libcudart.so.12" in ev
+    assert "it exports cudaGetDeviceProperties, but CUDA 12's headers #define" in ev
+    assert "in ggml_cuda_init" in ev and "resolved every import at dlopen" in ev
+    assert "under the version node libcudart.so.12" in first["fix"] and "libcuda.so.1" not in first["fix"]
+    lib, files = libraries(report)
+    assert lib["when"] == "at a failed load" and files[str(shim)]["kind"] == "runtime replacement"
+
+
+def test_missing_fat_binary_registration(stack, probe, tmp_path):
+    shim = VARIANTS / "fakert-nofat" / "libcudart.so.12"
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
+    first = report["findings"][0]
+    assert first["rule"] == "runtime-shim-missing-symbols"
+    assert "lacks __cudaRegisterFatBinary and 1 more" in first["summary"]
+    assert any(e.startswith("__cudaRegisterFatBinaryEnd: needed at dlopen, before any CUDA call") for e in first["evidence"])
+
+
+def test_drop_in_on_ld_library_path_is_bypassed(stack, probe, tmp_path):
+    """libggml-cuda's DT_RPATH $ORIGIN is searched before LD_LIBRARY_PATH: the fake is never loaded,
+    NVIDIA's cudart runs and fails on the seed driver; the user must hear about the fake first."""
+    proc, report = run(stack, probe, tmp_path, LD_LIBRARY_PATH=f"{FAKERT.parent}:{SEED}")
+    assert proc.returncode == 1
+    first = report["findings"][0]
+    assert first["rule"] == "runtime-shim-bypassed", rules_of(report)
+    bundled = stack.ggml_cuda.parent / "libcudart.so.12"
+    assert f"the runtime shim {FAKERT} on LD_LIBRARY_PATH is never loaded" in first["summary"]
+    assert f"came from {bundled} (NVIDIA runtime)" in first["summary"]
+    assert any("DT_RPATH ['$ORIGIN'] is searched before LD_LIBRARY_PATH" in e for e in first["evidence"])
+    assert first["fix"].startswith(f"preload it: LD_PRELOAD={FAKERT}")
+    assert "missing-cuGetExportTable" in rules_of(report)  # what NVIDIA's cudart then hit, after it
+    _, files = libraries(report)
+    assert files[str(bundled)]["kind"] == "NVIDIA runtime" and str(FAKERT) not in files
+
+
+def test_partial_shim_under_its_own_soname_is_two_runtimes(stack, probe, tmp_path):
+    shim = VARIANTS / "fakert-partial" / "libfakert.so"
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
+    assert "CUDA error" in proc.stderr  # ggml's CUDA_CHECK aborted on NVIDIA's cudart's error
+    first = report["findings"][0]
+    assert first["rule"] == "two-runtimes", rules_of(report)
+    ev = "\n".join(first["evidence"])
+    assert "calls that landed in NVIDIA's runtime: cudaDeviceGetAttribute" in ev
+    assert "libggml-cuda's imports the shim lacks bind to NVIDIA's: " in ev
+    lib, files = libraries(report)
+    assert lib["when"] == "at its SIGABRT"  # read before the abort took the process
+    assert files[str(shim)]["kind"] == "runtime shim under its own soname"
+    assert files[str(stack.ggml_cuda.parent / "libcudart.so.12")]["kind"] == "NVIDIA runtime"
+
+
+def test_complete_shim_under_its_own_soname_leaves_nvidias_unused(stack, probe, tmp_path):
+    shim = VARIANTS / "fakert-own" / "libfakert.so"
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
+    assert "two-runtimes" not in rules_of(report)
+    lib, files = libraries(report)
+    assert any("is loaded but never called by ggml" in n for n in lib["notes"]), lib["notes"]
+    assert {c["library"].rsplit("/", 1)[-1] for c in report["calls"] if c["function"].startswith("cuda")} \
+        == {"libfakert.so"}
+
+
+def test_seed_driver_shim_state_in_the_run_report(stack, probe, tmp_path):
+    proc, report = run(stack, probe, tmp_path)
+    lib, files = libraries(report)
+    driver = files[str(SEED / "libcuda.so.1")]
+    assert driver["kind"] == "bundled cudashim"
+    state = next(s for s in lib["shims"] if s["library"] == str(SEED / "libcuda.so.1"))
+    assert state["globals"]["g_in_init_phase"]["value"] == 0 and state["globals"]["g_initialized"]["value"] == 1
+    assert lib["imports"] == []  # NVIDIA's runtime is not checked against ggml's imports
+    nv = files[str(stack.ggml_cuda.parent / "libcudart.so.12")]
+    assert (nv["kind"], nv["how"]) == ("NVIDIA runtime", f"DT_NEEDED of {stack.ggml_cuda.name}")
+
+
+def test_ld_so_preload_entries_are_listed(stack, probe, tmp_path):
+    listing = tmp_path / "ld.so.preload"
+    listing.write_text(f"# a comment\n{FAKERT}\n")
+    proc, report = run(stack, probe, tmp_path, GDB_CUDASHIM_LD_SO_PRELOAD=listing)
+    assert report["ld_so_preload"] == {"file": str(listing), "entries": [str(FAKERT)]}
+    assert f"{listing}: {FAKERT} (preloaded into every process)" in proc.stdout
+
+
+def test_real_llama_server_with_the_fake_runtime(tmp_path):
+    """llama.cpp's own llama-server, its CUDA backend (ggml 0.27) and the fake runtime preloaded:
+    the fake's device is listed with 0 MiB, and the tool names the runtime and its state."""
+    from gdb_cudashim import realprogs
+
+    server, backend = realprogs.path("llama-server"), realprogs.path("ggml-cuda")  # make test fetched them
+    env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=SEED, GGML_BACKEND_PATH=backend)
+    proc, report = run_report(tmp_path, [server, "--list-devices"], env)
+    assert "CUDA0: Fake GPU (fakert) (0 MiB, 0 MiB free)" in proc.stdout
+    assert {"device-compute-capability", "device-no-memory"} <= set(rules_of(report))
+    lib, files = libraries(report)
+    assert files[str(FAKERT)]["kind"] == "runtime replacement"
+    assert files[str(backend)]["how"] == f'dlopen("{backend.name}") by libggml.so.0'
+    (check,) = lib["imports"]
+    assert check["missing"] == [] and check["consumer"] == str(backend)
+
+
+def test_real_llama_server_with_a_runtime_that_lacks_an_import(tmp_path):
+    from gdb_cudashim import realprogs
+
+    server, backend = realprogs.path("llama-server"), realprogs.path("ggml-cuda")
+    shim = VARIANTS / "fakert-v1" / "libcudart.so.12"
+    env = env_with(LD_PRELOAD=shim, LD_LIBRARY_PATH=SEED, GGML_BACKEND_PATH=backend)
+    proc, report = run_report(tmp_path, [server, "--list-devices"], env)
+    assert proc.returncode == 1
+    first = report["findings"][0]
+    assert first["rule"] == "runtime-shim-missing-symbols" and "cudaGetDeviceProperties_v2" in first["summary"]
