@@ -20,6 +20,16 @@ def _is_char(t: gdb.Type) -> bool:
 
 
 def _value_to_py(value: gdb.Value, depth=0):
+    if str(value.type) == "pthread_mutex_t":  # glibc's union: who holds it, not its 40 bytes
+        try:
+            data = value["__data"]
+            owner, lock = int(data["__owner"]), int(data["__lock"])
+        except gdb.error:
+            pass
+        else:
+            if not lock:
+                return "unlocked"
+            return f"locked by thread {owner}" if owner else "locked"
     t = value.type.strip_typedefs()
     if t.code == gdb.TYPE_CODE_STRUCT and depth < 3:
         return {f.name: _value_to_py(value[f.name], depth + 1) for f in t.fields() if f.name}

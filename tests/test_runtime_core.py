@@ -1,0 +1,68 @@
+"""core/runtime.py without gdb: what a runtime file is and what libggml-cuda needs from it, on
+real files (NVIDIA's libcudart.so.12, the real libggml-cuda, the fake runtime's variants) and
+on small runtimes built here the ways a shim author would."""
+import subprocess
+
+from conftest import SHIM_BUILD
+
+from gdb_cudashim.core import runtime, symaddr
+from gdb_cudashim.core.elf import read_elf
+
+VARIANTS = SHIM_BUILD / "variants"
+
+
+def test_nvidias_runtime_is_told_from_a_fake(stack):
+    nvidia = stack.ggml_cuda.parent / "libcudart.so.12"
+    assert runtime.is_nvidia_runtime(str(nvidia))
+    assert runtime.kind(str(nvidia), "libcudart.so.12") == runtime.NVIDIA_RUNTIME
+    fake = VARIANTS / "fakert" / "libcudart.so.12"
+    assert not runtime.is_nvidia_runtime(str(fake))
+    assert runtime.kind(str(fake), "libcudart.so.12") == runtime.REPLACEMENT
+    assert runtime.kind(str(VARIANTS / "fakert-own" / "libfakert.so"), "libfakert.so") == runtime.OWN_SONAME
+    assert runtime.is_runtime_soname("libcudart.so.13") and not runtime.is_runtime_soname("libcudart.so")
+
+
+def test_nvidias_runtime_satisfies_every_import(stack):
+    check = runtime.check_imports(read_elf(str(stack.ggml_cuda.parent / "libcudart.so.12")), read_elf(str(stack.ggml_cuda)))
+    assert check.missing == [] and check.imported == 57 and check.version_node
+
+
+def test_old_name_only_and_the_stage_each_import_bites(stack):
+    ggml = read_elf(str(stack.ggml_cuda))
+    check = runtime.check_imports(read_elf(str(VARIANTS / "fakert-v1" / "libcudart.so.12")), ggml)
+    (m,) = check.missing
+    assert (m.symbol, m.version, m.stage) == ("cudaGetDeviceProperties_v2", "libcudart.so.12", "init")
+    assert m.note.startswith("it exports cudaGetDeviceProperties, but CUDA 12's headers #define")
+    nofat = runtime.check_imports(read_elf(str(VARIANTS / "fakert-nofat" / "libcudart.so.12")), ggml)
+    assert [m.stage for m in nofat.missing] == ["registration", "registration"]
+    assert "registration: __cudaRegisterFatBinary, __cudaRegisterFatBinaryEnd" in nofat.summary()
+
+
+def _build(tmp_path, name, body, *flags):
+    src = tmp_path / f"{name}.c"
+    src.write_text(body)
+    out = tmp_path / name / "libcudart.so.12"
+    out.parent.mkdir()
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcudart.so.12", *flags, "-o", str(out), str(src)], check=True)
+    return read_elf(str(out))
+
+
+def test_unversioned_definitions_count_only_in_a_file_with_symbol_versions(tmp_path, stack):
+    """glibc accepts an unversioned definition for name@libcudart.so.12 when the file has a
+    .gnu.version section (any versioned import gives it one); with none at all, it asserts."""
+    body = "#include <stdlib.h>\nint cudaGetDeviceCount(int *n) { *n = atoi(getenv(\"N\")); return 0; }\n"
+    with_versym = _build(tmp_path, "libc", body)
+    bare = _build(tmp_path, "bare", "int cudaGetDeviceCount(int *n) { *n = 1; return 0; }\n", "-nostdlib")
+    assert with_versym.has_versym and not bare.has_versym
+    assert with_versym.exports_symbol("cudaGetDeviceCount", "libcudart.so.12")
+    assert not bare.exports_symbol("cudaGetDeviceCount", "libcudart.so.12")
+    ggml = read_elf(str(stack.ggml_cuda))
+    assert "cudaGetDeviceCount" not in {m.symbol for m in runtime.check_imports(with_versym, ggml).missing}
+    assert "cudaGetDeviceCount" in {m.symbol for m in runtime.check_imports(bare, ggml).missing}
+
+
+def test_globals_read_from_the_symbol_tables_static_ones_included():
+    objects = symaddr.read_objects(str(SHIM_BUILD / "libcuda.so.1"))
+    assert {"g_in_init_phase", "g_gpu_info", "g_configured", "g_lock"} <= set(objects)  # g_configured is static
+    assert all(name.startswith("g_") for name in objects)
+    assert objects["g_lock"][1] == 40  # sizeof(pthread_mutex_t)
