@@ -157,9 +157,14 @@ def check_imports(runtime, consumer) -> ImportCheck:
 
 def missing_fix(check: ImportCheck) -> str:
     node = check.version or "libcudart.so.12"
-    return (f"export them from {os.path.basename(check.runtime)} under the version node {node} (a version script: "
-            f"{node} {{ global: cuda*; __cuda*; }};), with the signatures of NVIDIA's cuda_runtime_api.h; "
-            "'gdb-cudashim audit --shim " + check.runtime + "' lists every import")
+    names = [m.symbol for m in check.missing]
+    what = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "") if names else "them"
+    renamed = [f"{m.symbol} is CUDA 12's name for {RENAMED[m.symbol]}, which it has: export both (same signature)"
+               for m in check.missing if m.symbol in RENAMED and m.note]
+    return (f"export {what} from {os.path.basename(check.runtime)} under the version node {node} (a version "
+            f"script: {node} {{ global: cuda*; __cuda*; }};), with the signatures of NVIDIA's cuda_runtime_api.h"
+            + (f"; {'; '.join(renamed)}" if renamed else "")
+            + "; 'gdb-cudashim audit --shim " + check.runtime + "' lists every import")
 
 
 def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: str | None) -> str:
