@@ -11,8 +11,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from . import interpose
-from .elf import ElfInfo, ElfProblem, read_elf_cached
+from . import interpose, runtime
+from .elf import ElfInfo, ElfProblem, read_elf_cached, read_symtab_objects
 
 # Entry points cudart looks up by name at run time (strings in libcudart, not imports).
 RUNTIME_LOOKUPS = {
@@ -44,6 +44,7 @@ class Need:
     present: bool
     why: str
     fix: str
+    note: str = ""  # e.g. it exports only the pre-CUDA-12 name
 
 
 @dataclass
@@ -54,6 +55,7 @@ class AuditResult:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # worth knowing, nothing a consumer needs
     unreadable: list[str] = field(default_factory=list)
+    runtimes: list[dict] = field(default_factory=list)  # each runtime shim against each libggml-cuda
 
     def errors(self) -> list[str]:
         """One line per file given that cannot be audited (unreadable, or not a CUDA shim): a usage error."""
@@ -62,7 +64,7 @@ class AuditResult:
     def to_dict(self) -> dict:
         return {"files": self.files, "needs": [asdict(n) for n in self.needs], "resolution": self.resolution,
                 "problems": [asdict(p) for p in self.problems], "warnings": [asdict(p) for p in self.warnings],
-                "unreadable": self.unreadable, "errors": self.errors()}
+                "runtimes": self.runtimes, "unreadable": self.unreadable, "errors": self.errors()}
 
 
 # ------------------------------------------------------------ resolution --
@@ -116,7 +118,7 @@ def resolve(soname: str, consumer: ElfInfo | None, env: dict, cache=None) -> lis
     for how, path in steps:
         real = os.path.realpath(path)
         exists = os.path.isfile(path)
-        if how in ("LD_PRELOAD", interpose.ld_so_preload_path()):
+        if _preloaded(how):
             soname_of = None
             if exists:
                 try:
@@ -148,6 +150,8 @@ def _role(info: ElfInfo) -> str | None:
     """What the file stands in for; None: it exports no CUDA entry point at all (not a shim)."""
     if info.soname in ROLE_SONAMES.values():
         return {v: k for k, v in ROLE_SONAMES.items()}[info.soname]
+    if runtime.is_runtime_soname(info.soname):  # libcudart.so.13 as well as .12
+        return "runtime"
     if "cuInit" in info.exports:
         return "driver"
     if "cudaGetDeviceCount" in info.exports:
@@ -191,10 +195,41 @@ def _read_all(paths: list[str], kind: str, res: AuditResult) -> list[ElfInfo]:
         infos.append(info)
         d = _describe(info)
         d["kind"] = kind
+        d["what"] = _what(info.path, info)
         if kind == "shim":
             d["role"] = _role(info)
+            d["globals"] = _globals(info.path)
         res.files.append(d)
     return infos
+
+
+def _what(path: str, info: ElfInfo | None) -> str:
+    """What the file is (NVIDIA runtime, runtime replacement, bundled cudashim, NVIDIA driver...)."""
+    from .state import classify
+
+    return classify(path, info)
+
+
+def _globals(path: str) -> list[str]:
+    """The shim's g_* data objects: what cuda-state reads from it in a live process."""
+    try:
+        return sorted(n for n in read_symtab_objects(path) if n.startswith("g_"))
+    except Exception:  # a damaged symbol table: the audit goes on without the names
+        return []
+
+
+def labels(paths: list[str]) -> dict[str, str]:
+    """A short name for each path that tells it from the others: the file name, with as many parent
+    directories as it takes where two files share it (fakert-v1/libcudart.so.12, lib/libcudart.so.12)."""
+    out = {}
+    for path in paths:
+        parts = os.path.abspath(path).split(os.sep)
+        others = [os.path.abspath(q).split(os.sep) for q in paths if os.path.abspath(q) != os.path.abspath(path)]
+        depth = 1
+        while depth < len(parts) and any(q[-depth:] == parts[-depth:] for q in others):
+            depth += 1
+        out[path] = os.sep.join(parts[-depth:])
+    return out
 
 
 def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
@@ -215,9 +250,17 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 "cuda-state can only show globals as raw integers, and you cannot step through it",
                 "build the shim with -g (the bundled one uses -g3 -O0) and do not strip it"))
     consumer_infos = _read_all(consumers, "consumer", res)
-
+    names = labels([f["path"] for f in res.files])
+    for f in res.files:
+        f["label"] = names[f["path"]]
+    cache = _ld_cache()
     drivers = [s for s in shim_infos if _role(s) == "driver"]
     runtimes = [s for s in shim_infos if _role(s) == "runtime"]
+    replaced = _replaced(consumer_infos, runtimes, env, cache)
+    for f in res.files:
+        if f["kind"] == "consumer" and f["path"] in replaced:
+            f["replaced_by"] = replaced[f["path"]]
+    consumer_infos = [c for c in consumer_infos if c.path not in replaced]  # never loaded: nothing to check
 
     for s in drivers:
         if s.soname != "libcuda.so.1" and "dlsym" in s.exports:
@@ -238,7 +281,7 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
             for sym in _cudart_lookups(c):
                 for s in drivers:
                     present = s.exports_symbol(sym)
-                    res.needs.append(Need(sym, f"{name} (run-time lookup)", os.path.basename(s.path), present,
+                    res.needs.append(Need(sym, f"{name} (run-time lookup)", names[s.path], present,
                                           RUNTIME_LOOKUPS[sym],
                                           "" if present else f"export {sym} from the shim (forward it to the real driver)"))
         elif kind == "ggml-cuda":
@@ -247,34 +290,18 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
             for imp in direct:
                 for s in drivers:
                     present = s.exports_symbol(imp.name)
-                    res.needs.append(Need(imp.name, f"{name} (direct import)", os.path.basename(s.path), present,
+                    res.needs.append(Need(imp.name, f"{name} (direct import)", names[s.path], present,
                                           "libggml-cuda links libcuda.so.1 directly: dlopen(libggml-cuda) fails with "
                                           f"'undefined symbol: {imp.name}' before any CUDA call",
                                           "" if present else f"export {imp.name} from the shim's libcuda.so.1"))
-            versioned = [i for i in c.imports if i.library == "libcudart.so.12"]
-            for s in runtimes:
-                if "libcudart.so.12" not in s.version_definitions:
-                    res.problems.append(Problem(
-                        "missing-version-node", s.path, "defines no 'libcudart.so.12' symbol version",
-                        f"{name} imports {len(versioned)} symbols as name@libcudart.so.12: with no version definitions "
-                        "at all ld.so aborts the whole process (assertion in check_match); with other versions "
-                        "dlopen fails with 'undefined symbol: cudaMalloc, version libcudart.so.12'",
-                        "link the runtime shim with a version script: libcudart.so.12 { global: *; };"))
-                for imp in versioned:
-                    present = s.exports_symbol(imp.name, imp.version)
-                    if not present:
-                        res.needs.append(Need(imp.name, f"{name} (import @libcudart.so.12)", os.path.basename(s.path),
-                                              False, "ggml calls it on the init path or later",
-                                              f"export {imp.name}@libcudart.so.12"))
 
     for n in res.needs:
         if not n.present:
             res.problems.append(Problem("missing-symbol", n.provider, f"{n.symbol} needed by {n.needed_by}", n.why, n.fix))
 
     # resolution of the CUDA sonames, for each consumer (cudart's own dlopen of the driver included)
-    cache = _ld_cache()
     for c in consumer_infos:
-        wanted = [n for n in c.needed if n in ROLE_SONAMES.values()]
+        wanted = [n for n in c.needed if n in ROLE_SONAMES.values() or runtime.is_runtime_soname(n)]
         if _consumer_kind(c) == "cudart":
             wanted.append("libcuda.so.1")  # dlopen()ed at run time, not DT_NEEDED
         for soname in wanted:
@@ -283,8 +310,12 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
             others = [x for x in cands if x["satisfies"] and x is not chosen]
             res.resolution.append({"consumer": c.path, "soname": soname, "chosen": chosen["path"] if chosen else None,
                                    "how": chosen["how"] if chosen else None, "candidates": cands})
+            if runtime.is_runtime_soname(soname) and any(
+                    os.path.realpath(x["path"]) == os.path.realpath(r.path) for r in runtimes for x in cands
+                    if x["exists"]):
+                others = []  # a runtime shim among them: its own findings below say which one wins and why
             for x in cands:
-                preloaded = x["how"] in ("LD_PRELOAD", interpose.ld_so_preload_path())
+                preloaded = _preloaded(x["how"])
                 if preloaded and x["exists"] and not x["satisfies"] and soname == "libcuda.so.1" \
                         and x.get("soname") and "cuInit" in read_elf_cached(x["path"]).exports:
                     if "dlsym" in read_elf_cached(x["path"]).exports:  # an interposer: a design, not the trap
@@ -295,7 +326,13 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                         f"{os.path.basename(c.path)} still resolves libcuda.so.1 to {chosen['path'] if chosen else 'nothing'}",
                         "one process, two drivers: cudart talks to the file it dlopen()s, not to the preloaded shim",
                         "give the shim the soname libcuda.so.1 and put it first on LD_LIBRARY_PATH"))
-            if chosen is None:
+            if chosen is None and runtime.is_runtime_soname(soname):
+                res.problems.append(Problem("not-found", soname, f"{os.path.basename(c.path)} finds no {soname}",
+                                            f"dlopen({os.path.basename(c.path)}) fails: '{soname}: cannot open shared "
+                                            "object file: No such file or directory'",
+                                            f"LD_PRELOAD the runtime shim (soname {soname}), or put the directory "
+                                            f"with a {soname} on LD_LIBRARY_PATH"))
+            elif chosen is None:
                 res.problems.append(Problem("not-found", soname, f"{os.path.basename(c.path)} finds no {soname}",
                                             "cudart reports cudaErrorInsufficientDriver (35); libggml-cuda fails to load",
                                             f"put the directory with the shim's {soname} on LD_LIBRARY_PATH"))
@@ -308,6 +345,10 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 res.problems.append(Problem("several-candidates", soname, f"also found: {', '.join(o['path'] for o in others[:3])}",
                                             f"only {chosen['path']} is used; the others are shadowed",
                                             "make sure the one chosen is the one you built"))
+    for c in consumer_infos:
+        if _consumer_kind(c) == "ggml-cuda":
+            for s in runtimes:
+                _audit_runtime(res, s, c, env, cache, names)
     # de-duplicate identical problems (several consumers can raise the same one)
     unique = {}
     for p in res.problems:
@@ -320,6 +361,205 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
             notes[key] = w
     res.warnings = list(notes.values())
     return res
+
+
+def _preloaded(how: str) -> bool:
+    """HOW (a resolve() step) is a preload: LD_PRELOAD or the ld.so.preload file (tests move it)."""
+    return how in ("LD_PRELOAD", interpose.ld_so_preload_path())
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _step(c: ElfInfo, cand: dict) -> str:
+    """How ld.so found CAND for consumer C, with the DT_RPATH/DT_RUNPATH entry as written ($ORIGIN)."""
+    how = cand["how"]
+    if how in ("DT_RPATH", "DT_RUNPATH"):
+        origin = os.path.dirname(os.path.abspath(c.path))
+        here = os.path.realpath(os.path.dirname(cand["path"]))
+        entry = next((e for e in (c.rpath if how == "DT_RPATH" else c.runpath)
+                      if os.path.realpath(_expand(e, origin)) == here), os.path.dirname(cand["path"]))
+        return f"{how} {entry} of {os.path.basename(c.path)}"
+    if _preloaded(how):
+        return how
+    return f"{how} ({os.path.dirname(cand['path'])})"
+
+
+def _file_what(path: str) -> str:
+    try:
+        return _what(path, read_elf_cached(path))
+    except ElfProblem:
+        return "unreadable"
+
+
+def _import_why(m: runtime.Missing, replaces: bool, consumer: str, soname: str, versym: bool = True) -> str:
+    """When a missing import bites, and how."""
+    ref = f"'undefined symbol: {m.symbol}" + (f", version {m.version}'" if m.version else "'")
+    if replaces and m.version and not versym:
+        why = (f"ld.so aborts the process binding it for {consumer} (assertion in check_match): the file has no "
+               ".gnu.version section")
+    elif not replaces:
+        why = (f"binds to the {soname} {consumer} loads for its DT_NEEDED (NVIDIA's), not to this shim: two "
+               f"runtimes in one process; ggml needs it {runtime.WHEN[m.stage]}")
+    elif m.stage == "registration":
+        why = f"dlopen({consumer}) fails with {ref}: {runtime.WHEN['registration']}"
+    else:
+        why = (f"dlopen({consumer}) fails with {ref}: ggml's backend loader uses RTLD_NOW (bound lazily, the process "
+               f"exits with 'symbol lookup error' when ggml first needs it: {runtime.WHEN[m.stage]})")
+    return why + (f"; {m.note}" if m.note else "")
+
+
+def _replaced(consumers: list[ElfInfo], runtimes: list[ElfInfo], env: dict, cache) -> dict[str, str]:
+    """Consumers (NVIDIA's libcudart.so.12) whose soname a preloaded runtime shim takes: ld.so never
+    loads them, so their needs and resolution do not matter. path -> the shim's path."""
+    out = {}
+    for c in consumers:
+        if _consumer_kind(c) != "cudart" or not runtime.is_runtime_soname(c.soname):
+            continue
+        first = next((x for x in resolve(c.soname, None, env, cache) if _preloaded(x["how"]) and x["satisfies"]), None)
+        if first is None or _same(first["path"], c.path):
+            continue
+        shim = next((r.path for r in runtimes if _same(r.path, first["path"])), None)
+        if shim is not None:
+            out[c.path] = shim
+    return out
+
+
+def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, names: dict) -> None:
+    """A runtime shim S against libggml-cuda C: S's exports against C's imports (when each missing
+    one bites), its version node, and how the loader chooses between S and the libcudart bundled
+    beside C under ENV (LD_PRELOAD, /etc/ld.so.preload, DT_RPATH $ORIGIN, LD_LIBRARY_PATH)."""
+    cname, sname = os.path.basename(c.path), names.get(s.path, os.path.basename(s.path))
+    wanted = runtime.runtime_imports(c)
+    sonames = [n for n in c.needed if runtime.is_runtime_soname(n)] or \
+        sorted({i.library for i in wanted if runtime.is_runtime_soname(i.library)})
+    if not wanted and not sonames:
+        return  # C does not link a libcudart (a static cudart): nothing S could stand in for
+    soname = sonames[0] if sonames else None
+    chk = runtime.check_imports(s, c)
+    replaces = bool(soname) and s.soname == soname  # the loader takes S for C's DT_NEEDED libcudart.so.N
+    missing = {m.symbol: m for m in chk.missing}
+    fix = runtime.missing_fix(chk)
+    added = []
+    for imp in wanted:
+        m = missing.get(imp.name)
+        needed_by = f"{cname} (import @{imp.version})" if imp.version else f"{cname} (import)"
+        if m is None:
+            added.append(Need(imp.name, needed_by, sname, True, "", ""))
+        else:
+            added.append(Need(imp.name, needed_by, sname, False, _import_why(m, replaces, cname, soname or "libcudart", s.has_versym),
+                              fix, m.note))
+    res.needs += added
+
+    # the version node the imports ask for
+    node, folded = chk.version, set()
+    if node and node not in s.version_definitions:
+        count = chk.imported
+        script = f"link the runtime shim with a version script: {node} {{ global: *; }};"
+        if not s.has_versym:
+            folded = {m.symbol for m in chk.missing if m.symbol in s.exports}
+            res.problems.append(Problem(
+                "missing-version-node", s.path, f"no .gnu.version section at all: defines no '{node}' symbol version",
+                f"{cname} imports {count} symbols as name@{node}: " + (
+                    "binding them to a file named that with no .gnu.version makes ld.so abort the whole process "
+                    "(assertion in check_match)" if replaces else
+                    "none of them bind to it; they land in the libcudart it loads for its DT_NEEDED"),
+                script + " (any version script, even an anonymous one, gives the file a .gnu.version section)"))
+        elif not s.version_definitions:
+            if chk.unversioned:
+                res.warnings.append(Problem(
+                    "unversioned-runtime", s.path, f"defines no symbol versions: its unversioned definitions stand "
+                    f"for {cname}'s imports @{node}",
+                    f"this works: glibc's ld.so accepts an unversioned definition for a versioned reference when the "
+                    f"file has a .gnu.version section, as this one has (a version script or any versioned import gives "
+                    f"it one). Caveat: a build without one (no version script, no versioned import) makes ld.so "
+                    f"abort in check_match",
+                    f"give it the version node anyway: {node} {{ global: cuda*; __cuda*; local: *; }};"))
+        else:
+            folded = {m.symbol for m in chk.missing if m.symbol in s.exports}
+            first = "cudaMalloc" if "cudaMalloc" in folded else next(iter(sorted(folded)), "cudaMalloc")
+            res.problems.append(Problem(
+                "missing-version-node", s.path, f"defines the symbol versions {', '.join(s.version_definitions)} "
+                f"but not '{node}'",
+                f"{cname} imports {count} symbols as name@{node}, and a definition under another version never "
+                "satisfies one: " + (f"dlopen({cname}) fails with 'undefined symbol: {first}, version {node}' (or "
+                                     "whichever of them it binds first)" if replaces else
+                                     f"they all land in the {soname} {cname} loads for its DT_NEEDED"),
+                script))
+    for n in added:
+        if not n.present and n.symbol not in folded:
+            res.problems.append(Problem("missing-symbol", n.provider, f"{n.symbol} needed by {n.needed_by}", n.why,
+                                        n.fix))
+
+    # which libcudart.so.N the loader takes for C
+    entry = {"shim": s.path, "label": sname, "what": _what(s.path, s), "soname": s.soname, "consumer": c.path, "needs": soname,
+             "imports": chk.to_dict(), "summary": chk.summary(), "globals": _globals(s.path)}
+    res.runtimes.append(entry)
+    if soname is None:
+        entry.update(loaded=None, interplay="")
+        return
+    cands = resolve(soname, c, env, cache)
+    chosen = next((x for x in cands if x["satisfies"]), None)
+    bundled = next((x for x in cands if x["satisfies"] and not _preloaded(x["how"])), None)
+    pre = next((x for x in cands if _preloaded(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
+    listed = next((x for x in cands if not _preloaded(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
+    winner = f"{chosen['path']} ({_file_what(chosen['path'])}, via {_step(c, chosen)})" if chosen else "nothing"
+    entry.update(chosen=chosen["path"] if chosen else None, how=chosen["how"] if chosen else None)
+    preload_how = "ld.so.preload" if pre and pre["how"] != "LD_PRELOAD" else "LD_PRELOAD"
+    if pre and replaces and chosen is not None and _same(chosen["path"], s.path):
+        entry.update(loaded=pre["how"], interplay=runtime.soname_interplay(
+            s.path, s.soname, preload_how, bundled["path"] if bundled else None))
+    elif pre and replaces:  # another file preloaded under the same soname, earlier in the list
+        entry.update(loaded=None, interplay=f"{sname} is preloaded, but {winner} comes first")
+        res.problems.append(Problem(
+            "runtime-bypassed", s.path, f"preloaded, but {cname} resolves {soname} to {winner}",
+            "the first preload with a soname wins; this one is never used for it",
+            f"preload only one {soname}"))
+    elif pre:
+        interplay = runtime.soname_interplay(s.path, s.soname, preload_how, bundled["path"] if bundled else None)
+        entry.update(loaded=pre["how"], interplay=interplay)
+        lands = [m.symbol for m in chk.missing]
+        if lands and chosen is not None:
+            res.problems.append(Problem(
+                "runtime-split", s.path,
+                f"preloaded under soname {s.soname!r}, not {soname}: {len(lands)} of {cname}'s {chk.imported} "
+                f"imports{' @' + node if node else ''} it lacks bind to {winner}: {', '.join(lands[:8])}"
+                + (f" (+{len(lands) - 8})" if len(lands) > 8 else ""),
+                f"two runtimes in one process: devices, streams, allocations and a latched error set through one are "
+                f"unknown to the other. {interplay}",
+                f"{fix}; or build it under the soname {soname}, so that preloaded it replaces the bundled one"))
+        elif chosen is not None:
+            res.warnings.append(Problem(
+                "runtime-beside-bundled", s.path, f"preloaded under soname {s.soname!r}: all {chk.imported} of "
+                f"{cname}'s imports bind to it, but {winner} is still loaded for the DT_NEEDED {soname}",
+                f"{interplay}; that copy is mapped (its constructors run) but none of ggml's calls reach it",
+                f"build it under the soname {soname} so that it replaces the bundled one"))
+    elif listed and chosen is not None and _same(chosen["path"], s.path):
+        entry.update(loaded=listed["how"], interplay=f"{sname} is the {soname} {cname} finds first, via "
+                                                     f"{_step(c, listed)}")
+    elif listed and replaces:
+        entry.update(loaded=None, interplay=f"{sname} is on the search path, but {winner} comes first")
+        rpath = chosen is not None and chosen["how"] == "DT_RPATH"
+        res.problems.append(Problem(
+            "runtime-bypassed", s.path,
+            f"on {listed['how']}, but {cname} resolves {soname} to {winner}",
+            ("DT_RPATH is searched before LD_LIBRARY_PATH (only DT_RUNPATH comes after it): "
+             if rpath else "an earlier step of ld.so's search finds another file: ")
+            + f"the shim is silently never loaded and {chosen['path']} ({_file_what(chosen['path'])}) runs instead",
+            f"LD_PRELOAD={s.path} (under the same soname it replaces the bundled one for every consumer), or "
+            f"replace {chosen['path']} with it"))
+    else:
+        if replaces:
+            detail = f"not on {cname}'s search path for {soname} with this environment; it loads {winner}"
+        else:
+            detail = (f"its soname {s.soname!r} is not the {soname} {cname} needs, and it is not preloaded: "
+                      f"nothing loads it; {cname} loads {winner}")
+        entry.update(loaded=None, interplay=detail)
+        res.warnings.append(Problem(
+            "runtime-not-loaded", s.path, detail, "with this environment the shim is not used at all",
+            f"LD_PRELOAD={s.path}" + (" (same soname: it replaces the bundled one for every consumer)" if replaces
+                                      else " (each cuda* import it exports then binds to it)")))
 
 
 def explain_failed_load(path: str, env) -> list[str]:
@@ -349,27 +589,47 @@ def _env_from(pid: int) -> dict:
         raise ValueError(str(exc)) from None
 
 
+MAX_ROWS = 30  # missing symbols shown in the Needs table
+
+
+def _cut(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def render(result: AuditResult) -> list[str]:
     from tabulate import tabulate
 
     out = []
     if result.files:
-        rows = [[os.path.basename(f["path"]), f["kind"], f.get("role") or "", f["soname"] or "", f["exports"],
-                 "yes" if f["debug_info"] else "no", (f["build_id"] or "")[:12], "yes" if f["stripped"] else "no"]
+        rows = [[f.get("label") or os.path.basename(f["path"]), f["kind"], f.get("role") or "", f.get("what") or "",
+                 f["soname"] or "", f["exports"], "yes" if f["debug_info"] else "no", (f["build_id"] or "")[:12],
+                 "yes" if f["stripped"] else "no"]
                 for f in result.files]
-        out += tabulate(rows, headers=["file", "kind", "role", "soname", "exports", "DWARF", "build-id", "stripped"],
-                        tablefmt="simple").splitlines()
+        out += tabulate(rows, headers=["file", "kind", "role", "what it is", "soname", "exports", "DWARF", "build-id",
+                                       "stripped"], tablefmt="simple").splitlines()
     for line in result.unreadable:
         out.append(f"skipped: {line}")
     missing = [n for n in result.needs if not n.present]
     if result.needs:
         out.append("")
         out.append(f"Needs: {len(result.needs)} checked, {len(missing)} missing")
-        rows = [[n.symbol, n.needed_by, n.provider, "present" if n.present else "MISSING", "" if n.present else n.why[:70]]
-                for n in (missing or [])[:60]]
+        rows = [[n.symbol, n.needed_by, n.provider, "present" if n.present else "MISSING", "" if n.present else _cut(n.why)]
+                for n in missing[:MAX_ROWS]]
         if rows:
             out += tabulate(rows, headers=["symbol", "needed by", "shim", "status", "why it matters"],
                             tablefmt="simple").splitlines()
+        if len(missing) > MAX_ROWS:
+            out.append(f"({len(missing) - MAX_ROWS} more missing; --json lists every one)")
+    if result.runtimes:
+        out.append("")
+        out.append("Runtime shims:")
+        for r in result.runtimes:
+            out.append(f"- {r['label']} ({r['what']}): {r['summary']}")
+            if r.get("interplay"):
+                out.append(f"  {r['interplay']}")
+            if r.get("globals"):
+                out.append(f"  g_* globals (cuda-state reads them): {', '.join(r['globals'][:8])}"
+                           + (f" (+{len(r['globals']) - 8})" if len(r["globals"]) > 8 else ""))
     if result.resolution:
         out.append("")
         rows = [[os.path.basename(r["consumer"]), r["soname"], r["chosen"] or "NOT FOUND", r["how"] or ""]
