@@ -72,6 +72,192 @@ def cudart_version(path: str) -> str | None:
     return m.group(1) if m else None
 
 
+# ------------------------------------------------------------ runtime shims --
+# Kinds that are NVIDIA's own files or libggml-cuda: their globals are never read (stripped,
+# and libggml-cuda's symbol table is huge).
+NOT_SHIMS = ("NVIDIA driver", runtime.NVIDIA_RUNTIME, "ggml CUDA backend", "CUDA stub library", "other")
+
+
+def is_shim(role: dict) -> bool:
+    """A file in a CUDA role that is not NVIDIA's (a runtime replacement or shim, a driver or NVML
+    shim): its g_* globals are worth reading."""
+    return role["role"] in ("driver", "runtime", "nvml") and role["kind"] not in NOT_SHIMS
+
+
+def cudart_version_entry(role: dict) -> tuple[str, str | None]:
+    """(key, value) for the versions line: NVIDIA's file name carries its CUDA version; a shim's
+    name is only the soname it answers to."""
+    key = f"cudart file ({os.path.basename(role['path'])})"
+    if role["kind"] == runtime.NVIDIA_RUNTIME:
+        return key, cudart_version(role["path"])
+    return key, f"{role.get('soname') or os.path.basename(role['path'])} is the shim's soname, not a CUDA version"
+
+
+def _split_path_list(value: str | None) -> list[str]:
+    return (value or "").replace(":", " ").split()
+
+
+def _abs(item: str, cwd: str | None) -> str:
+    return item if os.path.isabs(item) or not cwd else os.path.join(cwd, item)
+
+
+def preload_entries(env: dict, cwd: str | None, ld_so_preload: list[str],
+                    ld_so_preload_path: str) -> list[tuple[str, str]]:
+    """(entry, where it came from) of each preload, the loader's order: LD_PRELOAD, then /etc/ld.so.preload.
+    A name without a '/' stays a name (ld.so searches for it)."""
+    out = [(item if "/" not in item else _abs(item, cwd), "LD_PRELOAD")
+           for item in _split_path_list(env.get("LD_PRELOAD"))]
+    out += [(item, ld_so_preload_path) for item in ld_so_preload]
+    return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _origin_dirs(entries: list[str], info_path: str) -> list[str]:
+    origin = os.path.dirname(os.path.realpath(info_path))
+    return [os.path.realpath(e.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)) for e in entries]
+
+
+def loaded_via(role: dict, preloads: list[tuple[str, str]], env: dict, cwd: str | None, consumers: list) -> str:
+    """How ROLE's file got into the process, where the process tells: a preload (LD_PRELOAD or the
+    ld.so.preload file), the DT_RPATH of a mapped file that needs its soname, LD_LIBRARY_PATH,
+    a DT_RUNPATH (ld.so's order), else the search path. CONSUMERS: ElfInfo of the mapped CUDA files."""
+    path = role["path"]
+    name = role.get("soname") or os.path.basename(path)
+    for entry, source in preloads:
+        if ("/" in entry and _same_file(entry, path)) or ("/" not in entry and entry in (name, os.path.basename(path))):
+            return source
+    here = os.path.dirname(os.path.realpath(path))
+    needing = [c for c in consumers if name in c.needed and not _same_file(c.path, path)]
+    for c in needing:
+        if c.rpath and not c.runpath and here in _origin_dirs(c.rpath, c.path):
+            return f"DT_RPATH of {os.path.basename(c.path)}"
+    if here in [os.path.realpath(_abs(d, cwd)) for d in (env.get("LD_LIBRARY_PATH") or "").split(":") if d]:
+        return "LD_LIBRARY_PATH"
+    for c in needing:
+        if here in _origin_dirs(c.runpath, c.path):
+            return f"DT_RUNPATH of {os.path.basename(c.path)}"
+    if role["role"] == "ggml-cuda":
+        return "dlopen or DT_NEEDED"
+    return "search path"
+
+
+def is_preload(via: str | None) -> bool:
+    return bool(via) and (via == "LD_PRELOAD" or via.endswith("ld.so.preload"))
+
+
+def import_checks(roles: list[dict], infos: dict) -> list:
+    """runtime.check_imports of each runtime shim against libggml-cuda, when both are mapped.
+    INFOS: path -> ElfInfo of the mapped CUDA files."""
+    ggml = next((infos.get(r["path"]) for r in roles if r["role"] == "ggml-cuda" and infos.get(r["path"])), None)
+    if ggml is None:
+        return []
+    return [runtime.check_imports(infos[r["path"]], ggml) for r in roles
+            if r["role"] == "runtime" and r["kind"] != runtime.NVIDIA_RUNTIME and infos.get(r["path"]) is not None]
+
+
+def _bundled(soname: str | None, ggml) -> str | None:
+    """The libcudart.so.N beside libggml-cuda: in a directory of its DT_RPATH/DT_RUNPATH."""
+    if not soname or ggml is None:
+        return None
+    for d in _origin_dirs(ggml.rpath + ggml.runpath, ggml.path):
+        candidate = os.path.join(d, soname)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _names(items: list[str], shown: int = 4) -> str:
+    return ", ".join(items[:shown]) + (f" (+{len(items) - shown})" if len(items) > shown else "")
+
+
+def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None = None) -> tuple[list[str], list[str]]:
+    """(warnings, notes) about the runtimes of one process: two runtimes and where libggml-cuda's
+    cuda* imports bind; a libcudart.so.N in LD_LIBRARY_PATH that the loader bypassed; what a
+    preloaded runtime does to the bundled libcudart. ROLES carry "loaded_via"; INFOS: path -> ElfInfo."""
+    warns: list[str] = []
+    notes: list[str] = []
+    base = os.path.basename
+    runtimes = [r for r in roles if r["role"] == "runtime"]
+    ggml_role = next((r for r in roles if r["role"] == "ggml-cuda"), None)
+    ggml = infos.get(ggml_role["path"]) if ggml_role else None
+    nvidia = [r for r in runtimes if r["kind"] == runtime.NVIDIA_RUNTIME]
+    shims = [r for r in runtimes if r["kind"] != runtime.NVIDIA_RUNTIME]
+
+    # (a) two runtimes in one process
+    if len({os.path.realpath(r["path"]) for r in runtimes}) > 1:
+        for shim in shims:
+            others = [r for r in runtimes if not _same_file(r["path"], shim["path"])]
+            other = next((r for r in others if r in nvidia), others[0])
+            whose = "NVIDIA's " if other in nvidia else ""
+            head = (f"two runtimes in one process: {shim['path']} ({shim['kind']}, {shim.get('loaded_via') or '?'}) "
+                    f"and {whose}{other['path']}")
+            info = infos.get(shim["path"])
+            if ggml is None or info is None:
+                warns.append(head + ("; libggml-cuda is not loaded yet" if ggml is None else ""))
+                continue
+            if not is_preload(shim.get("loaded_via")):
+                warns.append(head + ": libggml-cuda's cuda* imports bind to whichever comes first in its lookup scope "
+                             "(the program and its preloads, then its own dependencies); this one was not preloaded, "
+                             "so which it is cannot be told from here")
+                continue
+            check = runtime.check_imports(info, ggml)
+            missing = [m.symbol for m in check.missing]
+            bound = check.imported - len(missing)
+            at = f" @{check.version}" if check.version else ""
+            text = (f"{head}: libggml-cuda's cuda* imports{at} bind to {base(shim['path'])} for the {bound} of "
+                    f"{check.imported} it defines (a preload comes before libggml-cuda's own dependencies)")
+            if missing:
+                text += f", to {base(other['path'])} for the other {len(missing)} ({_names(missing)})"
+            else:
+                text += f"; {base(other['path'])} is loaded (DT_NEEDED {other.get('soname') or base(other['path'])}) " \
+                        "but none of them binds to it"
+            warns.append(text)
+        if not shims:
+            warns.append("more than one runtime in one process: " + ", ".join(r["path"] for r in runtimes))
+
+    # (b) a non-NVIDIA libcudart.so.N in LD_LIBRARY_PATH that the loader did not use
+    dirs = [_abs(d, cwd) for d in (env.get("LD_LIBRARY_PATH") or "").split(":") if d]
+    seen = set()
+    for mapped in runtimes:
+        soname = mapped.get("soname") or base(mapped["path"])
+        if not runtime.is_runtime_soname(soname):
+            continue
+        for d in dirs:
+            candidate = os.path.join(d, soname)
+            if (candidate in seen or not os.path.isfile(candidate) or _same_file(candidate, mapped["path"])
+                    or any(_same_file(candidate, r["path"]) for r in runtimes) or runtime.is_nvidia_runtime(candidate)):
+                continue
+            seen.add(candidate)
+            via = mapped.get("loaded_via") or ""
+            if via.startswith("DT_RPATH of "):
+                why = (f"{via[len('DT_RPATH of '):]}'s DT_RPATH, searched before LD_LIBRARY_PATH, "
+                       f"found {mapped['path']} first")
+            elif via == "LD_LIBRARY_PATH":
+                why = f"an earlier LD_LIBRARY_PATH directory held {mapped['path']}"
+            elif is_preload(via):
+                why = f"{mapped['path']} is preloaded ({via})"
+            else:
+                why = f"libggml-cuda's DT_RPATH/DT_RUNPATH or an earlier directory found {mapped['path']} first"
+            warns.append(f"{candidate} (LD_LIBRARY_PATH) is bypassed: {why}; LD_PRELOAD it instead (under the same "
+                         f"soname {soname} it replaces the bundled one)")
+
+    # (c) what a preloaded runtime shim does to the bundled libcudart
+    for shim in shims:
+        via = shim.get("loaded_via")
+        if not is_preload(via):
+            continue
+        if shim["kind"] == runtime.REPLACEMENT:
+            bundled = _bundled(shim.get("soname"), ggml)
+            notes.append(runtime.soname_interplay(shim["path"], shim.get("soname"), "LD_PRELOAD" if via == "LD_PRELOAD"
+                                                  else "ld.so.preload", bundled))
+        elif len(runtimes) == 1:  # its own soname and nothing else yet: say what will happen
+            notes.append(runtime.soname_interplay(shim["path"], shim.get("soname"), "LD_PRELOAD", None))
+    return warns, notes
+
+
 def warnings(roles: list[dict]) -> list[str]:
     out = []
     drivers = [r for r in roles if r["role"] == "driver"]
@@ -122,6 +308,38 @@ def _fmt(value) -> str:
     return str(value)
 
 
+MISSING_SHOWN = 20  # missing imports named per stage; the rest are counted
+
+
+def import_entry(check) -> dict:
+    """JSON of one runtime.ImportCheck, with its one-line summary and, when it lacks any, the fix."""
+    out = check.to_dict()
+    out["summary"] = check.summary()
+    if check.missing:
+        out["fix"] = runtime.missing_fix(check)
+    return out
+
+
+def render_imports(entries, s) -> list[str]:
+    out = []
+    for e in entries:
+        out.append("")
+        out.append(s("bold", "runtime exports: ") + e["summary"])
+        missing = e.get("missing") or []
+        for stage_ in runtime.WHEN:
+            names = [m["symbol"] + (f"@{m['version']}" if m.get("version") else "") for m in missing
+                     if m["stage"] == stage_]
+            if names:
+                shown = ", ".join(names[:MISSING_SHOWN]) + (f" ... ({len(names) - MISSING_SHOWN} more: "
+                                                             "cuda-state --json lists them all)"
+                                                             if len(names) > MISSING_SHOWN else "")
+                out.append(f"  missing ({stage_}, needed {runtime.WHEN[stage_]}): {shown}")
+        out += [f"  {m['symbol']}: {m['note']}" for m in missing if m.get("note")]
+        if e.get("fix"):
+            out.append("  fix: " + e["fix"])
+    return out
+
+
 def render(result: dict, color: bool = False) -> list[str]:
     from tabulate import tabulate
 
@@ -130,13 +348,17 @@ def render(result: dict, color: bool = False) -> list[str]:
     s = Style(color)
     out = [s("bold", f"process {result['pid']} (inferior {result['inferior']})")]
     if result["roles"]:
-        rows = [[r["role"], r["kind"], r["soname"] or "", "yes" if r["debug_info"] else "no", _cell(r["path"])]
-                for r in result["roles"]]
-        out += tabulate(rows, headers=["role", "what it is", "soname", "DWARF", "file"], tablefmt="simple").splitlines()
+        rows = [[r["role"], r["kind"], r["soname"] or "", r.get("loaded_via") or "", "yes" if r["debug_info"] else "no",
+                 _cell(r["path"])] for r in result["roles"]]
+        out += tabulate(rows, headers=["role", "what it is", "soname", "loaded via", "DWARF", "file"],
+                        tablefmt="simple").splitlines()
     else:
         out.append("no CUDA library is loaded yet")
     for w in result["warnings"]:
         out.append(s("red", "warning: ") + w)
+    for n in result.get("notes", ()):
+        out.append(s("bold", "note: ") + n)
+    out += render_imports(result.get("runtime_imports", ()), s)
     for st in result["shim_state"]:
         out.append("")
         out.append(s("bold", f"state of {st['library']}") + f" (read via {st['how']})")

@@ -6,6 +6,7 @@ import os
 
 import gdb
 
+from ...core import interpose
 from ...core import state as core_state
 from ...core.procfs import ProcError, mapped_files, read_environ
 from ...core.timeline import relevant_env
@@ -22,10 +23,20 @@ def _environ(pid: int) -> dict:
         return {"(error)": str(exc)}
 
 
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
 def collect(inferior, wanted: list[str]) -> dict:
     pid = inferior.pid
+    environ = _environ(pid)
+    cwd = _cwd(pid)
     roles = []
-    shims = []
+    infos = {}
+    bases = {}
     for path, base in mapped_files(pid).items():
         found = core_state.identify(path)
         if found is None:
@@ -33,11 +44,17 @@ def collect(inferior, wanted: list[str]) -> dict:
         role, kind, info = found
         roles.append({"role": role, "path": path, "soname": info.soname if info else None, "kind": kind,
                       "debug_info": bool(info and info.has_debug_info), "base": hex(base) if base is not None else None})
-        if kind in ("bundled cudashim", "unknown shim") and info is not None and base is not None:
-            shims.append((path, base, info))
+        if info is not None:
+            infos[path] = info
+        bases[path] = base
+    preloads = core_state.preload_entries(environ, cwd, interpose.ld_so_preload(), interpose.ld_so_preload_path())
+    for r in roles:
+        r["loaded_via"] = core_state.loaded_via(r, preloads, environ, cwd, list(infos.values()))
     state = []
-    for path, base, info in shims:
-        state.append(read_globals(path, base, info.has_debug_info, inferior, wanted))
+    for r in roles:  # never NVIDIA's files or libggml-cuda: stripped, and a huge symbol table
+        info = infos.get(r["path"])
+        if core_state.is_shim(r) and info is not None and bases[r["path"]] is not None:
+            state.append(read_globals(r["path"], bases[r["path"]], info.has_debug_info, inferior, wanted))
     versions = {}
     tracer = session.active()
     if tracer is not None:
@@ -47,15 +64,19 @@ def collect(inferior, wanted: list[str]) -> dict:
                 versions[f"{c.function} ({os.path.basename(c.library or '?')})"] = next(iter(c.args.values()), None)
     for r in roles:
         if r["role"] == "runtime":
-            versions[f"cudart file ({os.path.basename(r['path'])})"] = core_state.cudart_version(r["path"])
+            key, value = core_state.cudart_version_entry(r)
+            versions[key] = value
+    warnings = core_state.warnings(roles)
+    more, notes = core_state.runtime_findings(roles, infos, environ, cwd)
     settings = {}
     for name in ("follow-fork-mode", "detach-on-fork", "schedule-multiple", "follow-exec-mode"):
         try:
             settings[name] = gdb.parameter(name)
         except (gdb.error, RuntimeError):
             pass
-    return {"pid": pid, "inferior": inferior.num, "roles": roles, "warnings": core_state.warnings(roles),
-            "shim_state": state, "versions": versions, "environment": relevant_env(_environ(pid)),
+    return {"pid": pid, "inferior": inferior.num, "roles": roles, "warnings": warnings + more, "notes": notes,
+            "runtime_imports": [core_state.import_entry(c) for c in core_state.import_checks(roles, infos)],
+            "shim_state": state, "versions": versions, "environment": relevant_env(environ),
             "gdb_settings": settings}
 
 
