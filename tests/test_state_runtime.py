@@ -188,7 +188,7 @@ def test_exports_against_ggmls_imports(stack):
     (m,) = entry["missing"]
     assert (m["symbol"], m["stage"]) == ("cudaGetDeviceProperties_v2", "init")
     assert "it exports cudaGetDeviceProperties" in m["note"]
-    assert entry["summary"].startswith("libcudart.so.12 lacks 1 of the 57 symbols")
+    assert entry["summary"].startswith("fakert-v1/libcudart.so.12 lacks 1 of the 57 symbols")
     assert "version node libcudart.so.12" in entry["fix"]
     text = "\n".join(state.render(_result(roles, infos)))
     assert "missing (init, needed in ggml_cuda_init, on the device discovery path): " \
@@ -208,4 +208,4 @@ def test_exports_against_ggmls_imports(stack):
     roles, infos = _process((stack.ggml_cuda, "dlopen"), (FAKERT, "LD_PRELOAD"))
     (entry,) = _result(roles, infos)["runtime_imports"]
     assert entry["missing"] == [] and "fix" not in entry
-    assert entry["summary"] == f"libcudart.so.12 exports all 57 symbols {stack.ggml_cuda.name} imports @libcudart.so.12"
+    assert entry["summary"] == f"fakert/libcudart.so.12 exports all 57 symbols {stack.ggml_cuda.name} imports @libcudart.so.12"

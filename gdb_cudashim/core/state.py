@@ -11,7 +11,6 @@ from . import runtime
 from .calls import role_of
 from .elf import ElfInfo
 
-SHIM_MARKERS = ("g_in_init_phase", "g_gpu_info")
 
 
 def role_for(path: str) -> str | None:
@@ -31,23 +30,11 @@ def role_from_exports(info: ElfInfo) -> str | None:
 
 
 def classify(path: str, info: ElfInfo | None) -> str:
-    real = os.path.realpath(path)
-    base = os.path.basename(real)
-    if "/stubs/" in real or "/stubs/" in path:
-        return "CUDA stub library"
-    if info is not None and all(m in info.exports for m in SHIM_MARKERS):
-        return "bundled cudashim"
+    """What a file in a CUDA role is, in the one vocabulary run, cuda-state and audit share
+    (core/runtime.file_kind)."""
     role = role_of(path) or (role_from_exports(info) if info else None)
-    if role == "driver" and re.fullmatch(r"libcuda\.so\.\d{3}\.\d+(\.\d+)?", base):
-        return "NVIDIA driver"
-    if role == "nvml" and re.fullmatch(r"libnvidia-ml\.so\.\d{3}\.\d+(\.\d+)?", base):
-        return "NVIDIA driver"
-    if role == "runtime":
-        return runtime.kind(path, info.soname if info else None)
-    if role == "ggml-cuda":
-        return "ggml CUDA backend"
-    if role in ("driver", "nvml"):
-        return "unknown shim"
+    if role in ("driver", "runtime", "nvml", "ggml-cuda"):
+        return runtime.file_kind(path, role)
     return "other"
 
 
@@ -75,7 +62,7 @@ def cudart_version(path: str) -> str | None:
 # ------------------------------------------------------------ runtime shims --
 # Kinds that are NVIDIA's own files or libggml-cuda: their globals are never read (stripped,
 # and libggml-cuda's symbol table is huge).
-NOT_SHIMS = ("NVIDIA driver", runtime.NVIDIA_RUNTIME, "ggml CUDA backend", "CUDA stub library", "other")
+NOT_SHIMS = ("NVIDIA driver", "NVIDIA NVML", runtime.NVIDIA_RUNTIME, "ggml CUDA backend", "CUDA stub library", "other")
 
 
 def is_shim(role: dict) -> bool:

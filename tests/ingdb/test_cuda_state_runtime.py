@@ -61,14 +61,14 @@ def test_runtime_replacement_preloaded():
     assert g["g_driver"]["value"].startswith("0x") and g["g_driver"]["type"] == "void *"
     (check,) = state["runtime_imports"]
     assert check["missing"] == [] and check["imported"] == 57 and check["version"] == "libcudart.so.12"
-    assert check["summary"].startswith("libcudart.so.12 exports all 57 symbols libggml-cuda")
+    assert check["summary"].startswith("fakert/libcudart.so.12 exports all 57 symbols libggml-cuda")
     (note,) = state["notes"]
     assert "preloaded under NVIDIA's soname libcudart.so.12" in note and f"({NVIDIA_CUDART}) is never loaded" in note
     assert state["versions"]["cudart file (libcudart.so.12)"] == \
         "libcudart.so.12 is the shim's soname, not a CUDA version"
     text = _out("cuda-state --color never")
     assert "loaded via" in text and "runtime replacement" in text
-    assert "runtime exports: libcudart.so.12 exports all 57 symbols" in text
+    assert "runtime exports: fakert/libcudart.so.12 exports all 57 symbols" in text
     assert "note: libcudart.so.12 is preloaded under NVIDIA's soname" in text
     assert "state of " + FAKERT in text and "'Fake GPU (fakert)'" in text and "'FAKERT_HANDMADE'" in text
     gdb.execute("kill", to_string=True)
@@ -113,7 +113,7 @@ def test_missing_imports_while_ld_so_refuses_libggml_cuda():
     assert {m["symbol"]: m["stage"] for m in check["missing"]} == {"__cudaRegisterFatBinary": "registration",
                                                                    "__cudaRegisterFatBinaryEnd": "registration"}
     text = _out("cuda-state --color never")
-    assert "runtime exports: libcudart.so.12 lacks 2 of the 57 symbols" in text
+    assert "runtime exports: fakert-nofat/libcudart.so.12 lacks 2 of the 57 symbols" in text
     assert "missing (registration, needed at dlopen" in text and "__cudaRegisterFatBinary@libcudart.so.12" in text
     gdb.execute("kill", to_string=True)
 

@@ -42,9 +42,10 @@ class CudaAudit(Command):
                 if found is None or found[2] is None:
                     continue
                 role, kind, _ = found
-                if not args.shim and role in ("driver", "nvml") and kind != "NVIDIA driver":
-                    shims.append(path)
-                if not args.consumer and role in ("ggml-cuda", "runtime") and kind != "runtime replacement":
+                nvidia = kind.startswith("NVIDIA")  # NVIDIA's driver, NVML or runtime: a consumer at most
+                if not args.shim and role in ("driver", "nvml", "runtime") and not nvidia:
+                    shims.append(path)  # a runtime stand-in too: its exports against libggml-cuda's imports
+                if not args.consumer and (role == "ggml-cuda" or (role == "runtime" and nvidia)):
                     consumers.append(path)
         if not consumers:
             from ...stack import installed
