@@ -12,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 SHIM_BUILD = ROOT / "shim" / "build"
+VARIANTS = SHIM_BUILD / "variants"  # shim/Makefile's variants: the fake runtime's ones below
+FAKERT = VARIANTS / "fakert" / "libcudart.so.12"  # complete, NVIDIA's soname and version node
+FAKERT_V1 = VARIANTS / "fakert-v1" / "libcudart.so.12"  # cudaGetDeviceProperties without the _v2 name
+FAKERT_NOFAT = VARIANTS / "fakert-nofat" / "libcudart.so.12"  # no __cudaRegisterFatBinary(End)
+FAKERT_OWN = VARIANTS / "fakert-own" / "libfakert.so"  # complete, under its own soname
+FAKERT_PARTIAL = VARIANTS / "fakert-partial" / "libfakert.so"  # own soname, device discovery only
 GDBINIT = ROOT / "gdb_cudashim" / "gdbinit.py"
 CLI = [sys.executable, "-m", "gdb_cudashim.cli"]
 collect_ignore = ["ingdb"]  # these run inside gdb, through test_in_gdb.py

@@ -11,14 +11,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHIM_BUILD, env_with, run_cli
+from conftest import (FAKERT, FAKERT_NOFAT, FAKERT_OWN, FAKERT_V1, ROOT, VARIANTS, env_with,
+                      run_cli)
 
-VARIANTS = SHIM_BUILD / "variants"
 SEED = VARIANTS / "seed" / "libcuda.so.1"
-FAKERT = VARIANTS / "fakert" / "libcudart.so.12"
-FAKERT_V1 = VARIANTS / "fakert-v1" / "libcudart.so.12"
-FAKERT_NOFAT = VARIANTS / "fakert-nofat" / "libcudart.so.12"
-FAKERT_OWN = VARIANTS / "fakert-own" / "libfakert.so"
 
 
 def audit(args, env):

@@ -2,10 +2,8 @@
 preloaded, dropped in or under its own soname. Real gdb, the real libggml-cuda, NVIDIA's real
 libcudart beside it, the bundled fake runtime's variants (shim/Makefile) and real llama-server."""
 
-from conftest import SHIM_BUILD, env_with, run_report
+from conftest import FAKERT, FAKERT_NOFAT, FAKERT_OWN, FAKERT_PARTIAL, FAKERT_V1, VARIANTS, env_with, run_report
 
-VARIANTS = SHIM_BUILD / "variants"
-FAKERT = VARIANTS / "fakert" / "libcudart.so.12"
 SEED = VARIANTS / "seed"
 
 
@@ -48,7 +46,7 @@ def test_preloaded_fake_runtime_is_recognised_with_its_state(stack, probe, tmp_p
 
 
 def test_missing_v2_name_is_a_runtime_finding(stack, probe, tmp_path):
-    shim = VARIANTS / "fakert-v1" / "libcudart.so.12"
+    shim = FAKERT_V1
     proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
     assert proc.returncode == 1
     first = report["findings"][0]
@@ -64,7 +62,7 @@ def test_missing_v2_name_is_a_runtime_finding(stack, probe, tmp_path):
 
 
 def test_missing_fat_binary_registration(stack, probe, tmp_path):
-    shim = VARIANTS / "fakert-nofat" / "libcudart.so.12"
+    shim = FAKERT_NOFAT
     proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
     first = report["findings"][0]
     assert first["rule"] == "runtime-shim-missing-symbols"
@@ -90,7 +88,7 @@ def test_drop_in_on_ld_library_path_is_bypassed(stack, probe, tmp_path):
 
 
 def test_partial_shim_under_its_own_soname_is_two_runtimes(stack, probe, tmp_path):
-    shim = VARIANTS / "fakert-partial" / "libfakert.so"
+    shim = FAKERT_PARTIAL
     proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
     assert "CUDA error" in proc.stderr  # ggml's CUDA_CHECK aborted on NVIDIA's cudart's error
     first = report["findings"][0]
@@ -105,7 +103,7 @@ def test_partial_shim_under_its_own_soname_is_two_runtimes(stack, probe, tmp_pat
 
 
 def test_complete_shim_under_its_own_soname_leaves_nvidias_unused(stack, probe, tmp_path):
-    shim = VARIANTS / "fakert-own" / "libfakert.so"
+    shim = FAKERT_OWN
     proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim)
     assert "two-runtimes" not in rules_of(report)
     lib, files = libraries(report)
@@ -155,7 +153,7 @@ def test_real_llama_server_with_a_runtime_that_lacks_an_import(tmp_path):
     from gdb_cudashim import realprogs
 
     server, backend = realprogs.path("llama-server"), realprogs.path("ggml-cuda")
-    shim = VARIANTS / "fakert-v1" / "libcudart.so.12"
+    shim = FAKERT_V1
     env = env_with(LD_PRELOAD=shim, LD_LIBRARY_PATH=SEED, GGML_BACKEND_PATH=backend)
     proc, report = run_report(tmp_path, [server, "--list-devices"], env)
     assert proc.returncode == 1

@@ -7,16 +7,11 @@ import subprocess
 
 import pytest
 
-from conftest import SHIM_BUILD
+from conftest import FAKERT, FAKERT_NOFAT, FAKERT_OWN, FAKERT_V1, SHIM_BUILD, VARIANTS
 from gdb_cudashim.core import runtime, state
 from gdb_cudashim.core.elf import read_elf_cached
 from ingdb.fakert_build import build_fakert
 
-VARIANTS = SHIM_BUILD / "variants"
-FAKERT = VARIANTS / "fakert" / "libcudart.so.12"
-FAKERT_OWN = VARIANTS / "fakert-own" / "libfakert.so"
-FAKERT_V1 = VARIANTS / "fakert-v1" / "libcudart.so.12"
-FAKERT_NOFAT = VARIANTS / "fakert-nofat" / "libcudart.so.12"
 SEED = VARIANTS / "seed" / "libcuda.so.1"
 
 
