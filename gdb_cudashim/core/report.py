@@ -277,6 +277,8 @@ def _is_bad(c: dict) -> bool:
 
 
 def _short_args(c: dict) -> str:
+    if c.get("summary_args"):
+        return c["summary_args"]
     args = c.get("args") or {}
     parts = []
     struct = ""
@@ -304,14 +306,34 @@ STRUCT_FIELDS_SHOWN = ("name", "major", "minor", "totalGlobalMem", "multiProcess
 
 
 def _condense_calls(calls: list[dict]) -> list[dict]:
-    """Successful runs of the same call fold into one row with a count; failures always show."""
+    """Successful runs of the same call fold into one row with a count; failures always show,
+    except cudart's entry-point lookups (cuGetProcAddress_v2: ~415 per init, a NOT_FOUND among them
+    is a question, not an error): a run of them is one row saying how many were found."""
     out: list[dict] = []
     for c in calls:
         prev = out[-1] if out else None
+        if prev is not None and prev["function"] == c["function"] == "cuGetProcAddress_v2" and prev["pid"] == c["pid"]:
+            lookups = prev.setdefault("lookups", [_lookup_row(prev)])
+            lookups.append(_lookup_row(c))
+            prev["count"] = len(lookups)
+            continue
         if (prev is not None and prev["function"] == c["function"] and prev["pid"] == c["pid"]
-                and not _is_bad(c) and not _is_bad(prev) and c["function"] in ("cuGetProcAddress_v2", "cuDeviceGetAttribute",
+                and not _is_bad(c) and not _is_bad(prev) and c["function"] in ("cuDeviceGetAttribute",
                                                                                   "cudaDeviceGetAttribute", "cuGetProcAddress")):
             prev["count"] = prev.get("count", 1) + 1
             continue
         out.append(dict(c))
+    for row in out:
+        if row.get("lookups"):
+            missing = [name for name, found in row["lookups"] if not found]
+            named = [name for name in missing if name]  # cudart's first probe asks for ''
+
+            row["summary_args"] = (f"{len(row['lookups'])} entry points asked for, {len(missing)} not found"
+                                   + (f" (e.g. {', '.join(list(dict.fromkeys(named))[:3])})" if named else ""))
+            row["result_name"] = "CUDA_SUCCESS" if not missing else f"{len(row['lookups']) - len(missing)} found"
+            row["result"], row["count"] = 0, 1
     return out
+
+
+def _lookup_row(c: dict) -> tuple[str, bool]:
+    return (c.get("args") or {}).get("symbol") or "", bool(c.get("returned") and c.get("result") == 0)

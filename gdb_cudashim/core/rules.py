@@ -184,7 +184,15 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
     return out
 
 
+def _runtime_major(path: str | None) -> int | None:
+    """12 for libcudart.so.12, 13 for libcudart.so.13: the CUDA major a runtime file is for."""
+    m = runtime.RUNTIME_SONAME.fullmatch(os.path.basename(path or ""))
+    return int(m.group(1)) if m else None
+
+
 def rule_driver_version(tl: Timeline) -> list[Finding]:
+    """cudart N asks the driver's version before cuInit and wants at least N000 (12000 for
+    cudart 12, 13000 for cudart 13): lower, or a failing call, is cudaErrorInsufficientDriver (35)."""
     out = []
     code, _ = _ggml_error_code(tl)
     rt = _runtime_failure(tl)
@@ -192,22 +200,26 @@ def rule_driver_version(tl: Timeline) -> list[Finding]:
     for c in tl.calls:
         if c.function != "cuDriverGetVersion" or not c.returned:
             continue
+        major = _runtime_major(c.caller) or (_runtime_major(rt.library) if rt is not None else None) or 12
+        needed = major * 1000
         version = c.args.get("driverVersion")
         if c.failed:
             out.append(Finding("driver-version", f"cuDriverGetVersion failed in {_base(c.library)} ({c.result_name}); "
                                "cudart treats that as an insufficient driver",
                                [f"cuDriverGetVersion() returned {c.result} ({c.result_name})"] + _error_evidence(tl),
-                               "return CUDA_SUCCESS and a version >= 12000 (e.g. 12090) from cuDriverGetVersion", c.pid,
+                               f"return CUDA_SUCCESS and a version >= {needed} from cuDriverGetVersion", c.pid,
                                explains=35))
             break
-        if isinstance(version, int) and version < 12000 and failed35:
+        if isinstance(version, int) and version < needed and failed35:
             out.append(Finding("driver-version",
-                               f"the driver reports version {version}, older than the CUDA 12 runtime needs; cudart "
-                               "stops before cuInit with cudaErrorInsufficientDriver (35)",
-                               [f"cuDriverGetVersion() in {_base(c.library)} set *driverVersion = {version}"]
+                               f"the driver reports version {version}, older than the CUDA {major} runtime needs "
+                               f"({needed}); cudart stops before cuInit with cudaErrorInsufficientDriver (35)",
+                               [f"cuDriverGetVersion() in {_base(c.library)}, called from {_base(c.caller)}, set "
+                                f"*driverVersion = {version} ({version // 1000}.{version % 1000 // 10})"]
                                + _error_evidence(tl),
-                               "report a driver version of at least 12000 (the runtime here is 12.9: 12090 is safe), or "
-                               "use a CUDA 11 build of ggml", c.pid, explains=35))
+                               f"report a driver version of at least {needed} ({major}.0) to this {_base(c.caller)}, or "
+                               f"use a build of ggml for CUDA {version // 1000} (its libcudart.so.{version // 1000})",
+                               c.pid, explains=35))
             break
     return out
 
