@@ -125,6 +125,20 @@ def test_run_compare_shows_the_difference_and_uses_the_reference_as_evidence(sta
 
 # -- the rules, on hand-made reports ----------------------------------------------------------
 
+def test_a_fake_runtime_in_place_of_nvidias_is_the_first_divergence(stack, probe, tmp_path_factory, reference):
+    """The reference ran NVIDIA's libcudart.so.12; the run a fake one preloaded: that comes first,
+    before any of the calls that differ because of it. Where the files lie does not count."""
+    from conftest import FAKERT
+
+    run_path, _ = recorded(tmp_path_factory, "fakert", [probe], probe_env(stack, SHIM_BUILD, LD_PRELOAD=FAKERT))
+    d, proc = first(reference[0], run_path)
+    assert (d["event"], d["subject"]) == ("library", "the CUDA runtime"), d
+    assert d["ref"].startswith("NVIDIA runtime, lib/libcudart.so.12 (DT_NEEDED of libggml-cuda")
+    assert d["run"] == "runtime replacement, fakert/libcudart.so.12 (LD_PRELOAD)"
+    same = run_cli(["diff", str(run_path), str(run_path)])
+    assert same.returncode == 0, same.stdout
+
+
 def report(processes, calls=(), lookups=(), loads=(), errors=()):
     return {"schema": SCHEMA, "meta": {}, "processes": processes, "calls": list(calls), "lookups": list(lookups),
             "loads": list(loads), "errors": list(errors), "findings": []}

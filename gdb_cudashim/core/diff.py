@@ -25,6 +25,7 @@ from . import codes
 from .calls import SPECS, role_of
 from .record import as_dict, factory, record
 from .report import SCHEMA
+from .runtime import label as file_label
 
 
 class ReportError(ValueError):
@@ -346,8 +347,56 @@ def compare(ref: dict, run: dict) -> list[Divergence]:
         if ref_exit != run_exit:
             found.append(Divergence("differs", role, "process", f"process {role} ended", ref_exit, run_exit,
                                     name=role, position=rb))
+    found += _library_divergences(ref, run, run_streams)
     found.sort(key=lambda d: d.position)
     return fold(found)
+
+
+def _files_by_role(report: dict) -> dict[str, dict[str, str]]:
+    """process role -> {CUDA role: "what it is, file (how it was loaded)"} from the report's
+    'libraries' snapshots (reports written before they existed have none: nothing to compare)."""
+    roles = roles_of(report)
+    out: dict[str, dict[str, str]] = {}
+    for lib in report.get("libraries") or []:
+        role = roles.get(lib.get("pid"), (None,))[0]
+        if role is None:
+            continue
+        files: dict[str, list[str]] = {}
+        for f in lib.get("files") or []:
+            opener = (f.get("how") or "").rpartition(" by ")[2]
+            if (f.get("how") or "").startswith("dlopen(") and role_of(opener) == "driver":
+                continue  # the driver a forwarding shim opened behind itself: not what cudart saw
+            files.setdefault(f.get("role") or "?", []).append(
+                f"{f.get('kind')}, {file_label(f.get('path') or '?')} ({f.get('how')})")
+        out[role] = {r: "; ".join(sorted(v)) for r, v in files.items()}
+    return out
+
+
+def _library_divergences(ref: dict, run: dict, run_streams: dict) -> list[Divergence]:
+    """A process whose runtime, driver or NVML is another kind of file in RUN (a fake runtime
+    preloaded where REF had NVIDIA's): shown before its calls, the first thing that differs."""
+    ref_files, run_files = _files_by_role(ref), _files_by_role(run)
+    out = []
+    for role, files in run_files.items():
+        before = ref_files.get(role)
+        if before is None:
+            continue
+        start = min([i.seq for i in run_streams.get(role, [])] or [0.0]) - 0.5
+        for cuda_role in sorted(set(before) | set(files)):
+            if cuda_role == "ggml-cuda":
+                continue  # where libggml-cuda lies is the program's business, not the shim's
+            a, b = before.get(cuda_role), files.get(cuda_role)
+            if _kinds(a) != _kinds(b):
+                out.append(Divergence("differs", role, "library", f"the CUDA {cuda_role}", a, b, name=cuda_role,
+                                      position=start))
+    return out
+
+
+def _kinds(text: str | None) -> list[str] | None:
+    """What answers a role, without where the files lie (two machines keep them elsewhere)."""
+    if text is None:
+        return None
+    return sorted({part.split(",", 1)[0] for part in text.split("; ")})
 
 
 def _values(item: Item, names: list[str]) -> str:

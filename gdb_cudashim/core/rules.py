@@ -48,7 +48,8 @@ def _error_evidence(tl: Timeline) -> list[str]:
     out = []
     code, text = _ggml_error_code(tl)
     if text:
-        out.append(f"ggml printed: {text!r}" + (f" = cudaError {code} ({codes.cuda_name(code)})" if code is not None else ""))
+        who = "ggml" if "ggml" in text else "the program"
+        out.append(f"{who} printed: {text!r}" + (f" = cudaError {code} ({codes.cuda_name(code)})" if code is not None else ""))
     rt = _runtime_failure(tl)
     if rt:
         out.append(f"{rt.function}() in {_base(rt.library)} returned {rt.result} ({rt.result_name})")
@@ -69,7 +70,8 @@ def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
               f"cudart fell back to {len(plain)} plain dlsym() lookups; {len(missing)} found nothing"
               + (f" (e.g. {', '.join(list(dict.fromkeys(l.symbol for l in missing if l.symbol != 'cuGetProcAddress_v2'))[:4])})" if missing else "")]
         v1 = [c for c in tl.calls if c.pid == pid and c.function == "cuGetProcAddress"]
-        ev.append("cuGetProcAddress (v1) was called %d times: cudart 12 never uses it" % len(v1))
+        ev.append(f"cuGetProcAddress (v1) was called {len(v1)} times: {_base(asked[0].caller)} never uses it "
+                  "(cudart 12 and 13 ask for cuGetProcAddress_v2 only)")
         out.append(Finding(
             rule="missing-cuGetProcAddress_v2",
             summary=f"{_base(lib)} does not export cuGetProcAddress_v2, so cudart never asks it for entry points",
@@ -125,7 +127,7 @@ def rule_export_table(tl: Timeline) -> list[Finding]:
                 + ([f"{_base(culprit.library)} turned the driver's success into the failure"]
                    if culprit is not chain[-1] else []) + _error_evidence(tl),
                 fix=("forward cuGetExportTable to the real driver (CUDASHIM_MODE=forward with the bundled shim); "
-                     "a fake driver cannot satisfy cudart 12 without NVIDIA's private CUDART_INTERFACE table"),
+                     "a fake driver cannot satisfy NVIDIA's cudart (12 or 13) without its private CUDART_INTERFACE table"),
                 pid=c.pid, explains=res))
             break
     return out
