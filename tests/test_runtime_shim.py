@@ -159,3 +159,12 @@ def test_real_llama_server_with_a_runtime_that_lacks_an_import(tmp_path):
     assert proc.returncode == 1
     first = report["findings"][0]
     assert first["rule"] == "runtime-shim-missing-symbols" and "cudaGetDeviceProperties_v2" in first["summary"]
+
+
+def test_a_bare_name_in_ld_preload_is_found_like_ld_so_finds_it(stack, probe, tmp_path):
+    """LD_PRELOAD=libfakert.so (no slash): ld.so searches LD_LIBRARY_PATH for it, not the cwd."""
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD="libfakert.so",
+                       LD_LIBRARY_PATH=f"{FAKERT_OWN.parent}:{SEED}")
+    _, files = libraries(report)
+    own = files[str(FAKERT_OWN)]
+    assert (own["kind"], own["how"]) == ("runtime shim under its own soname", "LD_PRELOAD")

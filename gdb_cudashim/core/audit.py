@@ -23,7 +23,7 @@ RUNTIME_LOOKUPS = {
     "cuInit": "cudart calls it on the first runtime call; a non-zero result comes back as the cudaError",
     "cuDriverGetVersion": "cudart checks the driver version (< 12000 -> cudaErrorInsufficientDriver 35) before cuInit",
 }
-DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
+DEFAULT_DIRS = interpose.DEFAULT_DIRS
 ROLE_SONAMES = {"driver": "libcuda.so.1", "runtime": "libcudart.so.12", "nvml": "libnvidia-ml.so.1"}
 
 

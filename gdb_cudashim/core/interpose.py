@@ -40,9 +40,23 @@ def preloaded(tl: Timeline, pid: int) -> list[tuple[str, str]]:
         return []
     out = []
     for item in (start.env.get("LD_PRELOAD") or "").replace(":", " ").split():
-        out.append((item if os.path.isabs(item) else os.path.join(start.cwd or "", item), "LD_PRELOAD"))
-    out += [(item, ld_so_preload_path()) for item in ld_so_preload()]
+        out.append((_preload_path(item, start.cwd, start.env), "LD_PRELOAD"))
+    out += [(_preload_path(item, "/", {}), ld_so_preload_path()) for item in ld_so_preload()]
     return out
+
+
+DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
+
+
+def _preload_path(item: str, cwd: str | None, env: dict) -> str:
+    """Where ld.so finds a preload entry: a path (relative ones from the process's cwd), or a bare
+    name searched like a DT_NEEDED (LD_LIBRARY_PATH, then the default directories)."""
+    if "/" in item:
+        return item if os.path.isabs(item) else os.path.join(cwd or "", item)
+    for d in [*(env.get("LD_LIBRARY_PATH") or "").split(":"), *DEFAULT_DIRS]:
+        if d and os.path.isfile(os.path.join(d, item)):
+            return os.path.join(d, item)
+    return item  # not found: ld.so says so and goes on
 
 
 def _base(path: str | None) -> str:
