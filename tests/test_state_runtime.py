@@ -158,7 +158,7 @@ def test_a_preloaded_replacement_replaces_the_bundled_runtime(stack, built):
         roles, infos = _process((stack.ggml_cuda, "dlopen"), (FAKERT, via))
         warns, notes = state.runtime_findings(roles, infos, {})
         assert warns == []
-        assert notes == [f"libcudart.so.12 is preloaded under NVIDIA's soname libcudart.so.12: it satisfies libggml-cuda's "
+        assert notes == [f"fakert/libcudart.so.12 is preloaded under NVIDIA's soname libcudart.so.12: it satisfies libggml-cuda's "
                          f"DT_NEEDED libcudart.so.12, so the bundled copy ({stack.cudart}) is never loaded"]
     roles, infos = _process((stack.ggml_cuda, "dlopen"), (FAKERT, "search path"))
     assert state.runtime_findings(roles, infos, {}) == ([], [])

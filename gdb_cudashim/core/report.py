@@ -135,6 +135,8 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     if calls:
         out.append("")
         out.append(s("bold", "CUDA calls") + " (where each landed)")
+        stand_ins = {f["path"]: f" ({f['kind']})" for lib in report.get("libraries") or [] for f in lib["files"]
+                     if f["role"] == "runtime" and f["kind"] != runtime.NVIDIA_RUNTIME}
         shown = calls if verbose else _condense_calls(calls)
         rows = []
         for c in shown:
@@ -144,7 +146,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
             if c.get("count", 1) > 1:
                 result += f"  x{c['count']}"
             rows.append([c["pid"], c["function"], _short_args(c), s("red", result) if _is_bad(c) else result,
-                         _b(c.get("library"))])
+                         _b(c.get("library")) + stand_ins.get(c.get("library"), "")])
         out += tabulate(rows, headers=["pid", "call", "arguments", "result", "library"], tablefmt="simple").splitlines()
 
     lookups = report["lookups"]
@@ -242,7 +244,7 @@ def _render_libraries(report: dict, s) -> list[str]:
                 value = f"<{v['error']}>" if v.get("error") else _value(v.get("value"))
                 values.append(f"{name}={value}")
             text = ", ".join(values)
-            out.append(f"  state of {_b(shim['library'])} ({shim['how']}): " + _one_line(text, GLOBALS_LINE))
+            out.append(f"  state of {runtime.label(shim['library'])} ({shim['how']}): " + _one_line(text, GLOBALS_LINE))
     pre = report.get("ld_so_preload") or {}
     if pre.get("entries"):
         out.append(f"{pre['file']}: " + ", ".join(pre["entries"]) + " (preloaded into every process)")

@@ -181,7 +181,7 @@ def missing_fix(check: ImportCheck) -> str:
 
 def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: str | None) -> str:
     """One sentence: what loading RUNTIME_PATH this way does to the cudart bundled beside libggml-cuda."""
-    base = os.path.basename(runtime_path)
+    base = label(runtime_path)
     if how in ("LD_PRELOAD", "ld.so.preload"):
         if is_runtime_soname(soname):
             return (f"{base} is preloaded under NVIDIA's soname {soname}: it satisfies libggml-cuda's "

@@ -69,7 +69,7 @@ def test_runtime_replacement_preloaded():
     text = _out("cuda-state --color never")
     assert "loaded via" in text and "runtime replacement" in text
     assert "runtime exports: fakert/libcudart.so.12 exports all 57 symbols" in text
-    assert "note: libcudart.so.12 is preloaded under NVIDIA's soname" in text
+    assert "note: fakert/libcudart.so.12 is preloaded under NVIDIA's soname" in text
     assert "state of " + FAKERT in text and "'Fake GPU (fakert)'" in text and "'FAKERT_HANDMADE'" in text
     gdb.execute("kill", to_string=True)
 
