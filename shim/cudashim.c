@@ -176,6 +176,13 @@ static void shim_wait_forever(const char *where)
         pthread_cond_wait(&c, &m);
 }
 
+/* CUDASHIM_CRASH=<function>: dereference a bad pointer in that function (a shim's own bug). */
+static int shim_crash(const char *where, const struct shim_gpu_info *info)
+{
+    shim_log("cudashim: %s: crashing as CUDASHIM_CRASH asks\n", where);
+    return info->cc_major; /* info is NULL: SIGSEGV here */
+}
+
 /* CUDASHIM_SPIN=<function>: busy-loop forever in that function (no syscall, 100% CPU). */
 static void shim_spin_forever(const char *where)
 {
@@ -244,6 +251,9 @@ static void shim_enter(const char *fn)
         shim_wait_forever(fn);
     if (g_spin_in && strcmp(g_spin_in, fn) == 0)
         shim_spin_forever(fn);
+    const char *crash = getenv("CUDASHIM_CRASH");
+    if (crash && strcmp(crash, fn) == 0)
+        shim_crash(fn, NULL);
     if (g_deadlock && strcmp(fn, "cuInit") == 0)
         shim_deadlock(g_deadlock);
 }
@@ -660,9 +670,18 @@ SHIM_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,
  * cudart then fails with "named symbol not found" - which is exactly what
  * catch-init-error diagnoses.
  */
+/* CUDASHIM_EXPORT_TABLE=blank: what a naive fake does instead, "success" and a table of zeros.
+ * cudart then calls through a NULL slot of it and dies of SIGSEGV inside libcudart. */
+static const void *g_blank_table[64];
+
 SHIM_EXPORT CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId)
 {
     ENTER(cuGetExportTable) FORWARD(cuGetExportTable, ppExportTable, pExportTableId);
+    const char *how = getenv("CUDASHIM_EXPORT_TABLE");
+    if (how && strcmp(how, "blank") == 0 && ppExportTable) {
+        *ppExportTable = g_blank_table;
+        return CUDA_SUCCESS;
+    }
     if (ppExportTable)
         *ppExportTable = NULL;
     return CUDA_ERROR_NOT_FOUND;

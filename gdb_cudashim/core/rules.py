@@ -514,6 +514,13 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
             out.append(_killed_by_another(tl, kill, prog, calls))
             continue
         evidence = [f"pid {pid} ({prog}) ended by {end.signal}"]
+        crash = next((c for c in tl.crashes if c.pid == pid and c.signal == end.signal), None)
+        if crash is not None and crash.backtrace:
+            found = _crashed(tl, crash, prog, evidence, calls)
+            if found is not None:
+                out.append(found)
+                continue
+            evidence = evidence + _fault_lines(crash)
         if calls:
             last = calls[-1]
             state = "had not returned" if not last.returned else f"returned {last.result_name}"
@@ -528,10 +535,84 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
             rule="killed-by-signal", pid=pid,
             summary=f"{prog} (pid {pid}) died of {SIGNAL_WORDS.get(end.signal, end.signal)} {where}",
             evidence=evidence,
-            fix=("run it under 'gdb-cudashim gdb --args ...' and 'bt' at the signal to see the faulting frame; "
+            fix=(_crash_fix(crash) if crash is not None and crash.backtrace else
+                 "run it under 'gdb-cudashim gdb --args ...' and 'bt' at the signal to see the faulting frame; "
                  "a crash inside the shim is the shim's bug" if end.signal != "SIGKILL" else
                  "something outside the program killed it (a parent's timeout, the OOM killer: dmesg)")))
     return out
+
+
+def _table(c: Call) -> str:
+    return codes.export_table_name(c.args.get("pExportTableId") or "?").split(" (", 1)[0]
+
+
+def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Finding:
+    """A fatal signal seen at the faulting instruction: in whose code, and what the shim handed
+    that code last (a private table of zeros makes NVIDIA's cudart jump to 0)."""
+    frames = crash.backtrace
+    owner, how = _fault(crash)
+    lib = owner.library
+    what = SIGNAL_WORDS.get(crash.signal, crash.signal)
+    evidence = evidence + _fault_lines(crash)
+    nvidia_runtime = role_of(lib) == "runtime" and runtime.is_nvidia_runtime(lib or "")
+    nvidia_driver = bool(runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(lib or ""))))
+    tables = [c for c in calls if c.function == "cuGetExportTable" and c.returned and not c.failed
+              and c.args.get("ppExportTable") and not runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(c.library or ""))]
+    if nvidia_runtime and tables:
+        names = list(dict.fromkeys(_table(c) for c in tables))
+        evidence += [f"{_base(c.library)} answered cuGetExportTable({_table(c)}) "
+                     f"with CUDA_SUCCESS and the table at {c.args['ppExportTable']:#x}" for c in tables[-3:]]
+        return Finding(
+            "crash-in-runtime", f"{prog} (pid {crash.pid}) died of {what} inside NVIDIA's {_base(lib)} ({how}) after "
+            f"{_base(tables[-1].library)} handed it the private table(s) {', '.join(names)}", evidence,
+            "cudart calls through the slots of the private tables the driver returns: a fake driver must not answer "
+            "cuGetExportTable with CUDA_SUCCESS for a table it does not implement (NVIDIA's layout): return "
+            "CUDA_ERROR_NOT_FOUND (cudart then fails cleanly) or forward cuGetExportTable to the real driver",
+            crash.pid)
+    if lib and not nvidia_runtime and not nvidia_driver and role_of(lib) in ("driver", "runtime", "nvml"):
+        at = f" at {owner.where}" if owner.where else ""
+        return Finding(
+            "crash-in-shim", f"{prog} (pid {crash.pid}) died of {what} inside the shim {_base(lib)}, in "
+            f"{owner.function}{at}", evidence,
+            f"the fault is in the shim's own code: {owner.function}{at} ({how})", crash.pid)
+    return None  # not in CUDA's code: the plain killed-by-signal finding, with the frames
+
+
+def _fault(crash):
+    """(the frame whose code faulted, how): a jump to 0 faults in no library, so the code that
+    made it is the caller's."""
+    frames = crash.backtrace
+    null_call = frames[0].pc is not None and frames[0].pc < 4096
+    owner = next((f for f in frames[1 if null_call and len(frames) > 1 else 0:] if f.library), frames[0])
+    if crash.sender is not None:
+        caller = next((f for f in frames if f.library and not _base(f.library).startswith(
+            ("libc.so", "ld-linux", "libpthread"))), owner)  # who called abort()/raise()
+        if crash.sender == crash.pid:
+            return caller, f"raised by the process itself, from {caller.describe()}"
+        return caller, f"sent by pid {crash.sender}, not a fault"
+    if null_call:
+        return owner, "a call through a NULL function pointer"
+    if crash.address is not None:
+        return owner, (f"a NULL pointer dereference (address {crash.address:#x})" if crash.address < 4096
+                       else f"an access to address {crash.address:#x}")
+    return owner, crash.signal
+
+
+def _crash_fix(crash) -> str:
+    if crash.sender == crash.pid:
+        return (f"the program stopped itself ({_fault(crash)[0].describe()}): what it wrote just before (the CUDA "
+                "init errors above) says why")
+    if crash.sender is not None:
+        return f"pid {crash.sender} sent it {crash.signal}: see why that process did"
+    return "the faulting frame is #0 above; a crash inside the shim is the shim's bug"
+
+
+def _fault_lines(crash) -> list[str]:
+    null_call = crash.backtrace[0].pc is not None and crash.backtrace[0].pc < 4096
+    verb = "got it" if crash.sender is not None else "faulted"
+    return [f"thread {crash.tid} {verb}: {_fault(crash)[1]}"] + [
+        f"#{i} {'0x0 (nothing is mapped there)' if i == 0 and null_call else f.describe()}"
+        for i, f in enumerate(crash.backtrace[:6])]
 
 
 def _killed_by_another(tl: Timeline, kill, prog: str, calls) -> Finding:
@@ -889,7 +970,8 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl)
     code = _run_error_code(tl)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
-        return sorted(findings, key=lambda f: 0 if f.rule in ("killed-by-signal", *FIRST) else 1)
+        return sorted(findings, key=lambda f: 0 if f.rule in ("killed-by-signal", "crash-in-runtime", "crash-in-shim",
+                                                             *FIRST) else 1)
     return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule in FIRST else 1)
 
 

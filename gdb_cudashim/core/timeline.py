@@ -164,6 +164,20 @@ class Kill:
 
 
 @record
+class Crash:
+    """A fatal signal stopping a traced thread (SIGSEGV inside cudart, an abort()), seen before
+    the process dies: where it faulted."""
+    seq: int
+    pid: int
+    tid: int
+    signal: str
+    address: int | None = None  # si_addr: the faulting address (SIGSEGV, SIGBUS)
+    sender: int | None = None  # the signal was sent (kill, tgkill, raise) by this pid, not a fault
+    backtrace: list[Frame] = factory(list)
+    kind: str = "crash"
+
+
+@record
 class Libraries:
     """The CUDA-role files mapped into a process at one moment (after its init, at a failed load,
     at a hang), with the g_* globals of every shim among them: run's view of cuda-state."""
@@ -227,6 +241,10 @@ class Timeline:
     @property
     def kills(self) -> list[Kill]:
         return self.of("kill")
+
+    @property
+    def crashes(self) -> list[Crash]:
+        return self.of("crash")
 
     @property
     def libraries(self) -> list[Libraries]:

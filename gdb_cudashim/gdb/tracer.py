@@ -146,7 +146,27 @@ class Tracer:
         if isinstance(event, gdb.SignalEvent) and event.stop_signal in FATAL_STOPS:
             inferior = gdb.selected_inferior()
             if inferior.pid:
+                self._record_crash(inferior.pid, event.stop_signal)
                 self.snapshot(inferior.pid, f"at its {event.stop_signal}")
+
+    def _record_crash(self, pid, signal_name):
+        """Where the thread that got SIGNAL_NAME is: its frames and the faulting address."""
+        from ..core.timeline import Crash, Frame
+
+        if any(c.pid == pid and c.signal == signal_name for c in self.timeline.crashes):
+            return  # the same crash seen again (gdb passes the signal on and stops once more)
+        address = sender = None
+        try:
+            if int(gdb.parse_and_eval("$_siginfo.si_code")) <= 0:  # SI_USER, SI_TKILL...: sent, not a fault
+                sender = int(gdb.parse_and_eval("$_siginfo._sifields._kill.si_pid"))
+            elif signal_name in ("SIGSEGV", "SIGBUS"):
+                address = int(gdb.parse_and_eval("$_siginfo._sifields._sigfault.si_addr"))
+        except (gdb.error, ValueError):
+            pass
+        frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(24)]
+        tl = self.timeline
+        tl.add(Crash(seq=tl.next_seq(), pid=pid, tid=memory.ptid()[1], signal=signal_name, address=address,
+                     sender=sender, backtrace=frames))
 
     def disarm(self) -> list[str]:
         messages = []

@@ -1,0 +1,51 @@
+"""Crashes in CUDA init (issue #11's class "crashes inside cudart"): the fatal signal is caught at
+the faulting instruction, before the process dies. Real gdb, NVIDIA's real libcudart, real
+libggml-cuda, and the bundled shim made to fail the two usual ways: a "success" with a private
+table of zeros (CUDASHIM_EXPORT_TABLE=blank: cudart jumps to 0), and a bug of its own
+(CUDASHIM_CRASH=cuInit: a NULL dereference in shim_crash)."""
+from conftest import SHIM_BUILD, env_with, run_report
+
+
+def crash_run(stack, probe, tmp_path, **env):
+    return run_report(tmp_path, [probe], env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda, **env))
+
+
+def test_a_blank_private_table_crashes_cudart_and_the_table_is_named(stack, probe, tmp_path):
+    proc, report = crash_run(stack, probe, tmp_path, CUDASHIM_EXPORT_TABLE="blank")
+    assert proc.returncode == 1
+    assert [p["signal"] for p in report["processes"] if p["what"] == "exit"] == ["SIGSEGV"]
+    first = report["findings"][0]
+    assert first["rule"] == "crash-in-runtime", [f["rule"] for f in report["findings"]]
+    assert "inside NVIDIA's libcudart.so.12 (a call through a NULL function pointer)" in first["summary"]
+    assert "CUDART_INTERFACE" in first["summary"]
+    ev = first["evidence"]
+    assert "#0 0x0 (nothing is mapped there)" in ev and any(e.startswith("#1 ?? (libcudart.so.12)") for e in ev)
+    assert any(e.startswith("libcuda.so.1 answered cuGetExportTable(CUDART_INTERFACE) with CUDA_SUCCESS") for e in ev)
+    assert "return CUDA_ERROR_NOT_FOUND" in first["fix"]
+    (lib,) = report["libraries"]
+    assert lib["when"] == "at its SIGSEGV"
+
+
+def test_a_crash_in_the_shims_own_code_names_its_line(stack, probe, tmp_path):
+    proc, report = crash_run(stack, probe, tmp_path, CUDASHIM_CRASH="cuInit")
+    first = report["findings"][0]
+    assert first["rule"] == "crash-in-shim"
+    assert "inside the shim libcuda.so.1, in shim_crash at cudashim.c:" in first["summary"]
+    ev = first["evidence"]
+    assert "thread" in ev[1] and "a NULL pointer dereference (address 0x0)" in ev[1]
+    assert any(e.startswith("#2 cuInit (libcuda.so.1) at cudashim.c:") for e in ev), ev
+    assert first["fix"].startswith("the fault is in the shim's own code: shim_crash at cudashim.c:")
+
+
+def test_an_abort_names_who_called_it_not_libc(stack, probe, tmp_path):
+    """ggml's CUDA_CHECK aborts on an error from NVIDIA's runtime (the half-fake runtime of
+    fakert-partial leaves it cudaDeviceGetAttribute): the finding says ggml_abort stopped it."""
+    from conftest import FAKERT_PARTIAL, VARIANTS
+
+    proc, report = run_report(tmp_path, [probe], env_with(LD_PRELOAD=FAKERT_PARTIAL, LD_LIBRARY_PATH=VARIANTS / "seed",
+                                                         GGML_CUDA_LIB=stack.ggml_cuda))
+    (f,) = [f for f in report["findings"] if f["rule"] == "killed-by-signal"]
+    assert "died of an abort()" in f["summary"]
+    assert any(e.startswith("thread") and "raised by the process itself, from ggml_abort (libggml-base" in e
+               for e in f["evidence"]), f["evidence"]
+    assert f["fix"].startswith("the program stopped itself (ggml_abort")
