@@ -168,3 +168,23 @@ def test_a_bare_name_in_ld_preload_is_found_like_ld_so_finds_it(stack, probe, tm
     _, files = libraries(report)
     own = files[str(FAKERT_OWN)]
     assert (own["kind"], own["how"]) == ("runtime shim under its own soname", "LD_PRELOAD")
+
+
+def test_two_shims_exporting_the_same_global_share_one_variable(stack, probe, tmp_path):
+    """fakert-globals exports g_device_count and g_call_count, as the seed driver shim does: ld.so
+    binds the driver shim's references to the preloaded fake's copies. FAKERT_DEVICES=2 then
+    becomes 1 device, because the driver shim's cuInit writes the same variable."""
+    from conftest import VARIANTS as V
+
+    shim = V / "fakert-globals" / "libcudart.so.12"
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=shim, FAKERT_DEVICES="2", FAKERT_LAYOUT="good")
+    assert "found 1 CUDA devices" in proc.stderr  # the fake meant 2
+    (f,) = [f for f in report["findings"] if f["rule"] == "shared-globals"]
+    assert f["summary"].startswith("fakert-globals/libcudart.so.12 and libcuda.so.1 both export the global "
+                                   "variables g_call_count, g_device_count")
+    assert "the preloaded fakert-globals/libcudart.so.12's copies" in f["summary"]
+    assert "-Wl,-Bsymbolic" in f["fix"]
+    # the bundled fake keeps its globals local: no such finding, and its state is still read
+    (tmp_path / "plain").mkdir()
+    proc, report = run(stack, probe, tmp_path / "plain", LD_PRELOAD=FAKERT)
+    assert "shared-globals" not in rules_of(report)

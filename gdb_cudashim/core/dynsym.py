@@ -63,6 +63,18 @@ class DynamicSymbols:
             self._all = out
         return self._all
 
+    def exported_data(self) -> set[str]:
+        """Data objects this file exports with default visibility: its own references to them go
+        through the GOT, so an earlier-loaded file defining the same name takes them over."""
+        out = set()
+        for index in range(len(self._dynsym) // SYM_SIZE):
+            st_name, st_info, st_other, st_shndx, _value, _size = struct.unpack_from("<IBBHQQ", self._dynsym,
+                                                                                      index * SYM_SIZE)
+            if st_name and st_shndx != SHN_UNDEF and st_info & 0xF == 1 and st_info >> 4 in (1, 2) \
+                    and st_other & 3 == 0:  # STT_OBJECT, GLOBAL or WEAK, STV_DEFAULT
+                out.add(self._name_at(index))
+        return out
+
     def _name_at(self, index: int) -> str:
         st_name, = struct.unpack_from("<I", self._dynsym, index * SYM_SIZE)
         end = self._dynstr.find(b"\0", st_name)

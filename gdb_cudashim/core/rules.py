@@ -382,6 +382,45 @@ def _search_step(soname: str, ggml: list[str], env: dict, used: str) -> str | No
     return None
 
 
+def rule_shared_globals(tl: Timeline) -> list[Finding]:
+    """Two shims in one process exporting the same global variable: ld.so binds every reference
+    to one copy (the first loaded), so one shim's code reads and writes the other's variable."""
+    from .dynsym import DynsymError, read_cached
+
+    out = []
+    for snap in tl.libraries:
+        preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, snap.pid)}
+        shims = [f["path"] for f in snap.files if f["role"] in ("driver", "runtime", "nvml")
+                 and not runtime.made_by_nvidia(f["path"], f["role"])]
+        exported = {}
+        for path in shims:
+            try:
+                exported[path] = read_cached(path).exported_data()
+            except (DynsymError, OSError):
+                continue
+        paths = sorted(exported, key=lambda p: 0 if os.path.realpath(p) in preloaded else 1)
+        for i, first in enumerate(paths):
+            for other in paths[i + 1:]:
+                shared = sorted(exported[first] & exported[other])
+                if not shared:
+                    continue
+                winner = first if os.path.realpath(first) in preloaded else None
+                who = (f"the preloaded {runtime.label(first)}'s copies" if winner else
+                       "the copies of whichever was loaded first")
+                names = ", ".join(shared[:8]) + (f" (+{len(shared) - 8})" if len(shared) > 8 else "")
+                out.append(Finding(
+                    "shared-globals",
+                    f"{runtime.label(first)} and {runtime.label(other)} both export the global variables {names}: "
+                    f"ld.so binds both files' references to {who}, so each shim's code changes the other's state",
+                    [f"{runtime.label(p)} exports {', '.join(sorted(exported[p] & set(shared)))} with default "
+                     "visibility (its own code reaches them through the GOT)" for p in (first, other)]
+                    + [f"e.g. {shared[0]} is one variable for both shims, not one each"],
+                    "keep a shim's globals out of its dynamic symbol table (static, -fvisibility=hidden, or a version "
+                    "script with 'local: *;'), or link it with -Wl,-Bsymbolic; gdb and cuda-state still see them "
+                    "through .symtab and DWARF", snap.pid))
+    return out
+
+
 def rule_two_runtimes(tl: Timeline) -> list[Finding]:
     """A runtime shim under its own soname beside NVIDIA's libcudart: ggml's imports the shim lacks
     bind to NVIDIA's, so one process runs two runtimes (unless the shim forwards to it)."""
@@ -955,6 +994,7 @@ RULES = (
     rule_device_memory,
     rule_device_name,
     rule_nvml_cuda_disagree,
+    rule_shared_globals,
     rule_deadlock_or_spin,
 )
 
