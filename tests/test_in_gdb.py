@@ -19,9 +19,10 @@ def _collect():
 
 
 @pytest.mark.parametrize("test_id", list(_collect()))
-def test_in_gdb(test_id, stack, probe):
+def test_in_gdb(test_id, stack, probe, tmp_path):
+    # TMPDIR: what a test makes with tempfile lands in pytest's own directory, never left in /tmp
     env = env_with(INGDB_TEST=test_id, GGML_CUDA_LIB=stack.ggml_cuda, INGDB_PROBE=probe, INGDB_ROOT=ROOT,
-                   INGDB_STACK_LIB=stack.lib)
+                   INGDB_STACK_LIB=stack.lib, TMPDIR=tmp_path)
     proc = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", f"source {GDBINIT}", "-x", str(HERE / "runner.py")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and "INGDB PASSED" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]

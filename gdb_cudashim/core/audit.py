@@ -405,8 +405,8 @@ def _import_why(m: runtime.Missing, replaces: bool, consumer: str, soname: str, 
     elif m.stage == "registration":
         why = f"dlopen({consumer}) fails with {ref}: {runtime.WHEN['registration']}"
     else:
-        why = (f"dlopen({consumer}) fails with {ref}: ggml's backend loader uses RTLD_NOW (bound lazily, the process "
-               f"exits with 'symbol lookup error' when ggml first needs it: {runtime.WHEN[m.stage]})")
+        why = (f"dlopen({consumer}) fails with {ref}: ggml's backend loader uses RTLD_NOW (a program that binds it "
+               f"lazily instead exits with 'symbol lookup error' when ggml first needs it: {runtime.WHEN[m.stage]})")
     return why + (f"; {m.note}" if m.note else "")
 
 
@@ -440,7 +440,7 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, n
     chk = runtime.check_imports(s, c)
     replaces = bool(soname) and s.soname == soname  # the loader takes S for C's DT_NEEDED libcudart.so.N
     missing = {m.symbol: m for m in chk.missing}
-    fix = runtime.missing_fix(chk)
+    fix = runtime.missing_fix(chk, audit_hint=False)  # this is the audit
     added = []
     for imp in wanted:
         m = missing.get(imp.name)
@@ -628,7 +628,8 @@ def render(result: AuditResult) -> list[str]:
             if r.get("interplay"):
                 out.append(f"  {r['interplay']}")
             if r.get("globals"):
-                out.append(f"  g_* globals (cuda-state reads them): {', '.join(r['globals'][:8])}"
+                out.append(f"  g_* globals (gdb's cuda-state shows their values in a live process): "
+                           f"{', '.join(r['globals'][:8])}"
                            + (f" (+{len(r['globals']) - 8})" if len(r["globals"]) > 8 else ""))
     if result.resolution:
         out.append("")
@@ -643,7 +644,7 @@ def render(result: AuditResult) -> list[str]:
             out.append(f"   why: {p.why}")
             out.append(f"   fix: {p.fix}")
     if result.warnings:
-        out.append(f"{len(result.warnings)} warning(s), nothing a consumer needs:")
+        out.append(f"{len(result.warnings)} warning(s): worth knowing, but nothing a consumer lacks:")
         for p in result.warnings:
             out.append(f"- [{p.kind}] {p.subject}: {p.detail}")
             out.append(f"   why: {p.why}")

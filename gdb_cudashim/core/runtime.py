@@ -167,7 +167,7 @@ def check_imports(runtime, consumer) -> ImportCheck:
                        unversioned=any(None in runtime.exports.get(i.name, ()) for i in wanted))
 
 
-def missing_fix(check: ImportCheck) -> str:
+def missing_fix(check: ImportCheck, audit_hint: bool = True) -> str:
     node = check.version or "libcudart.so.12"
     names = [m.symbol for m in check.missing]
     what = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "") if names else "them"
@@ -176,7 +176,7 @@ def missing_fix(check: ImportCheck) -> str:
     return (f"export {what} from {os.path.basename(check.runtime)} under the version node {node} (a version "
             f"script: {node} {{ global: cuda*; __cuda*; }};), with the signatures of NVIDIA's cuda_runtime_api.h"
             + (f"; {'; '.join(renamed)}" if renamed else "")
-            + "; 'gdb-cudashim audit --shim " + check.runtime + "' lists every import")
+            + ("; 'gdb-cudashim audit --shim " + check.runtime + "' lists every import" if audit_hint else ""))
 
 
 def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: str | None) -> str:
