@@ -156,9 +156,11 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
         from_tables = sum(1 for l in lookups if l.get("found_by") == "symbol table")
         how = (f" ({len(lookups) - from_tables} watched to their return, {from_tables} answered from the symbol "
                f"tables ld.so searches)" if from_tables else "")
-        out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing"
-                   + how)
         important = [l for l in lookups if l["symbol"] in KEY_LOOKUPS]
+        shown = "" if verbose or len(important) == len(lookups) else \
+            f"; shown: the {len(important)} that cudart's init depends on (--verbose: all)"
+        out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing"
+                   + how + shown)
         rows = [[l["pid"], l["how"], l["symbol"], _b(l.get("handle_library")), "found" if l["found"] else s("red", "NULL"),
                  _b(l.get("caller"))] for l in (lookups if verbose else important)]
         if rows:
