@@ -49,3 +49,15 @@ def test_an_abort_names_who_called_it_not_libc(stack, probe, tmp_path):
     assert any(e.startswith("thread") and "raised by the process itself, from ggml_abort (libggml-base" in e
                for e in f["evidence"]), f["evidence"]
     assert f["fix"].startswith("the program stopped itself (ggml_abort")
+
+
+def test_a_crash_in_a_shim_under_its_own_name_is_still_the_shims(stack, probe, tmp_path, variant_dir):
+    """A driver shim preloaded as libcudashim.so (its exports take over the bundled one's): its role
+    comes from what it exports (the libraries snapshot), not from its file name."""
+    from conftest import build_variant
+
+    lib = build_variant(stack, variant_dir, "crash-own", soname="libcudashim.so")
+    proc, report = crash_run(stack, probe, tmp_path, LD_PRELOAD=lib, CUDASHIM_CRASH="cuInit")
+    (f,) = [f for f in report["findings"] if f["rule"] == "crash-in-shim"]
+    assert "inside the shim libcudashim.so, in shim_crash at " in f["summary"] and "cudashim.c:" in f["summary"]
+    assert any(e.startswith("#2 cuInit (libcudashim.so) at ") for e in f["evidence"]), f["evidence"]

@@ -58,6 +58,13 @@ def check(report, label: str) -> dict:
     for key in ("calls", "lookups", "loads", "errors", "processes"):
         if not isinstance(report.get(key) or [], list) or not all(isinstance(e, dict) for e in report.get(key) or []):
             raise ReportError(f"{label} is not a gdb-cudashim run --json report ({key} is malformed)")
+    libraries = report.get("libraries") or []
+    if not isinstance(libraries, list) or not all(
+            isinstance(lib, dict) and isinstance(lib.get("files") or [], list)
+            and all(isinstance(f, dict) and all(isinstance(f.get(k) or "", str) for k in ("path", "role", "kind", "how"))
+                    for f in lib.get("files") or [])
+            for lib in libraries):
+        raise ReportError(f"{label} is not a gdb-cudashim run --json report (libraries is malformed)")
     return report
 
 
@@ -358,7 +365,8 @@ def _files_by_role(report: dict) -> dict[str, dict[str, str]]:
     roles = roles_of(report)
     out: dict[str, dict[str, str]] = {}
     for lib in report.get("libraries") or []:
-        role = roles.get(lib.get("pid"), (None,))[0]
+        pid = lib.get("pid")
+        role = roles.get(pid, (None,))[0] if isinstance(pid, int) else None
         if role is None:
             continue
         files: dict[str, list[str]] = {}

@@ -17,9 +17,10 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
+
+from .files import map_regular
 
 SHT_DYNSYM = 11
 SHT_GNU_VERSYM = 0x6FFFFFFF
@@ -154,12 +155,12 @@ def gnu_hash(raw: bytes) -> int:
 def read(path: str) -> DynamicSymbols:
     """Read PATH's .dynsym, .dynstr, .gnu.version, GNU hash table and dynamic tags (64-bit little-endian ELF)."""
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with map_regular(path) as data:
             # only the headers and the dynamic sections are touched: cheap even for a 200 MB library
             return _parse(path, data)
     except OSError as exc:
         raise DynsymError(f"{path}: {exc.strerror or exc}") from None
-    except (struct.error, IndexError, ValueError) as exc:
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise DynsymError(f"{path}: damaged ELF file ({exc})") from None
 
 

@@ -82,3 +82,31 @@ def check_writable(path: str) -> str | None:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return f"cannot write --json {path}: {parent} is not a writable directory"
     return None
+
+
+class NotRegular(OSError):
+    """A path that is not a regular file (a FIFO, a device, a directory): never read as a library."""
+
+
+def map_regular(path: str):
+    """PATH mapped read-only, opened without blocking (O_NONBLOCK: a FIFO is refused, never
+    waited on) and checked to be a regular file on the descriptor itself; OSError otherwise.
+    A context manager: the mapping and the descriptor close together."""
+    import contextlib
+    import mmap
+
+    @contextlib.contextmanager
+    def mapped():
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegular(22, "not a regular file", path)
+            if st.st_size == 0:
+                raise NotRegular(22, "empty file", path)
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data:
+                yield data
+        finally:
+            os.close(fd)
+
+    return mapped()

@@ -246,6 +246,9 @@ def _render_libraries(report: dict, s) -> list[str]:
                 value = f"<{v['error']}>" if v.get("error") else _value(v.get("value"))
                 values.append(f"{name}={value}")
             text = ", ".join(values)
+            if not values:
+                out.append(f"  state of {runtime.label(shim['library'])}: {_one_line(shim['how'], 200)}")
+                continue
             out.append(f"  state of {runtime.label(shim['library'])} ({shim['how']}): " + _one_line(text, GLOBALS_LINE))
     pre = report.get("ld_so_preload") or {}
     if pre.get("entries"):

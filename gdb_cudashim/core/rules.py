@@ -336,6 +336,7 @@ def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
             continue
         mapped = {os.path.basename(f["path"]): f["path"] for f in snap.files if f["role"] == "runtime"}
         ggml = [f["path"] for f in snap.files if f["role"] == "ggml-cuda"]
+        preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, snap.pid)}
         for d in (start.env.get("LD_LIBRARY_PATH") or "").split(":"):
             if not d:
                 continue
@@ -343,8 +344,10 @@ def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
             for name, used in mapped.items():
                 cand = os.path.join(d, name)
                 if not os.path.isfile(cand) or os.path.realpath(cand) == os.path.realpath(used) \
-                        or runtime.is_nvidia_runtime(cand):
-                    continue
+                        or runtime.is_nvidia_runtime(cand) or not runtime.is_runtime_file(cand):
+                    continue  # NVIDIA's own copy, or junk by that name (empty, truncated, 32-bit)
+                if not runtime.is_nvidia_runtime(used) and os.path.realpath(used) in preloaded:
+                    continue  # the user's replacement is preloaded and in use: nothing was bypassed
                 why = _search_step(name, ggml, start.env, used)
                 out.append(Finding(
                     "runtime-shim-bypassed",
@@ -593,7 +596,10 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
     lib = owner.library
     what = SIGNAL_WORDS.get(crash.signal, crash.signal)
     evidence = evidence + _fault_lines(crash)
-    nvidia_runtime = role_of(lib) == "runtime" and runtime.is_nvidia_runtime(lib or "")
+    snap = tl.mapped(crash.pid)  # a shim under a name of its own (libfakert.so) has its role there
+    lib_role = next((f["role"] for f in (snap.files if snap else [])
+                     if lib and os.path.realpath(f["path"]) == os.path.realpath(lib)), None) or role_of(lib)
+    nvidia_runtime = lib_role == "runtime" and runtime.is_nvidia_runtime(lib or "")
     nvidia_driver = bool(runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(lib or ""))))
     tables = [c for c in calls if c.function == "cuGetExportTable" and c.returned and not c.failed
               and c.args.get("ppExportTable") and not runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(c.library or ""))]
@@ -608,7 +614,7 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
             "cuGetExportTable with CUDA_SUCCESS for a table it does not implement (NVIDIA's layout): return "
             "CUDA_ERROR_NOT_FOUND (cudart then fails cleanly) or forward cuGetExportTable to the real driver",
             crash.pid)
-    if lib and not nvidia_runtime and not nvidia_driver and role_of(lib) in ("driver", "runtime", "nvml"):
+    if lib and not nvidia_runtime and not nvidia_driver and lib_role in ("driver", "runtime", "nvml"):
         at = f" at {owner.where}" if owner.where else ""
         return Finding(
             "crash-in-shim", f"{prog} (pid {crash.pid}) died of {what} inside the shim {_base(lib)}, in "

@@ -7,7 +7,6 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -59,8 +58,10 @@ def is_runtime_soname(name: str | None) -> bool:
 
 @lru_cache(maxsize=64)
 def _carries_interface(path: str, mtime: float, size: int) -> bool:
+    from .files import map_regular
+
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        with map_regular(path) as m:
             return m.find(CUDART_INTERFACE_UUID) >= 0 and m.find(b"libcuda.so.1\0") >= 0
     except (OSError, ValueError):
         return False
@@ -79,6 +80,18 @@ def is_nvidia_runtime(path: str) -> bool:
 def exports_runtime(exports) -> bool:
     """EXPORTS (names) hold the runtime's entry points."""
     return "cudaGetDeviceCount" in exports or "__cudaRegisterFatBinary" in exports
+
+
+def is_runtime_file(path: str) -> bool:
+    """PATH is something ld.so could load as a runtime: a regular 64-bit ELF whose dynamic symbols
+    hold the runtime's entry points (not an empty file, a truncated copy or a 32-bit build)."""
+    from .dynsym import DynsymError, read_cached
+
+    try:
+        dyn = read_cached(path)
+        return any(dyn.dlsym_finds(n) for n in ("cudaGetDeviceCount", "__cudaRegisterFatBinary"))
+    except (DynsymError, OSError, ValueError):
+        return False
 
 
 def kind(path: str, soname: str | None) -> str:

@@ -215,10 +215,13 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
         for d in dirs:
             candidate = os.path.join(d, soname)
             if (candidate in seen or not os.path.isfile(candidate) or _same_file(candidate, mapped["path"])
-                    or any(_same_file(candidate, r["path"]) for r in runtimes) or runtime.is_nvidia_runtime(candidate)):
+                    or any(_same_file(candidate, r["path"]) for r in runtimes) or runtime.is_nvidia_runtime(candidate)
+                    or not runtime.is_runtime_file(candidate)):  # junk by that name: ld.so would skip it too
                 continue
             seen.add(candidate)
             via = mapped.get("loaded_via") or ""
+            if is_preload(via) and mapped.get("kind") != runtime.NVIDIA_RUNTIME:
+                continue  # the user's own replacement is preloaded and in use: nothing was bypassed
             if via.startswith("DT_RPATH of "):
                 why = (f"{via[len('DT_RPATH of '):]}'s DT_RPATH, searched before LD_LIBRARY_PATH, "
                        f"found {mapped['path']} first")

@@ -18,11 +18,11 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 
 from .dynsym import gnu_hash
+from .files import map_regular
 from .record import record
 
 SHT_SYMTAB, SHT_DYNSYM, SHT_GNU_HASH = 2, 11, 0x6FFFFFF6
@@ -49,11 +49,11 @@ def read_functions(path: str, names, symtab: bool = False) -> FileFunctions:
     """The st_value of every NAMES function PATH defines in .dynsym (and in .symtab when
     SYMTAB: a statically linked program's functions are there only)."""
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with map_regular(path) as data:
             return _read(path, data, names, symtab)
     except OSError as exc:
         raise SymaddrError(f"{path}: {exc.strerror or exc}") from None
-    except (struct.error, IndexError, ValueError) as exc:
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise SymaddrError(f"{path}: damaged ELF file ({exc})") from None
 
 
@@ -167,7 +167,7 @@ def read_objects(path: str, prefix: str = "g_") -> dict[str, tuple[int, int]]:
     included): name -> (st_value, st_size), from .symtab and .dynsym. Found the way
     _find_in_table finds names, so a 200 MB library costs no walk in Python."""
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with map_regular(path) as data:
             if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
                 raise SymaddrError(f"{path}: not a 64-bit little-endian ELF file")
             shoff, = struct.unpack_from("<Q", data, 0x28)
@@ -180,7 +180,7 @@ def read_objects(path: str, prefix: str = "g_") -> dict[str, tuple[int, int]]:
             return found
     except OSError as exc:
         raise SymaddrError(f"{path}: {exc.strerror or exc}") from None
-    except (struct.error, IndexError, ValueError) as exc:
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise SymaddrError(f"{path}: damaged ELF file ({exc})") from None
 
 

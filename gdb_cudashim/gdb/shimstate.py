@@ -10,6 +10,7 @@ from ..core import state as core_state
 from ..core.elf import read_symtab_objects
 from . import memory
 
+TEXT_READ = 4096  # bytes of a char array or string read at most
 ARRAY_SHOWN = 15  # elements of an array shown; the rest is counted, never dropped silently
 
 
@@ -34,9 +35,13 @@ def _value_to_py(value: gdb.Value, depth=0):
     if t.code == gdb.TYPE_CODE_STRUCT and depth < 3:
         return {f.name: _value_to_py(value[f.name], depth + 1) for f in t.fields() if f.name}
     if t.code == gdb.TYPE_CODE_ARRAY:
-        if _is_char(t.target()):  # text, even when it is not valid UTF-8
-            raw = bytes(gdb.selected_inferior().read_memory(value.address, t.sizeof)) if value.address else b""
-            return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if _is_char(t.target()):  # text, even when it is not valid UTF-8; a 1 GiB buffer is not read whole
+            size = min(t.sizeof, TEXT_READ)
+            raw = bytes(gdb.selected_inferior().read_memory(value.address, size)) if value.address else b""
+            text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            if b"\0" not in raw and t.sizeof > size:
+                text += f"... (cut at {size} of {t.sizeof} bytes)"
+            return text
         low, high = t.range()
         shown = [_value_to_py(value[i], depth + 1) for i in range(low, min(high, low + ARRAY_SHOWN - 1) + 1)]
         if high - low + 1 > len(shown):
@@ -44,9 +49,10 @@ def _value_to_py(value: gdb.Value, depth=0):
         return shown
     if t.code == gdb.TYPE_CODE_PTR:
         if int(value) and _is_char(t.target()):
-            text = memory.read_cstring(gdb.selected_inferior(), int(value), limit=4096)
+            text = memory.read_cstring(gdb.selected_inferior(), int(value), limit=TEXT_READ)
             if text is not None:
-                return text
+                return text + (f"... (cut at {TEXT_READ} bytes)" if len(text.encode("utf-8", "replace")) >= TEXT_READ
+                               else "")
         return hex(int(value))
     if t.code in (gdb.TYPE_CODE_INT, gdb.TYPE_CODE_ENUM, gdb.TYPE_CODE_BOOL, gdb.TYPE_CODE_CHAR):
         if t.code == gdb.TYPE_CODE_ENUM:
@@ -82,14 +88,21 @@ def globals_from_elf(path: str, base: int, names, inferior) -> dict:
         if name not in objects:
             continue
         addr, size = objects[name]
-        size = size or 8
+        if not size:
+            out[name] = {"value": None, "error": "size 0 in the symbol table", "source": "ELF symbol table", "size": 0}
+            continue
         try:
             raw = bytes(inferior.read_memory(base + addr, min(size, 256)))
         except gdb.MemoryError as exc:
             out[name] = {"value": None, "error": str(exc), "source": "ELF symbol table", "size": size}
             continue
-        value = int.from_bytes(raw, "little", signed=size in (1, 2, 4, 8) and raw[-1] & 0x80 and size < 8) \
-            if size in (1, 2, 4, 8) else raw.hex()
+        if size == 8:  # a pointer or a 64-bit count: an address in hex, a small number in decimal
+            value = int.from_bytes(raw, "little")
+            value = hex(value) if value >= 1 << 32 else value
+        elif size in (1, 2, 4):
+            value = int.from_bytes(raw, "little", signed=bool(raw[-1] & 0x80))
+        else:
+            value = raw.hex()
         out[name] = {"value": value, "size": size, "source": "ELF symbol table (no DWARF: raw integer/bytes)"}
         if size > len(raw):
             out[name]["more_bytes"] = size - len(raw)
@@ -98,26 +111,36 @@ def globals_from_elf(path: str, base: int, names, inferior) -> dict:
 
 
 
+class Unreadable(Exception):
+    """A shim's symbol tables cannot be read (damaged section headers...): one line."""
+
+
 def _objects(path: str, names) -> dict[str, tuple[int, int]]:
     """The g_* data objects of PATH (core/symaddr: no pyelftools, ~1 ms); other NAMES asked for by
-    cuda-state --var come from the full symbol tables."""
+    cuda-state --var come from the full symbol tables. Unreadable when the tables are damaged."""
     from ..core.symaddr import SymaddrError, read_objects
 
     if all(n.startswith("g_") for n in names):
         try:
             return read_objects(path, "g_")
-        except SymaddrError:
-            return {}
-    return read_symtab_objects(path)
+        except SymaddrError as exc:
+            raise Unreadable(str(exc)) from None
+    try:
+        return read_symtab_objects(path)
+    except Exception as exc:  # pyelftools raises assorted errors on a damaged file
+        raise Unreadable(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
 def read_globals(path: str, base: int, has_debug_info: bool, inferior, names=None) -> dict:
     """{"library", "globals", "missing", "how"} for the shim at PATH mapped at BASE: NAMES, or
-    every g_* data object it has."""
-    names = list(names) if names else sorted(_objects(path, ()))
-    values = globals_with_dwarf(path, names, inferior.progspace.objfiles()) if has_debug_info else None
-    if not values:
-        values = globals_from_elf(path, base, names, inferior)
+    every g_* data object it has; "how" says "unreadable: ..." when its symbol tables are damaged."""
+    try:
+        names = list(names) if names else sorted(_objects(path, ()))
+        values = globals_with_dwarf(path, names, inferior.progspace.objfiles()) if has_debug_info else None
+        if not values:
+            values = globals_from_elf(path, base, names, inferior)
+    except Unreadable as exc:
+        return {"library": path, "globals": {}, "missing": list(names or ()), "how": f"unreadable: {exc}"}
     return {"library": path, "globals": values, "missing": [n for n in names if n not in values],
             "how": "DWARF" if has_debug_info and values and any(v.get("source") == "DWARF" for v in values.values())
             else ("ELF symbol table" if values else "no symbols")}
@@ -167,6 +190,6 @@ def _snapshot(tl, inferior, pid: int, when: str) -> None:
                 state = read_globals(path, base, True, inferior)
             except Exception as exc:  # a damaged symbol table: the rest of the snapshot stands
                 state = {"library": path, "globals": {}, "missing": [], "how": f"unreadable ({exc})"}
-            if state["globals"]:
+            if state["globals"] or state["how"].startswith("unreadable"):
                 shims.append(state)
     tl.add(Libraries(seq=tl.next_seq(), pid=pid, when=when, files=files, shims=shims))

@@ -310,6 +310,11 @@ class Tracer:
             start = self.timeline.process_start(pid)
             if start is not None:
                 start.detail = exe
+                try:  # a wrapper (sh -c 'LD_PRELOAD=... exec prog', an entrypoint) set it for the new program
+                    start.env = relevant_env(read_environ(pid))
+                    start.cwd = os.readlink(f"/proc/{pid}/cwd")
+                except (OSError, ProcError):
+                    pass
         self.exes[pid] = exe
 
     def _on_exited(self, event):

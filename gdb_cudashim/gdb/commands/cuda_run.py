@@ -321,6 +321,11 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
                     os.kill(pid, signal.SIGCONT)
             except OSError:
                 pass
+    # one that was already exiting when gdb let go is gone (or a zombie): never name a pid
+    # to kill that may be someone else's by now
+    pids = [p for p in pids if proc_state(p) not in (None, "Z", "X")]
+    if not pids:
+        return []
     names = ", ".join(f"{p} ({os.path.basename(tracer.exes.get(p) or '?')})" for p in pids)
     if tracer.stop_reason == "settled":
         tracer.note(f"CUDA init settled and the program went on running: left running untraced: {names}; "
