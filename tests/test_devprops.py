@@ -13,7 +13,8 @@ from gdb_cudashim.core.calls import SPECS, decode_struct, struct_size
 from gdb_cudashim.core.rules import analyze
 from gdb_cudashim.core.timeline import Call, Timeline
 
-FAKERT = SHIM_BUILD / "variants" / "fakert" / "libcudart.so.12"
+# the build that exports its g_* globals: the test switches g_layout through ctypes
+FAKERT = SHIM_BUILD / "variants" / "fakert-globals" / "libcudart.so.12"
 LAYOUTS = {"handmade": 0, "zero": 1, "good": 2}
 RT, CU = "/x/libcudart.so.12", "/x/libggml-cuda.so"
 

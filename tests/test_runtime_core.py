@@ -66,3 +66,39 @@ def test_globals_read_from_the_symbol_tables_static_ones_included():
     assert {"g_in_init_phase", "g_gpu_info", "g_configured", "g_lock"} <= set(objects)  # g_configured is static
     assert all(name.startswith("g_") for name in objects)
     assert objects["g_lock"][1] == 40  # sizeof(pthread_mutex_t)
+
+
+def _without_section_headers(src, dst, damage=None):
+    """A copy of SRC that ld.so still loads: its section headers removed (sstrip's way), or with
+    section DAMAGE's offset pointed past the end of the file."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    if damage is None:
+        struct.pack_into("<Q", data, 0x28, 0)
+        struct.pack_into("<HHH", data, 0x3A, 0, 0, 0)
+    else:
+        for i in range(shnum):
+            if struct.unpack_from("<I", data, shoff + i * shentsize + 4)[0] == damage:
+                struct.pack_into("<Q", data, shoff + i * shentsize + 24, 0xFFFFFFFFFFFFFF00)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(bytes(data))
+    subprocess.run(["/bin/true"], env={"LD_PRELOAD": str(dst)}, check=True)  # the loader takes it
+    return dst
+
+
+def test_a_file_without_readable_section_headers_is_read_as_ld_so_reads_it(tmp_path, stack):
+    from gdb_cudashim.core import dynsym
+
+    src = VARIANTS / "fakert" / "libcudart.so.12"
+    ggml = read_elf(str(stack.ggml_cuda))
+    for name, damage in (("sstrip", None), ("bad-dynsym", 11), ("bad-symtab", 2)):
+        f = _without_section_headers(src, tmp_path / name / "libcudart.so.12", damage)
+        dyn = dynsym.read(str(f))
+        assert dyn.soname == "libcudart.so.12" and dyn.dlsym_finds("cudaGetDeviceCount"), name
+        assert symaddr.read_functions(str(f), ["cudaGetDeviceCount"]).offsets == \
+            symaddr.read_functions(str(src), ["cudaGetDeviceCount"]).offsets, name
+        info = read_elf(str(f))
+        assert runtime.exports_runtime(info.exports) and runtime.check_imports(info, ggml).missing == [], name

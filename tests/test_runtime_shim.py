@@ -188,3 +188,20 @@ def test_two_shims_exporting_the_same_global_share_one_variable(stack, probe, tm
     (tmp_path / "plain").mkdir()
     proc, report = run(stack, probe, tmp_path / "plain", LD_PRELOAD=FAKERT)
     assert "shared-globals" not in rules_of(report)
+
+
+def test_a_fake_runtime_stripped_of_its_section_headers_is_still_traced(stack, probe, tmp_path):
+    """sstrip removes the section headers ld.so never reads: the tool reads the dynamic symbols the
+    same way (PT_DYNAMIC), so its calls are traced and placed, not 'No CUDA init failure seen'."""
+    from test_runtime_core import _without_section_headers
+
+    stripped = _without_section_headers(FAKERT, tmp_path / "sstrip" / "libcudart.so.12")
+    proc, report = run(stack, probe, tmp_path, LD_PRELOAD=stripped)
+    calls = [c for c in report["calls"] if c["function"] == "cudaGetDeviceProperties_v2"]
+    assert calls and calls[0]["library"] == str(stripped), report["calls"][:3]
+    assert "libcudart.so.12 (runtime replacement)" in proc.stdout
+    assert {"device-compute-capability", "device-no-memory"} <= set(rules_of(report))
+    lib, files = libraries(report)
+    assert files[str(stripped)]["kind"] == "runtime replacement"
+    (check,) = lib["imports"]
+    assert check["missing"] == []

@@ -147,10 +147,13 @@ def test_a_drop_in_in_ld_library_path_that_the_loader_bypassed(stack, built, tmp
     env = {"LD_LIBRARY_PATH": f"{stack.lib}:{tmp_path / 'nv'}:{tmp_path / 'dir'}:{tmp_path / 'fifo'}::relative"}
     assert state.runtime_findings(roles, infos, env) == ([], [])
     # cudart 13: the soname comes from the files, never a hard-coded 12
-    roles, infos = _process((built["rt13_a"], "LD_PRELOAD"))
-    (w,) = state.runtime_findings(roles, infos, {"LD_LIBRARY_PATH": os.path.dirname(built["rt13_b"])})[0]
-    assert w.startswith(f"{built['rt13_b']} (LD_LIBRARY_PATH) is bypassed: {built['rt13_a']} is preloaded (LD_PRELOAD)")
+    roles, infos = _process((built["rt13_b"], f"DT_RPATH of {stack.ggml_cuda.name}"))
+    (w,) = state.runtime_findings(roles, infos, {"LD_LIBRARY_PATH": os.path.dirname(built["rt13_a"])})[0]
+    assert w.startswith(f"{built['rt13_a']} (LD_LIBRARY_PATH) is bypassed: {stack.ggml_cuda.name}'s DT_RPATH")
     assert "under the same soname libcudart.so.13" in w
+    # a replacement of the user's own preloaded and in use: another copy on the path is no news
+    roles, infos = _process((built["rt13_a"], "LD_PRELOAD"))
+    assert state.runtime_findings(roles, infos, {"LD_LIBRARY_PATH": os.path.dirname(built["rt13_b"])})[0] == []
 
 
 def test_a_preloaded_replacement_replaces_the_bundled_runtime(stack, built):

@@ -244,6 +244,13 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 "give --shim the shim's own file (what you built to stand in for libcuda.so.1), and "
                 "libggml-cuda or libcudart as --consumer"))
             continue
+        if info.sections_missing:
+            res.warnings.append(Problem(
+                "no-section-headers", info.path, "no readable section headers (stripped with sstrip, or damaged): "
+                "read the way ld.so reads it, through PT_DYNAMIC", "its symbol versions, symbol table and DWARF "
+                "cannot be read: the version checks are skipped, and gdb shows no names or globals in it",
+                "keep the section headers (strip --strip-debug at most)"))
+            continue
         if not info.has_debug_info:
             res.warnings.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
                 f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
@@ -454,7 +461,7 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, n
 
     # the version node the imports ask for
     node, folded = chk.version, set()
-    if node and node not in s.version_definitions:
+    if node and node not in s.version_definitions and not s.sections_missing:  # unreadable then: no verdict
         count = chk.imported
         script = f"link the runtime shim with a version script: {node} {{ global: *; }};"
         if not s.has_versym:

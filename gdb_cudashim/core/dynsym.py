@@ -76,6 +76,19 @@ class DynamicSymbols:
                 out.add(self._name_at(index))
         return out
 
+    def function_values(self, names) -> dict[str, set[int]]:
+        """st_value of each of NAMES defined here as a function (a walk of the table: only for a
+        file whose section headers cannot be read, see symaddr.read_functions)."""
+        wanted, out = set(names), {}
+        for index in range(len(self._dynsym) // SYM_SIZE):
+            st_name, st_info, _other, st_shndx, st_value, _size = struct.unpack_from("<IBBHQQ", self._dynsym,
+                                                                                      index * SYM_SIZE)
+            if st_shndx != SHN_UNDEF and st_value and st_info & 0xF == 2 and st_info >> 4 in (1, 2, 10):
+                name = self._name_at(index)
+                if name in wanted:
+                    out.setdefault(name, set()).add(st_value)
+        return out
+
     def _name_at(self, index: int) -> str:
         st_name, = struct.unpack_from("<I", self._dynsym, index * SYM_SIZE)
         end = self._dynstr.find(b"\0", st_name)
@@ -167,6 +180,86 @@ def read(path: str) -> DynamicSymbols:
 def _parse(path: str, data) -> DynamicSymbols:
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise DynsymError(f"{path}: not a 64-bit little-endian ELF file")
+    try:
+        return _from_sections(path, data)
+    except (DynsymError, struct.error, IndexError, ValueError, OverflowError) as exc:
+        # no section headers (sstrip) or damaged ones: ld.so never reads them; neither do we then
+        try:
+            return _from_dynamic(path, data)
+        except (DynsymError, struct.error, IndexError, ValueError, OverflowError, KeyError):
+            if isinstance(exc, DynsymError):
+                raise
+            raise DynsymError(f"{path}: damaged ELF file ({exc})") from None
+
+
+DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_HASH = 5, 6, 10, 4
+DT_GNU_HASH, DT_VERSYM = 0x6FFFFEF5, 0x6FFFFFF0
+
+
+def _from_dynamic(path: str, data) -> DynamicSymbols:
+    """The dynamic symbols found the way ld.so finds them: PT_DYNAMIC's DT_SYMTAB, DT_STRTAB,
+    DT_GNU_HASH (or DT_HASH) and DT_VERSYM, through the PT_LOAD segments. No section header read."""
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads, dynamic = [], None
+    for i in range(phnum):
+        p_type, _flags, offset, vaddr, _paddr, filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 1:
+            loads.append((vaddr, offset, filesz))
+        elif p_type == 2:
+            dynamic = (offset, filesz)
+    if dynamic is None:
+        raise DynsymError(f"{path}: no dynamic section (PT_DYNAMIC)")
+
+    def at(vaddr: int) -> int:
+        for start, offset, size in loads:
+            if start <= vaddr < start + size:
+                return offset + vaddr - start
+        raise DynsymError(f"{path}: address {vaddr:#x} is in no loaded segment")
+
+    tags: dict[int, int] = {}
+    raw_needed = []
+    for tag, value in struct.iter_unpack("<qQ", data[dynamic[0]:dynamic[0] + dynamic[1] - dynamic[1] % 16]):
+        if tag == 0:
+            break
+        if tag == DT_NEEDED:
+            raw_needed.append(value)
+        else:
+            tags.setdefault(tag, value)
+    strtab = at(tags[DT_STRTAB])
+    strings = bytes(data[strtab:strtab + tags[DT_STRSZ]])
+    symtab = at(tags[DT_SYMTAB])
+    gnu = None
+    if DT_GNU_HASH in tags:
+        off = at(tags[DT_GNU_HASH])
+        nbuckets, symoffset, bloom_size, _shift = struct.unpack_from("<IIII", data, off)
+        buckets = off + 16 + bloom_size * 8
+        last = max(struct.unpack_from(f"<{nbuckets}I", data, buckets)) if nbuckets else 0
+        chains = buckets + nbuckets * 4
+        count = symoffset
+        if last >= symoffset:  # walk the last chain to its end: the symbol count
+            while not struct.unpack_from("<I", data, chains + (last - symoffset) * 4)[0] & 1:
+                last += 1
+            count = last + 1
+        gnu = bytes(data[off:chains + (count - symoffset) * 4])
+    elif DT_HASH in tags:
+        count = struct.unpack_from("<II", data, at(tags[DT_HASH]))[1]  # nchain
+    else:
+        raise DynsymError(f"{path}: no symbol hash table")
+    versym = None
+    if DT_VERSYM in tags:
+        vs = at(tags[DT_VERSYM])
+        versym = bytes(data[vs:vs + 2 * count])
+
+    def text(offset: int) -> str:
+        end = strings.find(b"\0", offset)
+        return strings[offset:end if end >= 0 else None].decode("utf-8", "replace")
+
+    return DynamicSymbols(path, text(tags[DT_SONAME]) if DT_SONAME in tags else None, [text(v) for v in raw_needed],
+                          bytes(data[symtab:symtab + count * SYM_SIZE]), strings, versym, gnu)
+
+
+def _from_sections(path: str, data) -> DynamicSymbols:
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     if not shoff or not shnum:
@@ -177,6 +270,8 @@ def _parse(path: str, data) -> DynamicSymbols:
         raise DynsymError(f"{path}: no .dynsym")
 
     def body(section):
+        if section[4] + section[5] > len(data):  # a damaged header: the caller reads PT_DYNAMIC instead
+            raise ValueError(f"a section lies beyond the end of the file ({section[4]:#x})")
         return bytes(data[section[4]:section[4] + section[5]])
 
     dynsym = sections[index]
@@ -197,6 +292,9 @@ def _parse(path: str, data) -> DynamicSymbols:
                 else:
                     soname = text
     size = dynsym[5] - dynsym[5] % SYM_SIZE
+    body((0, 0, 0, 0, dynsym[4], size))  # within the file
+    if dynamic is not None:
+        body(dynamic)
     return DynamicSymbols(path, soname, needed, bytes(data[dynsym[4]:dynsym[4] + size]), strings,
                           body(versym) if versym is not None else None,
                           body(hash_section) if hash_section is not None else None)

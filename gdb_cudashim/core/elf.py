@@ -43,6 +43,9 @@ class ElfInfo:
     debuglink: str | None = None
     symtab_objects: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (value, size)
     has_versym: bool = False  # a .gnu.version section (any versioned import gives a file one)
+    # no readable section headers (sstrip, damage) but loadable: exports read through PT_DYNAMIC
+    # (core/dynsym), without their version names; a name there counts for any version asked
+    sections_missing: bool = False
 
     @property
     def stripped(self) -> bool:
@@ -57,7 +60,7 @@ class ElfInfo:
         # Measured with glibc 2.36: a definition under another version does not satisfy a
         # versioned reference; an unversioned (global) one does, as long as the file has a
         # .gnu.version section; in a file with none at all ld.so asserts in check_match.
-        return version in versions or (None in versions and self.has_versym)
+        return version in versions or (None in versions and self.has_versym) or self.sections_missing
 
     def imports_from(self, library: str) -> list[Import]:
         return [i for i in self.imports if i.library == library]
@@ -192,6 +195,25 @@ def read_symtab_objects(path: str) -> dict[str, tuple[int, int]]:
         return out
 
 
+def _from_loader_view(info: ElfInfo) -> bool:
+    """Fill INFO from PT_DYNAMIC (core/dynsym), the way ld.so reads a file, when its section
+    headers are gone or damaged; False when that cannot be read either."""
+    from .dynsym import DynsymError, read
+
+    try:
+        dyn = read(info.path)
+    except DynsymError:
+        return False
+    if not dyn.definitions and not dyn.needed:
+        return False
+    info.soname = info.soname or dyn.soname
+    info.needed = info.needed or list(dyn.needed)
+    info.exports = {name: {None} for name in dyn.definitions}
+    info.has_versym = dyn._versym is not None
+    info.sections_missing = True
+    return True
+
+
 def read_elf(path: str) -> ElfInfo:
     """Read PATH; raises ElfProblem with a one-line reason for anything unusable."""
     from elftools.common.exceptions import ELFError
@@ -214,9 +236,15 @@ def read_elf(path: str) -> ElfInfo:
                     f"{path}: {elf.elfclass}-bit {elf['e_machine']} ELF; only 64-bit x86-64 objects can be loaded here"
                 )
             info = ElfInfo(path=path)
-            _dynamic_tags(elf, info)
-            _symbols(elf, info)
-            _debug(elf, info)
+            try:
+                _dynamic_tags(elf, info)
+                _symbols(elf, info)
+                _debug(elf, info)
+            except (ELFError, ValueError, KeyError, IndexError, AssertionError, OverflowError):
+                if not _from_loader_view(info):
+                    raise
+            if not info.exports and not info.imports:
+                _from_loader_view(info)
             return info
     except ElfProblem:
         raise

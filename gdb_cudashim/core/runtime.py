@@ -176,7 +176,8 @@ def check_imports(runtime, consumer) -> ImportCheck:
         missing.append(Missing(imp.name, imp.version, stage(imp.name), note))
     missing.sort(key=lambda m: list(WHEN).index(m.stage))  # what bites first, first
     return ImportCheck(runtime.path, consumer.path, len(wanted), version, missing,
-                       version_node=bool(version and version in runtime.version_definitions),
+                       version_node=bool(version and (version in runtime.version_definitions
+                                                      or getattr(runtime, "sections_missing", False))),
                        unversioned=any(None in runtime.exports.get(i.name, ()) for i in wanted))
 
 

@@ -50,11 +50,15 @@ def read_functions(path: str, names, symtab: bool = False) -> FileFunctions:
     SYMTAB: a statically linked program's functions are there only)."""
     try:
         with map_regular(path) as data:
-            return _read(path, data, names, symtab)
+            try:
+                return _read(path, data, names, symtab)
+            except (struct.error, IndexError, ValueError, OverflowError) as exc:
+                try:  # damaged section headers: ld.so does not read them
+                    return _via_dynamic(path, data, names, _first_load(data))
+                except (SymaddrError, struct.error, IndexError, ValueError, OverflowError):
+                    raise SymaddrError(f"{path}: damaged ELF file ({exc})") from None
     except OSError as exc:
         raise SymaddrError(f"{path}: {exc.strerror or exc}") from None
-    except (struct.error, IndexError, ValueError, OverflowError) as exc:
-        raise SymaddrError(f"{path}: damaged ELF file ({exc})") from None
 
 
 def _read(path, data, names, symtab) -> FileFunctions:
@@ -71,7 +75,7 @@ def _read(path, data, names, symtab) -> FileFunctions:
     if load is None:
         raise SymaddrError(f"{path}: no loadable segment")
     if not shoff or not shnum:
-        raise SymaddrError(f"{path}: no section headers")
+        return _via_dynamic(path, data, names, load)  # sstrip'ed: no section headers at all
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
     wanted = (SHT_DYNSYM, SHT_SYMTAB) if symtab else (SHT_DYNSYM,)
     found: dict[str, set[int]] = {}
@@ -83,6 +87,29 @@ def _read(path, data, names, symtab) -> FileFunctions:
             else:
                 _find_in_table(data, table, sections[table[6]], names, found)
     return FileFunctions(path=path, offsets={n: tuple(sorted(v)) for n, v in found.items()},
+                         load_vaddr=load[0], load_offset=load[1])
+
+
+def _first_load(data) -> tuple[int, int]:
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        p_type, _flags, p_offset, p_vaddr = struct.unpack_from("<IIQQ", data, phoff + i * phentsize)
+        if p_type == PT_LOAD:
+            return p_vaddr & ~PAGE, p_offset & ~PAGE
+    raise ValueError("no loadable segment")
+
+
+def _via_dynamic(path, data, names, load) -> FileFunctions:
+    """The functions found the way ld.so finds them, through PT_DYNAMIC: for a file whose section
+    headers are gone (sstrip) or damaged, which still loads."""
+    from .dynsym import DynsymError, _from_dynamic
+
+    try:
+        offsets = _from_dynamic(path, data).function_values(names)
+    except (DynsymError, struct.error, IndexError, ValueError, OverflowError, KeyError) as exc:
+        raise SymaddrError(f"{path}: no readable symbol table ({exc})") from None
+    return FileFunctions(path=path, offsets={n: tuple(sorted(v)) for n, v in offsets.items()},
                          load_vaddr=load[0], load_offset=load[1])
 
 

@@ -76,10 +76,41 @@ def solib(address: int) -> str | None:
         return None
     if name:
         return name
+    mapped = _mapped_file(address)  # a library gdb could not read (no section headers): the kernel knows
+    if mapped is not None:
+        return mapped
     try:
         return gdb.current_progspace().filename
     except gdb.error:
         return None
+
+
+_MAPS: dict[int, list[tuple[int, int, str]]] = {}  # pid -> its file mappings, read when an address is not in them
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file mapped at ADDRESS in the selected process, from /proc/PID/maps (cached, re-read
+    once when the address is not in the cached copy: a library loaded since)."""
+    pid = gdb.selected_inferior().pid
+    if not pid:
+        return None
+    for fresh in (False, True):
+        if fresh or pid not in _MAPS:
+            spans = []
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    for line in f:
+                        parts = line.split(maxsplit=5)
+                        if len(parts) == 6 and parts[5].startswith("/"):
+                            lo, hi = parts[0].split("-")
+                            spans.append((int(lo, 16), int(hi, 16), parts[5].rstrip("\n")))
+            except OSError:
+                return None
+            _MAPS[pid] = spans
+        for lo, hi, path in _MAPS[pid]:
+            if lo <= address < hi:
+                return path
+    return None
 
 
 class ReturnAddresses:
