@@ -71,9 +71,11 @@ class DynamicSymbols:
         for index in range(len(self._dynsym) // SYM_SIZE):
             st_name, st_info, st_other, st_shndx, _value, _size = struct.unpack_from("<IBBHQQ", self._dynsym,
                                                                                       index * SYM_SIZE)
-            if st_name and st_shndx != SHN_UNDEF and st_info & 0xF == 1 and st_info >> 4 in (1, 2) \
-                    and st_other & 3 == 0:  # STT_OBJECT, GLOBAL or WEAK, STV_DEFAULT
-                out.add(self._name_at(index))
+            if st_name and st_shndx != SHN_UNDEF and st_info & 0xF == 1 and st_info >> 4 == 1 \
+                    and st_other & 3 == 0:  # STT_OBJECT, GLOBAL (not weak: C++'s inline data), STV_DEFAULT
+                name = self._name_at(index)
+                if not name.startswith(("_ZT", "_ZGV")):  # typeinfo, vtables, guards: read-only and meant shared
+                    out.add(name)
         return out
 
     def function_values(self, names) -> dict[str, set[int]]:
@@ -188,7 +190,7 @@ def _parse(path: str, data) -> DynamicSymbols:
             return _from_dynamic(path, data)
         except (DynsymError, struct.error, IndexError, ValueError, OverflowError, KeyError):
             if isinstance(exc, DynsymError):
-                raise
+                raise exc from None  # what the section headers said, not the fallback's complaint
             raise DynsymError(f"{path}: damaged ELF file ({exc})") from None
 
 

@@ -319,7 +319,8 @@ def _condense_calls(calls: list[dict]) -> list[dict]:
     out: list[dict] = []
     for c in calls:
         prev = out[-1] if out else None
-        if prev is not None and prev["function"] == c["function"] == "cuGetProcAddress_v2" and prev["pid"] == c["pid"]:
+        if (prev is not None and prev["function"] == c["function"] == "cuGetProcAddress_v2" and prev["pid"] == c["pid"]
+                and _lookup_result(c) and (prev.get("lookups") or _lookup_result(prev))):
             lookups = prev.setdefault("lookups", [_lookup_row(prev)])
             lookups.append(_lookup_row(c))
             prev["count"] = len(lookups)
@@ -334,12 +335,17 @@ def _condense_calls(calls: list[dict]) -> list[dict]:
         if row.get("lookups"):
             missing = [name for name, found in row["lookups"] if not found]
             named = [name for name in missing if name]  # cudart's first probe asks for ''
-
             row["summary_args"] = (f"{len(row['lookups'])} entry points asked for, {len(missing)} not found"
                                    + (f" (e.g. {', '.join(list(dict.fromkeys(named))[:3])})" if named else ""))
             row["result_name"] = "CUDA_SUCCESS" if not missing else f"{len(row['lookups']) - len(missing)} found"
             row["result"], row["count"] = 0, 1
     return out
+
+
+def _lookup_result(c: dict) -> bool:
+    """A cuGetProcAddress_v2 answer that is a lookup's: found (0) or not found (500). Any other
+    result (not initialized, invalid value...) is a failure and keeps its own row."""
+    return bool(c.get("returned")) and c.get("result") in (0, 500)
 
 
 def _lookup_row(c: dict) -> tuple[str, bool]:

@@ -286,14 +286,8 @@ def _runtime_shims(tl: Timeline, pid: int) -> list[str]:
     found = [f["path"] for f in (snap.files if snap else []) if f["role"] == "runtime"
              and not runtime.is_nvidia_runtime(f["path"])]
     if not found:
-        for path, _ in interpose.preloaded(tl, pid):
-            from .dynsym import DynsymError, read_cached
-            try:
-                if runtime.exports_runtime([n for n in ("cudaGetDeviceCount", "__cudaRegisterFatBinary")
-                                            if read_cached(path).dlsym_finds(n)]) and not runtime.is_nvidia_runtime(path):
-                    found.append(path)
-            except (DynsymError, OSError):
-                continue
+        found = [path for path, _ in interpose.preloaded(tl, pid)
+                 if runtime.is_runtime_file(path) and not runtime.is_nvidia_runtime(path)]
     return list(dict.fromkeys(found))
 
 
@@ -431,10 +425,15 @@ def rule_two_runtimes(tl: Timeline) -> list[Finding]:
     for snap in tl.libraries:
         runtimes = [f["path"] for f in snap.files if f["role"] == "runtime"]
         nvidia = [p for p in runtimes if runtime.is_nvidia_runtime(p)]
-        shims = [p for p in runtimes if p not in nvidia and runtime.forwarded_to(tl, snap.pid, p) is None]
+        preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, snap.pid)}
+        # only a preload comes before libggml-cuda's own DT_NEEDED in the search for its imports
+        shims = [p for p in runtimes if p not in nvidia and os.path.realpath(p) in preloaded
+                 and runtime.forwarded_to(tl, snap.pid, p) is None]
         if not nvidia or not shims:
             continue
-        landed = [c for c in tl.calls if c.pid == snap.pid and c.library in nvidia and role_of(c.caller) == "ggml-cuda"]
+        real_nvidia = {os.path.realpath(p) for p in nvidia}  # gdb's l_name may be a symlink to the mapped file
+        landed = [c for c in tl.calls if c.pid == snap.pid and c.library and os.path.realpath(c.library) in real_nvidia
+                  and role_of(c.caller) == "ggml-cuda"]
         checks = runtime.import_checks(tl, snap.pid, snap.files)
         unbound = [m.symbol for c in checks for m in c.missing]
         if not landed and not unbound:
@@ -556,7 +555,7 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
             out.append(_killed_by_another(tl, kill, prog, calls))
             continue
         evidence = [f"pid {pid} ({prog}) ended by {end.signal}"]
-        crash = next((c for c in tl.crashes if c.pid == pid and c.signal == end.signal), None)
+        crash = next((c for c in reversed(tl.crashes) if c.pid == pid and c.signal == end.signal), None)
         if crash is not None and crash.backtrace:
             found = _crashed(tl, crash, prog, evidence, calls)
             if found is not None:
@@ -584,6 +583,12 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
     return out
 
 
+def _from_nvidia_driver(tl: Timeline, c: Call) -> bool:
+    """C was answered by NVIDIA's driver: itself, or at the end of a shim's forwarding chain."""
+    end = _forwarded_chain(tl, c)[-1]
+    return bool(runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(end.library or ""))))
+
+
 def _table(c: Call) -> str:
     return codes.export_table_name(c.args.get("pExportTableId") or "?").split(" (", 1)[0]
 
@@ -592,6 +597,8 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
     """A fatal signal seen at the faulting instruction: in whose code, and what the shim handed
     that code last (a private table of zeros makes NVIDIA's cudart jump to 0)."""
     frames = crash.backtrace
+    if crash.sender is not None:
+        return None  # sent (kill, abort): no faulting code to blame; the plain finding says who
     owner, how = _fault(crash)
     lib = owner.library
     what = SIGNAL_WORDS.get(crash.signal, crash.signal)
@@ -602,7 +609,7 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
     nvidia_runtime = lib_role == "runtime" and runtime.is_nvidia_runtime(lib or "")
     nvidia_driver = bool(runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(lib or ""))))
     tables = [c for c in calls if c.function == "cuGetExportTable" and c.returned and not c.failed
-              and c.args.get("ppExportTable") and not runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(c.library or ""))]
+              and c.args.get("ppExportTable") and not _from_nvidia_driver(tl, c)]
     if nvidia_runtime and tables:
         names = list(dict.fromkeys(_table(c) for c in tables))
         evidence += [f"{_base(c.library)} answered cuGetExportTable({_table(c)}) "

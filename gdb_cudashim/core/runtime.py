@@ -69,12 +69,20 @@ def _carries_interface(path: str, mtime: float, size: int) -> bool:
 
 def is_nvidia_runtime(path: str) -> bool:
     """NVIDIA's libcudart: it dlopen()s libcuda.so.1 and asks it for CUDART_INTERFACE, so it
-    carries both the name and the table's UUID. A fake or forwarding runtime carries neither pair."""
+    carries both the name and the table's UUID; and it is the shared runtime, with NVIDIA's soname
+    and its hundreds of exports. A fake or forwarding runtime carries neither pair; a shim built by
+    nvcc carries both (the static cudart is linked in) but not the shape."""
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return _carries_interface(os.path.realpath(path), st.st_mtime, st.st_size)
+    if not _carries_interface(os.path.realpath(path), st.st_mtime, st.st_size):
+        return False
+    dyn = _dyn(path)
+    return dyn is not None and is_runtime_soname(dyn.soname) and len(dyn.definitions) >= NVIDIA_EXPORTS
+
+
+NVIDIA_EXPORTS = 300  # cudart 12.9 exports 436 names, 13.5 459; a stand-in exports what it implements
 
 
 def exports_runtime(exports) -> bool:
@@ -306,6 +314,13 @@ def _ggml_paths(tl, pid: int, files: list[dict]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def is_preload(how: str | None) -> bool:
+    """HOW (a how_loaded answer) says LD_PRELOAD or the ld.so.preload file in use."""
+    from . import interpose
+
+    return how in ("LD_PRELOAD", interpose.ld_so_preload_path())
+
+
 def forwarded_to(tl, pid: int, shim: str) -> str | None:
     """The runtime a runtime shim passes its calls on to (calls landing in another libcudart,
     called from the shim): an interposer in front of that runtime."""
@@ -353,7 +368,7 @@ def describe(tl) -> list[dict]:
                     d["kind"], d["forwards_to"] = INTERPOSER, target
             files.append(d)
         checks = import_checks(tl, pid, snap.files)
-        files.sort(key=lambda f: 0 if f["how"] == "LD_PRELOAD" or f["how"].endswith("ld.so.preload") else 1)
+        files.sort(key=lambda f: 0 if is_preload(f["how"]) else 1)
         out.append({"pid": pid, "when": snap.when, "files": files,
                     "notes": interplay_notes(files, snap.files, tl, pid, checks),
                     "imports": [c.to_dict() | {"summary": c.summary()} for c in checks], "shims": snap.shims})
@@ -370,8 +385,7 @@ def interplay_notes(files: list[dict], raw: list[dict], tl, pid: int, checks=())
             continue
         dyn = _dyn(f["path"])
         soname = dyn.soname if dyn is not None else None
-        how = "LD_PRELOAD" if f["how"] == "LD_PRELOAD" else ("ld.so.preload" if f["how"].endswith("ld.so.preload")
-                                                             else f["how"])
+        how = "LD_PRELOAD" if f["how"] == "LD_PRELOAD" else ("ld.so.preload" if is_preload(f["how"]) else f["how"])
         bundled = None
         for g in ggml:
             for name in (soname, *(n for n in (_dyn(g).needed if _dyn(g) else []) if is_runtime_soname(n))):
@@ -386,9 +400,10 @@ def interplay_notes(files: list[dict], raw: list[dict], tl, pid: int, checks=())
     nvidia = [f for f in runtimes if f["kind"] == NVIDIA_RUNTIME]
     others = [f for f in runtimes if f["kind"] != NVIDIA_RUNTIME and not f.get("forwards_to")]
     if nvidia and others:
-        unused = not any(c.missing for c in checks) and not any(
-            c.pid == pid and c.library in {f["path"] for f in nvidia} and c.caller and "ggml-cuda" in c.caller
-            for c in tl.calls)
+        real_nvidia = {os.path.realpath(f["path"]) for f in nvidia}
+        unused = not any(c.missing for c in checks) and all(is_preload(f["how"]) for f in others) and not any(
+            c.pid == pid and c.library and os.path.realpath(c.library) in real_nvidia and c.caller
+            and "ggml-cuda" in c.caller for c in tl.calls)
         notes.append("two runtimes in one process: " + ", ".join(
             f"{f['path']} ({f['kind']}, {f['how']})" for f in others + nvidia)
             + (f"; {os.path.basename(others[0]['path'])} defines every cuda* symbol libggml-cuda imports, so NVIDIA's "

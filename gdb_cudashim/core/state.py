@@ -132,7 +132,7 @@ def loaded_via(role: dict, preloads: list[tuple[str, str]], env: dict, cwd: str 
 
 
 def is_preload(via: str | None) -> bool:
-    return bool(via) and (via == "LD_PRELOAD" or via.endswith("ld.so.preload"))
+    return runtime.is_preload(via)
 
 
 def import_checks(roles: list[dict], infos: dict) -> list:

@@ -1,6 +1,8 @@
 """Small, fast readers of inferior state for stop handlers (x86-64)."""
 from __future__ import annotations
 
+import os
+
 import gdb
 
 MASK64 = (1 << 64) - 1
@@ -76,23 +78,44 @@ def solib(address: int) -> str | None:
         return None
     if name:
         return name
-    mapped = _mapped_file(address)  # a library gdb could not read (no section headers): the kernel knows
-    if mapped is not None:
-        return mapped
     try:
-        return gdb.current_progspace().filename
+        exe = gdb.current_progspace().filename
     except gdb.error:
-        return None
+        exe = None
+    mapped = _mapped_file(address)  # a library gdb could not read (no section headers): the kernel knows
+    if mapped is not None and mapped != _real(exe):
+        return mapped
+    return exe
 
 
 _MAPS: dict[int, list[tuple[int, int, str]]] = {}  # pid -> its file mappings, read when an address is not in them
+_MISSES: dict[int, set[int]] = {}  # pid -> addresses in no file mapping (until the next library loads)
+_REAL: dict[str, str] = {}
+
+
+def _real(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if path not in _REAL:
+        _REAL[path] = os.path.realpath(path)
+    return _REAL[path]
+
+
+def forget_maps(pid: int | None = None) -> None:
+    """A library loaded or went, a process exec'd or exited: the cached mappings are stale."""
+    if pid is None:
+        _MAPS.clear()
+        _MISSES.clear()
+    else:
+        _MAPS.pop(pid, None)
+        _MISSES.pop(pid, None)
 
 
 def _mapped_file(address: int) -> str | None:
     """The file mapped at ADDRESS in the selected process, from /proc/PID/maps (cached, re-read
     once when the address is not in the cached copy: a library loaded since)."""
     pid = gdb.selected_inferior().pid
-    if not pid:
+    if not pid or address in _MISSES.get(pid, ()):
         return None
     for fresh in (False, True):
         if fresh or pid not in _MAPS:
@@ -110,6 +133,9 @@ def _mapped_file(address: int) -> str | None:
         for lo, hi, path in _MAPS[pid]:
             if lo <= address < hi:
                 return path
+    misses = _MISSES.setdefault(pid, set())
+    if len(misses) < 4096:
+        misses.add(address)
     return None
 
 

@@ -151,8 +151,13 @@ def snapshot(tracer, pid: int, when: str) -> None:
     process: run's view of cuda-state, taken where the state means something (the end of the
     init window, a failed load, a hang). Callable from a stop handler: /proc and memory reads only."""
     tl = tracer.timeline
-    if tl.mapped(pid) is not None:
-        return
+    existing = tl.mapped(pid)
+    if existing is not None:
+        # once per process, except that the end of init says more than a failed load before it
+        # (a program probing for libraries): that one is replaced
+        if not (when == "after init" and existing.when == "at a failed load"):
+            return
+        tl.events.remove(existing)
     inferior = next((i for i in gdb.inferiors() if i.pid == pid), None)
     if inferior is None:
         return

@@ -28,7 +28,7 @@ from .events import Subscriptions
 from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, LookupBreakpoint, Return,
                        WindowBreakpoint, delete_quietly)
 
-FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP")
+FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
 
@@ -153,14 +153,17 @@ class Tracer:
         """Where the thread that got SIGNAL_NAME is: its frames and the faulting address."""
         from ..core.timeline import Crash, Frame
 
-        if any(c.pid == pid and c.signal == signal_name for c in self.timeline.crashes):
-            return  # the same crash seen again (gdb passes the signal on and stops once more)
+        earlier = [c for c in self.timeline.crashes if c.pid == pid and c.signal == signal_name]
+        if len(earlier) >= 8:
+            return  # a program that handles its own SIGSEGVs (a JVM): enough of them
+        # each one is kept: the rules read the last before the process died of it
         address = sender = None
         try:
-            if int(gdb.parse_and_eval("$_siginfo.si_code")) <= 0:  # SI_USER, SI_TKILL...: sent, not a fault
+            code = int(gdb.parse_and_eval("$_siginfo.si_code"))
+            if code <= 0:  # SI_USER, SI_TKILL...: sent, not a fault
                 sender = int(gdb.parse_and_eval("$_siginfo._sifields._kill.si_pid"))
-            elif signal_name in ("SIGSEGV", "SIGBUS"):
-                address = int(gdb.parse_and_eval("$_siginfo._sifields._sigfault.si_addr"))
+            elif signal_name in ("SIGSEGV", "SIGBUS") and code < 0x80:  # SI_KERNEL (a wild, non-canonical
+                address = int(gdb.parse_and_eval("$_siginfo._sifields._sigfault.si_addr"))  # pointer) has none
         except (gdb.error, ValueError):
             pass
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(24)]
@@ -276,9 +279,11 @@ class Tracer:
 
     def _on_free_objfile(self, _event):
         self.handle_names.clear()
+        memory.forget_maps()
 
     def _on_new_objfile(self, event):
         self.handle_names.clear()
+        memory.forget_maps()
         try:
             inferior = gdb.selected_inferior()
             if inferior.pid:
@@ -324,6 +329,7 @@ class Tracer:
         if pid is None:
             return
         self.live_pids.discard(pid)
+        memory.forget_maps(pid)
         code = getattr(event, "exit_code", None)
         if self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
