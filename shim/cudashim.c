@@ -180,6 +180,9 @@ static void shim_wait_forever(const char *where)
 static int shim_crash(const char *where, const struct shim_gpu_info *info)
 {
     shim_log("cudashim: %s: crashing as CUDASHIM_CRASH asks\n", where);
+    const char *how = getenv("CUDASHIM_CRASH_POINTER");
+    if (how && strcmp(how, "wild") == 0) /* a non-canonical address: a general protection fault */
+        info = (const struct shim_gpu_info *)0xdead000000000000ULL;
     return info->cc_major; /* info is NULL: SIGSEGV here */
 }
 

@@ -61,3 +61,12 @@ def test_a_crash_in_a_shim_under_its_own_name_is_still_the_shims(stack, probe, t
     (f,) = [f for f in report["findings"] if f["rule"] == "crash-in-shim"]
     assert "inside the shim libcudashim.so, in shim_crash at " in f["summary"] and "cudashim.c:" in f["summary"]
     assert any(e.startswith("#2 cuInit (libcudashim.so) at ") for e in f["evidence"]), f["evidence"]
+
+
+def test_a_wild_pointer_is_not_called_a_null_dereference(stack, probe, tmp_path):
+    """A non-canonical pointer faults as a general protection fault: SIGSEGV with si_code
+    SI_KERNEL and si_addr 0, which must not read as 'address 0x0'."""
+    proc, report = crash_run(stack, probe, tmp_path, CUDASHIM_CRASH="cuInit", CUDASHIM_CRASH_POINTER="wild")
+    (f,) = [f for f in report["findings"] if f["rule"] == "crash-in-shim"]
+    assert "a wild pointer (a non-canonical address" in f["evidence"][1]
+    assert "NULL" not in " ".join(f["evidence"]) + f["fix"]

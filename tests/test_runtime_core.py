@@ -102,3 +102,53 @@ def test_a_file_without_readable_section_headers_is_read_as_ld_so_reads_it(tmp_p
             symaddr.read_functions(str(src), ["cudaGetDeviceCount"]).offsets, name
         info = read_elf(str(f))
         assert runtime.exports_runtime(info.exports) and runtime.check_imports(info, ggml).missing == [], name
+
+
+def test_a_dynamic_section_that_says_nothing_is_one_error(tmp_path):
+    """No section headers and a PT_DYNAMIC holding only DT_NULL: one DynsymError, never a KeyError."""
+    import struct
+
+    from gdb_cudashim.core import dynsym
+
+    f = _without_section_headers(VARIANTS / "fakert" / "libcudart.so.12", tmp_path / "x" / "libcudart.so.12")
+    data = bytearray(f.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        p_type, _flags, offset, _vaddr, _paddr, filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 2:
+            data[offset:offset + filesz] = bytes(filesz)
+    f.write_bytes(bytes(data))
+    try:
+        dynsym.read(str(f))
+    except dynsym.DynsymError as exc:
+        assert "no section headers" in str(exc)
+    else:
+        raise AssertionError("read a file with nothing to read")
+    assert not runtime.is_runtime_file(str(f))
+    other = f.with_name("libpreloaded.so")  # a preload under its own name is judged by its exports
+    other.write_bytes(f.read_bytes())
+    assert runtime.mapped_role(str(other), {str(other)}) is None
+
+
+def test_a_shim_carrying_cudarts_marks_is_not_nvidias_runtime(tmp_path):
+    """nvcc links cudart statically by default: a shim built with it carries the CUDART_INTERFACE
+    UUID and "libcuda.so.1" too. NVIDIA's runtime is also the shared one: 300+ exports."""
+    body = ("static const unsigned char uuid[16] = {0x6b,0xd5,0xfb,0x6c,0x5b,0xf4,0xe7,0x4a,0x89,0x87,0xd9,0x39,"
+            "0x12,0xfd,0x9d,0xf9};\nconst char *driver = \"libcuda.so.1\";\n"
+            "const void *keep(void) { return uuid; }\nint cudaGetDeviceCount(int *n) { *n = 1; return 0; }\n")
+    info = _build(tmp_path, "nvcc_like", body)
+    assert runtime._carries_interface(info.path, *(lambda st: (st.st_mtime, st.st_size))(__import__("os").stat(info.path)))
+    assert not runtime.is_nvidia_runtime(info.path)
+    assert runtime.kind(info.path, "libcudart.so.12") == runtime.REPLACEMENT
+
+
+def test_cxx_typeinfo_is_not_a_shared_global(tmp_path):
+    from gdb_cudashim.core import dynsym
+
+    src = tmp_path / "a.cc"
+    src.write_text("struct Base { virtual ~Base() {} virtual int f() { return 1; } };\n"
+                   "int g_counter = 0;\nint use() { Base b; return b.f() + g_counter; }\n")
+    out = tmp_path / "libcxx.so"
+    subprocess.run(["g++", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    assert dynsym.read(str(out)).exported_data() == {"g_counter"}

@@ -647,6 +647,8 @@ def _fault(crash):
     if crash.address is not None:
         return owner, (f"a NULL pointer dereference (address {crash.address:#x})" if crash.address < 4096
                        else f"an access to address {crash.address:#x}")
+    if crash.code == 0x80 and crash.signal == "SIGSEGV":  # SI_KERNEL: a general protection fault
+        return owner, "an access through a wild pointer (a non-canonical address, which the kernel does not report)"
     return owner, crash.signal
 
 

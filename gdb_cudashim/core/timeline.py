@@ -173,6 +173,7 @@ class Crash:
     signal: str
     address: int | None = None  # si_addr: the faulting address (SIGSEGV, SIGBUS)
     sender: int | None = None  # the signal was sent (kill, tgkill, raise) by this pid, not a fault
+    code: int | None = None  # si_code: 0x80 (SI_KERNEL) for a general protection fault, which has no address
     backtrace: list[Frame] = factory(list)
     kind: str = "crash"
 

@@ -157,7 +157,7 @@ class Tracer:
         if len(earlier) >= 8:
             return  # a program that handles its own SIGSEGVs (a JVM): enough of them
         # each one is kept: the rules read the last before the process died of it
-        address = sender = None
+        address = sender = code = None
         try:
             code = int(gdb.parse_and_eval("$_siginfo.si_code"))
             if code <= 0:  # SI_USER, SI_TKILL...: sent, not a fault
@@ -169,7 +169,7 @@ class Tracer:
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(24)]
         tl = self.timeline
         tl.add(Crash(seq=tl.next_seq(), pid=pid, tid=memory.ptid()[1], signal=signal_name, address=address,
-                     sender=sender, backtrace=frames))
+                     sender=sender, code=code, backtrace=frames))
 
     def disarm(self) -> list[str]:
         messages = []
