@@ -607,7 +607,6 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
     lib_role = next((f["role"] for f in (snap.files if snap else [])
                      if lib and os.path.realpath(f["path"]) == os.path.realpath(lib)), None) or role_of(lib)
     nvidia_runtime = lib_role == "runtime" and runtime.is_nvidia_runtime(lib or "")
-    nvidia_driver = bool(runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(lib or ""))))
     tables = [c for c in calls if c.function == "cuGetExportTable" and c.returned and not c.failed
               and c.args.get("ppExportTable") and not _from_nvidia_driver(tl, c)]
     if nvidia_runtime and tables:
@@ -621,7 +620,7 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
             "cuGetExportTable with CUDA_SUCCESS for a table it does not implement (NVIDIA's layout): return "
             "CUDA_ERROR_NOT_FOUND (cudart then fails cleanly) or forward cuGetExportTable to the real driver",
             crash.pid)
-    if lib and not nvidia_runtime and not nvidia_driver and lib_role in ("driver", "runtime", "nvml"):
+    if lib and lib_role in ("driver", "runtime", "nvml") and not runtime.made_by_nvidia(lib, lib_role):
         at = f" at {owner.where}" if owner.where else ""
         return Finding(
             "crash-in-shim", f"{prog} (pid {crash.pid}) died of {what} inside the shim {_base(lib)}, in "

@@ -266,13 +266,13 @@ def file_kind(path: str, role: str) -> str:
     return "driver shim" if role == "driver" else "NVML shim"
 
 
+NOT_SHIM_KINDS = ("NVIDIA driver", "NVIDIA NVML", NVIDIA_RUNTIME, "ggml CUDA backend", "CUDA stub library")
+
+
 def made_by_nvidia(path: str, role: str) -> bool:
-    """Never read globals from these (stripped, and huge: libggml-cuda's symbol table)."""
-    if role == "ggml-cuda":
-        return True
-    if role == "runtime":
-        return is_nvidia_runtime(path)
-    return bool(NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(path)))) or "/stubs/" in path
+    """NVIDIA's own files, a stub, or libggml-cuda: never a shim, and their globals are never read
+    (stripped, and libggml-cuda's symbol table is huge). One answer, from file_kind."""
+    return file_kind(path, role) in NOT_SHIM_KINDS
 
 
 def how_loaded(path: str, preloaded: dict[str, str], loads, mapped: list[str]) -> str:

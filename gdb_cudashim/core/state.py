@@ -62,7 +62,7 @@ def cudart_version(path: str) -> str | None:
 # ------------------------------------------------------------ runtime shims --
 # Kinds that are NVIDIA's own files or libggml-cuda: their globals are never read (stripped,
 # and libggml-cuda's symbol table is huge).
-NOT_SHIMS = ("NVIDIA driver", "NVIDIA NVML", runtime.NVIDIA_RUNTIME, "ggml CUDA backend", "CUDA stub library", "other")
+NOT_SHIMS = (*runtime.NOT_SHIM_KINDS, "other")
 
 
 def is_shim(role: dict) -> bool:
