@@ -351,6 +351,10 @@ def render(result: dict, color: bool = False) -> list[str]:
     out += render_imports(result.get("runtime_imports", ()), s)
     for st in result["shim_state"]:
         out.append("")
+        if st["how"].startswith("unreadable"):
+            out.append(s("bold", f"state of {st['library']}") + ": its symbol tables cannot be read ("
+                       + st["how"].split(": ", 1)[-1] + ")")
+            continue
         out.append(s("bold", f"state of {st['library']}") + f" (read via {st['how']})")
         if st["globals"]:
             rows = []
