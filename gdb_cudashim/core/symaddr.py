@@ -56,7 +56,7 @@ def read_functions(path: str, names, symtab: bool = False) -> FileFunctions:
                 try:  # damaged section headers: ld.so does not read them
                     return _via_dynamic(path, data, names, _first_load(data))
                 except (SymaddrError, struct.error, IndexError, ValueError, OverflowError):
-                    raise SymaddrError(f"{path}: damaged ELF file ({exc})") from None
+                    raise SymaddrError(f"{path}: damaged ELF file ({_why(exc)})") from None
     except OSError as exc:
         raise SymaddrError(f"{path}: {exc.strerror or exc}") from None
 
@@ -208,7 +208,7 @@ def read_objects(path: str, prefix: str = "g_") -> dict[str, tuple[int, int]]:
     except OSError as exc:
         raise SymaddrError(f"{path}: {exc.strerror or exc}") from None
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
-        raise SymaddrError(f"{path}: damaged ELF file ({exc})") from None
+        raise SymaddrError(f"{path}: damaged ELF file ({_why(exc)})") from None
 
 
 def _objects_in(data, table, strtab, prefix: bytes, found) -> None:
@@ -231,3 +231,12 @@ def _objects_in(data, table, strtab, prefix: bytes, found) -> None:
                     found[name] = (value, size)
             pos = data.find(key, pos + 1, sym_end)
         at = data.find(b"\0" + prefix, end, str_end)
+
+
+def _why(exc: Exception) -> str:
+    """A damaged file's fault in the file's terms, not Python's."""
+    if isinstance(exc, OverflowError):
+        return "a header points outside the file"
+    if isinstance(exc, struct.error):
+        return "a table runs past the end of the file"
+    return str(exc)
