@@ -176,7 +176,7 @@ def read(path: str) -> DynamicSymbols:
     except OSError as exc:
         raise DynsymError(f"{path}: {exc.strerror or exc}") from None
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
-        raise DynsymError(f"{path}: damaged ELF file ({_why(exc)})") from None
+        raise DynsymError(f"{path}: damaged ELF file ({damage_reason(exc)})") from None
 
 
 def _parse(path: str, data) -> DynamicSymbols:
@@ -191,7 +191,7 @@ def _parse(path: str, data) -> DynamicSymbols:
         except (DynsymError, struct.error, IndexError, ValueError, OverflowError, KeyError):
             if isinstance(exc, DynsymError):
                 raise exc from None  # what the section headers said, not the fallback's complaint
-            raise DynsymError(f"{path}: damaged ELF file ({_why(exc)})") from None
+            raise DynsymError(f"{path}: damaged ELF file ({damage_reason(exc)})") from None
 
 
 DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_HASH = 5, 6, 10, 4
@@ -366,7 +366,7 @@ def lookup(scope: list[DynamicSymbols], name: str) -> str | None:
     return None
 
 
-def _why(exc: Exception) -> str:
+def damage_reason(exc: Exception) -> str:
     """A damaged file's fault in the file's terms, not Python's."""
     if isinstance(exc, OverflowError):
         return "a header points outside the file"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import struct
 
+from .dynsym import damage_reason as _why
 from .dynsym import gnu_hash
 from .files import map_regular
 from .record import record
@@ -231,12 +232,3 @@ def _objects_in(data, table, strtab, prefix: bytes, found) -> None:
                     found[name] = (value, size)
             pos = data.find(key, pos + 1, sym_end)
         at = data.find(b"\0" + prefix, end, str_end)
-
-
-def _why(exc: Exception) -> str:
-    """A damaged file's fault in the file's terms, not Python's."""
-    if isinstance(exc, OverflowError):
-        return "a header points outside the file"
-    if isinstance(exc, struct.error):
-        return "a table runs past the end of the file"
-    return str(exc)
