@@ -205,3 +205,32 @@ def test_a_fake_runtime_stripped_of_its_section_headers_is_still_traced(stack, p
     assert files[str(stripped)]["kind"] == "runtime replacement"
     (check,) = lib["imports"]
     assert check["missing"] == []
+
+
+def test_attach_reports_the_cuda_files_and_shim_state_of_a_running_server(tmp_path):
+    """A server attached to long after its CUDA init (no init window is ever seen): the report still
+    names its CUDA files and the shim's globals, read when it was left running."""
+    import json
+    import subprocess
+
+    from conftest import BUILD, SHIM_BUILD, run_cli
+
+    # preloaded, the shim stays mapped between the looper's dlopen/dlclose ticks
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, LD_PRELOAD=SHIM_BUILD / "libcuda.so.1", LOOPER_TICK_MS=50)
+    server = subprocess.Popen([str(BUILD / "looper")], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        server.stdout.readline()
+        out = tmp_path / "a.json"
+        proc = run_cli(["attach", str(server.pid), "--timeout", "2", "--json", str(out)], env=env)
+        assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+        (lib,) = json.loads(out.read_text())["libraries"]
+        assert lib["when"] == "when it was left running" and lib["pid"] == server.pid
+        (driver,) = [f for f in lib["files"] if f["role"] == "driver"]
+        assert (driver["kind"], driver["how"]) == ("bundled cudashim", "LD_PRELOAD")
+        (state,) = lib["shims"]
+        assert state["globals"]["g_initialized"]["value"] == 1
+        assert server.poll() is None and "TracerPid:\t0" in open(f"/proc/{server.pid}/status").read()
+    finally:
+        server.kill()
+        server.wait()

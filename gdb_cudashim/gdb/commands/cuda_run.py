@@ -303,6 +303,8 @@ def _end_all(tracer, reason, started):
 def _detach_all(tracer, stopped_before=()) -> list[int]:
     """Leave every process running and exactly as it was: no breakpoint, no patch, settings
     restored, no signal of ours delivered. Returns the pids left running."""
+    for inferior in _live():  # an attached server's CUDA files and shim state (once: none seen at its init)
+        tracer.snapshot(inferior.pid, "when it was left running")
     if session.State.patches:
         gdb.execute("cuda-patch delete all", to_string=True)
     tracer.disarm()  # restores gdb's own settings too: nothing the report needs to say
