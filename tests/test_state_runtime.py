@@ -207,3 +207,29 @@ def test_exports_against_ggmls_imports(stack):
     (entry,) = _result(roles, infos)["runtime_imports"]
     assert entry["missing"] == [] and "fix" not in entry
     assert entry["summary"] == f"fakert/libcudart.so.12 exports all 57 symbols {stack.ggml_cuda.name} imports @libcudart.so.12"
+
+
+def _bindings(preload, stack, probe):
+    """Where ld.so bound libggml-cuda's cuda* imports, from LD_DEBUG=bindings of a real run."""
+    import re
+    import subprocess
+
+    from conftest import env_with
+
+    env = env_with(LD_PRELOAD=preload, LD_LIBRARY_PATH=SEED.parent, GGML_CUDA_LIB=stack.ggml_cuda,
+                   LD_DEBUG="bindings")
+    proc = subprocess.run([str(probe)], env=env, capture_output=True, text=True, timeout=60)
+    out = {}
+    for m in re.finditer(r"binding file \S*libggml-cuda\S* \[0\] to (\S+) \[0\]: normal symbol `(\w+)'", proc.stderr):
+        out[m.group(2)] = os.path.basename(m.group(1))
+    return out
+
+
+def test_where_the_real_loader_binds_ggmls_imports_is_what_the_warning_says(stack, probe, built):
+    """The two-runtimes sentences, checked against ld.so itself (LD_DEBUG=bindings)."""
+    bound = _bindings(FAKERT_OWN, stack, probe)
+    assert {lib for name, lib in bound.items() if name.startswith(("cuda", "__cuda"))} == {"libfakert.so"}, bound
+    bound = _bindings(built["own_v1"], stack, probe)
+    runtime_imports = {n: lib for n, lib in bound.items() if n.startswith(("cuda", "__cuda"))}
+    assert runtime_imports.pop("cudaGetDeviceProperties_v2") == "libcudart.so.12"
+    assert set(runtime_imports.values()) == {"libfakertv1.so"} and len(runtime_imports) == 56, runtime_imports
