@@ -141,3 +141,19 @@ def test_nvidias_debugger_backend_is_not_a_second_driver():
     assert rule_two_drivers(tl) == []
     call(real, "/opt/cuda/libcudart.so.12")  # cudart itself using a second driver is the trap
     assert [f.rule for f in rule_two_drivers(tl)] == ["two-drivers"]
+
+
+def test_entry_point_lookups_fold_into_one_row_but_a_failing_one_keeps_its_own():
+    """cudart's ~440 cuGetProcAddress_v2 lookups are one row (found / not found); any other result
+    (CUDA_ERROR_NOT_INITIALIZED here) is a failure and shows."""
+    from gdb_cudashim.core.report import _condense_calls
+
+    def v2(symbol, result):
+        return {"pid": 1, "function": "cuGetProcAddress_v2", "returned": True, "result": result,
+                "args": {"symbol": symbol}}
+
+    rows = _condense_calls([v2("", 500), v2("cuInit", 0), v2("cuMemMap", 500), v2("cuCtxCreate", 3),
+                            v2("cuStreamCreate", 0)])
+    assert [r.get("summary_args") or r["args"]["symbol"] for r in rows] == [
+        "3 entry points asked for, 2 not found (e.g. cuMemMap)", "cuCtxCreate", "cuStreamCreate"]
+    assert rows[1]["result"] == 3

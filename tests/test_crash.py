@@ -70,3 +70,17 @@ def test_a_wild_pointer_is_not_called_a_null_dereference(stack, probe, tmp_path)
     (f,) = [f for f in report["findings"] if f["rule"] == "crash-in-shim"]
     assert "a wild pointer (a non-canonical address" in f["evidence"][1]
     assert "NULL" not in " ".join(f["evidence"]) + f["fix"]
+
+
+def test_tables_the_real_driver_answered_behind_a_forwarding_shim_are_not_blamed(stack, probe, tmp_path):
+    """The bundled shim forwarding to a driver named like NVIDIA's (a copy of the shim that answers
+    with a blank table): the shim only passed the table on, so no 'your shim must not answer'."""
+    real = tmp_path / "driver" / "libcuda.so.575.57.08"
+    real.parent.mkdir()
+    real.write_bytes((SHIM_BUILD / "libcuda.so.1").read_bytes())
+    proc, report = crash_run(stack, probe, tmp_path, CUDASHIM_MODE="forward", CUDASHIM_REAL_DRIVER=real,
+                             CUDASHIM_EXPORT_TABLE="blank")
+    rules = [f["rule"] for f in report["findings"]]
+    assert "crash-in-runtime" not in rules and "killed-by-signal" in rules, rules
+    (f,) = [f for f in report["findings"] if f["rule"] == "killed-by-signal"]
+    assert "a call through a NULL function pointer" in f["evidence"][1]
