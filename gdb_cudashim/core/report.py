@@ -224,6 +224,8 @@ def _render_libraries(report: dict, s) -> list[str]:
     against libggml-cuda's imports, the soname interplay, and every shim's g_* globals."""
     from tabulate import tabulate
 
+    from .state import format_value
+
     out = []
     for lib in report.get("libraries") or []:
         if not lib["files"]:
@@ -243,7 +245,7 @@ def _render_libraries(report: dict, s) -> list[str]:
         for shim in lib.get("shims") or []:
             values = []
             for name, v in shim["globals"].items():
-                value = f"<{v['error']}>" if v.get("error") else _value(v.get("value"))
+                value = f"<{v['error']}>" if v.get("error") else format_value(v.get("value"))
                 values.append(f"{name}={value}")
             text = ", ".join(values)
             if not values:
@@ -257,16 +259,6 @@ def _render_libraries(report: dict, s) -> list[str]:
 
 
 GLOBALS_LINE = 600  # the shims' globals on one line, cut; --json has them all
-
-
-def _value(v) -> str:
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}={_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, str) and not v.startswith("0x"):
-        return repr(v)
-    return str(v)
 
 
 MAX_LINE = 400  # an error text longer than this is cut on screen; --json has all of it

@@ -286,11 +286,12 @@ def _cell(text: str, width: int = CELL_WIDTH) -> str:
     return f"{text[:width]}... ({len(text) - width} more characters)"
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
+    """A global's value as the text report shows it (cuda-state and the run report's shim state)."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, More):
         return f"... {value}"
     if isinstance(value, str):
@@ -359,7 +360,7 @@ def render(result: dict, color: bool = False) -> list[str]:
         if st["globals"]:
             rows = []
             for name, v in st["globals"].items():
-                value = _cell(_fmt(v.get("value")) if v.get("error") is None else f"<{v['error']}>")
+                value = _cell(format_value(v.get("value")) if v.get("error") is None else f"<{v['error']}>")
                 if v.get("more_bytes"):
                     value += f" (+{v['more_bytes']} bytes not read)"
                 rows.append([name, _cell(v.get("type") or f"{v.get('size')} bytes"), value])
