@@ -30,10 +30,10 @@ def parent_pid(pid: int) -> int | None:
         return None
 
 
-def mapped_files(pid: int) -> dict[str, int | None]:
-    """Every file mapped into PID, in load order, with its load base (the start of its
-    offset-0 mapping; None if there is none)."""
-    files: dict[str, int | None] = {}
+def file_mappings(pid: int) -> list[tuple[int, int, int, str]]:
+    """(start, end, file offset, path) of every file mapping of PID, in address order; OSError
+    if its maps cannot be read."""
+    out = []
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             parts = line.split(maxsplit=5)
@@ -42,8 +42,18 @@ def mapped_files(pid: int) -> dict[str, int | None]:
             path = parts[5].strip()
             if path.endswith(" (deleted)"):
                 path = path[: -len(" (deleted)")]
-            if files.get(path) is None:
-                files[path] = int(parts[0].split("-")[0], 16) if int(parts[2], 16) == 0 else None
+            start, end = parts[0].split("-")
+            out.append((int(start, 16), int(end, 16), int(parts[2], 16), path))
+    return out
+
+
+def mapped_files(pid: int) -> dict[str, int | None]:
+    """Every file mapped into PID, in load order, with its load base (the start of its
+    offset-0 mapping; None if there is none)."""
+    files: dict[str, int | None] = {}
+    for start, _end, offset, path in file_mappings(pid):
+        if files.get(path) is None:
+            files[path] = start if offset == 0 else None
     return files
 
 

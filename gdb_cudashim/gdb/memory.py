@@ -5,6 +5,8 @@ import os
 
 import gdb
 
+from ..core.procfs import file_mappings
+
 MASK64 = (1 << 64) - 1
 
 
@@ -119,17 +121,10 @@ def _mapped_file(address: int) -> str | None:
         return None
     for fresh in (False, True):
         if fresh or pid not in _MAPS:
-            spans = []
             try:
-                with open(f"/proc/{pid}/maps") as f:
-                    for line in f:
-                        parts = line.split(maxsplit=5)
-                        if len(parts) == 6 and parts[5].startswith("/"):
-                            lo, hi = parts[0].split("-")
-                            spans.append((int(lo, 16), int(hi, 16), parts[5].rstrip("\n")))
+                _MAPS[pid] = [(lo, hi, path) for lo, hi, _offset, path in file_mappings(pid)]
             except OSError:
                 return None
-            _MAPS[pid] = spans
         for lo, hi, path in _MAPS[pid]:
             if lo <= address < hi:
                 return path
