@@ -54,8 +54,11 @@ def read_functions(path: str, names, symtab: bool = False) -> FileFunctions:
             try:
                 return _read(path, data, names, symtab)
             except (struct.error, IndexError, ValueError, OverflowError) as exc:
+                load = _first_load(data)
                 try:  # damaged section headers: ld.so does not read them
-                    return _via_dynamic(path, data, names, _first_load(data))
+                    if load is None:
+                        raise ValueError("no loadable segment")
+                    return _via_dynamic(path, data, names, load)
                 except (SymaddrError, struct.error, IndexError, ValueError, OverflowError):
                     raise SymaddrError(f"{path}: damaged ELF file ({_why(exc)})") from None
     except OSError as exc:
@@ -65,14 +68,9 @@ def read_functions(path: str, names, symtab: bool = False) -> FileFunctions:
 def _read(path, data, names, symtab) -> FileFunctions:
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise SymaddrError(f"{path}: not a 64-bit little-endian ELF file")
-    phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
-    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
-    load = None
-    for i in range(phnum):
-        p_type, _flags, p_offset, p_vaddr = struct.unpack_from("<IIQQ", data, phoff + i * phentsize)
-        if p_type == PT_LOAD:
-            load = (p_vaddr & ~PAGE, p_offset & ~PAGE)
-            break
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    load = _first_load(data)
     if load is None:
         raise SymaddrError(f"{path}: no loadable segment")
     if not shoff or not shnum:
@@ -91,14 +89,15 @@ def _read(path, data, names, symtab) -> FileFunctions:
                          load_vaddr=load[0], load_offset=load[1])
 
 
-def _first_load(data) -> tuple[int, int]:
+def _first_load(data) -> tuple[int, int] | None:
+    """(page-aligned p_vaddr, p_offset) of the first PT_LOAD, None if there is none."""
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     for i in range(phnum):
         p_type, _flags, p_offset, p_vaddr = struct.unpack_from("<IIQQ", data, phoff + i * phentsize)
         if p_type == PT_LOAD:
             return p_vaddr & ~PAGE, p_offset & ~PAGE
-    raise ValueError("no loadable segment")
+    return None
 
 
 def _via_dynamic(path, data, names, load) -> FileFunctions:
