@@ -45,6 +45,11 @@ def preloaded(tl: Timeline, pid: int) -> list[tuple[str, str]]:
     return out
 
 
+def preloaded_files(tl: Timeline, pid: int) -> set[str]:
+    """The real paths of PID's preloads: what a mapped file is compared with."""
+    return {os.path.realpath(path) for path, _ in preloaded(tl, pid)}
+
+
 DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
 
 

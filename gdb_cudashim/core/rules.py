@@ -330,7 +330,7 @@ def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
             continue
         mapped = {os.path.basename(f["path"]): f["path"] for f in snap.files if f["role"] == "runtime"}
         ggml = [f["path"] for f in snap.files if f["role"] == "ggml-cuda"]
-        preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, snap.pid)}
+        preloaded = interpose.preloaded_files(tl, snap.pid)
         for d in (start.env.get("LD_LIBRARY_PATH") or "").split(":"):
             if not d:
                 continue
@@ -386,7 +386,7 @@ def rule_shared_globals(tl: Timeline) -> list[Finding]:
 
     out = []
     for snap in tl.libraries:
-        preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, snap.pid)}
+        preloaded = interpose.preloaded_files(tl, snap.pid)
         shims = [f["path"] for f in snap.files if f["role"] in ("driver", "runtime", "nvml")
                  and not runtime.made_by_nvidia(f["path"], f["role"])]
         exported = {}
@@ -425,7 +425,7 @@ def rule_two_runtimes(tl: Timeline) -> list[Finding]:
     for snap in tl.libraries:
         runtimes = [f["path"] for f in snap.files if f["role"] == "runtime"]
         nvidia = [p for p in runtimes if runtime.is_nvidia_runtime(p)]
-        preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, snap.pid)}
+        preloaded = interpose.preloaded_files(tl, snap.pid)
         # only a preload comes before libggml-cuda's own DT_NEEDED in the search for its imports
         shims = [p for p in runtimes if p not in nvidia and os.path.realpath(p) in preloaded
                  and runtime.forwarded_to(tl, snap.pid, p) is None]

@@ -85,9 +85,12 @@ def is_nvidia_runtime(path: str) -> bool:
 NVIDIA_EXPORTS = 300  # cudart 12.9 exports 436 names, 13.5 459; a stand-in exports what it implements
 
 
+RUNTIME_MARKERS = ("cudaGetDeviceCount", "__cudaRegisterFatBinary")  # a file exporting either is a runtime
+
+
 def exports_runtime(exports) -> bool:
     """EXPORTS (names) hold the runtime's entry points."""
-    return "cudaGetDeviceCount" in exports or "__cudaRegisterFatBinary" in exports
+    return any(name in exports for name in RUNTIME_MARKERS)
 
 
 def is_runtime_file(path: str) -> bool:
@@ -97,7 +100,7 @@ def is_runtime_file(path: str) -> bool:
 
     try:
         dyn = read_cached(path)
-        return any(dyn.dlsym_finds(n) for n in ("cudaGetDeviceCount", "__cudaRegisterFatBinary"))
+        return any(dyn.dlsym_finds(n) for n in RUNTIME_MARKERS)
     except (DynsymError, OSError, ValueError):
         return False
 

@@ -183,7 +183,7 @@ def _snapshot(tl, inferior, pid: int, when: str) -> None:
         mapped = mapped_files(pid)
     except (OSError, ProcError):
         return
-    preloaded = {os.path.realpath(p) for p, _ in interpose.preloaded(tl, pid)}
+    preloaded = interpose.preloaded_files(tl, pid)
     files, shims = [], []
     for path, base in mapped.items():
         role = runtime.mapped_role(path, preloaded)
