@@ -234,3 +234,33 @@ def test_attach_reports_the_cuda_files_and_shim_state_of_a_running_server(tmp_pa
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_device_query_asked_thousands_of_times_after_init_stops_being_traced(tmp_path):
+    """ggml's memory fitting asks the same device queries over and over after init: the first
+    calls are kept, then that function is no longer a stop in that process (it was two each)."""
+    from conftest import BUILD
+
+    env = env_with(LD_LIBRARY_PATH=SEED, RT_PROBE_REPEAT="5000")
+    proc, report = run_report(tmp_path, [BUILD / "rt_probe", FAKERT], env)
+    asked = [c for c in report["calls"] if c["function"] == "cudaGetDeviceCount"]
+    assert len(asked) == 64, len(asked)
+    assert report["stops"] < 1000, report["stops"]  # 10002 had every call been traced
+    assert any("called cudaGetDeviceCount more than 64 times after its CUDA init" in n for n in report["notes"])
+
+
+def test_real_llama_cli_using_the_fake_device_runs_to_its_end(gemma_model, tmp_path):
+    """llama-cli with the fake runtime goes past init and uses the device: ggml_cuda_info() is
+    called by every CUDA operation and the device queries by the memory fitting, tens of thousands
+    of times. Each window breakpoint and each over-asked query stops being a stop in that process,
+    so the program ends by itself (it fails to allocate on a 0-byte device) instead of crawling."""
+    from gdb_cudashim import realprogs
+
+    cli, backend = realprogs.path("llama-cli"), realprogs.path("ggml-cuda")
+    env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=SEED, GGML_BACKEND_PATH=backend)
+    proc, report = run_report(tmp_path, [cli, "-m", gemma_model, "-p", "Hello", "-n", "8", "--temp", "0",
+                                         "--single-turn", "--simple-io", "-t", "2", "-c", "512"], env, timeout=240)
+    (end,) = [p for p in report["processes"] if p["what"] == "exit"]
+    assert end["exit_code"] == 1 and not report.get("left_running"), report["notes"]
+    assert report["stops"] < 5000, report["stops"]  # ~130,000 when every call was a stop
+    assert {"device-compute-capability", "device-no-memory"} <= set(rules_of(report))

@@ -121,11 +121,17 @@ class CallBreakpoint(FunctionBreakpoint):
     def __init__(self, tracer, spec, address=None):
         self.spec = spec
         super().__init__(tracer, spec.name, address=address)
+        from .capture import RESUME
+
+        self.commands = "silent\n" + RESUME  # run only at the one real stop of tracer.past_cap
 
     def handle(self):
         tracer = self.tracer
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
+        skip, real_stop = tracer.past_cap(pid, self.spec.name, self)
+        if skip:
+            return real_stop
         nargs = len(self.spec.args)
         pc, rsp, *raw = self.pc_and("rsp", *ARG_REGISTERS[:nargs])
         args = {}
@@ -302,9 +308,12 @@ class WindowBreakpoint(FunctionBreakpoint):
         tracer.capture.open_window(pid)
         failed = self.function.startswith("cuda")  # cudaGetDeviceCount: rax is its cudaError_t
         _finish(tracer, lambda rax: tracer.capture.close_window(pid, failed and rax & 0xFFFFFFFF != 0))
+        # each window opens once per process: this breakpoint is done there (ggml_cuda_info() is
+        # called again by every CUDA operation of a working backend: a stop each otherwise)
+        needs_stop = tracer.retire(self)
         # the real stop is needed only where other threads run (a single thread is resumed
         # with the capture on anyway): a log thread, a driver's threads
-        return not was_capturing and len(gdb.selected_inferior().threads()) > 1
+        return (not was_capturing or needs_stop) and len(gdb.selected_inferior().threads()) > 1
 
 
 _CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls

@@ -36,6 +36,7 @@ class Placer:
         self.placed: dict[gdb.Progspace, dict[str, list[tuple[str, int]]]] = {}  # file -> what it defines
         self._cache: dict[tuple[str, int, int], symaddr.FileFunctions] = {}
         self._ours: set[int] = set()
+        self._retired: dict[int, set] = {}  # breakpoint number -> program spaces it no longer stops in
         self._busy = False
         self._events = Subscriptions()
 
@@ -141,6 +142,13 @@ class Placer:
             finally:
                 self._busy = False
 
+    def retire(self, progspace, bp) -> None:
+        """Stop breaking at BP in PROGSPACE only: a window already open there, a function one
+        process calls over and over after its init. Other processes, and other breakpoints at
+        the same address, keep their locations."""
+        self._retired.setdefault(bp.number, set()).add(progspace)
+        self._reconcile_one(bp, self._spaces())
+
     # ---------------------------------------------------------- locations --
     @staticmethod
     def _spaces():
@@ -159,8 +167,10 @@ class Placer:
         where = getattr(bp, "placed_at", None)
         self._busy = True
         try:
+            retired = self._retired.get(bp.number, ())
             for loc in bp.locations:
-                want = any(where in self.valid.get(spaces.get(num), ()) for num in loc.thread_groups)
+                want = any(where in self.valid.get(spaces.get(num), ()) and spaces.get(num) not in retired
+                           for num in loc.thread_groups)
                 if loc.enabled != want:
                     loc.enabled = want
         except (gdb.error, RuntimeError):

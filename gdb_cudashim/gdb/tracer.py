@@ -28,6 +28,12 @@ from .events import Subscriptions
 from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, LookupBreakpoint, Return,
                        WindowBreakpoint, delete_quietly)
 
+# Calls of one CUDA function by one process after its init that are recorded; later ones are not
+# traced there (ggml's memory fitting asks cudaMemGetInfo and the device properties thousands
+# of times: a stop each, with every thread of a server stopped). Inside an init window, and for
+# cudart's own entry-point lookups (~440 per init, bounded), every call counts.
+CALLS_KEPT = 64
+UNCAPPED = ("cuGetProcAddress_v2", "cuGetProcAddress")
 FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
@@ -57,6 +63,8 @@ class Tracer:
         self.exes: dict[int, str] = {}
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
+        self.call_counts: dict[tuple[int, str], int] = {}
+        self.capped: set[tuple[int, str]] = set()  # (pid, function) no longer traced: past_cap
         self.hang = None
         self.stop_reason = None  # set by the watchdog (gdb/control.py): why the run was stopped
         self.ending = None  # cuda-run is killing the processes, and why
@@ -210,6 +218,32 @@ class Tracer:
         self.pending_dlerror[pid] = load
         self.set_dlerror_capture(True)
         self.capture.after_failed_load(pid)
+
+    def past_cap(self, pid, function, bp) -> tuple[bool, bool]:
+        """(skip this call, make a real stop): skip when PID has made more than CALLS_KEPT calls
+        of FUNCTION outside its init window. The first time, BP's location in this process goes;
+        gdb 13 applies that to the other threads only at a real stop (it resumes just the
+        stopped thread after a "don't stop"), so that once the stop is real."""
+        key = (pid, function)
+        count = self.call_counts[key] = self.call_counts.get(key, 0) + 1
+        if count <= CALLS_KEPT or function in UNCAPPED or self.capture.window_depth.get(pid):
+            return False, False
+        if key in self.capped:
+            return True, False
+        self.capped.add(key)
+        self.note(f"pid {pid} called {function} more than {CALLS_KEPT} times after its CUDA init: the first "
+                  f"{CALLS_KEPT} are in the report, the later ones were not traced")
+        return True, self.retire(bp)
+
+    def retire(self, bp) -> bool:
+        """BP no longer stops in the selected process (located.Placer.retire); True when a real
+        stop is needed for that to reach its other threads (gdb 13 resumes only the stopped
+        thread after a "don't stop")."""
+        if getattr(bp, "placed_at", None) is None or self.placer is None:
+            return False  # placed by name (--by-name): it stays
+        inferior = gdb.selected_inferior()
+        self.placer.retire(inferior.progspace, bp)
+        return len(inferior.threads()) > 1
 
     def snapshot(self, pid, when):
         """PID's CUDA files and its shims' g_* globals, once (gdb/shimstate.py)."""
