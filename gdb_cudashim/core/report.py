@@ -37,6 +37,9 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "processes": [event_to_dict(p) for p in tl.processes],
         "hang": hang,
         "stops": tl.stops,
+        "observed": [{"pid": pid, "how": tl.observed.get(pid, "debugger stops"), "stops": tl.cost.get(pid, [0, 0.0])[0],
+                      "stop_handler_ms": round(tl.cost.get(pid, [0, 0.0])[1] * 1000, 1)}
+                     for pid in dict.fromkeys(p.pid for p in tl.processes if p.what == "start")],
         "notes": list(tl.notes),
         "chains": interpose.chains(tl),
         "libraries": runtime.describe(tl),
@@ -91,11 +94,20 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     still = "running" if not report["hang"] else ("hung" if report["hang"].get("reason", "timeout") == "timeout"
                                                    else "ended by us")
     if procs:
+        seen = {o["pid"]: o for o in report.get("observed") or ()}
+
+        def how(pid):
+            o = seen.get(pid)
+            if o is None:
+                return ""
+            way = "in-process" if o["how"] == "in-process" else "stops"
+            return f"{way}, {o['stops']} stops"
+
         rows = [[p["pid"], p.get("parent") or "", _b(p.get("detail")),
-                 exits.get(p["pid"], "left running" if p["pid"] in left else still)] for p in procs]
+                 exits.get(p["pid"], "left running" if p["pid"] in left else still), how(p["pid"])] for p in procs]
         out.append("")
         out.append(s("bold", "Processes"))
-        out += tabulate(rows, headers=["pid", "parent", "program", "exit"], tablefmt="simple").splitlines()
+        out += tabulate(rows, headers=["pid", "parent", "program", "exit", "recorded"], tablefmt="simple").splitlines()
 
     out.append("")
     if report["errors"]:

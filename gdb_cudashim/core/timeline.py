@@ -6,6 +6,7 @@ Pure: never imports gdb.
 from __future__ import annotations
 
 import re
+import time
 
 from . import codes
 from .calls import SPECS, is_cuda_symbol, role_of
@@ -91,9 +92,10 @@ class Lookup:
     version: str | None
     found: bool | None  # None: no return seen
     address: int = 0  # the address returned (watched returns only)
-    found_by: str | None = None  # "return" (watched) | "symbol table" (core.dynsym's answer)
+    found_by: str | None = None  # "return" (watched) | "symbol table" (core.dynsym's answer) | "recorded" (in the process)
     provider: str | None = None  # the library the result lies in
     caller: str | None = None  # the library that asked
+    hook: str | None = None  # the library whose dlsym hook answered (an interposer), not the C library's
     kind: str = "lookup"
 
 
@@ -210,15 +212,48 @@ class Timeline:
     patterns: tuple[str, ...] = DEFAULT_ERROR_PATTERNS
     notes: list[str] = factory(list)
     _seq: int = 0
+    _times: dict = factory(dict)  # id(event) -> when it happened (Timeline.add)
+    cost: dict = factory(dict)  # pid -> [debugger stops, seconds in our stop handlers]: what the tool cost it
+    observed: dict = factory(dict)  # pid -> how its lookups and calls were seen ("in-process", or why breakpoints)
     hang: dict | None = None  # the threads at a timeout/interrupt, their locks and spins (session.collect_hang)
 
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def add(self, event):
+    def add(self, event, t_ns: int | None = None):
+        """EVENT happened at T_NS (CLOCK_MONOTONIC; now when not given: gdb records an event while
+        its process is stopped, so now is in order with what the process recorded itself)."""
         self.events.append(event)
+        self._times[id(event)] = time.monotonic_ns() if t_ns is None else t_ns
         return event
+
+    def count_stop(self, pid: int, seconds: float = 0.0) -> None:
+        """One debugger stop of PID, and the time our handler spent in it."""
+        self.stops += 1
+        entry = self.cost.get(pid)
+        if entry is None:
+            entry = self.cost[pid] = [0, 0.0]
+        entry[0] += 1
+        entry[1] += seconds
+
+    def order(self) -> None:
+        """Put the events in the order they happened and number them so: what the processes
+        recorded themselves (core/recorder.py) arrives in batches, after gdb's own events. A
+        process's start comes before anything it did."""
+        times = self._times
+        first: dict[int, int] = {}
+        for e in self.events:
+            t = times.get(id(e), 0)
+            if e.kind != "process" or e.what != "start":
+                first[e.pid] = min(first.get(e.pid, t), t)
+        for e in self.events:
+            if e.kind == "process" and e.what == "start" and e.pid in first:
+                times[id(e)] = min(times.get(id(e), 0), first[e.pid] - 1)
+        self.events.sort(key=lambda e: times.get(id(e), 0))
+        for i, e in enumerate(self.events, 1):
+            e.seq = i
+        self._seq = len(self.events)
 
     def of(self, kind: str) -> list:
         return [e for e in self.events if e.kind == kind]

@@ -107,6 +107,7 @@ class Capture:
         self.tracer.arm_lookups()
 
     def close_window(self, pid, failed=False):
+        self.tracer.recording.drain(pid)  # the calls it recorded itself in the window: did the init fail?
         depth = self.window_depth.get(pid, 0) - 1
         self.window_depth[pid] = max(depth, 0)
         if depth <= 0:
@@ -139,7 +140,7 @@ class Capture:
     def on_syscall(self) -> bool:
         """A write/writev entry or return, from the catchpoint's condition. True: stop, so that
         the catchpoint's commands can disable it (the window has closed)."""
-        self.tracer.timeline.stops += 1
+        self.tracer.timeline.count_stop(gdb.selected_inferior().pid)
         if not self.window_open():
             return True
         rax, nr, rdi, rsi, rdx = memory.regs("rax", "orig_rax", "rdi", "rsi", "rdx")
@@ -180,6 +181,7 @@ class Capture:
         text = data.decode("utf-8", "replace")
         if not self.tracer.timeline.matches_error(text):
             return False
+        self.tracer.recording.drain(pid)  # what it recorded itself comes before the error text
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
         self.pending_writes[tid] = self.tracer.timeline.add(Write(seq=self.tracer.timeline.next_seq(), pid=pid, tid=tid, fd=fd,
                                                            text=text, via=via, backtrace=frames))
@@ -210,6 +212,7 @@ class Capture:
         from .session import thread_snapshot
 
         k, self.pending_kill = self.pending_kill, None
+        self.tracer.recording.drain(k["pid"])
         self.tracer.snapshot(k["victim"], "before it was killed")
         threads = []
         for inferior in gdb.inferiors():

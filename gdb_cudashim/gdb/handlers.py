@@ -6,6 +6,7 @@ gdb/capture.py, the dlsym model in core/lookups.py.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import gdb
@@ -38,11 +39,13 @@ class Handler:
 
     def stop(self):  # noqa: D401 - gdb's API
         tracer = self.tracer
-        tracer.timeline.stops += 1
+        started = time.perf_counter()
         try:
             return bool(self.handle())  # True only where a real stop is needed (see WindowBreakpoint)
         except Exception as exc:  # a bug here must not stop the user's program
             tracer.note_internal(f"{type(self).__name__}: {type(exc).__name__}: {exc}")
+        finally:
+            tracer.timeline.count_stop(gdb.selected_inferior().pid, time.perf_counter() - started)
         return False
 
     def handle(self):
@@ -129,6 +132,8 @@ class CallBreakpoint(FunctionBreakpoint):
         tracer = self.tracer
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
+        if tracer.recorded(pid):
+            return False  # the process records this call itself (its location here is on its way out)
         skip, real_stop = tracer.past_cap(pid, self.spec.name, self)
         if skip:
             return real_stop
@@ -251,8 +256,10 @@ class LookupBreakpoint(FunctionBreakpoint):
         tracer = self.tracer
         inferior = gdb.selected_inferior()
         pc, handle, sym_ptr, rsp = self.pc_and("rdi", "rsi", "rsp")
-        symbol = memory.read_cstring(inferior, sym_ptr, 512)
         pid, tid = memory.ptid()
+        if tracer.recorded(pid):
+            return  # the process records its lookups itself
+        symbol = memory.read_cstring(inferior, sym_ptr, 512)
         asked = tracer.handle_library(inferior, pid, handle)
         if not (is_cuda_symbol(symbol) or is_cuda_library(asked)):
             return
@@ -304,6 +311,7 @@ class WindowBreakpoint(FunctionBreakpoint):
         if key in tracer.capture.windows_done:
             return False
         tracer.capture.windows_done.add(key)
+        tracer.recording.drain(pid)  # what the process recorded before its init, in order
         was_capturing = tracer.capture.capturing()
         tracer.capture.open_window(pid)
         failed = self.function.startswith("cuda")  # cudaGetDeviceCount: rax is its cudaError_t

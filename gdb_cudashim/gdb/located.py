@@ -27,10 +27,11 @@ class Placer:
     """For NAMES, calls MAKE(name, address) -> [breakpoint at '*address', ...] once per address
     any loaded file defines the function at, and keeps those breakpoints' locations true."""
 
-    def __init__(self, names, make, note):
+    def __init__(self, names, make, note, wanted=None):
         self.names = tuple(sorted(set(names)))
         self.make = make
         self.note = note
+        self.wanted = wanted  # wanted(progspace, bp): False keeps BP's location there disabled
         self.bps: dict[tuple[str, int], list[gdb.Breakpoint]] = {}
         self.valid: dict[gdb.Progspace, set[tuple[str, int]]] = {}  # where each (name, address) is true
         self.placed: dict[gdb.Progspace, dict[str, list[tuple[str, int]]]] = {}  # file -> what it defines
@@ -168,9 +169,10 @@ class Placer:
         self._busy = True
         try:
             retired = self._retired.get(bp.number, ())
+            wanted = self.wanted or (lambda _space, _bp: True)
             for loc in bp.locations:
                 want = any(where in self.valid.get(spaces.get(num), ()) and spaces.get(num) not in retired
-                           for num in loc.thread_groups)
+                           and wanted(spaces.get(num), bp) for num in loc.thread_groups)
                 if loc.enabled != want:
                     loc.enabled = want
         except (gdb.error, RuntimeError):

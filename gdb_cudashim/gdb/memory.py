@@ -8,6 +8,7 @@ import gdb
 from ..core.procfs import file_mappings
 
 MASK64 = (1 << 64) - 1
+_RECORDER = "/libcudashim-audit.so"  # core.recorder.AUDIT_LIBRARY: its frames are hidden from backtraces
 
 
 def reg(frame: gdb.Frame, name: str) -> int:
@@ -203,7 +204,9 @@ def backtrace(limit: int = 32) -> list[tuple[str, str | None, int, str | None]]:
             sal = frame.find_sal()
             if sal is not None and sal.symtab is not None and sal.line:
                 where = f"{sal.symtab.filename}:{sal.line}"
-            out.append((name, solib(pc), pc, where))
+            library = solib(pc)
+            if not (library and library.endswith(_RECORDER)):  # the recorder's wrapper: not the program's
+                out.append((name, library, pc, where))
             frame = frame.older()
         except gdb.error:
             break

@@ -64,6 +64,8 @@ def thread_snapshot(inferior, limit=48) -> list[dict]:
 def collect_hang(reason: str = "timeout") -> dict:
     """Every thread's backtrace in every live inferior, and the shim frame each waits in."""
     threads = []
+    if State.tracer is not None:
+        State.tracer.recording.drain()  # the calls in progress: their entries are recorded
     for inferior in gdb.inferiors():
         if inferior.pid:
             threads += thread_snapshot(inferior)
@@ -88,6 +90,9 @@ def collect_hang(reason: str = "timeout") -> dict:
 
 def build_report(meta=None) -> dict:
     t = State.tracer
+    t.recording.finish()
+    t.timeline.observed.update(t.recording.how)
+    t.timeline.order()
     t.timeline.hang = t.hang
     findings = rules.analyze(t.timeline, explain_load)
     for text in t.internal_errors:

@@ -24,6 +24,7 @@ from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Load, ProcessEvent, Timeline, relevant_env
 from . import located, memory
 from .capture import Capture
+from .recording import Recording
 from .events import Subscriptions
 from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, LookupBreakpoint, Return,
                        WindowBreakpoint, delete_quietly)
@@ -51,6 +52,7 @@ class Tracer:
         self.lookup_bps: list[LookupBreakpoint] = []
         self.dlerror_bps: list[DlerrorBreakpoint] = []
         self.capture = Capture(self)
+        self.recording = Recording(self)  # lookups and calls recorded inside the process (gdb/recording.py)
         self.lookups = LookupModel(self.note)
         self.pending_dlerror: dict[int, Load] = {}
         self.lookup_count = 0
@@ -81,11 +83,14 @@ class Tracer:
         sigurg = self._sigurg_warning()
         if sigurg:
             messages.append(sigurg)
+        recorder = self.recording.arm()
+        if recorder:
+            messages.append(recorder)
         if self.by_name:
             for name in TRACED_FUNCTIONS:
                 self._make(name)
         else:
-            self.placer = located.Placer(TRACED_FUNCTIONS, self._make, self.note)
+            self.placer = located.Placer(TRACED_FUNCTIONS, self._make, self.note, wanted=self._wanted)
         self.capture.ensure_catch()
         self._connect()
         if self.placer is not None:
@@ -146,7 +151,22 @@ class Tracer:
         self._events.connect((gdb.events.exited, self._on_exited),
                              (gdb.events.new_objfile, self._on_new_objfile),
                              (gdb.events.free_objfile, self._on_free_objfile),
+                             (gdb.events.clear_objfiles, self._on_clear_objfiles),
                              (gdb.events.stop, self._on_stop))
+
+    # A process that records its own lookups and calls (gdb/recording.py) needs no breakpoint on
+    # them: those locations stay disabled in its program space, and gdb stops only for the rare.
+    RECORDED_KINDS = (CallBreakpoint, LookupBreakpoint)
+
+    def _wanted(self, progspace, bp) -> bool:
+        """located.Placer asks: should BP stop in PROGSPACE's process?"""
+        if not isinstance(bp, self.RECORDED_KINDS):
+            return True
+        pid = next((i.pid for i in gdb.inferiors() if i.pid and i.progspace == progspace), 0)
+        return not (pid and self.recording.recorded(pid))
+
+    def recorded(self, pid) -> bool:
+        return self.recording.recorded(pid)
 
     def _on_stop(self, event):
         """A fatal signal stop (SIGABRT from ggml's CUDA_CHECK, a SIGSEGV inside cudart): the
@@ -161,6 +181,7 @@ class Tracer:
         """Where the thread that got SIGNAL_NAME is: its frames and the faulting address."""
         from ..core.timeline import Crash, Frame
 
+        self.recording.drain(pid)  # what it recorded before it faulted comes first
         earlier = [c for c in self.timeline.crashes if c.pid == pid and c.signal == signal_name]
         if len(earlier) >= 8:
             return  # a program that handles its own SIGSEGVs (a JVM): enough of them
@@ -189,6 +210,7 @@ class Tracer:
         self.capture.delete()
         delete_quietly([bp for bp in gdb.breakpoints() if isinstance(bp, Return)])  # returns still pending
         self.breakpoints.clear()
+        self.recording.disarm()
         for name, value in self.saved_settings.items():
             gdb.execute(f"set {name} {value}", to_string=True)
             messages.append(f"restored {name} {value}")
@@ -249,6 +271,7 @@ class Tracer:
         """PID's CUDA files and its shims' g_* globals, once (gdb/shimstate.py)."""
         from . import shimstate
 
+        self.recording.drain(pid)
         try:
             shimstate.snapshot(self, pid, when)
         except Exception as exc:  # a bonus: never let it break the trace
@@ -315,6 +338,13 @@ class Tracer:
         self.handle_names.clear()
         memory.forget_maps()
 
+    def _on_clear_objfiles(self, event):
+        """A program space emptied (an exec, a re-run): its process is classified anew."""
+        self.recording.forget_space(event.progspace)
+        for inferior in gdb.inferiors():
+            if inferior.pid and inferior.progspace == event.progspace:
+                self.recording.exec_seen(inferior.pid)
+
     def _on_new_objfile(self, event):
         self.handle_names.clear()
         memory.forget_maps()
@@ -324,11 +354,24 @@ class Tracer:
                 self.seen_pid(inferior.pid, inferior.num)
                 self._check_exec(inferior.pid)
             filename = getattr(event.new_objfile, "filename", None)
+            if inferior.pid and self.recording.library:
+                self._classify(inferior)
             if is_cuda_library(filename):
                 self.capture.ensure_catch()
                 self._loaded(inferior.pid, filename)
         except gdb.error as exc:
             self.note_internal(f"new_objfile: {exc}")
+
+    def _classify(self, inferior):
+        """Once ld.so has loaded the process's libraries, whether it records in-process; the
+        breakpoints it no longer needs are then disabled there, and gdb gets the recorder's
+        symbols (to unwind through its wrappers)."""
+        rec = self.recording
+        decided = inferior.pid in rec.how
+        if rec.recorded(inferior.pid):
+            rec.add_symbols(inferior.progspace, inferior.pid)
+        if not decided and inferior.pid in rec.how and self.placer is not None:
+            self.placer.reconcile()
 
     def _loaded(self, pid, filename):
         """A CUDA library mapped: a dlopen of it whose return was not seen (a call through
@@ -345,6 +388,7 @@ class Tracer:
         except OSError:
             return
         if self.exes.get(pid) not in (None, exe):
+            self.recording.exec_seen(pid)
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exec", detail=exe))
             start = self.timeline.process_start(pid)
             if start is not None:
@@ -364,6 +408,7 @@ class Tracer:
             return
         self.live_pids.discard(pid)
         memory.forget_maps(pid)
+        self.recording.drain(pid, final=True)  # its last records, before its exit
         code = getattr(event, "exit_code", None)
         if self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
@@ -389,7 +434,7 @@ class Tracer:
         if not self.live_pids or not (self.capture.windows_done or self.timeline.loads):
             return None
         now = time.monotonic()
-        count = len(self.timeline.events)
+        count = len(self.timeline.events) + self.recording.activity()  # what processes record themselves too
         if any(self.capture.window_depth.values()) or count != self._settle_count:
             self._settle_count, self._settle_since = count, now
             return None
