@@ -30,7 +30,12 @@ stack: venv
 shim: stack
 	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
 
-programs: build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter build/forkn build/rt_probe
+programs: build/libvgpu.so build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter build/forkn build/rt_probe
+
+# the test interposer (HAMi-core's shape: LD_PRELOADed under its own soname, hooks dlsym, cu* and nvml*)
+build/libvgpu.so: tests/programs/lib/interposer.c | system-deps
+	@mkdir -p build
+	cc -g -O0 -fPIC -shared -Wno-nonnull-compare -Wl,-soname,libvgpu.so -o $@ $< -ldl
 
 # a program with no shared libraries at all: what a child may exec
 build/static_child: tests/programs/static_child.c | system-deps

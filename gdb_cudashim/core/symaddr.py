@@ -165,10 +165,13 @@ def _find_in_table(data, table, strtab, names, found) -> None:
             at = data.find(needle, at + 1, str_end)
 
 
-def load_bias(maps: str, ino: int, dev: int, functions: FileFunctions) -> int | None:
-    """The load bias of the file (inode INO on device DEV) in a process whose
-    /proc/PID/maps text is MAPS: where its first PT_LOAD was mapped, minus its vaddr."""
+def load_biases(maps: str, ino: int, dev: int, functions: FileFunctions) -> list[int]:
+    """Every load bias of the file (inode INO on device DEV) in a process whose /proc/PID/maps
+    text is MAPS: where each copy of its first PT_LOAD was mapped, minus its vaddr. A file is
+    mapped more than once when it is loaded in more than one link-map namespace: the C library
+    of an rtld-audit library's namespace (the in-process recorder's) beside the program's own."""
     major, minor = os.major(dev), os.minor(dev)
+    out = []
     for line in maps.splitlines():
         parts = line.split(None, 5)
         if len(parts) < 5 or parts[4] == "0":
@@ -182,8 +185,15 @@ def load_bias(maps: str, ino: int, dev: int, functions: FileFunctions) -> int | 
         if (dmaj, dmin) != (major, minor):
             continue
         start = int(parts[0].split("-", 1)[0], 16)
-        return start - functions.load_vaddr
-    return None
+        if start - functions.load_vaddr not in out:
+            out.append(start - functions.load_vaddr)
+    return out
+
+
+def load_bias(maps: str, ino: int, dev: int, functions: FileFunctions) -> int | None:
+    """The first load bias of the file (load_biases)."""
+    biases = load_biases(maps, ino, dev, functions)
+    return biases[0] if biases else None
 
 
 STT_OBJECT = 1

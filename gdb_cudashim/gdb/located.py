@@ -66,10 +66,18 @@ class Placer:
         maps = None
         changed = False
         cwd = None
+        copies: dict[str, int] = {}
         for objfile in progspace.objfiles():
             path = known_as = objfile.filename
-            if objfile.owner is not None or not path or path in placed or path.startswith(("system-supplied DSO", "<")):
+            if objfile.owner is not None or not path or path.startswith(("system-supplied DSO", "<")):
                 continue  # separate debug info, the vDSO, gdb's own objfiles ("<<anonymous objfile>>" in cuda-gdb)
+            # the same file loaded in two link-map namespaces (the C library of an audit library's
+            # namespace, then the program's) is two objfiles: the second is read when it comes
+            copies[path] = copies.get(path, 0) + 1
+            if copies[path] > 1:
+                known_as = f"{path}#{copies[path]}"
+            if known_as in placed:
+                continue
             placed[known_as] = []
             try:
                 if not os.path.isabs(path):  # dlopen("dir/lib.so"): ld.so took it from the process's cwd
@@ -89,14 +97,14 @@ class Placer:
                 self.note(f"{os.path.basename(path)}: its symbols cannot be read ({exc}); its CUDA entry points "
                           f"are not traced (catch-init-error --by-name places breakpoints by name instead)")
                 continue
-            bias = symaddr.load_bias(maps, st.st_ino, st.st_dev, functions)
-            if bias is None:
+            biases = symaddr.load_biases(maps, st.st_ino, st.st_dev, functions)
+            if not biases:
                 self.note(f"{os.path.basename(path)}: not found in /proc/{pid}/maps; its CUDA entry points are not "
                           f"traced (catch-init-error --by-name places breakpoints by name instead)")
                 continue
             for function, offsets in functions.offsets.items():
-                for offset in offsets:
-                    where = (function, bias + offset)
+                for offset in (o + bias for o in offsets for bias in biases):
+                    where = (function, offset)
                     placed[known_as].append(where)
                     valid.add(where)
                     if where not in self.bps:
@@ -120,7 +128,8 @@ class Placer:
             progspace, path = objfile.progspace, objfile.filename
         except RuntimeError:
             return
-        gone = self.placed.get(progspace, {}).pop(path, None)
+        placed = self.placed.get(progspace, {})
+        gone = [w for key in [k for k in placed if k == path or k.startswith(path + "#")] for w in placed.pop(key)]
         if gone:
             self.valid.get(progspace, set()).difference_update(gone)
             self.reconcile()

@@ -149,12 +149,14 @@ class Recording:
         self.how.pop(pid, None)
 
     def add_symbols(self, progspace, pid: int) -> None:
-        """gdb 13 does not list the objects of an audit namespace: give it the recorder's symbols
+        """A gdb that does not list the objects of an audit namespace: give it the recorder's symbols
         (and so its unwind tables) in PID's program space, so that a backtrace through a wrapped
         call walks through the wrapper (memory.backtrace then hides its frames)."""
         if progspace in self.symbols_added or not self.library:
             return
         self.symbols_added.add(progspace)
+        if any(o.filename == self.library for o in progspace.objfiles()):
+            return  # gdb lists the audit namespace itself (glibc's r_debug_extended; Debian's gdb 13 does)
         try:
             with open(f"/proc/{pid}/maps") as f:
                 for line in f:

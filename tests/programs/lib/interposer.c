@@ -4,6 +4,8 @@
  * answers cu* lookups aimed at the driver with wrappers of its own, and every wrapper forwards
  * to the libcuda.so.1 the loader finds (dlopen("libcuda.so.1") + the real dlsym).
  *
+ * NVML the same way: nvml* lookups aimed at libnvidia-ml.so.1 get wrappers that forward to it.
+ *
  * Built with -DLOOP it is the broken kind: its dlsym hook asks the driver's cuGetProcAddress_v2
  * about every cu* name, while a forwarding driver resolves through dlsym, which is the hook again.
  * A real one recurses until the stack runs out; this one gives up LOOP deep, so the run ends.
@@ -76,6 +78,30 @@ FORWARD(cuMemSetAccess)
 
 EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, u64 flags, int *status);
 
+/* NVML, as HAMi-core hooks it: whatever "libnvidia-ml.so.1" the loader finds, behind our wrappers. */
+static void *nvml(void)
+{
+    static void *h;
+    if (!h)
+        h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_GLOBAL);
+    return h;
+}
+
+#define FORWARD_NVML(name)                                                         \
+    EXPORT int name(u64 a, u64 b, u64 c, u64 d, u64 e, u64 f)                      \
+    {                                                                              \
+        static fn6 real;                                                           \
+        void *h = nvml();                                                          \
+        if (!real && h)                                                            \
+            real = (fn6)real_dlsym(h, #name);                                      \
+        return real ? real(a, b, c, d, e, f) : 999; /* NVML_ERROR_UNKNOWN */       \
+    }
+
+FORWARD_NVML(nvmlInit_v2)
+FORWARD_NVML(nvmlDeviceGetCount_v2)
+FORWARD_NVML(nvmlDeviceGetHandleByIndex_v2)
+FORWARD_NVML(nvmlDeviceGetMemoryInfo)
+
 static const struct { const char *name; void *fn; } g_own[] = {
     {"cuInit", (void *)cuInit},
     {"cuDriverGetVersion", (void *)cuDriverGetVersion},
@@ -85,6 +111,10 @@ static const struct { const char *name; void *fn; } g_own[] = {
     {"cuDeviceGet", (void *)cuDeviceGet},
     {"cuDeviceGetAttribute", (void *)cuDeviceGetAttribute},
     {"cuDeviceGetName", (void *)cuDeviceGetName},
+    {"nvmlInit_v2", (void *)nvmlInit_v2},
+    {"nvmlDeviceGetCount_v2", (void *)nvmlDeviceGetCount_v2},
+    {"nvmlDeviceGetHandleByIndex_v2", (void *)nvmlDeviceGetHandleByIndex_v2},
+    {"nvmlDeviceGetMemoryInfo", (void *)nvmlDeviceGetMemoryInfo},
 };
 
 static void *own(const char *name, int cudaVersion)
@@ -117,6 +147,11 @@ static __thread int g_depth;
 
 EXPORT void *dlsym(void *handle, const char *name)
 {
+    if (name && strncmp(name, "nvml", 4) == 0 && (handle == nvml() || handle == RTLD_DEFAULT)) {
+        void *mine = own(name, 0);
+        if (mine)
+            return mine;
+    }
     if (name && strncmp(name, "cu", 2) == 0) {
         void *h = driver();
 #ifdef LOOP
