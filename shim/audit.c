@@ -342,8 +342,10 @@ static int spec_of_pfn(const char *symbol, int version, void *pfn)
 /* ------------------------------------------------------------ the wrappers ------------ */
 typedef uint64_t (*fn6)(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 
-/* REGS: rdi rsi rdx rcx r8 r9, the slot number, the caller's return address (cs_call_common). */
-static uint64_t call_spec(struct slot *s, uint64_t *regs)
+/* REGS: rdi rsi rdx rcx r8 r9, the slot number, the caller's return address (cs_call_common).
+ * Never inlined: gdb's FinishBreakpoint on a traced function's return needs its caller to be a
+ * frame of its own (a return address inside an inlined frame never matched its frame id). */
+__attribute__((noinline)) static uint64_t call_spec(struct slot *s, uint64_t *regs)
 {
     const struct cs_spec *sp = &cs_specs[s->spec];
     uint64_t made = __atomic_add_fetch(&g_ring->calls[s->spec], 1, __ATOMIC_RELAXED);
@@ -434,7 +436,7 @@ static void record_dlsym(unsigned via, unsigned spec, uintptr_t target, uint64_t
 }
 
 /* A dlsym that is not libc's: an interposer's hook. Its answer is what the caller gets. */
-static uint64_t call_hook(struct slot *s, uint64_t *regs)
+__attribute__((noinline)) static uint64_t call_hook(struct slot *s, uint64_t *regs)
 {
     uint64_t serial = next_serial();
     record_dlsym(SLOT_HOOK, s->spec, s->real, regs, regs[7], serial);

@@ -66,7 +66,7 @@ def build_variant(stack, outdir: Path, name: str, hide=(), soname="libcuda.so.1"
 def env_with(**extra) -> dict:
     env = dict(os.environ)
     for k in ("LD_LIBRARY_PATH", "LD_PRELOAD", "CUDASHIM_MODE", "CUDASHIM_INIT_RESULT", "CUDASHIM_DRIVER_VERSION",
-              "CUDASHIM_HANG", "CUDA_VISIBLE_DEVICES", "NO_COLOR"):
+              "CUDASHIM_HANG", "CUDA_VISIBLE_DEVICES", "NO_COLOR", "GDB_CUDASHIM_NO_RECORDER"):
         env.pop(k, None)
     env.update({k: str(v) for k, v in extra.items() if v is not None})
     return env

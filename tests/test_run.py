@@ -307,7 +307,8 @@ def test_lookups_answered_from_symbol_tables_match_watched_returns(stack, probe,
     """The default answers most of cudart's ~420 fallback lookups from the driver's symbol tables
     (one stop each); --every-return watches every return (two stops and a finish breakpoint each).
     Both must say the same of every lookup, and the default must cost about half the stops."""
-    fast, slow = _two_runs(tmp_path, probe, probe_env(stack, SEED))
+    # the breakpoints' way (a process that cannot record in-process: attached, setuid, static)
+    fast, slow = _two_runs(tmp_path, probe, probe_env(stack, SEED, GDB_CUDASHIM_NO_RECORDER=1))
     assert _lookup_facts(fast) == _lookup_facts(slow)
     by = {}
     for l in fast["lookups"]:
@@ -326,7 +327,7 @@ def test_interposed_dlsym_is_always_watched(stack, probe, tmp_path):
     from conftest import build_lib
 
     hook = build_lib(ROOT / "tests" / "programs" / "lib" / "dlsym_hook.c", tmp_path / "hook" / "dlsym_hook.so")
-    fast, slow = _two_runs(tmp_path, probe, probe_env(stack, SEED, LD_PRELOAD=hook))
+    fast, slow = _two_runs(tmp_path, probe, probe_env(stack, SEED, LD_PRELOAD=hook, GDB_CUDASHIM_NO_RECORDER=1))
     assert _lookup_facts(fast) == _lookup_facts(slow)
     hooked = [l for l in fast["lookups"] if l["symbol"].startswith("cuMemPool") and l["caller"].endswith("libcudart.so.12")]
     assert hooked and all(l["found"] and l["found_by"] == "return" and l["provider"].endswith("dlsym_hook.so")

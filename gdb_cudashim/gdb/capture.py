@@ -9,6 +9,7 @@ process to another is recorded with the victim's backtraces before it lands.
 """
 from __future__ import annotations
 
+import time
 
 import gdb
 
@@ -43,6 +44,7 @@ class Capture:
         self.windows_done: set = set()  # (pid, function): each window opens once
         self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
         self.pending_kill: dict | None = None  # a fatal signal caught on its way (see _on_kill)
+        self.closed_at: dict[int, int] = {}  # pid -> when its first init window closed (CLOCK_MONOTONIC ns)
 
     def after_failed_load(self, pid):
         self.writes_left[pid] = WRITES_AFTER_FAILED_LOAD
@@ -111,6 +113,7 @@ class Capture:
         depth = self.window_depth.get(pid, 0) - 1
         self.window_depth[pid] = max(depth, 0)
         if depth <= 0:
+            self.closed_at.setdefault(pid, time.monotonic_ns())
             self.tracer.snapshot(pid, "after init")
         if depth <= 0 and self._failed_without_text(pid, failed):
             # The init failed and nobody has written why yet: llama.cpp's log thread (common_log)

@@ -132,8 +132,6 @@ class CallBreakpoint(FunctionBreakpoint):
         tracer = self.tracer
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
-        if tracer.recorded(pid):
-            return False  # the process records this call itself (its location here is on its way out)
         skip, real_stop = tracer.past_cap(pid, self.spec.name, self)
         if skip:
             return real_stop

@@ -38,7 +38,10 @@ def load():
         return
     import importlib
 
+    from . import settings
     from .command import REGISTRY
+
+    settings.register()
     from .commands import MODULES
 
     for module in BATCH_MODULES if batch else MODULES:

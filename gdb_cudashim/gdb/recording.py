@@ -25,7 +25,6 @@ from ..core.procfs import ProcError, read_environ
 IN_PROCESS = "in-process"
 LIBRARY_ENV = "GDB_CUDASHIM_AUDIT_LIB"  # another build of the recorder (tests)
 PARENT_ENV = "GDB_CUDASHIM_RING_PARENT"  # where the CLI wants the rings (its own temporary directory)
-OFF_ENV = "GDB_CUDASHIM_NO_RECORDER"  # 1: breakpoints only (what `set cudashim recorder off` sets)
 
 
 def library_path() -> str | None:
@@ -67,11 +66,17 @@ class Recording:
         self.how: dict[int, str] = {}  # pid -> IN_PROCESS, or why it is traced by breakpoints
         self.symbols_added: set = set()  # program spaces given the recorder's symbols
         self.finished: set[str] = set()  # rings read to their end (the process image is gone)
+        self.rings: dict[int, list[str]] = {}  # pid -> the rings it writes (mapped)
+        self.users: dict[str, set[int]] = {}  # ring -> the pids that write it
+        self.counts: dict[tuple[int, str], int] = {}  # (pid, function) -> calls after its init
 
     # ------------------------------------------------------------- arming --
     def arm(self) -> str | None:
-        if os.environ.get(OFF_ENV) == "1":
-            return "catch-init-error: in-process recorder off (GDB_CUDASHIM_NO_RECORDER=1): every lookup and call is a debugger stop"
+        from .settings import recorder_on
+
+        if not recorder_on():
+            return ("catch-init-error: the in-process recorder is off (set cudashim recorder): every lookup and "
+                    "CUDA call is a debugger stop")
         self.library = library_path()
         if self.library is None:
             return ("catch-init-error: the in-process recorder is not built (make shim): every lookup and call "
@@ -130,7 +135,14 @@ class Recording:
         except OSError:
             return "its memory map could not be read"
         mapped = recorder.AUDIT_LIBRARY in maps
-        if mapped and recorder.ring_paths(self.dir, pid):
+        # the ring a process writes is the one it maps: its own, or its parent's after a fork
+        # without exec (both write into it; every record carries its pid)
+        rings = sorted({line.split(maxsplit=5)[5].strip() for line in maps.splitlines()
+                        if self.dir in line and line.rstrip().endswith(".ring")} & set(recorder.ring_paths(self.dir)))
+        if mapped and rings:
+            for path in rings:
+                self.users.setdefault(path, set()).add(pid)
+            self.rings[pid] = rings
             return IN_PROCESS
         if "/libc.so" not in maps and "/libc-" not in maps:
             return None  # just exec'd: ld.so (which loads an audit library first) has not run yet
@@ -145,8 +157,14 @@ class Recording:
         return "ld.so did not load the recorder (a static or setuid program)"
 
     def exec_seen(self, pid: int) -> None:
-        """PID exec'd: a new image, classified anew."""
+        """PID exec'd: a new image, classified anew; the rings of its old image are complete once
+        no other process writes them."""
         self.how.pop(pid, None)
+        for path in self.rings.pop(pid, ()):
+            users = self.users.get(path, set())
+            users.discard(pid)
+            if not users:
+                self._drain_one(path, True)
 
     def add_symbols(self, progspace, pid: int) -> None:
         """A gdb that does not list the objects of an audit namespace: give it the recorder's symbols
@@ -173,11 +191,19 @@ class Recording:
 
     # ------------------------------------------------------------ records --
     def drain(self, pid: int | None = None, final: bool = False) -> None:
-        """Bring what the rings (of PID) hold onto the timeline. FINAL: those processes are gone."""
+        """Bring what the rings (PID's, or all) hold onto the timeline. FINAL: PID is gone; a
+        ring no live process writes any more is read to its end."""
         if not self.dir:
             return
-        for path in recorder.ring_paths(self.dir, pid):
-            self._drain_one(path, final)
+        paths = recorder.ring_paths(self.dir) if pid is None else sorted(
+            set(recorder.ring_paths(self.dir, pid)) | set(self.rings.get(pid, ())))
+        if final and pid is not None:
+            self.rings.pop(pid, None)
+        for path in paths:
+            users = self.users.get(path)
+            if final and users is not None:
+                users.discard(pid)
+            self._drain_one(path, final and not users)
 
     def _drain_one(self, path: str, final: bool) -> None:
         if path in self.finished:
@@ -192,12 +218,30 @@ class Recording:
             return
         tl = self.tracer.timeline
         for t_ns, event in events:
+            if event.kind == "call" and self._past_cap(event, t_ns):
+                continue
             self.tracer.seen_pid(event.pid)
             event.seq = tl.next_seq()
             tl.add(event, t_ns)
         if final:
             self.finished.add(path)
             self._notes(reader)
+
+    def _past_cap(self, call, t_ns: int) -> bool:
+        """The tracer's rule for calls after init (tracer.CALLS_KEPT): ggml's memory fitting asks
+        the same device queries thousands of times; the first are kept, the rest counted."""
+        from .tracer import CALLS_KEPT, UNCAPPED
+
+        key = (call.pid, call.function)
+        count = self.counts[key] = self.counts.get(key, 0) + 1
+        closed = self.tracer.capture.closed_at.get(call.pid)
+        if count <= CALLS_KEPT or closed is None or t_ns < closed or call.function in UNCAPPED:
+            return False
+        if (call.pid, call.function, "noted") not in self.counts:
+            self.counts[(call.pid, call.function, "noted")] = 1
+            self.tracer.note(f"pid {call.pid} called {call.function} more than {CALLS_KEPT} times after its CUDA "
+                             f"init: the first {CALLS_KEPT} are in the report, the later ones were counted only")
+        return count > CALLS_KEPT
 
     def _notes(self, reader: recorder.Reader) -> None:
         pid = reader.ring.pid

@@ -159,11 +159,17 @@ class Tracer:
     RECORDED_KINDS = (CallBreakpoint, LookupBreakpoint)
 
     def _wanted(self, progspace, bp) -> bool:
-        """located.Placer asks: should BP stop in PROGSPACE's process?"""
+        """located.Placer asks: should BP stop in PROGSPACE's process? The recorder sees calls that
+        cross from one file to another (PLT bindings, dlsym, cuGetProcAddress); an entry point
+        defined in the program itself (a statically linked cudart) is called from within it, which
+        only a breakpoint sees."""
         if not isinstance(bp, self.RECORDED_KINDS):
             return True
         pid = next((i.pid for i in gdb.inferiors() if i.pid and i.progspace == progspace), 0)
-        return not (pid and self.recording.recorded(pid))
+        if not (pid and self.recording.recorded(pid)):
+            return True
+        where = getattr(bp, "placed_at", None)
+        return isinstance(bp, CallBreakpoint) and where is not None and progspace.solib_name(where[1]) is None
 
     def recorded(self, pid) -> bool:
         return self.recording.recorded(pid)
