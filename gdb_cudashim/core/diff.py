@@ -485,7 +485,11 @@ def render(divergences: list[Divergence], ref_name: str, run_name: str, color: b
     from tabulate import tabulate
 
     from .report import Style
+    from .term import printable, printable_tree
 
+    # the reports' texts and the file names never drive the terminal; --json keeps them
+    divergences = [Divergence(**printable_tree(as_dict(d))) for d in divergences]
+    ref_name, run_name = printable(ref_name), printable(run_name)
     s = Style(color)
     if not divergences:
         return [s("green", "No difference: ") + f"{run_name} did what {ref_name} did (calls, results, lookups, "
