@@ -98,6 +98,12 @@ def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict]:
     return cmd, env
 
 
+def _gdb_command(words: list[str]) -> str:
+    """One of our gdb commands as a line its parser (shlex.split) reads back word for word:
+    a path with a space or a quote ($TMPDIR='/tmp/a b') stays one argument."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def _check_report_args(args) -> None:
     """--json and --timeout, shared by run and attach."""
     if args.json is not None:
@@ -485,7 +491,7 @@ def cmd_run(args) -> int:
             drive += ["--timeout", repr(args.timeout)]
         if args.settle:
             drive += ["--settle", repr(args.settle)] + (["--end-server"] if args.end_server else [])
-        return base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args",
+        return base + ["-batch", "-ex", " ".join(arm), "-ex", _gdb_command(drive), "--args",
                        *_exec_argv(program), *args.command[1:]]
 
     def no_report(log, status):
@@ -678,7 +684,7 @@ def cmd_attach(args) -> int:
         drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout",
                  repr(args.timeout), "--control-fd", str(CONTROL_FD), "--owned-dir", tmp]
         arm = "catch-init-error --every-return" if args.every_return else "catch-init-error"
-        return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", " ".join(drive)]
+        return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", _gdb_command(drive)]
 
     def no_report(log, status):
         if "Operation not permitted" in log:
