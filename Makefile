@@ -30,7 +30,7 @@ stack: venv
 shim: stack
 	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
 
-programs: build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter build/forkn build/rt_probe
+programs: build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter build/forkn build/rt_probe build/threaded_looper
 
 # a program with no shared libraries at all: what a child may exec
 build/static_child: tests/programs/static_child.c | system-deps

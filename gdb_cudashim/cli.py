@@ -592,12 +592,13 @@ def _pick_target(target: str) -> int:
     target = target.strip()
     if not target:
         raise CliError("attach needs a PID or a program name (or its full path)")
-    if target.isdigit():
+    if re.fullmatch(r"[0-9]+", target):  # ASCII digits only: int() also reads '١' as 1
         pid = int(target)
-        if pid == os.getpid():
-            raise CliError(f"{pid} is this gdb-cudashim itself; give the PID of the program to watch")
         if not os.path.exists(f"/proc/{pid}"):
             raise CliError(f"no process {pid}")
+        pid = _process_of(pid)
+        if pid == os.getpid():
+            raise CliError(f"{pid} is this gdb-cudashim itself; give the PID of the program to watch")
         return pid
     if os.sep in target:  # a program's path: every process running that file
         want = os.path.realpath(target)
@@ -618,6 +619,43 @@ def _pick_target(target: str) -> int:
         return int(choice)
     listing = "; ".join(f"{pid} ({argv[:60]})" for pid, _, argv in matches[:8])
     raise CliError(f"{len(matches)} processes match {target!r}: {listing}; give a PID")
+
+
+def _process_of(pid: int) -> int:
+    """PID, or the process it is a thread of (its Tgid), said in one line: gdb given a
+    thread's id watched it as a process of its own while the other threads ran into its
+    breakpoints and died of SIGTRAP."""
+    from .core.procfs import thread_group
+
+    tgid = thread_group(pid)
+    if tgid and tgid != pid:
+        name = _comm(tgid)
+        print(f"gdb-cudashim: {pid} is a thread of process {tgid}{f' ({name})' if name else ''}; "
+              f"attaching to the process", file=sys.stderr)
+        return tgid
+    return pid
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _check_alive(pid: int) -> None:
+    """A zombie has exited: there is nothing to attach to, whatever ptrace says."""
+    from .core.procfs import parent_pid, state
+
+    st = state(pid)
+    if st is None:
+        raise CliError(f"no process {pid}")
+    if st == "Z":
+        parent = parent_pid(pid)
+        by = f" (pid {parent}{f', {_comm(parent)}' if _comm(parent) else ''})" if parent else ""
+        raise CliError(f"process {pid} is a zombie: it exited and its parent{by} has not reaped it; "
+                       "there is nothing left to watch")
 
 
 def _exe(pid: int) -> str | None:
@@ -677,6 +715,7 @@ def _check_ptrace(pid: int) -> None:
 def cmd_attach(args) -> int:
     _check_report_args(args)
     pid = _pick_target(args.target)
+    _check_alive(pid)
     _check_ptrace(pid)
     base, env = _gdb_base(_gdb_env())
 
@@ -687,6 +726,10 @@ def cmd_attach(args) -> int:
         return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", _gdb_command(drive)]
 
     def no_report(log, status):
+        from .core.procfs import state
+
+        if state(pid) in (None, "Z"):
+            raise CliError(f"process {pid} exited before it could be watched")
         if "Operation not permitted" in log:
             if os.geteuid() == 0:
                 raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted) even as root: check "
