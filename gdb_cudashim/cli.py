@@ -30,6 +30,8 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EVERY_RETURN_HELP = ("watch every symbol lookup to its return instead of answering found/NULL from the "
                      "library's symbol tables (slower; the default still watches the lookups the findings use)")
+FORCE_HELP = ("let --json replace an existing file that is not a gdb-cudashim report (by default only an empty "
+              "file or an earlier report is replaced)")
 GDBINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdbinit.py")
 
 
@@ -109,7 +111,7 @@ def _check_report_args(args) -> None:
     if args.json is not None:
         from .core.files import check_writable
 
-        problem = check_writable(args.json)
+        problem = check_writable(args.json, force=args.force)
         if problem:
             raise CliError(problem)
 
@@ -815,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run PROGRAM under gdb with catch-init-error armed, children followed, and print "
                                    "the report. Exit: 0 no failure, 1 failure caught, 2 usage/environment, 3 timed out.")
     r.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds and report every thread")
     r.add_argument("--settle", type=_seconds, default=SETTLE_S, metavar="S",
                    help=f"a program still running S seconds (default {SETTLE_S:g}) after CUDA init settled in every "
@@ -839,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it running and unpatched. Exit: 0 no failure, 1 failure caught, 2 usage/permission.")
     t.add_argument("target", metavar="PID|NAME")
     t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    t.add_argument("--force", action="store_true", help=FORCE_HELP)
     t.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="how long to watch (default 30)")
     t.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     t.add_argument("--verbose", action="store_true")
