@@ -775,9 +775,11 @@ def cmd_doctor(args) -> int:
 
     s = stack.installed()
     print(f"real CUDA stack: {s.root if s else 'not fetched (make stack)'}")
-    for tool in ("cc", "make"):
-        print(f"{tool}: {_which(tool) or 'MISSING (apt-get install build-essential)'}")
-    return 0 if "all dependencies importable" in out.stdout else 1
+    tools = {tool: _which(tool) for tool in ("cc", "make")}
+    for tool, path in tools.items():
+        print(f"{tool}: {path or 'MISSING (apt-get install build-essential)'}")
+    # every line above must be fine for a zero: a missing stack or tool is not a healthy set-up
+    return 0 if "all dependencies importable" in out.stdout and s and all(tools.values()) else 1
 
 
 def cmd_stack(args) -> int:
@@ -896,13 +898,26 @@ def main(argv=None) -> int:
     return _guarded(args.func, args)
 
 
+CWD_GONE = "the current directory was deleted: cd to a directory that exists (relative paths mean nothing here)"
+
+
+def _cwd_gone() -> bool:
+    try:
+        os.getcwd()
+        return False
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _guarded(func, args) -> int:
     """FUNC(ARGS) with every failure as one line on stderr, and a reader that went away
     (| head -1) as a quiet exit with the real status."""
     try:
         return func(args)
     except CliError as exc:
-        print(f"gdb-cudashim: {exc}", file=sys.stderr)
+        print(f"gdb-cudashim: {exc}{' (' + CWD_GONE + ')' if _cwd_gone() else ''}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("gdb-cudashim: interrupted", file=sys.stderr)
@@ -910,6 +925,9 @@ def _guarded(func, args) -> int:
     except Exception as exc:
         from .stack import StackError
 
+        if isinstance(exc, OSError) and exc.filename is None and _cwd_gone():
+            print(f"gdb-cudashim: {CWD_GONE}", file=sys.stderr)  # os.getcwd() said only '[Errno 2]'
+            return EXIT_USAGE
         if isinstance(exc, StackError) or isinstance(exc, OSError):
             print(f"gdb-cudashim: {exc}", file=sys.stderr)
             return EXIT_USAGE
