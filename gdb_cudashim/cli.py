@@ -30,6 +30,8 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EVERY_RETURN_HELP = ("watch every symbol lookup to its return instead of answering found/NULL from the "
                      "library's symbol tables (slower; the default still watches the lookups the findings use)")
+FORCE_HELP = ("let --json replace an existing file that is not a gdb-cudashim report (by default only an empty "
+              "file or an earlier report is replaced)")
 GDBINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gdbinit.py")
 
 
@@ -98,12 +100,18 @@ def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict]:
     return cmd, env
 
 
+def _gdb_command(words: list[str]) -> str:
+    """One of our gdb commands as a line its parser (shlex.split) reads back word for word:
+    a path with a space or a quote ($TMPDIR='/tmp/a b') stays one argument."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def _check_report_args(args) -> None:
     """--json and --timeout, shared by run and attach."""
     if args.json is not None:
         from .core.files import check_writable
 
-        problem = check_writable(args.json)
+        problem = check_writable(args.json, force=args.force)
         if problem:
             raise CliError(problem)
 
@@ -485,7 +493,7 @@ def cmd_run(args) -> int:
             drive += ["--timeout", repr(args.timeout)]
         if args.settle:
             drive += ["--settle", repr(args.settle)] + (["--end-server"] if args.end_server else [])
-        return base + ["-batch", "-ex", " ".join(arm), "-ex", " ".join(drive), "--args",
+        return base + ["-batch", "-ex", " ".join(arm), "-ex", _gdb_command(drive), "--args",
                        *_exec_argv(program), *args.command[1:]]
 
     def no_report(log, status):
@@ -586,12 +594,13 @@ def _pick_target(target: str) -> int:
     target = target.strip()
     if not target:
         raise CliError("attach needs a PID or a program name (or its full path)")
-    if target.isdigit():
+    if re.fullmatch(r"[0-9]+", target):  # ASCII digits only: int() also reads '١' as 1
         pid = int(target)
-        if pid == os.getpid():
-            raise CliError(f"{pid} is this gdb-cudashim itself; give the PID of the program to watch")
         if not os.path.exists(f"/proc/{pid}"):
             raise CliError(f"no process {pid}")
+        pid = _process_of(pid)
+        if pid == os.getpid():
+            raise CliError(f"{pid} is this gdb-cudashim itself; give the PID of the program to watch")
         return pid
     if os.sep in target:  # a program's path: every process running that file
         want = os.path.realpath(target)
@@ -612,6 +621,43 @@ def _pick_target(target: str) -> int:
         return int(choice)
     listing = "; ".join(f"{pid} ({argv[:60]})" for pid, _, argv in matches[:8])
     raise CliError(f"{len(matches)} processes match {target!r}: {listing}; give a PID")
+
+
+def _process_of(pid: int) -> int:
+    """PID, or the process it is a thread of (its Tgid), said in one line: gdb given a
+    thread's id watched it as a process of its own while the other threads ran into its
+    breakpoints and died of SIGTRAP."""
+    from .core.procfs import thread_group
+
+    tgid = thread_group(pid)
+    if tgid and tgid != pid:
+        name = _comm(tgid)
+        print(f"gdb-cudashim: {pid} is a thread of process {tgid}{f' ({name})' if name else ''}; "
+              f"attaching to the process", file=sys.stderr)
+        return tgid
+    return pid
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _check_alive(pid: int) -> None:
+    """A zombie has exited: there is nothing to attach to, whatever ptrace says."""
+    from .core.procfs import parent_pid, state
+
+    st = state(pid)
+    if st is None:
+        raise CliError(f"no process {pid}")
+    if st == "Z":
+        parent = parent_pid(pid)
+        by = f" (pid {parent}{f', {_comm(parent)}' if _comm(parent) else ''})" if parent else ""
+        raise CliError(f"process {pid} is a zombie: it exited and its parent{by} has not reaped it; "
+                       "there is nothing left to watch")
 
 
 def _exe(pid: int) -> str | None:
@@ -671,6 +717,7 @@ def _check_ptrace(pid: int) -> None:
 def cmd_attach(args) -> int:
     _check_report_args(args)
     pid = _pick_target(args.target)
+    _check_alive(pid)
     _check_ptrace(pid)
     base, env = _gdb_base(_gdb_env())
 
@@ -678,9 +725,13 @@ def cmd_attach(args) -> int:
         drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout",
                  repr(args.timeout), "--control-fd", str(CONTROL_FD), "--owned-dir", tmp]
         arm = "catch-init-error --every-return" if args.every_return else "catch-init-error"
-        return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", " ".join(drive)]
+        return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", _gdb_command(drive)]
 
     def no_report(log, status):
+        from .core.procfs import state
+
+        if state(pid) in (None, "Z"):
+            raise CliError(f"process {pid} exited before it could be watched")
         if "Operation not permitted" in log:
             if os.geteuid() == 0:
                 raise CliError(f"ptrace refused to attach to {pid} (Operation not permitted) even as root: check "
@@ -724,9 +775,11 @@ def cmd_doctor(args) -> int:
 
     s = stack.installed()
     print(f"real CUDA stack: {s.root if s else 'not fetched (make stack)'}")
-    for tool in ("cc", "make"):
-        print(f"{tool}: {_which(tool) or 'MISSING (apt-get install build-essential)'}")
-    return 0 if "all dependencies importable" in out.stdout else 1
+    tools = {tool: _which(tool) for tool in ("cc", "make")}
+    for tool, path in tools.items():
+        print(f"{tool}: {path or 'MISSING (apt-get install build-essential)'}")
+    # every line above must be fine for a zero: a missing stack or tool is not a healthy set-up
+    return 0 if "all dependencies importable" in out.stdout and s and all(tools.values()) else 1
 
 
 def cmd_stack(args) -> int:
@@ -766,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run PROGRAM under gdb with catch-init-error armed, children followed, and print "
                                    "the report. Exit: 0 no failure, 1 failure caught, 2 usage/environment, 3 timed out.")
     r.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds and report every thread")
     r.add_argument("--settle", type=_seconds, default=SETTLE_S, metavar="S",
                    help=f"a program still running S seconds (default {SETTLE_S:g}) after CUDA init settled in every "
@@ -790,6 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it running and unpatched. Exit: 0 no failure, 1 failure caught, 2 usage/permission.")
     t.add_argument("target", metavar="PID|NAME")
     t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    t.add_argument("--force", action="store_true", help=FORCE_HELP)
     t.add_argument("--timeout", type=_seconds, default=30.0, metavar="S", help="how long to watch (default 30)")
     t.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     t.add_argument("--verbose", action="store_true")
@@ -843,13 +898,26 @@ def main(argv=None) -> int:
     return _guarded(args.func, args)
 
 
+CWD_GONE = "the current directory was deleted: cd to a directory that exists (relative paths mean nothing here)"
+
+
+def _cwd_gone() -> bool:
+    try:
+        os.getcwd()
+        return False
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _guarded(func, args) -> int:
     """FUNC(ARGS) with every failure as one line on stderr, and a reader that went away
     (| head -1) as a quiet exit with the real status."""
     try:
         return func(args)
     except CliError as exc:
-        print(f"gdb-cudashim: {exc}", file=sys.stderr)
+        print(f"gdb-cudashim: {exc}{' (' + CWD_GONE + ')' if _cwd_gone() else ''}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("gdb-cudashim: interrupted", file=sys.stderr)
@@ -857,6 +925,9 @@ def _guarded(func, args) -> int:
     except Exception as exc:
         from .stack import StackError
 
+        if isinstance(exc, OSError) and exc.filename is None and _cwd_gone():
+            print(f"gdb-cudashim: {CWD_GONE}", file=sys.stderr)  # os.getcwd() said only '[Errno 2]'
+            return EXIT_USAGE
         if isinstance(exc, StackError) or isinstance(exc, OSError):
             print(f"gdb-cudashim: {exc}", file=sys.stderr)
             return EXIT_USAGE

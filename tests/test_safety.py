@@ -286,7 +286,7 @@ def test_json_into_a_fifo_is_written_in_place(tmp_path):
 
 def test_json_through_a_symlink_keeps_the_link(tmp_path):
     target = tmp_path / "real.json"
-    target.write_text("old")
+    target.write_text('{"schema": 1, "status": 9}')  # an earlier report
     link = tmp_path / "link.json"
     link.symlink_to(target)
     proc = run_json(link)
@@ -305,7 +305,7 @@ def test_json_dash_is_stdout(tmp_path):
 
 def test_json_regular_file_replaced_keeps_its_mode(tmp_path):
     target = tmp_path / "r.json"
-    target.write_text("old")
+    target.write_text('{"schema": 1, "status": 9}')  # an earlier report
     os.chmod(target, 0o640)
     proc = run_json(target)
     assert proc.returncode == 0
@@ -315,7 +315,7 @@ def test_json_regular_file_replaced_keeps_its_mode(tmp_path):
 
 def test_a_run_that_does_not_start_leaves_an_existing_report(tmp_path):
     target = tmp_path / "r.json"
-    target.write_text("the last good report")
+    target.write_text('{"schema": 1, "status": 0}')  # the last good report
     prog = tmp_path / "foreign"
     data = bytearray((BUILD / "static_child").read_bytes())
     data[18:20] = (183).to_bytes(2, "little")  # e_machine: AArch64, which this machine cannot run
@@ -323,7 +323,7 @@ def test_a_run_that_does_not_start_leaves_an_existing_report(tmp_path):
     prog.chmod(0o755)
     proc = run_json(target, [str(prog)])
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert target.read_text() == "the last good report"
+    assert target.read_text() == '{"schema": 1, "status": 0}'
     assert "left as it was" in proc.stderr
 
 

@@ -5,6 +5,7 @@ and reports each problem with why it matters and the fix. Pure: never imports gd
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -588,12 +589,22 @@ def explain_failed_load(path: str, env) -> list[str]:
 
 # ------------------------------------------------------------------- CLI --
 def _env_from(pid: int) -> dict:
-    from .procfs import ProcError, read_environ
+    """PID's environment, or ValueError with one line: a process id is above 0, and a kernel
+    thread or a zombie exists but has no environment (the kernel answers ESRCH)."""
+    from .procfs import ProcError, read_environ, state
 
+    if pid <= 0:
+        raise ValueError(f"--env-from needs the id of a running process (above 0), not {pid}")
     try:
         return read_environ(pid)
     except ProcError as exc:
         raise ValueError(str(exc)) from None
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            what = ("a zombie (it exited; its parent has not reaped it)" if state(pid) == "Z"
+                    else "a kernel thread or a process that is exiting")
+            raise ValueError(f"process {pid} has no environment to read: it is {what}") from None
+        raise ValueError(f"cannot read the environment of process {pid}: {exc.strerror}") from None
 
 
 MAX_ROWS = 30  # missing symbols shown in the Needs table
@@ -684,7 +695,7 @@ def main(args) -> int:
         print("gdb-cudashim audit: give at least one --shim PATH", file=sys.stderr)
         return 2
     try:
-        env = _env_from(args.env_from) if args.env_from else dict(os.environ)
+        env = _env_from(args.env_from) if args.env_from is not None else dict(os.environ)
     except ValueError as exc:
         print(f"gdb-cudashim audit: {exc}", file=sys.stderr)
         return 2

@@ -46,25 +46,69 @@ class Divergence:
     position: float = 0.0  # where in RUN's order it happened
 
 
+_STR, _INT, _NUM, _DICT, _LIST = (str,), (int,), (int, float), (dict,), (list,)
+# Every event field diff reads, and what it must be when present (null is always allowed).
+_EVENT_FIELDS = {
+    "calls": {"seq": _NUM, "pid": _INT, "tid": _INT, "function": _STR, "args": _DICT, "library": _STR,
+              "caller": _STR},
+    "lookups": {"seq": _NUM, "pid": _INT, "tid": _INT, "how": _STR, "symbol": _STR, "version": _STR,
+                "handle_library": _STR, "provider": _STR, "caller": _STR},
+    "loads": {"seq": _NUM, "pid": _INT, "tid": _INT, "path": _STR, "error": _STR, "resolved": _STR, "caller": _STR},
+    "errors": {"seq": _NUM, "pid": _INT, "tid": _INT, "fd": _INT, "text": _STR, "error": _STR},
+    "processes": {"seq": _NUM, "pid": _INT, "parent": _INT, "what": _STR, "detail": _STR, "signal": _STR,
+                  "exit_code": _INT},
+}
+
+
+def _is(value, kinds) -> bool:
+    """VALUE is one of KINDS (a bool is never a number: JSON's true is not 1)."""
+    return value is None or (isinstance(value, kinds) and not isinstance(value, bool))
+
+
 def check(report, label: str) -> dict:
-    """REPORT as a dict diff can read, or ReportError naming LABEL."""
+    """REPORT as a dict diff can read, or ReportError naming LABEL and the first field that
+    is not what a report of ours holds there."""
+    def bad(where: str):
+        top = where.split("[")[0].split(".")[0]
+        at = f" at {where}" if where != top else ""
+        raise ReportError(f"{label} is not a gdb-cudashim run --json report ({top} is malformed{at})")
+
     if not isinstance(report, dict) or not isinstance(report.get("calls"), list) or "processes" not in report:
         raise ReportError(f"{label} is not a gdb-cudashim run --json report")
     schema = report.get("schema")
     if schema is None:
         raise ReportError(f"{label} has no schema version (written by an older gdb-cudashim): record it again")
-    if schema != SCHEMA:
+    if type(schema) is not int or schema != SCHEMA:
         raise ReportError(f"{label} is report schema {schema!r}; this gdb-cudashim reads schema {SCHEMA}")
-    for key in ("calls", "lookups", "loads", "errors", "processes"):
-        if not isinstance(report.get(key) or [], list) or not all(isinstance(e, dict) for e in report.get(key) or []):
-            raise ReportError(f"{label} is not a gdb-cudashim run --json report ({key} is malformed)")
-    libraries = report.get("libraries") or []
-    if not isinstance(libraries, list) or not all(
-            isinstance(lib, dict) and isinstance(lib.get("files") or [], list)
-            and all(isinstance(f, dict) and all(isinstance(f.get(k) or "", str) for k in ("path", "role", "kind", "how"))
-                    for f in lib.get("files") or [])
-            for lib in libraries):
-        raise ReportError(f"{label} is not a gdb-cudashim run --json report (libraries is malformed)")
+    for key, fields in _EVENT_FIELDS.items():
+        events = report.get(key)
+        if not _is(events, _LIST):
+            bad(key)
+        for i, event in enumerate(events or []):
+            if not isinstance(event, dict):
+                bad(f"{key}[{i}]")
+            for name, kinds in fields.items():
+                if not _is(event.get(name), kinds):
+                    bad(f"{key}[{i}].{name}")
+            if key == "processes" and event.get("what") in ("start", "exec") and event.get("pid") is None:
+                bad(f"{key}[{i}].pid")
+    meta = report.get("meta")
+    if not _is(meta, _DICT):
+        bad("meta")
+    if not _is((meta or {}).get("command"), _LIST):
+        bad("meta.command")
+    left = report.get("left_running")
+    if not _is(left, _LIST) or not all(_is(p, _INT) for p in left or []):
+        bad("left_running")
+    libraries = report.get("libraries")
+    if not _is(libraries, _LIST):
+        bad("libraries")
+    for i, lib in enumerate(libraries or []):
+        if not isinstance(lib, dict) or not _is(lib.get("pid"), _INT) or not _is(lib.get("files"), _LIST):
+            bad(f"libraries[{i}]")
+        for f in lib.get("files") or []:
+            if not isinstance(f, dict) or not all(_is(f.get(k), _STR) for k in ("path", "role", "kind", "how")):
+                bad(f"libraries[{i}].files")
     return report
 
 
@@ -485,7 +529,11 @@ def render(divergences: list[Divergence], ref_name: str, run_name: str, color: b
     from tabulate import tabulate
 
     from .report import Style
+    from .term import printable, printable_tree
 
+    # the reports' texts and the file names never drive the terminal; --json keeps them
+    divergences = [Divergence(**printable_tree(as_dict(d))) for d in divergences]
+    ref_name, run_name = printable(ref_name), printable(run_name)
     s = Style(color)
     if not divergences:
         return [s("green", "No difference: ") + f"{run_name} did what {ref_name} did (calls, results, lookups, "

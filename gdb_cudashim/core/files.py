@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -28,8 +29,10 @@ def write_text(path: str, text: str) -> None:
         raise IsADirectoryError(21, "Is a directory", path)
     if st is not None and not stat.S_ISREG(st.st_mode):
         # a FIFO, a device: write in place, never replace; a FIFO nobody reads is an
-        # error (ENXIO), not a wait forever
-        fd = os.open(target, os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(st.st_mode) else 0))
+        # error (ENXIO), not a wait forever. A FIFO check_writable opened is written there.
+        fd = _HELD.pop(target, None)
+        if fd is None:
+            fd = os.open(target, os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(st.st_mode) else 0))
         if stat.S_ISFIFO(st.st_mode):
             os.set_blocking(fd, True)
         with os.fdopen(fd, "w") as f:
@@ -61,8 +64,18 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(path: str) -> str | None:
-    """Why PATH cannot take a report, or None. Checked before a run starts."""
+# FIFOs opened for writing by check_writable, by real path: held open from before the run
+# to the report, so that a reader found then still has its writer at the end.
+_HELD: dict[str, int] = {}
+MAX_OURS_BYTES = 1 << 30  # a bigger file is no report of ours (diff reads at most this)
+
+
+def check_writable(path: str, force: bool = False) -> str | None:
+    """Why PATH cannot take a report, or None. Checked before a run starts, so that a run is
+    never made for a report that cannot be written, and never writes over the user's own
+    file: an existing regular file is replaced only if it is empty or a report of ours (a
+    JSON object with our "schema" key), or with FORCE. A FIFO must have a reader now; it is
+    held open until the report is written into it."""
     if not path.strip():
         return "--json needs a file name"
     if path == "-":
@@ -76,12 +89,43 @@ def check_writable(path: str) -> str | None:
         return f"cannot write --json {path}: {exc.strerror}"
     if st is not None and stat.S_ISDIR(st.st_mode):
         return f"cannot write --json {path}: it is a directory"
+    if st is not None and stat.S_ISFIFO(st.st_mode):
+        if target in _HELD:
+            return None
+        try:
+            _HELD[target] = os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return f"cannot write --json {path}: it is a FIFO and nobody reads it (start its reader first)"
+            return f"cannot write --json {path}: {exc.strerror}"
+        os.set_blocking(_HELD[target], True)
+        return None
     if st is not None and not stat.S_ISREG(st.st_mode):
         return None if os.access(target, os.W_OK) else f"cannot write --json {path}: permission denied"
+    if st is not None and st.st_size and not force and not _is_our_report(target, st.st_size):
+        return (f"--json {path}: that file exists and is not a gdb-cudashim report; "
+                "not replacing it (give another name, or --force to replace it)")
     parent = os.path.dirname(target) or "."
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return f"cannot write --json {path}: {parent} is not a writable directory"
     return None
+
+
+def _is_our_report(path: str, size: int) -> bool:
+    """A JSON object with our "schema" key: what --json wrote before."""
+    if size > MAX_OURS_BYTES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) != b"{":  # a program, a source file: no need to read it all
+                return False
+            f.seek(0)
+            import json
+
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "schema" in data
 
 
 class NotRegular(OSError):

@@ -83,6 +83,10 @@ class Style:
 def render(report: dict, color: bool = False, verbose: bool = False) -> list[str]:
     from tabulate import tabulate  # imported here: 80 ms that a batch run never needs
 
+    from .term import printable_tree
+
+    raw_errors = report.get("errors") or []
+    report = printable_tree(report)  # a program's text never drives the terminal; JSON keeps it
     s = Style(color)
     out: list[str] = []
     meta = report.get("meta") or {}
@@ -115,14 +119,14 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
         out.append(s("bold", "CUDA init errors, as written" if len(written) == len(report["errors"])
                      else "CUDA init errors, as written or attempted"))
         shown: dict[tuple, int] = {}
-        for e in report["errors"]:
+        for e, raw in zip(report["errors"], raw_errors):
             key = (e["pid"], e["fd"], e["text"])
             if key in shown:  # the same line again: once, with a count
                 shown[key] += 1
                 continue
             shown[key] = 1
             failed = f", the write failed: {e['error']}" if e.get("error") else ""
-            out.append(s("red", f"  pid {e['pid']} fd {e['fd']} ({e['via']}, {len(e['text'].encode())} bytes{failed}): ")
+            out.append(s("red", f"  pid {e['pid']} fd {e['fd']} ({e['via']}, {len(raw['text'].encode())} bytes{failed}): ")
                        + _one_line(e["text"]))
             if e.get("origin"):
                 out.append(f"    {'written' if not failed else 'attempted'} by {e['origin']}")

@@ -21,3 +21,42 @@ def help_width() -> int:
         except (AttributeError, ValueError, OSError):
             columns = 80
     return max(columns, 40) - 2
+
+
+# What a terminal acts on instead of showing: C0 controls but tab and newline, DEL, the C1
+# controls (U+0080-U+009F: 0x9b is CSI on some terminals), and the bidirectional overrides
+# and isolates (U+202E makes "exe.txt" read "txt.exe").
+_UNPRINTABLE = None
+
+
+def printable(text: str) -> str:
+    """TEXT safe to put on a terminal: each control character written as an escape (\\x1b,
+    \\u202e), everything else unchanged. The one place this is done: every screen that shows
+    text from a program or a report goes through it; JSON keeps the text as it was."""
+    global _UNPRINTABLE
+    if _UNPRINTABLE is None:
+        import re
+
+        _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+    if not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
+def printable_tree(value):
+    """VALUE (a report: dicts, lists, strings) with every string, keys included, made
+    printable; the parts with nothing to escape are the same objects, not copies."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        items = [(printable_tree(k), printable_tree(v)) for k, v in value.items()]
+        if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items())):
+            return value
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        items = [printable_tree(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items)
+    return value
