@@ -179,7 +179,7 @@ class CudaRun(Command):
 # thread fails with ESRCH and the error leaves proceed half-way: the threads resumed before it
 # run on, marked "running", and no wait ever collects their events or the exit (a Python command
 # never returns to gdb's event loop). Every later continue fails the same way, or on "the selected
-# thread is running". Seen with CS_DBG-style dumps at the failure: every thread of the exiting
+# thread is running". Seen in dumps of gdb's threads at the failure: every thread of the exiting
 # process a zombie in /proc, the ones before the current thread marked running, the rest stopped;
 # before the continue all of them were in ptrace stop. Retrying the continue (the old loop) could
 # never succeed: nothing in between let gdb wait. A loaded machine widens the window (1 run in 2
