@@ -19,9 +19,6 @@ from .. import control, session
 from ..command import Command, register
 
 
-CONTINUE_RETRIES = 8  # continues that fail on a process that is going, before the run is given up
-
-
 def _live():
     return [i for i in gdb.inferiors() if i.pid]
 
@@ -139,89 +136,111 @@ class CudaRun(Command):
         if t.stop_reason is not None:  # interrupted before anything ran: run nothing
             dog.ack()
             return None
-        try:
-            if _live():
-                gdb.execute("continue", to_string=True)
-            else:
-                saved = _program_args()
-                try:
-                    gdb.execute(_run_command(args.stdio), to_string=True)
-                finally:
-                    gdb.execute(f"set args {saved}", to_string=True)
-        except gdb.error as exc:
-            gdb.write(f"{exc}\n", gdb.STDERR)  # gdb's own words ("No executable file specified.")
-            if not t.timeline.processes:
-                t.note(f"could not run the program: {exc}")
-                return EXIT_USAGE
-        failures = 0
+        if not _live():
+            saved = _program_args()
+            try:
+                gdb.execute(_run_command(args.stdio), to_string=True)
+            except gdb.error as exc:
+                gdb.write(f"{exc}\n", gdb.STDERR)  # gdb's own words ("No executable file specified.")
+                if not t.timeline.processes:
+                    t.note(f"could not run the program: {exc}")
+                    return EXIT_USAGE
+            finally:
+                gdb.execute(f"set args {saved}", to_string=True)
         while True:
             if stops.user_interrupt and t.stop_reason is None:
                 t.stop_reason = "SIGINT"  # Ctrl-C in an interactive gdb: the user wants out
             if t.stop_reason is not None:
                 dog.ack()
                 return None
-            live = _live()
-            if not live:
+            if not _live():
                 return None
-            # an inferior whose process is exiting cannot be resumed from ("Couldn't get
-            # registers: No such process"): take another, and retry a few times: the
-            # continue that comes next collects the exit
-            here = gdb.selected_inferior()
-            if here.pid and not failures:
-                target = here  # resume from where the stop was: no switch to a stale thread
-            else:
-                target = live[(failures // 2) % len(live)]
-                try:
-                    gdb.execute(f"inferior {target.num}", to_string=True)
-                except gdb.error:
-                    if gdb.selected_inferior().num != target.num:
-                        t.note(f"could not switch to inferior {target.num}")
-                        return None
-            _select_a_live_thread(target)
+            _select_a_live_thread()
+            _cache_registers()
             try:
-                if failures:
-                    # with schedule-multiple gdb resumes every process, and one that has just
-                    # exited (its exit not yet collected) makes the whole continue fail;
-                    # resuming this one alone lets gdb collect that exit
-                    _continue_alone()
-                else:
-                    gdb.execute("continue", to_string=True)
-                failures = 0
+                gdb.execute("continue", to_string=True)
             except gdb.error as exc:
-                failures += 1
-                if "No such process" in str(exc) and failures < CONTINUE_RETRIES:
-                    continue
+                # nothing is retried: a continue that failed half-way leaves gdb with threads it
+                # believes running and no wait to collect them (see _cache_registers)
                 gdb.write(f"{exc}\n", gdb.STDERR)
                 t.note(f"continue failed: {exc}")
                 t.stop_reason = "gdb could not continue"  # the report is partial, never a clean bill
                 return None
 
 
-def _continue_alone() -> None:
-    multiple = gdb.parameter("schedule-multiple")
-    if multiple:
-        gdb.execute("set schedule-multiple off", to_string=True)
+# Why a multi-process 'continue' used to fail ("Couldn't get registers: No such process", then
+# "the selected thread is running"), and what prevents it.
+#
+# With schedule-multiple on, gdb's 'continue' (infrun's proceed) resumes every thread of every
+# process, one thread at a time, and reads each thread's registers (its PC) just before resuming
+# it. A thread resumed early in that loop runs at once, and can end threads that gdb has not
+# reached yet: a parent's kill(SIGKILL) of its child (a discovery runner killed at its timeout),
+# a Go server's exit_group, which kills its own other threads. gdb's register read on such a
+# thread fails with ESRCH and the error leaves proceed half-way: the threads resumed before it
+# run on, marked "running", and no wait ever collects their events or the exit (a Python command
+# never returns to gdb's event loop). Every later continue fails the same way, or on "the selected
+# thread is running". Seen in dumps of gdb's threads at the failure: every thread of the exiting
+# process a zombie in /proc, the ones before the current thread marked running, the rest stopped;
+# before the continue all of them were in ptrace stop. Retrying the continue (the old loop) could
+# never succeed: nothing in between let gdb wait. A loaded machine widens the window (1 run in 2
+# of the Go server with a CPU hog per core).
+#
+# The fix: before each continue every thread's registers are read, so gdb holds them in its
+# register cache and proceed reads them from there; resuming a thread that has meanwhile died is
+# something gdb's Linux target already tolerates (it finds the thread gone and reports its exit
+# at the wait), so the continue goes through and gdb collects the exit as a normal event. A
+# thread's cache is dropped only when that thread is resumed, so nothing in between undoes it.
+
+def _cache_registers() -> None:
+    """Read every stopped thread's registers (see above). One PTRACE_GETREGS per thread per
+    continue; a thread whose registers cannot be read is left to gdb."""
     try:
-        gdb.execute("continue", to_string=True)
-    finally:
-        if multiple:
-            gdb.execute("set schedule-multiple on", to_string=True)
+        threads = [th for inferior in _live() for th in inferior.threads()]
+    except (gdb.error, RuntimeError):
+        return
+    if len(threads) < 2:
+        return  # one thread in all: nothing else runs while gdb resumes it
+    here = gdb.selected_thread()
+    for thread in threads:
+        try:
+            if not thread.is_valid() or thread.is_running() or thread.is_exited():
+                continue
+            thread.switch()
+            gdb.parse_and_eval("$pc")
+        except (gdb.error, RuntimeError):
+            continue
+    if here is not None and here.is_valid():
+        try:
+            here.switch()
+        except (gdb.error, RuntimeError):
+            pass
 
 
-def _select_a_live_thread(inferior) -> None:
-    """gdb may still hold a thread that has gone (a Go runtime thread, a finished helper):
-    resuming from it fails with "Couldn't get registers: No such process". Select one the
-    kernel still lists."""
+def _select_a_live_thread() -> None:
+    """The continue starts from the selected thread: it must belong to a process gdb still
+    holds (after an exit gdb selects none, or one of a process that has gone), not be running,
+    and preferably be one the kernel still runs (not a zombie: a finished Go runtime thread). A
+    process whose threads are all gone still has its exit to report: one of its threads then."""
     try:
         here = gdb.selected_thread()
-        if here is not None and here.inferior == inferior and os.path.exists(f"/proc/{inferior.pid}/task/{here.ptid[1]}"):
+        if here is not None and here.inferior.pid and not here.is_running() and _thread_alive(here):
             return
-        for thread in inferior.threads():
-            if os.path.exists(f"/proc/{inferior.pid}/task/{thread.ptid[1]}"):
-                thread.switch()
-                return
+        candidates = [th for inferior in sorted(_live(), key=lambda i: i.num != gdb.selected_inferior().num)
+                      for th in inferior.threads() if th.is_valid() and not th.is_running()]
+        if here is not None and here.inferior.pid and not here.is_running():
+            candidates.append(here)
+        best = next((th for th in candidates if _thread_alive(th)), candidates[0] if candidates else None)
+        if best is not None and best != here:
+            if gdb.selected_inferior().num != best.inferior.num:
+                gdb.execute(f"inferior {best.inferior.num}", to_string=True)
+            best.switch()
     except (gdb.error, RuntimeError):
         pass
+
+
+def _thread_alive(thread) -> bool:
+    pid, tid = thread.ptid[0], thread.ptid[1]
+    return proc_state(tid) not in (None, "Z", "X") and os.path.isdir(f"/proc/{pid}/task/{tid}")
 
 
 def _set_driving(value: int) -> None:
