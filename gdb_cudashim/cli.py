@@ -359,7 +359,8 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
 
             sup.was_stopped = {p for p in [attach_pid] + descendants(attach_pid) if state(p) == "T"}
         cmd = make_cmd(report_path, tmp)
-        sup.spawn(cmd, env, give_stdio=attach_pid is None)
+        # the in-process recorder's rings go in here too (gdb/recording.py), so they go with it
+        sup.spawn(cmd, dict(env, GDB_CUDASHIM_RING_PARENT=tmp), give_stdio=attach_pid is None)
         _warm_up_renderer()  # while gdb runs: the imports cost ~0.1 s of a ~1 s run
         status = sup.wait()
         if status < 0 and not sup.hard_stopped:  # gdb itself was killed (or crashed)
@@ -382,9 +383,9 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
         return report
     finally:
         sup.close()
-        for name in os.listdir(tmp):
-            os.remove(os.path.join(tmp, name))
-        os.rmdir(tmp)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)  # our files, and the recorder's rings in their folder
 
 
 def _load_report(path):

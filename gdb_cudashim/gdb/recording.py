@@ -69,6 +69,7 @@ class Recording:
         self.rings: dict[int, list[str]] = {}  # pid -> the rings it writes (mapped)
         self.users: dict[str, set[int]] = {}  # ring -> the pids that write it
         self.counts: dict[tuple[int, str], int] = {}  # (pid, function) -> calls after its init
+        self._exit_hook = False
 
     # ------------------------------------------------------------- arming --
     def arm(self) -> str | None:
@@ -96,6 +97,13 @@ class Recording:
         theirs = self.saved_env["LD_AUDIT"]
         _set_env("LD_AUDIT", self.library + (":" + theirs if theirs else ""))
         _set_env(recorder.RING_DIR_ENV, self.dir)
+        exiting = getattr(gdb.events, "gdb_exiting", None)  # gdb 12+: a batch run ends with quit, never a disarm
+        if exiting is not None and not self._exit_hook:
+            exiting.connect(lambda _event: self.remove())
+            self._exit_hook = True
+        import atexit
+
+        atexit.register(self.remove)
         return ("catch-init-error: lookups and CUDA calls are recorded inside the program (LD_AUDIT="
                 f"{os.path.basename(self.library)}); 'catch-init-error --disarm' takes it out")
 

@@ -368,15 +368,15 @@ def _dump(path, started):
 
 
 def _remove_owned(folder):
-    """The CLI that made FOLDER is gone: remove what it would have removed (its files only)."""
+    """The CLI that made FOLDER is gone: remove what it would have removed (its files, and the
+    recorder's rings in their folder)."""
     if not folder or not os.path.basename(folder).startswith("gdb-cudashim-"):
         return
-    try:
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
-    except OSError:
-        pass
+    import shutil
+
+    if session.State.tracer is not None:
+        session.State.tracer.recording.remove()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _command_line():
