@@ -148,3 +148,14 @@ def descendants(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+# x86-64 system calls a waiting thread sits in (the rest are named by number)
+_WAITS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept", 45: "recvfrom",
+          47: "recvmsg", 61: "wait4", 72: "fcntl", 73: "flock", 128: "rt_sigtimedwait", 202: "futex",
+          230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid", 270: "pselect6", 271: "ppoll",
+          281: "epoll_pwait", 288: "accept4", 441: "epoll_pwait2"}
+
+
+def syscall_name(number: int) -> str:
+    return _WAITS.get(number, f"system call {number}")

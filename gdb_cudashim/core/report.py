@@ -177,7 +177,12 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
             f"; shown: the {len(important)} that cudart's init depends on (--verbose: all)"
         out.append(s("bold", "Symbol lookups") + f": {len(lookups)} into CUDA libraries, {len(missing)} found nothing"
                    + how + shown)
-        rows = [[l["pid"], l["how"], l["symbol"], _b(l.get("handle_library")), "found" if l["found"] else s("red", "NULL"),
+        def result(l):
+            said = "found" if l["found"] else ("not known" if l["found"] is None else s("red", "NULL"))
+            # an interposer's dlsym hook answered, not the C library's: name it (its NULL is its own)
+            return f"{said} ({_b(l['hook'])}'s dlsym hook)" if l.get("hook") else said
+
+        rows = [[l["pid"], l["how"], l["symbol"], _b(l.get("handle_library")), result(l),
                  _b(l.get("caller"))] for l in (lookups if verbose else important)]
         if rows:
             out += tabulate(rows, headers=["pid", "how", "symbol", "asked", "result", "asked by"], tablefmt="simple").splitlines()

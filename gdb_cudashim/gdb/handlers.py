@@ -121,6 +121,12 @@ def _finish(tracer, on_return) -> None:
 
 
 class CallBreakpoint(FunctionBreakpoint):
+    def _in_a_library(self) -> bool:
+        try:
+            return gdb.solib_name(memory.regs("pc")[0]) is not None
+        except gdb.error:
+            return True
+
     def __init__(self, tracer, spec, address=None):
         self.spec = spec
         super().__init__(tracer, spec.name, address=address)
@@ -132,6 +138,8 @@ class CallBreakpoint(FunctionBreakpoint):
         tracer = self.tracer
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
+        if tracer.by_name and tracer.recorded(pid) and self._in_a_library():
+            return False  # the process records the calls between its files itself (tracer._wanted)
         skip, real_stop = tracer.past_cap(pid, self.spec.name, self)
         if skip:
             return real_stop

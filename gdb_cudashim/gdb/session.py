@@ -54,11 +54,25 @@ def thread_snapshot(inferior, limit=48) -> list[dict]:
                 continue
             frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(limit)]
             threads.append({"pid": inferior.pid, "tid": thread.ptid[1], "name": thread.name,
-                            "waiting_in": waiting_in(frames), "frames": [f.__dict__ for f in frames]})
+                            "waiting_in": waiting_in(frames), "blocked": _blocked(inferior.pid, thread.ptid[1]),
+                            "frames": [f.__dict__ for f in frames]})
     finally:
         if here is not None and here.is_valid():
             here.switch()
     return threads
+
+
+def _blocked(pid: int, tid: int) -> str | None:
+    """The system call TID sat in when it was stopped (a thread that waits: futex, poll...),
+    None when it was running its own code (runnable: slowed down, or spinning)."""
+    from ..core.procfs import syscall_name
+
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+            number = f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if number in ("-1", "running") else syscall_name(int(number))
 
 
 def collect_hang(reason: str = "timeout") -> dict:
@@ -74,12 +88,20 @@ def collect_hang(reason: str = "timeout") -> dict:
             if inferior.pid:
                 State.tracer.snapshot(inferior.pid, "at the hang")
     shim = [t for t in threads if t["waiting_in"]]
-    if shim:
-        summary = f"{WHY.get(reason, reason)}; {len(shim)} thread(s) wait inside the CUDA driver/shim: " + \
-                  "; ".join(f"pid {t['pid']} thread {t['tid']} in {t['waiting_in']}" for t in shim)
+    blocked = [t for t in shim if t["blocked"]]
+    if shim and not blocked:
+        # Slowed is not hung: every thread inside the driver/shim was running its own code, none
+        # waited in the kernel (a debugger that stopped it often enough looks like this too)
+        summary = (f"{WHY.get(reason, reason)}; {len(shim)} thread(s) inside the CUDA driver/shim were still running, "
+                   "not blocked (slowed down or spinning, not waiting): " +
+                   "; ".join(f"pid {t['pid']} thread {t['tid']} in {t['waiting_in']}" for t in shim))
+    elif shim:
+        summary = f"{WHY.get(reason, reason)}; {len(blocked)} thread(s) wait inside the CUDA driver/shim: " + \
+                  "; ".join(f"pid {t['pid']} thread {t['tid']} in {t['waiting_in']} (blocked in {t['blocked']})"
+                            for t in blocked)
     else:
         summary = f"{WHY.get(reason, reason)}; no thread is inside a CUDA driver or shim frame"
-    hang = {"summary": summary, "reason": reason, "threads": threads}
+    hang = {"summary": summary, "reason": reason, "threads": threads, "blocked": bool(blocked) or not shim}
     try:
         from . import locks
         hang.update(locks.examine(threads))
