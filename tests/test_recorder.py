@@ -144,7 +144,9 @@ def test_a_discovery_child_killed_in_cuinit_is_killed_there_under_the_tool(stack
     proc, report = run_report(tmp_path, parent, env, extra=["--timeout", "60"])
     assert report is not None, proc.stderr
     (kill,) = [f for f in report["findings"] if f["rule"] == "killed-by-signal"]
-    assert "SIGKILL during CUDA init" in kill["summary"] or "while in cuInit" in kill["summary"], kill
+    # seen at the parent's kill(): the capture window of a single-threaded child is opened with a
+    # real stop when other processes run, so the parent's system calls are watched too
+    assert "by pid" in kill["summary"] and "its parent" in kill["summary"] and "while in cuInit" in kill["summary"], kill
     # the call in progress, recorded at its entry inside the child, read from its ring after its death
     assert any("cuInit()" in e and "not returned" in e for e in kill["evidence"]), kill["evidence"]
     (init,) = [c for c in report["calls"] if c["function"] == "cuInit" and c["pid"] == kill["pid"]]

@@ -326,8 +326,10 @@ class WindowBreakpoint(FunctionBreakpoint):
         # called again by every CUDA operation of a working backend: a stop each otherwise)
         needs_stop = tracer.retire(self)
         # the real stop is needed only where other threads run (a single thread is resumed
-        # with the capture on anyway): a log thread, a driver's threads
-        return (not was_capturing or needs_stop) and len(gdb.selected_inferior().threads()) > 1
+        # with the capture on anyway): a log thread, a driver's threads, and every thread of the
+        # other processes (a discovery parent whose kill() of this child must be caught)
+        others = len(gdb.selected_inferior().threads()) > 1 or sum(1 for i in gdb.inferiors() if i.pid) > 1
+        return (not was_capturing or needs_stop) and others
 
 
 _CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
