@@ -38,6 +38,10 @@ struct shim_gpu_info {
 
 enum shim_mode { SHIM_MODE_FAKE = 0, SHIM_MODE_FORWARD = 1 };
 
+/* What makes this file the bundled shim to gdb-cudashim (core/runtime.BUNDLED_SHIM_MARKER): a name
+ * only it exports. Never the g_* names below: the seeds' own shims carry those too. */
+SHIM_EXPORT const char gdb_cudashim_bundled_shim[] = "gdb-cudashim bundled debug shim";
+
 SHIM_EXPORT int g_initialized = 0;        /* cuInit has run (successfully or not) */
 SHIM_EXPORT int g_device_found = 0;       /* at least one device is visible */
 SHIM_EXPORT int g_in_init_phase = 0;      /* set while cuInit runs */

@@ -148,7 +148,7 @@ def test_a_discovery_child_killed_in_cuinit_is_killed_there_under_the_tool(stack
     # real stop when other processes run, so the parent's system calls are watched too
     assert "by pid" in kill["summary"] and "its parent" in kill["summary"] and "while in cuInit" in kill["summary"], kill
     # the call in progress, recorded at its entry inside the child, read from its ring after its death
-    assert any("cuInit()" in e and "not returned" in e for e in kill["evidence"]), kill["evidence"]
+    assert any("cuInit()" in e and "never returned" in e for e in kill["evidence"]), kill["evidence"]
     (init,) = [c for c in report["calls"] if c["function"] == "cuInit" and c["pid"] == kill["pid"]]
     assert not init["returned"]
     child = [o for o in report["observed"] if o["pid"] == kill["pid"]]

@@ -152,3 +152,17 @@ def test_cxx_typeinfo_is_not_a_shared_global(tmp_path):
     out = tmp_path / "libcxx.so"
     subprocess.run(["g++", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
     assert dynsym.read(str(out)).exported_data() == {"g_counter"}
+
+
+def test_a_users_shim_with_the_seeds_globals_is_not_the_bundled_shim(tmp_path):
+    """The seeds' own shims export g_in_init_phase and g_gpu_info too: only the marker that
+    shim/cudashim.c alone exports makes a file the bundled shim (issue #18 item 4)."""
+    from conftest import SHIM_BUILD, build_lib
+
+    src = tmp_path / "users_shim.c"
+    src.write_text("int g_in_init_phase; struct { int major, minor; } g_gpu_info;\n"
+                   "int cuInit(unsigned flags) { (void)flags; g_in_init_phase = 1; return 0; }\n")
+    users = build_lib(src, tmp_path / "libcuda.so.1", "-Wl,-soname,libcuda.so.1")
+    assert runtime.file_kind(str(users), "driver") == "driver shim"
+    assert runtime.file_kind(str(SHIM_BUILD / "libcuda.so.1"), "driver") == "bundled cudashim"
+    assert runtime.file_kind(str(SHIM_BUILD / "variants" / "seed" / "libcuda.so.1"), "driver") == "bundled cudashim"

@@ -220,7 +220,9 @@ def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: s
 
 # ------------------------------------------------- a process's CUDA files --
 NVIDIA_DRIVER_FILE = re.compile(r"lib(cuda|nvidia-ml)\.so\.\d{3}\.\d+(\.\d+)?$")
-BUNDLED_SHIM_MARKERS = ("g_in_init_phase", "g_gpu_info")
+# a name only shim/cudashim.c exports: a user's shim with the seeds' g_in_init_phase / g_gpu_info
+# globals is the user's own shim, not ours
+BUNDLED_SHIM_MARKER = "gdb_cudashim_bundled_shim"
 
 
 def _dyn(path: str):
@@ -262,7 +264,7 @@ def file_kind(path: str, role: str) -> str:
         return "CUDA stub library"
     if NVIDIA_DRIVER_FILE.search(os.path.basename(real)):
         return "NVIDIA driver" if role == "driver" else "NVIDIA NVML"
-    if dyn is not None and all(dyn.dlsym_finds(m) for m in BUNDLED_SHIM_MARKERS):
+    if dyn is not None and dyn.dlsym_finds(BUNDLED_SHIM_MARKER):
         return "bundled cudashim"
     if role == "driver" and soname != "libcuda.so.1" and dyn is not None and dyn.dlsym_finds("dlsym"):
         return "interposer"

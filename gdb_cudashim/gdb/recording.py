@@ -225,10 +225,13 @@ class Recording:
             self.tracer.note_internal(f"ring {os.path.basename(path)}: {exc}")
             return
         tl = self.tracer.timeline
+        inferiors = {i.pid: i.num for i in gdb.inferiors() if i.pid}
         for t_ns, event in events:
+            if event.pid not in self.tracer.pids and event.pid not in inferiors:
+                continue  # a process gdb does not follow (--no-follow-children) still records: not ours to report
             if event.kind == "call" and self._past_cap(event, t_ns):
                 continue
-            self.tracer.seen_pid(event.pid)
+            self.tracer.seen_pid(event.pid, inferiors.get(event.pid))
             event.seq = tl.next_seq()
             tl.add(event, t_ns)
         if final:
