@@ -31,19 +31,133 @@
  *
  * Built -g -O2 with frame pointers and unwind tables: gdb unwinds through the wrappers (the gdb
  * side loads this file's symbols into each recorded process) and hides their frames.
+ *
+ * It links nothing, not even the C library (-nostdlib; raw system calls, its own string
+ * functions): an audit library's dependencies are loaded again in a link-map namespace of their
+ * own, and a second libc and ld.so there cost every run their start-up, and gdb reading their
+ * symbols (~60 ms measured).
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
+
+/* ------------------------------------------------------ no C library: its few parts -- */
+static long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#define sys3(n, a, b, c) sys6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+/* gcc may call these for struct copies and initialisers: ours, hidden */
+__attribute__((visibility("hidden"))) void *memcpy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n--)
+        *d++ = *s++;
+    return dst;
+}
+
+__attribute__((visibility("hidden"))) void *memset(void *dst, int c, size_t n)
+{
+    unsigned char *d = dst;
+    while (n--)
+        *d++ = (unsigned char)c;
+    return dst;
+}
+
+static size_t strnlen_(const char *s, size_t limit)
+{
+    size_t n = 0;
+    while (n < limit && s[n])
+        n++;
+    return n;
+}
+
+static size_t strlen_(const char *s)
+{
+    return strnlen_(s, (size_t)-1);
+}
+
+static int strncmp_(const char *a, const char *b, size_t n)
+{
+    for (; n; n--, a++, b++) {
+        if (*a != *b)
+            return (unsigned char)*a - (unsigned char)*b;
+        if (!*a)
+            return 0;
+    }
+    return 0;
+}
+
+static int strcmp_(const char *a, const char *b)
+{
+    return strncmp_(a, b, (size_t)-1);
+}
+
+static const char *strrchr_(const char *s, char c)
+{
+    const char *last = NULL;
+    for (; *s; s++)
+        if (*s == c)
+            last = s;
+    return last;
+}
+
+static char *put_str(char *p, char *end, const char *s)
+{
+    while (*s && p < end)
+        *p++ = *s++;
+    return p;
+}
+
+static char *put_num(char *p, char *end, unsigned long v)
+{
+    char digits[24];
+    int n = 0;
+    do
+        digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) && n < 24);
+    while (n && p < end)
+        *p++ = digits[--n];
+    return p;
+}
+
+/* NAME's value in this process's environment (read from /proc: an audit library gets none) */
+static int env_value(const char *name, char *out, size_t size)
+{
+    static char env[32768];
+    int fd = (int)sys3(SYS_open, "/proc/self/environ", O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    long got = 0, n;
+    while (got < (long)sizeof env - 1 && (n = sys3(SYS_read, fd, env + got, sizeof env - 1 - got)) > 0)
+        got += n;
+    sys3(SYS_close, fd, 0, 0);
+    env[got < 0 ? 0 : got] = 0;
+    size_t len = strlen_(name);
+    for (long at = 0; at < got; at += (long)strnlen_(env + at, got - at) + 1) {
+        if (strncmp_(env + at, name, len) == 0 && env[at + len] == '=') {
+            const char *v = env + at + len + 1;
+            size_t vl = strnlen_(v, size - 1);
+            memcpy(out, v, vl);
+            out[vl] = 0;
+            return vl > 0;
+        }
+    }
+    return 0;
+}
 
 #define EXPORT __attribute__((visibility("default")))
 #define HIDDEN __attribute__((visibility("hidden")))
@@ -113,8 +227,8 @@ static char *g_data;
 
 static uint64_t now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    struct timespec ts = {0, 0};
+    sys3(SYS_clock_gettime, CLOCK_MONOTONIC, &ts, 0);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
@@ -132,8 +246,8 @@ static struct rec *reserve(unsigned type, unsigned spec, size_t payload, uint64_
     r->len = (uint32_t)len;
     r->type = (uint16_t)type;
     r->spec = (uint16_t)spec;
-    r->pid = (uint32_t)syscall(SYS_getpid);
-    r->tid = (uint32_t)syscall(SYS_gettid);
+    r->pid = (uint32_t)sys3(SYS_getpid, 0, 0, 0);
+    r->tid = (uint32_t)sys3(SYS_gettid, 0, 0, 0);
     r->aux = 0;
     r->t_ns = now_ns();
     r->serial = serial;
@@ -172,33 +286,43 @@ static void putbytes(struct out *o, const void *data, size_t n)
 
 static size_t cstrlen(const char *s, size_t limit)
 {
-    return s ? strnlen(s, limit) : 0;
+    return s ? strnlen_(s, limit) : 0;
 }
 
 static void ring_open(void)
 {
-    const char *dir = getenv("GDB_CUDASHIM_RING_DIR");
-    if (!dir || !*dir)
+    char dir[2048];
+    if (!env_value("GDB_CUDASHIM_RING_DIR", dir, sizeof dir))
         return;
     char path[4096];
     int fd = -1;
-    long pid = syscall(SYS_getpid);
+    long pid = sys3(SYS_getpid, 0, 0, 0);
     for (int n = 0; n < 64 && fd < 0; n++) { /* an exec keeps the pid: each image gets its own ring */
-        if (snprintf(path, sizeof path, "%s/%ld.%d.ring", dir, pid, n) >= (int)sizeof path)
+        char *p = path, *end = path + sizeof path - 1;
+        p = put_str(p, end, dir);
+        p = put_str(p, end, "/");
+        p = put_num(p, end, (unsigned long)pid);
+        p = put_str(p, end, ".");
+        p = put_num(p, end, (unsigned long)n);
+        p = put_str(p, end, ".ring");
+        if (p >= end)
             return;
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        *p = 0;
+        fd = (int)sys3(SYS_open, path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && fd != -17) /* -EEXIST: the next number */
+            return;
     }
     if (fd < 0)
         return;
-    void *map = MAP_FAILED;
-    if (ftruncate(fd, RING_DATA + RING_BYTES) == 0)
-        map = mmap(NULL, RING_DATA + RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd); /* the mapping stays: no descriptor of ours in the program */
-    if (map == MAP_FAILED) {
-        unlink(path);
+    long map = -1;
+    if (sys3(SYS_ftruncate, fd, RING_DATA + RING_BYTES, 0) == 0)
+        map = sys6(SYS_mmap, 0, RING_DATA + RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    sys3(SYS_close, fd, 0, 0); /* the mapping stays: no descriptor of ours in the program */
+    if (map < 0 && map > -4096) {
+        sys3(SYS_unlink, path, 0, 0);
         return;
     }
-    struct ring_header *h = map;
+    struct ring_header *h = (struct ring_header *)map;
     memcpy(h->magic, RING_MAGIC, 8);
     h->version = RING_VERSION;
     h->pid = (uint32_t)pid;
@@ -206,20 +330,20 @@ static void ring_open(void)
     h->t0_ns = now_ns();
     h->nspecs = CS_NSPECS;
     h->calls_recorded = CALLS_RECORDED;
-    ssize_t n = readlink("/proc/self/exe", h->exe, sizeof h->exe - 1);
+    long n = sys3(SYS_readlink, "/proc/self/exe", h->exe, sizeof h->exe - 1);
     h->exe[n > 0 ? n : 0] = 0;
-    if (!getcwd(h->cwd, sizeof h->cwd))
+    if (sys3(SYS_getcwd, h->cwd, sizeof h->cwd, 0) <= 0)
         h->cwd[0] = 0;
-    g_data = (char *)map + RING_DATA;
+    g_data = (char *)h + RING_DATA;
     g_ring = h;
     size_t names = 0;
     for (int i = 0; i < CS_NSPECS; i++)
-        names += strlen(cs_specs[i].name) + 1;
+        names += strlen_(cs_specs[i].name) + 1;
     struct rec *r = reserve(REC_SPECS, 0, names, 0);
     if (r) {
         char *p = (char *)(r + 1);
         for (int i = 0; i < CS_NSPECS; i++) {
-            size_t l = strlen(cs_specs[i].name) + 1;
+            size_t l = strlen_(cs_specs[i].name) + 1;
             memcpy(p, cs_specs[i].name, l);
             p += l;
         }
@@ -292,7 +416,7 @@ static int spec_index(const char *name)
     if (!name || !((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v')))
         return -1;
     for (int i = 0; i < CS_NSPECS; i++)
-        if (strcmp(cs_specs[i].name, name) == 0)
+        if (strcmp_(cs_specs[i].name, name) == 0)
             return i;
     return -1;
 }
@@ -304,16 +428,16 @@ static uintptr_t wrap_spec(int spec, uintptr_t real, uint64_t owner)
 
 static int is_libc(const struct link_map *map)
 {
-    const char *base = map && map->l_name ? strrchr(map->l_name, '/') : NULL;
+    const char *base = map && map->l_name ? strrchr_(map->l_name, '/') : NULL;
     base = base ? base + 1 : (map ? map->l_name : NULL);
-    return base && (strncmp(base, "libc.so", 7) == 0 || strncmp(base, "libdl.so", 8) == 0 ||
-                    strncmp(base, "ld-linux", 8) == 0);
+    return base && (strncmp_(base, "libc.so", 7) == 0 || strncmp_(base, "libdl.so", 8) == 0 ||
+                    strncmp_(base, "ld-linux", 8) == 0);
 }
 
 /* dlsym / dlvsym as bound to REAL, defined in OWNER: libc's is jumped to, anything else (a hook) called. */
 static uintptr_t wrap_dl(const char *name, uintptr_t real, const struct link_map *owner)
 {
-    int v = strcmp(name, "dlvsym") == 0;
+    int v = strcmp_(name, "dlvsym") == 0;
     if (is_libc(owner))
         return slot_for(g_dl, &g_ndl, DL_SLOTS, cs_dl_stubs, v ? SPEC_DLVSYM : SPEC_DLSYM, 0, real,
                         (uint64_t)(uintptr_t)owner);
@@ -321,22 +445,23 @@ static uintptr_t wrap_dl(const char *name, uintptr_t real, const struct link_map
                     (uint64_t)(uintptr_t)owner);
 }
 
-/* cuGetProcAddress(_v2) answered PFN for SYMBOL: which entry point of ours it is, if any. The
- * driver hands back the variant for the cudaVersion asked (cuGetProcAddress at 12000 is _v2,
- * cuDeviceTotalMem at 3020 is cuDeviceTotalMem_v2): the name PFN lands on decides when known. */
-static int spec_of_pfn(const char *symbol, int version, void *pfn)
+/* cuGetProcAddress(_v2) answered for SYMBOL: which entry point of ours it is, if any. The driver
+ * hands back the variant for the cudaVersion asked: cuGetProcAddress at 12000 is _v2, and a name
+ * whose _v2 is ours (cuDeviceTotalMem, asked at 3020 and later) is that _v2. */
+static int spec_of_pfn(const char *symbol, int version)
 {
     if (!symbol)
         return -1;
-    if (strcmp(symbol, "cuGetProcAddress") == 0)
+    if (strcmp_(symbol, "cuGetProcAddress") == 0)
         return spec_index(version >= 12000 ? "cuGetProcAddress_v2" : "cuGetProcAddress");
-    Dl_info info;
-    if (dladdr(pfn, &info) && info.dli_sname && info.dli_saddr == pfn) {
-        int s = spec_index(info.dli_sname);
-        if (s >= 0 && strncmp(info.dli_sname, symbol, strlen(symbol)) == 0)
-            return s;
-    }
-    return spec_index(symbol);
+    int s = spec_index(symbol);
+    if (s >= 0 || version < 3020)
+        return s;
+    char v2[128];
+    size_t n = strnlen_(symbol, sizeof v2 - 4);
+    memcpy(v2, symbol, n);
+    memcpy(v2 + n, "_v2", 4);
+    return spec_index(v2);
 }
 
 /* ------------------------------------------------------------ the wrappers ------------ */
@@ -378,7 +503,7 @@ __attribute__((noinline)) static uint64_t call_spec(struct slot *s, uint64_t *re
     if (rec) {
         /* out-parameters are read only on success (the caller's pointer may be junk otherwise),
          * except cuGetProcAddress_v2's symbolStatus, which says why it failed */
-        int gpa2 = strcmp(sp->name, "cuGetProcAddress_v2") == 0;
+        int gpa2 = strcmp_(sp->name, "cuGetProcAddress_v2") == 0;
         size_t payload = 8;
         const char *rs = sp->result_str ? (const char *)rax : NULL;
         if (sp->result_str)
@@ -407,9 +532,9 @@ __attribute__((noinline)) static uint64_t call_spec(struct slot *s, uint64_t *re
         }
     }
     /* the entry points cudart takes from cuGetProcAddress: wrappers too (the real one is recorded above) */
-    if (result == 0 && regs[1] && strncmp(sp->name, "cuGetProcAddress", 16) == 0) {
+    if (result == 0 && regs[1] && strncmp_(sp->name, "cuGetProcAddress", 16) == 0) {
         void **pfn = (void **)regs[1];
-        int spec = *pfn ? spec_of_pfn((const char *)regs[0], (int)regs[2], *pfn) : -1;
+        int spec = *pfn ? spec_of_pfn((const char *)regs[0], (int)regs[2]) : -1;
         if (spec >= 0)
             *pfn = (void *)wrap_spec(spec, (uintptr_t)*pfn, 0);
     }
@@ -608,7 +733,7 @@ EXPORT char *la_objsearch(const char *name, uintptr_t *cookie, unsigned int flag
 
 static int cudaish(const char *name)
 {
-    return name && ((name[0] == 'c' && name[1] == 'u') || strncmp(name, "nvml", 4) == 0);
+    return name && ((name[0] == 'c' && name[1] == 'u') || strncmp_(name, "nvml", 4) == 0);
 }
 
 EXPORT uintptr_t la_symbind64(Elf64_Sym *sym, unsigned int ndx, uintptr_t *refcook, uintptr_t *defcook,
@@ -616,7 +741,7 @@ EXPORT uintptr_t la_symbind64(Elf64_Sym *sym, unsigned int ndx, uintptr_t *refco
 {
     uintptr_t value = sym->st_value, out = value;
     const struct link_map *owner = defcook ? (const struct link_map *)*defcook : NULL;
-    int dl = symname && (strcmp(symname, "dlsym") == 0 || strcmp(symname, "dlvsym") == 0);
+    int dl = symname && (strcmp_(symname, "dlsym") == 0 || strcmp_(symname, "dlvsym") == 0);
     int spec = dl ? -1 : spec_index(symname);
     if (spec >= 0)
         out = wrap_spec(spec, value, (uint64_t)(uintptr_t)owner);
