@@ -21,6 +21,8 @@ SYS_WRITE, SYS_WRITEV = 1, 20
 # a process sending a signal: caught with the writes, so a parent's SIGKILL of its child is
 # seen before it lands (x86-64 numbers; the catchpoint takes the names)
 KILL_SYSCALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
+KILL_NUMBERS = {name: nr for nr, name in KILL_SYSCALLS.items()}
+KILL_FUNCTIONS = ("kill", "tgkill", "pidfd_send_signal")  # the C library's, broken at (handlers.KillBreakpoint)
 FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 15: "SIGTERM"}
 ENOSYS = 38
 WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
@@ -43,7 +45,8 @@ class Capture:
         self.writes_left: dict[int, int] = {}  # pid -> writes still captured after the window
         self.windows_done: set = set()  # (pid, function): each window opens once
         self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
-        self.pending_kill: dict | None = None  # a fatal signal caught on its way (see _on_kill)
+        self.pending_kill: dict | None = None  # a fatal signal caught on its way (see on_kill)
+        self.kills_seen: set[tuple[int, int, int]] = set()  # (sender, victim, signal) already recorded
         self.closed_at: dict[int, int] = {}  # pid -> when its first init window closed (CLOCK_MONOTONIC ns)
 
     def after_failed_load(self, pid):
@@ -155,7 +158,7 @@ class Capture:
             return False
         pid, tid = memory.ptid()
         if nr in KILL_SYSCALLS:
-            return self._on_kill(pid, tid, nr, rdi, rsi, rdx)
+            return self.on_kill(pid, tid, nr, rdi, rsi, rdx)
         inferior = gdb.selected_inferior()
         fd = memory.as_int32(rdi)
         if nr == SYS_WRITE:
@@ -193,7 +196,7 @@ class Capture:
         self.tracer.seen_pid(pid)
         return False
 
-    def _on_kill(self, pid, tid, nr, rdi, rsi, rdx) -> bool:
+    def on_kill(self, pid, tid, nr, rdi, rsi, rdx) -> bool:
         """A fatal signal on its way to another traced process: stop (True) so that the
         catchpoint's commands can take the victim's backtraces before it lands."""
         via = KILL_SYSCALLS[nr]
@@ -207,6 +210,9 @@ class Capture:
                 victim = thread_group(victim)
         if sig not in FATAL_SIGNALS or victim is None or victim == pid or victim not in self.tracer.live_pids:
             return False
+        if (pid, victim, sig) in self.kills_seen:
+            return False  # the C library's kill() seen at its entry (KillBreakpoint), now its system call
+        self.kills_seen.add((pid, victim, sig))
         self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
         return True
 

@@ -326,10 +326,34 @@ class WindowBreakpoint(FunctionBreakpoint):
         # called again by every CUDA operation of a working backend: a stop each otherwise)
         needs_stop = tracer.retire(self)
         # the real stop is needed only where other threads run (a single thread is resumed
-        # with the capture on anyway): a log thread, a driver's threads, and every thread of the
-        # other processes (a discovery parent whose kill() of this child must be caught)
-        others = len(gdb.selected_inferior().threads()) > 1 or sum(1 for i in gdb.inferiors() if i.pid) > 1
-        return (not was_capturing or needs_stop) and others
+        # with the capture on anyway): a log thread, a driver's threads. Not for other processes:
+        # a real stop at every child's window made 20 children at once crash one of them in ld.so
+        # (a discovery parent's kill() is caught by KillBreakpoint instead)
+        return (not was_capturing or needs_stop) and len(gdb.selected_inferior().threads()) > 1
 
 
 _CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
+
+
+class KillBreakpoint(FunctionBreakpoint):
+    """kill / tgkill / pidfd_send_signal in the C library: a traced process sending a fatal signal
+    to another (a discovery parent giving up on its child). Always armed, since a program calls
+    them rarely; a stop at the call, real only when the signal is fatal to a traced process, so
+    that the victim's threads are read before it lands (capture.record_kill, from the commands).
+    The syscall catchpoint of the init window still sees raw kill syscalls (Go's)."""
+
+    def __init__(self, tracer, function, address=None):
+        self.function = function
+        super().__init__(tracer, function, address=address)
+        from .capture import RESUME
+
+        self.commands = ("silent\npython __import__('gdb_cudashim.gdb.capture', fromlist=['x']).syscall_stop()\n"
+                         + RESUME)
+
+    def handle(self):
+        from .capture import KILL_NUMBERS
+
+        tracer = self.tracer
+        pid, tid = memory.ptid()
+        rdi, rsi, rdx = memory.regs("rdi", "rsi", "rdx")
+        return tracer.capture.on_kill(pid, tid, KILL_NUMBERS[self.function], rdi, rsi, rdx)

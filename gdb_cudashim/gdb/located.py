@@ -38,6 +38,7 @@ class Placer:
         self._cache: dict[tuple[str, int, int], symaddr.FileFunctions] = {}
         self._ours: set[int] = set()
         self._retired: dict[int, set] = {}  # breakpoint number -> program spaces it no longer stops in
+        self._full: set[tuple[str, int]] = set()  # where every kind of breakpoint has been made
         self._busy = False
         self._events = Subscriptions()
 
@@ -107,8 +108,14 @@ class Placer:
                     where = (function, offset)
                     placed[known_as].append(where)
                     valid.add(where)
-                    if where not in self.bps:
-                        self.bps[where] = made = self.make(*where)
+                    # a process that records its own calls needs no call breakpoint in its libraries
+                    # (tracer._wanted); each costs ~2 ms to make and gdb re-resolves it at every load
+                    full = self.wanted is None or self.wanted(progspace, where)
+                    if where not in self.bps or (full and where not in self._full):
+                        made = self.make(*where, full=full, more=where in self.bps)
+                        self.bps.setdefault(where, []).extend(made)
+                        if full:
+                            self._full.add(where)
                         for bp in made:
                             bp.placed_at = where
                             self._ours.add(bp.number)
@@ -178,7 +185,7 @@ class Placer:
         self._busy = True
         try:
             retired = self._retired.get(bp.number, ())
-            wanted = self.wanted or (lambda _space, _bp: True)
+            wanted = self.wanted or (lambda _space, _what: True)
             for loc in bp.locations:
                 want = any(where in self.valid.get(spaces.get(num), ()) and spaces.get(num) not in retired
                            and wanted(spaces.get(num), bp) for num in loc.thread_groups)

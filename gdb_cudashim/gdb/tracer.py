@@ -23,11 +23,11 @@ from ..core.lookups import LookupModel
 from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Load, ProcessEvent, Timeline, relevant_env
 from . import located, memory
-from .capture import Capture
+from .capture import KILL_FUNCTIONS, Capture
 from .recording import Recording
 from .events import Subscriptions
-from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, LookupBreakpoint, Return,
-                       WindowBreakpoint, delete_quietly)
+from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, KillBreakpoint,
+                       LookupBreakpoint, Return, WindowBreakpoint, delete_quietly)
 
 # Calls of one CUDA function by one process after its init that are recorded; later ones are not
 # traced there (ggml's memory fitting asks cudaMemGetInfo and the device properties thousands
@@ -37,7 +37,8 @@ CALLS_KEPT = 64
 UNCAPPED = ("cuGetProcAddress_v2", "cuGetProcAddress")
 FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
 # every function catch-init-error breaks on
-TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS]))
+TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS,
+                                        *KILL_FUNCTIONS]))
 
 
 class Tracer:
@@ -100,21 +101,26 @@ class Tracer:
                 self.seen_pid(inferior.pid, inferior.num)
         return messages
 
-    def _make(self, name, address=None) -> list[gdb.Breakpoint]:
-        """The breakpoints that trace function NAME (at ADDRESS, or by name)."""
+    def _make(self, name, address=None, full=True, more=False) -> list[gdb.Breakpoint]:
+        """The breakpoints that trace function NAME (at ADDRESS, or by name). FULL: the calls and
+        lookups too (a process that records them itself needs none); MORE: only those, the rest
+        exists at ADDRESS already."""
         made = []
-        if name in SPECS:
+        if full and name in SPECS:
             made.append(CallBreakpoint(self, SPECS[name], address))
-        if name in WINDOW_FUNCTIONS:
-            made.append(WindowBreakpoint(self, name, address))
-        if name == "dlopen":
-            made.append(DlopenBreakpoint(self, address))
-        elif name == "dlerror":
-            made.append(DlerrorBreakpoint(self, address))
-            self.dlerror_bps.append(made[-1])
-        elif name in ("dlsym", "dlvsym"):
+        if full and name in ("dlsym", "dlvsym"):
             made.append(LookupBreakpoint(self, name, address))
             self.lookup_bps.append(made[-1])
+        if not more:
+            if name in WINDOW_FUNCTIONS:
+                made.append(WindowBreakpoint(self, name, address))
+            if name == "dlopen":
+                made.append(DlopenBreakpoint(self, address))
+            elif name == "dlerror":
+                made.append(DlerrorBreakpoint(self, address))
+                self.dlerror_bps.append(made[-1])
+            elif name in KILL_FUNCTIONS:
+                made.append(KillBreakpoint(self, name, address))
         self.breakpoints.extend(made)
         return made
 
@@ -158,18 +164,21 @@ class Tracer:
     # them: those locations stay disabled in its program space, and gdb stops only for the rare.
     RECORDED_KINDS = (CallBreakpoint, LookupBreakpoint)
 
-    def _wanted(self, progspace, bp) -> bool:
-        """located.Placer asks: should BP stop in PROGSPACE's process? The recorder sees calls that
-        cross from one file to another (PLT bindings, dlsym, cuGetProcAddress); an entry point
-        defined in the program itself (a statically linked cudart) is called from within it, which
-        only a breakpoint sees."""
-        if not isinstance(bp, self.RECORDED_KINDS):
+    def _wanted(self, progspace, what) -> bool:
+        """located.Placer asks: should breakpoint WHAT stop in PROGSPACE's process (or, WHAT a
+        (function, address), are call and lookup breakpoints needed there at all)? The recorder
+        sees calls that cross from one file to another (PLT bindings, dlsym, cuGetProcAddress);
+        an entry point defined in the program itself (a statically linked cudart) is called from
+        within it, which only a breakpoint sees."""
+        if not isinstance(what, tuple) and not isinstance(what, self.RECORDED_KINDS):
             return True
         pid = next((i.pid for i in gdb.inferiors() if i.pid and i.progspace == progspace), 0)
         if not (pid and self.recording.recorded(pid)):
             return True
-        where = getattr(bp, "placed_at", None)
-        return isinstance(bp, CallBreakpoint) and where is not None and progspace.solib_name(where[1]) is None
+        where = what if isinstance(what, tuple) else getattr(what, "placed_at", None)
+        if where is None or where[0] in ("dlsym", "dlvsym") or isinstance(what, LookupBreakpoint):
+            return False
+        return progspace.solib_name(where[1]) is None
 
     def recorded(self, pid) -> bool:
         return self.recording.recorded(pid)
