@@ -5,7 +5,9 @@ already inside cuInit: each is a finding. Real gdb, real programs, the real CUDA
 import subprocess
 import time
 
-from conftest import BUILD, SHIM_BUILD, env_with, run_cli, run_report
+from conftest import FAKERT, ROOT, SHIM_BUILD, env_with, run_cli, run_report
+
+PROGRAMS = ROOT / "tests" / "programs"
 
 NO_CUDA = 4  # README: run exit status 4, no CUDA library was loaded: nothing to diagnose
 
@@ -73,3 +75,70 @@ def test_attach_to_sleep_is_nothing_to_diagnose(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# -- a failing init call with no ggml message (#21 item 2) ----------------------------------------
+
+def own_cuinit(tmp_path):
+    out = tmp_path / "own_cuinit"
+    subprocess.run(["cc", "-g", "-O0", "-o", str(out), str(PROGRAMS / "own_cuinit.c"), "-ldl"], check=True)
+    return out
+
+
+def test_program_calling_cuinit_itself_that_fails_is_a_finding(tmp_path):
+    proc, report = run_report(tmp_path, [own_cuinit(tmp_path)],
+                              env_with(LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_INIT_RESULT="100"))
+    assert "nvcuda init failure: 100" in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "No CUDA init failure seen" not in proc.stdout
+    (f,) = report["findings"]
+    assert f["rule"] == "init-call-failed"
+    assert "cuInit() in libcuda.so.1 returned CUDA_ERROR_NO_DEVICE (100)" in f["summary"]
+    assert "no ggml message" in f["summary"] and "cudart" not in f["summary"]
+    assert any("exited with status 1" in e for e in f["evidence"])
+
+
+def test_program_loading_a_missing_libcuda_itself_is_not_about_cudart(tmp_path):
+    proc, report = run_report(tmp_path, [own_cuinit(tmp_path)], env_with(LD_LIBRARY_PATH=tmp_path))
+    assert "unable to load libcuda.so.1" in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (f,) = report["findings"]
+    assert f["rule"] == "driver-not-found"
+    assert "own_cuinit could not load libcuda.so.1" in f["summary"]
+    assert "cudart" not in f["summary"] and "35" not in f["summary"], f["summary"]
+    assert f["explains"] is None
+
+
+def test_program_whose_cuinit_succeeds_is_a_clean_bill(tmp_path):
+    proc, report = run_report(tmp_path, [own_cuinit(tmp_path)], env_with(LD_LIBRARY_PATH=SHIM_BUILD))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["findings"] == [] and "No CUDA init failure seen." in proc.stdout
+
+
+# -- device counts from a runtime shim (#21 item 3) ----------------------------------------------
+
+def fakert_devices(stack, probe, tmp_path, count):
+    env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=SHIM_BUILD / "variants" / "seed", GGML_CUDA_LIB=stack.ggml_cuda,
+                   FAKERT_LAYOUT="good", FAKERT_DEVICES=count)
+    return run_report(tmp_path, [probe], env)
+
+
+def test_99999_devices_names_the_count_and_ggmls_16_device_limit(stack, probe, tmp_path):
+    proc, report = fakert_devices(stack, probe, tmp_path, 99999)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "GGML_ASSERT" in proc.stderr  # ggml's abort, which no CUDA error pattern matches
+    rules = [f["rule"] for f in report["findings"]]
+    assert rules[0] == "device-count", rules
+    f = report["findings"][0]
+    assert "reports 99999 CUDA devices" in f["summary"] and "GGML_CUDA_MAX_DEVICES" in f["summary"]
+    assert "limit of 16" in f["summary"]
+    crash = next(g for g in report["findings"] if g["rule"] == "killed-by-signal")
+    assert "errors above" not in crash["fix"] and "device count" in crash["fix"]
+
+
+def test_negative_device_count_is_a_finding(stack, probe, tmp_path):
+    proc, report = fakert_devices(stack, probe, tmp_path, -5)
+    assert "found -5 CUDA devices" in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (f,) = report["findings"]
+    assert f["rule"] == "device-count" and "reports -5 CUDA devices" in f["summary"]
