@@ -142,3 +142,58 @@ def test_negative_device_count_is_a_finding(stack, probe, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (f,) = report["findings"]
     assert f["rule"] == "device-count" and "reports -5 CUDA devices" in f["summary"]
+
+
+# -- attach: a thread already in cuInit, an init that ran before the watch (#21 item 4) -------------
+
+def _wait_for(path, text, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never showed in {path}")
+
+
+def test_attach_to_a_thread_already_blocked_in_cuinit_is_a_hang(stack, probe, tmp_path):
+    out = tmp_path / "probe.out"
+    with open(out, "w") as sink:
+        victim = subprocess.Popen([str(probe)], stdout=sink, stderr=sink,
+                                  env=env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda,
+                                               CUDASHIM_HANG="cuInit"))
+    try:
+        time.sleep(1.5)  # inside cuInit, waiting forever
+        proc = run_cli(["attach", str(victim.pid), "--timeout", "2"])
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "No CUDA init failure seen" not in proc.stdout
+        assert "already inside cuInit (libcuda.so.1)" in proc.stdout and "its CUDA init hangs" in proc.stdout
+        assert victim.poll() is None  # left running
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_attach_after_init_already_failed_reads_what_it_left(stack, tmp_path):
+    prog = tmp_path / "init_then_wait"
+    subprocess.run(["cc", "-g", "-O0", "-o", str(prog), str(PROGRAMS / "init_then_wait.c"), "-ldl"], check=True)
+    out = tmp_path / "server.out"
+    with open(out, "w") as sink:
+        server = subprocess.Popen([str(prog)], stdout=sink, stderr=sink,
+                                  env=env_with(LD_LIBRARY_PATH=SHIM_BUILD / "variants" / "seed",
+                                               GGML_CUDA_LIB=stack.ggml_cuda))
+    try:
+        _wait_for(out, "devices 0")
+        report = tmp_path / "r.json"
+        proc = run_cli(["attach", str(server.pid), "--timeout", "1", "--json", str(report)])
+        assert proc.returncode == NO_CUDA, proc.stdout + proc.stderr
+        assert "No CUDA init failure seen" not in proc.stdout
+        import json
+
+        (f,) = json.loads(report.read_text())["findings"]
+        assert f["rule"] == "init-before-watch" and "ran before the watch began" in f["summary"]
+        ev = "\n".join(f["evidence"])
+        assert "ggml-cuda " in ev and "seed/libcuda.so.1" in ev and "g_init_result=" in ev
+        assert server.poll() is None
+    finally:
+        server.kill()
+        server.wait()

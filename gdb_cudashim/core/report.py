@@ -41,6 +41,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "findings": [as_dict(f) for f in findings],
         "processes": [event_to_dict(p) for p in tl.processes],
         "hang": hang,
+        "watch_began": list(tl.watch_began),
         "stops": tl.stops,
         "observed": [{"pid": pid, "how": tl.observed.get(pid, "debugger stops"), "stops": tl.cost.get(pid, [0, 0.0])[0],
                       "stop_handler_ms": round(tl.cost.get(pid, [0, 0.0])[1] * 1000, 1)}

@@ -16,7 +16,7 @@ from .rules import Finding, _base
 from .timeline import Timeline
 
 # The rules whose findings mean "nothing to diagnose", not "a failure caught": run's exit 4.
-NOTHING_TO_DIAGNOSE = ("no-cuda-loaded", "program-never-ran")
+NOTHING_TO_DIAGNOSE = ("no-cuda-loaded", "program-never-ran", "init-before-watch")
 
 # The calls a CUDA init goes through: one of them failing is the init failing, whoever checks it.
 INIT_CALLS = ("cuInit", "cuDriverGetVersion", "cuDeviceGetCount", "nvmlInit", "nvmlInit_v2", "nvmlInitWithFlags",
@@ -204,6 +204,63 @@ def rule_device_count(tl: Timeline) -> list[Finding]:
     return out
 
 
+def rule_hang_since_attach(tl: Timeline) -> list[Finding]:
+    """An attach to a process with a thread already inside a CUDA init entry point, still there
+    in the same place when the watch ended: a hang, as run reports it."""
+    out = []
+    if not tl.hang:
+        return out
+    at_end = {t["tid"]: t for t in tl.hang.get("threads") or []}
+    for th in tl.watch_began:
+        end = at_end.get(th["tid"])
+        if end is None or end.get("waiting_in") != th["waiting_in"]:
+            continue
+        start = tl.process_start(th["pid"])
+        prog = _base(start.detail) if start else "?"
+        after = tl.hang.get("after_seconds")
+        ev = [f"when the watch began, thread {th['tid']} ({th.get('name') or prog}) was in {th['waiting_in']}"
+              + (f", blocked in {th['blocked']}" if th.get("blocked") else ""),
+              f"at the end ({after} s later) it was in the same place"
+              + (f", blocked in {end['blocked']}" if end.get("blocked") else ", running (not blocked)")]
+        out.append(Finding(
+            "hang-since-attach",
+            f"{prog} (pid {th['pid']}) thread {th['tid']} was already inside {th['waiting_in']} when the watch began and "
+            f"never left it{f' in {after} s' if after is not None else ''}: its CUDA init hangs",
+            ev, "the call never returns from the driver/shim: see where the thread waits (the frames above); a lock, a "
+            "wait on a device or on a daemon that never answers; run the program under 'gdb-cudashim run' to see what "
+            "it did before", th["pid"]))
+    return out
+
+
+def rule_init_before_watch(tl: Timeline) -> list[Finding]:
+    """An attach after CUDA was loaded (and its init ran): say so, and read what it left (the files
+    mapped, the shims' globals); never a clean bill for an init nobody watched."""
+    from .state import format_value
+
+    out = []
+    for snap in tl.libraries:
+        if snap.when != "when the watch began" or not snap.files:
+            continue
+        pid = snap.pid
+        if any(c.pid == pid and c.function in INIT_CALLS for c in tl.calls):
+            continue  # an init in the watch (a server calling cuInit again): watched
+        start = tl.process_start(pid)
+        prog = _base(start.detail) if start else "?"
+        ev = [f"mapped when the watch began: {f['role']} {f['path']}" for f in snap.files]
+        for shim in snap.shims:
+            values = [f"{k}={format_value(v.get('value'))}" for k, v in (shim.get("globals") or {}).items()
+                      if not v.get("error") and ("init" in k or "result" in k or "count" in k or "error" in k)]
+            if values:
+                ev.append(f"what the init left in {_base(shim['library'])}: " + ", ".join(values[:8]))
+        out.append(Finding(
+            "init-before-watch",
+            f"CUDA init in {prog} (pid {pid}) ran before the watch began ({', '.join(_base(f['path']) for f in snap.files)} "
+            "already mapped): it was not watched, so nothing here says whether it failed",
+            ev, "run the program under 'gdb-cudashim run -- ...', or attach before it loads CUDA (ollama: attach to the "
+            "server before a model load: each runner child is watched from its start)", pid))
+    return out
+
+
 def _covered(f: Finding, findings: list[Finding]) -> bool:
     """F says what an earlier finding about the same process already says."""
     if f.rule == "init-call-failed":
@@ -225,6 +282,9 @@ def extra(tl: Timeline, findings: list[Finding]) -> list[Finding]:
                 g.fix = ABORT_FIX
     out += counts
     out += [f for f in rule_init_call_failed(tl) if not _covered(f, findings + out)]
+    hung = rule_hang_since_attach(tl)
+    out += hung
+    out += [f for f in rule_init_before_watch(tl) if not any(h.pid == f.pid for h in hung + findings)]
     if not findings and not out:  # a crash at start says it never loaded CUDA itself (killed-by-signal)
         out += rule_no_cuda(tl)
     return out
