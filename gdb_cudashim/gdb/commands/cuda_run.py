@@ -39,7 +39,7 @@ class CudaRun(Command):
         p.add_argument("--detach", action="store_true", help="attached use: at the end (or --timeout) remove everything "
                        "armed, delete cuda-patch patches, and detach, leaving the processes running")
         p.add_argument("--quit", action="store_true", help="quit gdb with the report's exit status: 0 no failure, "
-                       "1 failure caught, 2 could not run, 3 timed out")
+                       "1 failure caught, 2 could not run, 3 timed out, 4 no CUDA library loaded (nothing to diagnose)")
         # the CLI's side of the run (gdb-cudashim run/attach)
         p.add_argument("--control-fd", type=int, metavar="FD", help="read 'stop REASON' / 'dump FILE' lines from FD; "
                        "its end of file (the caller died) stops and tears down the run")
