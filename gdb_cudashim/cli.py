@@ -1,6 +1,7 @@
 """gdb-cudashim: the command outside gdb (batch runs, gdb launcher, set-up checks, audit).
 
-Exit statuses: 0 no CUDA init failure seen, 1 failure found, 2 usage or environment error, 3 timed out.
+Exit statuses: 0 no CUDA init failure seen, 1 failure found, 2 usage or environment error, 3 timed out,
+4 no CUDA library was loaded (nothing to diagnose).
 """
 from __future__ import annotations
 
@@ -450,7 +451,7 @@ def _emit(report: dict, args, command: list[str], ref: dict | None = None) -> in
                 write_text(args.json, to_json(report))
             except OSError as exc:
                 print(f"gdb-cudashim: cannot write --json {args.json}: {exc.strerror}", file=sys.stderr)
-                status = EXIT_USAGE if status in (0, 1) else status
+                status = EXIT_USAGE if status in (0, 1, 4) else status
     lines = render(report, color=_color(args.color), verbose=args.verbose)
     if compared:
         lines += [""] + compared[1]

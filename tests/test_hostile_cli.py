@@ -100,7 +100,7 @@ def test_attach_by_full_path(tmp_path):
     proc = subprocess.Popen([str(sleeper), "60"])
     try:
         out = run_cli(["attach", str(sleeper), "--timeout", "1"])
-        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.returncode == 4, out.stdout + out.stderr
         assert f"detached from {proc.pid}" in out.stdout
         assert proc.poll() is None
     finally:

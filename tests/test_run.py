@@ -142,11 +142,13 @@ def test_hang_inside_the_shim(stack, probe, tmp_path):
     assert "shim_wait_forever" in [f["function"] for f in waiting[0]["frames"]]
 
 
-def test_no_cuda_at_all_is_clean(tmp_path):
+def test_no_cuda_at_all_is_nothing_to_diagnose(tmp_path):
+    """Not a clean bill (#21): a run that loaded no CUDA library says so, and exits 4."""
     proc, report = run_report(tmp_path, ["/bin/sh", "-c", "echo hello; echo CUDA-free >&2"], env_with())
-    assert proc.returncode == 0, proc.stdout
-    assert report["findings"] == [] and report["errors"] == [] and report["calls"] == []
-    assert "No CUDA init failure seen" in proc.stdout
+    assert proc.returncode == 4, proc.stdout
+    assert [f["rule"] for f in report["findings"]] == ["no-cuda-loaded"]
+    assert report["errors"] == [] and report["calls"] == []
+    assert "No CUDA init failure seen" not in proc.stdout and "Nothing to diagnose" in proc.stdout
 
 
 def test_recipe_batch_run(stack, probe):
@@ -158,7 +160,7 @@ def test_recipe_batch_run(stack, probe):
     # from another directory, the recipe finds the package by its own path
     proc = subprocess.run(["gdb", "-batch", "-x", str(ROOT / "commands/catch-init-error.gdb"), "--args", "/bin/true"],
                           cwd="/", env=env_with(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # /bin/true loads no CUDA: nothing to diagnose
 
 
 @pytest.mark.parametrize("args,words", [
@@ -357,7 +359,7 @@ def test_child_that_execs_a_program_with_none_of_the_parents_libraries(tmp_path)
     """After exec, the parent's breakpoint addresses mean nothing in the child (here nothing is
     mapped there at all): gdb must not be asked to insert them ("Cannot insert breakpoint")."""
     proc, report = run_report(tmp_path, [BUILD / "spawner", BUILD / "static_child"], env_with())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # no CUDA anywhere: nothing to diagnose
     assert "Cannot insert" not in proc.stdout + proc.stderr
     assert [p["exit_code"] for p in report["processes"] if p["what"] == "exit"] == [0, 0]
 

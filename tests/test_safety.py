@@ -258,7 +258,7 @@ def test_json_into_a_character_device_writes_in_place(tmp_path):
     dev = tmp_path / "null"
     os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers, a node of our own
     proc = run_json(dev)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert stat.S_ISCHR(os.stat(dev).st_mode) and os.stat(dev).st_rdev == os.makedev(1, 3)
 
 
@@ -279,9 +279,9 @@ def test_json_into_a_fifo_is_written_in_place(tmp_path):
     reader.start()
     proc = run_json(fifo)
     reader.join(30)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    assert json.loads(got["text"])["status"] == 0
+    assert json.loads(got["text"])["status"] == 4
 
 
 def test_json_through_a_symlink_keeps_the_link(tmp_path):
@@ -290,17 +290,17 @@ def test_json_through_a_symlink_keeps_the_link(tmp_path):
     link = tmp_path / "link.json"
     link.symlink_to(target)
     proc = run_json(link)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
-    assert json.loads(target.read_text())["status"] == 0
+    assert json.loads(target.read_text())["status"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]  # no temp file left
 
 
 def test_json_dash_is_stdout(tmp_path):
     proc = run_json("-")
-    assert proc.returncode == 0
-    assert json.loads(proc.stdout)["status"] == 0
-    assert "No CUDA init failure seen" in proc.stderr
+    assert proc.returncode == 4
+    assert json.loads(proc.stdout)["status"] == 4
+    assert "Nothing to diagnose" in proc.stderr
 
 
 def test_json_regular_file_replaced_keeps_its_mode(tmp_path):
@@ -308,8 +308,8 @@ def test_json_regular_file_replaced_keeps_its_mode(tmp_path):
     target.write_text('{"schema": 1, "status": 9}')  # an earlier report
     os.chmod(target, 0o640)
     proc = run_json(target)
-    assert proc.returncode == 0
-    assert json.loads(target.read_text())["status"] == 0
+    assert proc.returncode == 4
+    assert json.loads(target.read_text())["status"] == 4
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
 
 

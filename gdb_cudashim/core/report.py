@@ -13,6 +13,7 @@ from .rules import Finding
 from .timeline import Timeline, event_to_dict
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_NO_CUDA = 4  # no traced process loaded a CUDA library: nothing to diagnose (not a clean bill)
 # The JSON's layout: raised when a field changes meaning or goes; `gdb-cudashim diff` reads only its own.
 SCHEMA = 1
 
@@ -24,7 +25,11 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         d["origin"] = w.origin
         errors.append(d)
     timed_out = bool(hang) and hang.get("reason", "timeout") == "timeout"
-    status = EXIT_TIMEOUT if timed_out else (EXIT_FAILURE if (findings or errors) else EXIT_OK)
+    from .rules_absent import NOTHING_TO_DIAGNOSE
+
+    nothing = bool(findings) and not errors and all(f.rule in NOTHING_TO_DIAGNOSE for f in findings)
+    status = EXIT_TIMEOUT if timed_out else (EXIT_NO_CUDA if nothing else EXIT_FAILURE if (findings or errors)
+                                             else EXIT_OK)
     return {
         "schema": SCHEMA,
         "status": status,
@@ -36,6 +41,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "findings": [as_dict(f) for f in findings],
         "processes": [event_to_dict(p) for p in tl.processes],
         "hang": hang,
+        "watch_began": list(tl.watch_began),
         "stops": tl.stops,
         "observed": [{"pid": pid, "how": tl.observed.get(pid, "debugger stops"), "stops": tl.cost.get(pid, [0, 0.0])[0],
                       "stop_handler_ms": round(tl.cost.get(pid, [0, 0.0])[1] * 1000, 1)}
@@ -221,7 +227,10 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
 
     out.append("")
     if report["findings"]:
-        out.append(s("bold", "Diagnosis"))
+        from .rules_absent import NOTHING_TO_DIAGNOSE
+
+        nothing = all(f["rule"] in NOTHING_TO_DIAGNOSE for f in report["findings"])
+        out.append(s("bold", "Nothing to diagnose (not a clean bill)" if nothing else "Diagnosis"))
         for i, f in enumerate(report["findings"], 1):
             out.append(s("red", f"{i}. {f['summary']}"))
             for ev in f["evidence"]:

@@ -230,13 +230,18 @@ def rule_driver_not_found(tl: Timeline) -> list[Finding]:
     out = []
     for l in tl.loads:
         if role_of(l.path) == "driver" and l.ok is False:
+            from .rules_absent import driver_load_words
+
+            who, has_runtime = driver_load_words(tl, l)  # a program's own dlopen is not cudart's
             out.append(Finding(
                 "driver-not-found",
-                f"cudart could not load {l.path}: it reports cudaErrorInsufficientDriver (35)",
+                f"{who} could not load {l.path}" + (": it reports cudaErrorInsufficientDriver (35)" if who == "cudart"
+                                                    else " (no CUDA runtime in this process: the program loads the "
+                                                         "driver itself)" if not has_runtime else ""),
                 [f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}"
-                 + (f": {l.error}" if l.error else "")] + _error_evidence(tl),
+                 + (f": {l.error}" if l.error else "")] + (_error_evidence(tl) if has_runtime else []),
                 "put the directory holding the shim's libcuda.so.1 on LD_LIBRARY_PATH (or in /etc/ld.so.conf.d and run "
-                "ldconfig); the file must be named libcuda.so.1", l.pid, explains=35))
+                "ldconfig); the file must be named libcuda.so.1", l.pid, explains=35 if who == "cudart" else None))
     for l in tl.loads:
         where = l.resolved or l.path
         if role_of(where) == "driver" and l.ok and "/stubs/" in where:
@@ -571,7 +576,7 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
             evidence.append(f"it loaded {', '.join(_base(l.path) for l in loads)} but made no traced CUDA call")
             where = "before any CUDA call"
         else:
-            where = "before CUDA init (no CUDA library was loaded)"
+            where = "before CUDA init: the program never loaded CUDA (no CUDA library was loaded)"
         out.append(Finding(
             rule="killed-by-signal", pid=pid,
             summary=f"{prog} (pid {pid}) died of {SIGNAL_WORDS.get(end.signal, end.signal)} {where}",
@@ -1022,10 +1027,13 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
+    from . import rules_absent  # what did not happen, or failed with no ggml message (its own module)
+
+    findings += rules_absent.extra(tl, findings)
     code = _run_error_code(tl)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
-        return sorted(findings, key=lambda f: 0 if f.rule in ("killed-by-signal", "crash-in-runtime", "crash-in-shim",
-                                                             *FIRST) else 1)
+        return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in (
+            "killed-by-signal", "crash-in-runtime", "crash-in-shim", *FIRST) else 2)
     return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule in FIRST else 1)
 
 

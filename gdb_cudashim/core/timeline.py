@@ -216,6 +216,7 @@ class Timeline:
     cost: dict = factory(dict)  # pid -> [debugger stops, seconds in our stop handlers]: what the tool cost it
     observed: dict = factory(dict)  # pid -> how its lookups and calls were seen ("in-process", or why breakpoints)
     hang: dict | None = None  # the threads at a timeout/interrupt, their locks and spins (session.collect_hang)
+    watch_began: list = factory(list)  # an attach: the threads already inside CUDA when the watch began
 
     def next_seq(self) -> int:
         self._seq += 1

@@ -155,7 +155,8 @@ def snapshot(tracer, pid: int, when: str) -> None:
     if existing is not None:
         # once per process, except that the end of init says more than a failed load before it
         # (a program probing for libraries): that one is replaced
-        if not (when == "after init" and existing.when == "at a failed load"):
+        if not (when == "after init" and existing.when == "at a failed load"
+                or existing.when == "when the watch began" and not existing.files):  # an attach to a process with none yet
             return
         tl.events.remove(existing)
     inferior = next((i for i in gdb.inferiors() if i.pid == pid), None)

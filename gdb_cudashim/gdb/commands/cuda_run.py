@@ -39,7 +39,7 @@ class CudaRun(Command):
         p.add_argument("--detach", action="store_true", help="attached use: at the end (or --timeout) remove everything "
                        "armed, delete cuda-patch patches, and detach, leaving the processes running")
         p.add_argument("--quit", action="store_true", help="quit gdb with the report's exit status: 0 no failure, "
-                       "1 failure caught, 2 could not run, 3 timed out")
+                       "1 failure caught, 2 could not run, 3 timed out, 4 no CUDA library loaded (nothing to diagnose)")
         # the CLI's side of the run (gdb-cudashim run/attach)
         p.add_argument("--control-fd", type=int, metavar="FD", help="read 'stop REASON' / 'dump FILE' lines from FD; "
                        "its end of file (the caller died) stops and tears down the run")
@@ -74,6 +74,7 @@ class CudaRun(Command):
         started = time.monotonic()
         t.stop_reason = None
         stopped_before = {i.pid for i in _live() if proc_state(i.pid) == "T"}
+        _before_watch(t)
         if args.settle is not None and not (0 < args.settle < 1e6):
             raise gdb.GdbError("cuda-run: --settle must be a positive number of seconds")
         settle = (lambda: t.settled(args.settle)) if args.settle else None
@@ -101,6 +102,9 @@ class CudaRun(Command):
         left_running = []
         if _live():
             if args.detach or (reason == "settled" and not args.end_server):
+                if reason == "timeout" and _still_inside(t):
+                    t.hang = session.collect_hang("timeout")  # a thread in CUDA init since before the watch
+                    t.hang["after_seconds"] = round(time.monotonic() - started, 1)
                 left_running = _detach_all(t, stopped_before)
             else:
                 _end_all(t, reason, started)
@@ -305,6 +309,31 @@ def _program_args() -> str:
     text = gdb.execute("show args", to_string=True).strip()
     start, end = text.find('"'), text.rfind('"')
     return text[start + 1:end] if 0 <= start < end else ""
+
+
+def _before_watch(tracer):
+    """An attach: what was there before the watch (#21): the CUDA files mapped and the shims'
+    globals (what an init that already ran left), and the threads already inside CUDA."""
+    for inferior in _live():
+        tracer.snapshot(inferior.pid, "when the watch began")
+        try:
+            threads = session.thread_snapshot(inferior)
+        except gdb.error:
+            continue
+        tracer.timeline.watch_began += [th for th in threads if th["waiting_in"]]
+
+
+def _still_inside(tracer) -> bool:
+    """A thread inside CUDA when the watch began is there still, in the same place."""
+    if not tracer.timeline.watch_began:
+        return False
+    now = {}
+    for inferior in _live():
+        try:
+            now.update({th["tid"]: th["waiting_in"] for th in session.thread_snapshot(inferior)})
+        except gdb.error:
+            continue
+    return any(now.get(th["tid"]) == th["waiting_in"] for th in tracer.timeline.watch_began)
 
 
 def _end_all(tracer, reason, started):
