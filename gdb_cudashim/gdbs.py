@@ -113,3 +113,10 @@ def pick(env: dict | None = None) -> Gdb | None:
         return Gdb(path, "system", False)
     path = wheel_gdb(env)
     return Gdb(path, "wheel", True) if path else None
+
+
+def set_by_launcher(environ=None) -> bool:
+    """Inside gdb: does gdb's own environment carry what the wheel's launcher set for it? It sets
+    PYTHONHOME to this Python's 'prefix:exec_prefix', which nobody sets by hand."""
+    environ = os.environ if environ is None else environ
+    return environ.get("PYTHONHOME") == f"{sys.prefix}:{sys.exec_prefix}"

@@ -3,9 +3,10 @@
 PYTHONPATH and PYTHONNOUSERSITE for gdb, and the program never inherits them. Real gdb runs only."""
 import json
 import os
+import subprocess
 import sys
 
-from conftest import SHIM_BUILD, env_with, find_gdb, run_cli, run_report
+from conftest import ROOT, SHIM_BUILD, env_with, find_gdb, run_cli, run_report
 from gdb_cudashim.gdbs import is_wheel_launcher
 
 SEED = SHIM_BUILD / "variants" / "seed"
@@ -58,6 +59,20 @@ def test_the_users_own_python_variables_reach_the_program_under_each_gdb(each_gd
     assert proc.returncode == 0 and seen.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     want = {"PYTHONHOME": None, **mine}
     assert json.loads(seen.read_text()) == {"parent": want, "child": want}
+
+
+def test_the_batch_recipe_in_each_gdb_runs_a_python_parent(each_gdb, tmp_path):
+    """Plain gdb with the extension loaded (no CLI to restore anything): in the wheel's gdb the loader
+    takes the launcher's variables out of the program's environment."""
+    script, seen = _parent(tmp_path)
+    env = env_with()
+    for name in LAUNCHER_ENV:
+        env.pop(name, None)
+    proc = subprocess.run([each_gdb, "-batch", "-x", str(ROOT / "commands" / "catch-init-error.gdb"), "--args",
+                           sys.executable, str(script), str(seen)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and seen.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads(seen.read_text()) == {"parent": dict.fromkeys(LAUNCHER_ENV), "child": dict.fromkeys(LAUNCHER_ENV)}
 
 
 def test_the_launcher_gives_the_program_the_users_environment(each_gdb):
