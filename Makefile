@@ -12,9 +12,15 @@ setup: venv bytecode stack shim programs
 system-deps:
 	@./.ci/system-deps
 
-$(STAMP): pyproject.toml | system-deps
+# gdb-wheel.txt first: the gdb-for-pwndbg wheel checked against its pinned sha256 (pyproject.toml
+# then finds it installed); make test runs the in-gdb tests in its gdb 18 and in the system gdb
+$(STAMP): pyproject.toml gdb-wheel.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r gdb-wheel.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
+	@# the wheel's launcher links libpython into the venv on its first start: done here, once, and seen to work
+	@if [ -x $(BIN)/gdb ]; then $(BIN)/gdb -nx -q -batch -ex 'python import gdb_cudashim, tabulate' >/dev/null || \
+	    echo "warning: the gdb-for-pwndbg wheel's gdb does not start in this Python (it needs a shared libpython); the system gdb is used" >&2; fi
 	@touch $@
 
 venv: $(STAMP)

@@ -50,12 +50,18 @@ def _which(name: str) -> str | None:
     return None
 
 
-def _gdb() -> str:
-    gdb = os.environ.get("GDB", "gdb")
-    path = _which(gdb)
-    if not path:
-        raise CliError(f"gdb not found ({gdb}): install it (Debian/Ubuntu: apt-get install gdb) or set GDB=/path/to/gdb")
-    return path
+def _gdb():
+    """The gdb to run (gdbs.Gdb): GDB, else the system gdb, else the gdb-for-pwndbg wheel's."""
+    from . import gdbs
+
+    gdb = gdbs.pick()
+    if gdb is None:
+        if os.environ.get("GDB"):
+            raise CliError(f"gdb not found (GDB={os.environ['GDB']}): set GDB=/path/to/gdb, or unset it to use "
+                           "the system gdb or the gdb-for-pwndbg wheel's")
+        raise CliError("gdb not found: install it (Debian/Ubuntu: apt-get install gdb; or pip install "
+                       f"'{gdbs.WHEEL}=={gdbs.WHEEL_VERSION}' into this Python) or set GDB=/path/to/gdb")
+    return gdb
 
 
 def _gdb_env() -> dict:
@@ -87,18 +93,22 @@ def _check_program(argv: list[str]) -> str:
     return path
 
 
-def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict]:
+def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict, object]:
     """gdb with the extension loaded; LD_PRELOAD moves from gdb itself to the program.
     A batch run prints no program values, so it skips auto-loading the libraries' gdb
     scripts (libstdc++'s pretty-printers alone are ~0.03 s of compiling per run)."""
-    cmd = [_gdb(), "-nx", "-q"]
+    gdb = _gdb()
+    cmd = [gdb.path, "-nx", "-q"]
     if batch:  # only catch-init-error and cuda-run are loaded (gdb/loader.py)
         cmd += ["-iex", "set auto-load python-scripts off", "-iex", "set $gdb_cudashim_batch = 1"]
     cmd += ["-iex", "set print inferior-events off", "-iex", "set print thread-events off", "-iex", f"source {GDBINIT}"]
+    # the wheel's launcher set PYTHONHOME/PYTHONPATH for gdb's Python: the program gets the user's own
+    for line in gdb.program_env_commands(env):
+        cmd += ["-iex", line]
     preload = env.pop("LD_PRELOAD", None)
     if preload:
         cmd += ["-iex", f"set environment LD_PRELOAD={preload}"]
-    return cmd, env
+    return cmd, env, gdb
 
 
 def _gdb_command(words: list[str]) -> str:
@@ -428,13 +438,15 @@ def _warm_up_renderer() -> None:
         pass  # reported when the report is rendered
 
 
-def _emit(report: dict, args, command: list[str], ref: dict | None = None) -> int:
+def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) -> int:
     """Write --json, print the report, and return the exit status: the report's, or
     128+N when the run was stopped by signal N. With REF (run --compare), the differences
     from it follow the report, and a clean run that differs from it exits 1."""
     from .core.report import render, to_json
 
-    report.setdefault("meta", {})["command"] = command
+    meta = report.setdefault("meta", {})
+    meta["command"] = command
+    meta["gdb"] = gdb.describe(meta.get("gdb_version"))  # which gdb ran it, in one line
     status = int(report.get("status", 1))
     if report.get("exit_signal"):
         status = 128 + int(report["exit_signal"])
@@ -481,7 +493,7 @@ def cmd_run(args) -> int:
             raise CliError(f"bad --pattern {pattern!r}: {exc}")
     _check_report_args(args)
     ref = _load_reference(args.compare) if args.compare else None
-    base, env = _gdb_base(_gdb_env())
+    base, env, gdb = _gdb_base(_gdb_env())
     arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]
     if not args.follow:
         arm.append("--no-follow-children")
@@ -503,7 +515,7 @@ def cmd_run(args) -> int:
         raise CliError(f"gdb ended (status {status}) without a report" + (f": {last}" if last else "")
                        + "; run the same under 'gdb-cudashim gdb --args ...' to see why")
 
-    return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command, ref)
+    return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command, gdb, ref)
 
 
 def _load_reference(path: str) -> dict:
@@ -721,7 +733,7 @@ def cmd_attach(args) -> int:
     pid = _pick_target(args.target)
     _check_alive(pid)
     _check_ptrace(pid)
-    base, env = _gdb_base(_gdb_env())
+    base, env, gdb = _gdb_base(_gdb_env())
 
     def make_cmd(report_path, tmp):
         drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout",
@@ -744,13 +756,15 @@ def cmd_attach(args) -> int:
         raise CliError(f"could not attach to {pid}: {_last_line(log) or 'no output'}")
 
     report = _gdb_report(make_cmd, env, no_report, attach_pid=pid, timeout=args.timeout)
-    return _emit(report, args, [f"attach {pid}"])
+    return _emit(report, args, [f"attach {pid}"], gdb)
 
 
 def cmd_gdb(args) -> int:
     env = _gdb_env()
-    base, env = _gdb_base(env, batch=False)
+    base, env, gdb = _gdb_base(env, batch=False)
     import subprocess
+
+    print(f"gdb-cudashim: {gdb.describe()}", file=sys.stderr)  # which gdb, in one line
 
     # an interactive gdb owns Ctrl-C (it interrupts the program): we only wait for it
     for sig in (signal.SIGINT, signal.SIGQUIT):
@@ -768,8 +782,9 @@ def cmd_doctor(args) -> int:
 
     print(f"gdb-cudashim in {deps.package_root()}; this Python: {sys.version.split()[0]} ({sys.executable})")
     gdb = _gdb()
+    print(gdb.describe())  # which gdb, in one line; cuda-doctor below gives its version and Python
     env = _gdb_env()
-    out = subprocess.run([gdb, "-nx", "-q", "-batch", "-iex", f"source {GDBINIT}", "-ex", "cuda-doctor"],
+    out = subprocess.run([gdb.path, "-nx", "-q", "-batch", "-iex", f"source {GDBINIT}", "-ex", "cuda-doctor"],
                          env=env, capture_output=True, text=True)
     sys.stdout.write(out.stdout)
     sys.stdout.write(out.stderr)

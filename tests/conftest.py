@@ -86,8 +86,45 @@ def run_report(tmp_path, program_args, env, extra=(), timeout=120):
     return proc, report
 
 
+# -- the two gdbs: the system one (13.1 on Debian 12) and the gdb-for-pwndbg wheel's (18.1) ----
+
+GDB_KINDS = ["system", "wheel"]
+
+
+def find_gdb(kind: str) -> str:
+    """The system gdb or the wheel's launcher; missing is a failure in CI (both must be there),
+    a skip that says why elsewhere."""
+    from gdb_cudashim import gdbs
+
+    path = gdbs.system_gdb() if kind == "system" else gdbs.wheel_gdb()
+    if not path:
+        msg = ("no system gdb on PATH (apt-get install gdb)" if kind == "system" else
+               f"no {gdbs.WHEEL} launcher beside {sys.executable} (make venv)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(params=GDB_KINDS)
+def each_gdb(request, monkeypatch):
+    """The test runs once with each gdb: GDB names it, for the CLI and run_gdb alike."""
+    path = find_gdb(request.param)
+    monkeypatch.setenv("GDB", path)
+    return path
+
+
+def gdb_path() -> str:
+    """The gdb a test runs by default: GDB, else the system gdb, else the wheel's."""
+    from gdb_cudashim import gdbs
+
+    picked = gdbs.pick()
+    assert picked is not None, "no gdb: set GDB, install gdb, or make venv"
+    return picked.path
+
+
 def run_gdb(commands, args=(), env=None, timeout=120):
-    cmd = ["gdb", "-nx", "-q", "-batch", "-ex", f"source {GDBINIT}"]
+    cmd = [gdb_path(), "-nx", "-q", "-batch", "-ex", f"source {GDBINIT}"]
     for c in commands:
         cmd += ["-ex", c]
     if args:

@@ -2,7 +2,11 @@
 import subprocess
 import sys
 
-from conftest import ROOT, SHIM_BUILD, env_with, run_gdb
+import pytest
+
+from conftest import ROOT, SHIM_BUILD, env_with, gdb_path, run_gdb
+
+pytestmark = pytest.mark.usefixtures("each_gdb")  # in the system gdb and in the wheel's
 
 
 def test_cuda_run_shows_gdbs_own_error():
@@ -31,7 +35,7 @@ def test_cuda_doctor_names_a_broken_dependency(tmp_path):
 
 
 def _gdb(*ex, env=None):
-    cmd = ["gdb", "-nx", "-q", "-batch"]
+    cmd = [gdb_path(), "-nx", "-q", "-batch"]
     for c in ex:
         cmd += ["-ex", c]
     return subprocess.run(cmd, cwd="/", env=env or env_with(), capture_output=True, text=True, timeout=60)

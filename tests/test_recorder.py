@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BUILD, ROOT, SHIM_BUILD, env_with, run_gdb, run_report
+
+pytestmark = pytest.mark.usefixtures("each_gdb")  # the recorder under gdb 13 (system) and gdb 18 (the wheel's)
 
 SEED = SHIM_BUILD / "variants" / "seed"
 AUDIT = SHIM_BUILD / "libcudashim-audit.so"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BUILD, ROOT, SHIM_BUILD, build_variant, env_with, run_cli, run_gdb, run_report
+from conftest import BUILD, ROOT, SHIM_BUILD, build_variant, env_with, gdb_path, run_cli, run_gdb, run_report
 
 SEED = SHIM_BUILD / "variants" / "seed"
 
@@ -19,7 +19,7 @@ def probe_env(stack, libdir, **extra):
     return env_with(LD_LIBRARY_PATH=libdir, GGML_CUDA_LIB=stack.ggml_cuda, **extra)
 
 
-def test_seed_case_full_message_and_cause(stack, probe, tmp_path):
+def test_seed_case_full_message_and_cause(each_gdb, stack, probe, tmp_path):
     proc, report = run_report(tmp_path, [probe], probe_env(stack, SEED))
     assert proc.returncode == 1, proc.stderr
     (err,) = report["errors"]
@@ -110,7 +110,7 @@ def test_preload_soname_trap_two_drivers(stack, probe, tmp_path, variant_dir):
     assert any("libcudashim.so" in e for e in f["evidence"]) and any("libcuda.so.1" in e for e in f["evidence"])
 
 
-def test_child_with_stderr_to_devnull(stack, probe, tmp_path):
+def test_child_with_stderr_to_devnull(each_gdb, stack, probe, tmp_path):
     proc, report = run_report(tmp_path, [BUILD / "spawner", probe, "--exit-count"], probe_env(stack, SEED))
     assert proc.returncode == 1
     assert 'library=cpu' in proc.stdout and 'total_vram="0 B"' in proc.stdout
@@ -132,7 +132,7 @@ def test_raw_syscall_writer(stack, probe, tmp_path):
     assert not any("libc.so" in (f["library"] or "") for f in err["backtrace"][:1])
 
 
-def test_hang_inside_the_shim(stack, probe, tmp_path):
+def test_hang_inside_the_shim(each_gdb, stack, probe, tmp_path):
     proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD, CUDASHIM_HANG="cuInit"),
                               extra=["--timeout", "4"])
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -151,14 +151,14 @@ def test_no_cuda_at_all_is_nothing_to_diagnose(tmp_path):
     assert "No CUDA init failure seen" not in proc.stdout and "Nothing to diagnose" in proc.stdout
 
 
-def test_recipe_batch_run(stack, probe):
+def test_recipe_batch_run(each_gdb, stack, probe):
     env = probe_env(stack, SEED)
-    proc = subprocess.run(["gdb", "-batch", "-x", "commands/catch-init-error.gdb", "--args", str(probe)], cwd=ROOT,
+    proc = subprocess.run([gdb_path(), "-batch", "-x", "commands/catch-init-error.gdb", "--args", str(probe)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "does not export cuGetProcAddress_v2" in proc.stdout
     # from another directory, the recipe finds the package by its own path
-    proc = subprocess.run(["gdb", "-batch", "-x", str(ROOT / "commands/catch-init-error.gdb"), "--args", "/bin/true"],
+    proc = subprocess.run([gdb_path(), "-batch", "-x", str(ROOT / "commands/catch-init-error.gdb"), "--args", "/bin/true"],
                           cwd="/", env=env_with(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 4, proc.stdout + proc.stderr  # /bin/true loads no CUDA: nothing to diagnose
 
@@ -241,7 +241,7 @@ def test_forward_mode_asks_the_driver_for_the_v2_entry_points(tmp_path):
     assert results["cuDevicePrimaryCtxRelease_v2"] == ["0"], out
 
 
-def test_attach_to_a_running_parent_and_detach(stack, probe, tmp_path):
+def test_attach_to_a_running_parent_and_detach(each_gdb, stack, probe, tmp_path):
     """Like ollama under systemd: a server already running spawns a runner later."""
     env = probe_env(stack, SEED, SPAWNER_DELAY=3, SPAWNER_LINGER=30)
     server = subprocess.Popen([str(BUILD / "spawner"), str(probe), "--exit-count"], env=env,
@@ -342,7 +342,7 @@ def test_interposed_dlsym_is_always_watched(stack, probe, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["--fork", "--fork-after-load"])
-def test_forked_child_without_exec_is_traced(stack, probe, tmp_path, how):
+def test_forked_child_without_exec_is_traced(each_gdb, stack, probe, tmp_path, how):
     """A forked child (no exec) runs the parent's libraries at the parent's addresses: the
     breakpoints placed in the parent must work in the child, whether it loads them or inherits them."""
     proc, report = run_report(tmp_path, [probe, how], probe_env(stack, SEED))

@@ -38,13 +38,14 @@ def test_missing_dependency_is_one_line_and_doctor_still_works(tmp_path):
     import shutil
     import subprocess
 
-    from conftest import ROOT
+    from conftest import ROOT, find_gdb
 
+    gdb = find_gdb("system")  # the wheel's gdb runs in the venv's Python, which always has them
     shutil.copytree(ROOT / "gdb_cudashim", tmp_path / "gdb_cudashim", ignore=shutil.ignore_patterns("__pycache__"))
     env = env_with(GDB_CUDASHIM_SITE=str(tmp_path / "nowhere"), PYTHONPATH="")
-    proc = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", f"source {tmp_path}/gdb_cudashim/gdbinit.py",
+    proc = subprocess.run([gdb, "-nx", "-q", "-batch", "-ex", f"source {tmp_path}/gdb_cudashim/gdbinit.py",
                            "-ex", "cuda-doctor"], env=env, capture_output=True, text=True, timeout=60)
-    probe = subprocess.run(["gdb", "-nx", "-q", "-batch", "-ex", "python import importlib.util as u; "
+    probe = subprocess.run([gdb, "-nx", "-q", "-batch", "-ex", "python import importlib.util as u; "
                             "print([m for m in ('tabulate','elftools') if u.find_spec(m) is None])"],
                            env=env, capture_output=True, text=True, timeout=60)
     if probe.stdout.strip() == "[]":

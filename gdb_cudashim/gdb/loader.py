@@ -15,11 +15,24 @@ _loaded = False
 BATCH_MODULES = ("catch_init_error", "cuda_run")
 
 
+def _program_env_without_launcher():
+    """In the gdb-for-pwndbg wheel's gdb, started by its launcher: PYTHONHOME, PYTHONPATH and
+    PYTHONNOUSERSITE are gdb's own Python's, not the program's (a Python program that inherits them
+    cannot start a subprocess). The user's values are gone by now; gdb-cudashim's CLI restores them
+    after this runs."""
+    from .. import gdbs
+
+    if gdbs.set_by_launcher():
+        for name in gdbs.LAUNCHER_ENV:
+            gdb.execute(f"unset environment {name}", to_string=True)
+
+
 def load():
     global _loaded
     if _loaded:
         return
     batch = gdb.convenience_variable("gdb_cudashim_batch") is not None
+    _program_env_without_launcher()
     if gdb.convenience_variable("_gdb_cudashim_driving") is None:
         gdb.set_convenience_variable("_gdb_cudashim_driving", 0)  # our breakpoints' commands read it (capture.RESUME)
     if batch and os.environ.get("GDB_CUDASHIM_SITE"):

@@ -108,7 +108,8 @@ class CudaRun(Command):
                 left_running = _detach_all(t, stopped_before)
             else:
                 _end_all(t, reason, started)
-        report = session.build_report(meta={"command": _command_line(), "elapsed_s": round(time.monotonic() - started, 3)})
+        report = session.build_report(meta={"command": _command_line(), "elapsed_s": round(time.monotonic() - started, 3),
+                                             "gdb_version": gdb.VERSION})
         if status is not None:
             report["status"] = status
         if reason not in (None, "timeout", "settled"):
@@ -391,7 +392,8 @@ def _dump(path, started):
     from ...core.files import write_text
     from ...core.report import to_json
 
-    report = session.build_report(meta={"command": [], "elapsed_s": round(time.monotonic() - started, 3)})
+    report = session.build_report(meta={"command": [], "elapsed_s": round(time.monotonic() - started, 3),
+                                     "gdb_version": gdb.VERSION})
     report["partial"] = True
     write_text(path, to_json(report))
 
