@@ -172,3 +172,21 @@ def test_recorder_off_is_the_breakpoints_way(stack, probe, tmp_path):
     assert proc.returncode == 1
     (row,) = observed(report)
     assert row["how"] == "no in-process recorder" and row["stops"] > 400, row
+
+
+def test_a_null_from_an_interposers_hook_is_the_hooks_not_the_drivers(stack, probe, tmp_path):
+    """The interposer's dlsym hook says NULL for cuGetExportTable although libcuda.so.1 exports it:
+    the finding names the hook, not the driver, and never calls RTLD_DEFAULT a library (#18)."""
+    from conftest import build_lib
+
+    hook = build_lib(ROOT / "tests" / "programs" / "lib" / "interposer.c", tmp_path / "hide" / "libvgpu.so",
+                     "-Wl,-soname,libvgpu.so", "-DHIDE_EXPORT_TABLE", "-Wno-nonnull-compare")
+    proc, report = run_report(tmp_path, [probe], probe_env(stack, SHIM_BUILD, LD_PRELOAD=hook))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (f,) = [f for f in report["findings"] if f["rule"] == "missing-cuGetExportTable"]
+    assert f["summary"].startswith("libvgpu.so's dlsym hook answered NULL for cuGetExportTable, though libcuda.so.1 "
+                                   "exports cuGetExportTable"), f["summary"]
+    assert "libvgpu.so's dlsym hook" in f["fix"] and "does not export" not in f["summary"]
+    (v2,) = [f for f in report["findings"] if f["rule"] == "missing-cuGetProcAddress_v2"]
+    assert v2["summary"].startswith("libvgpu.so's dlsym hook answered NULL for cuGetProcAddress_v2, though"), v2
+    assert "found (libvgpu.so's dlsym hook)" in proc.stdout or "NULL (libvgpu.so's dlsym hook)" in proc.stdout

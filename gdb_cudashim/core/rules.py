@@ -56,6 +56,45 @@ def _error_evidence(tl: Timeline) -> list[str]:
     return out
 
 
+def _asked(library: str | None) -> str:
+    """The handle a lookup asked, in words: RTLD_DEFAULT and RTLD_NEXT are not libraries."""
+    if library == "RTLD_DEFAULT":
+        return "the global scope (RTLD_DEFAULT)"
+    if library == "RTLD_NEXT":
+        return "the libraries after the caller (RTLD_NEXT)"
+    return _base(library)
+
+
+def _exports(library: str | None, symbol: str) -> bool | None:
+    """Whether LIBRARY's own symbol tables define SYMBOL (None: not known)."""
+    if not library or library in ("RTLD_DEFAULT", "RTLD_NEXT") or not os.path.exists(library):
+        return None
+    from .dynsym import DynsymError, read_cached
+
+    try:
+        return read_cached(library).dlsym_finds(symbol)
+    except (DynsymError, OSError):
+        return None
+
+
+def _null_from(l) -> tuple[str, str | None]:
+    """(who answered LOOKUP with NULL, in a summary's words; the evidence line that says so). An
+    interposer's dlsym hook that says NULL is not the library: name the hook, and whether the
+    library it was asked about exports the symbol after all."""
+    if not l.hook:
+        return f"{_asked(l.handle_library)} does not export {l.symbol}", None
+    exports = _exports(l.handle_library, l.symbol)
+    though = (f", though {_base(l.handle_library)} exports {l.symbol}" if exports
+              else f"; {_base(l.handle_library)} does not export it either" if exports is False else "")
+    return (f"{_base(l.hook)}'s dlsym hook answered NULL for {l.symbol}{though}",
+            f"dlsym({_asked(l.handle_library)}, \"{l.symbol}\") went to {_base(l.hook)}'s dlsym hook, which returned "
+            f"NULL{though}")
+
+
+HOOK_FIX = ("make {hook}'s dlsym hook hand every lookup it does not answer itself to the real dlsym with the same "
+            "handle (HAMi-core: its fallback through RTLD_NEXT / the driver's handle), so that {symbol} reaches {lib}")
+
+
 def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
     """cudart dlsym()s cuGetProcAddress_v2; missing -> ~420 plain lookups, and v1 is never used."""
     out = []
@@ -66,7 +105,8 @@ def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
         lib = asked[0].handle_library
         plain = [l for l in tl.lookups if l.pid == pid and l.how == "dlsym" and l.handle_library == lib]
         missing = [l for l in plain if l.found is False]
-        ev = [f"dlsym({_base(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asked[0].caller)}",
+        said, hooked = _null_from(asked[0])
+        ev = [hooked or f"dlsym({_asked(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asked[0].caller)}",
               f"cudart fell back to {len(plain)} plain dlsym() lookups; {len(missing)} found nothing"
               + (f" (e.g. {', '.join(list(dict.fromkeys(l.symbol for l in missing if l.symbol != 'cuGetProcAddress_v2'))[:4])})" if missing else "")]
         v1 = [c for c in tl.calls if c.pid == pid and c.function == "cuGetProcAddress"]
@@ -74,9 +114,11 @@ def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
                   "(cudart 12 and 13 ask for cuGetProcAddress_v2 only)")
         out.append(Finding(
             rule="missing-cuGetProcAddress_v2",
-            summary=f"{_base(lib)} does not export cuGetProcAddress_v2, so cudart never asks it for entry points",
+            summary=f"{said}, so cudart never asks it for entry points",
             evidence=ev + _error_evidence(tl),
-            fix=("export cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus) from the shim; in a forwarding "
+            fix=(HOOK_FIX.format(hook=_base(asked[0].hook), symbol="cuGetProcAddress_v2", lib=_base(lib))
+                 if asked[0].hook else
+                 "export cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus) from the shim; in a forwarding "
                  "shim pass it through to the real driver (and return your own wrappers for the functions you intercept)"),
             pid=pid))
     return out
@@ -87,15 +129,17 @@ def rule_export_table(tl: Timeline) -> list[Finding]:
     out = []
     for l in tl.lookups:
         if l.symbol == "cuGetExportTable" and l.found is False:
+            said, hooked = _null_from(l)
             out.append(Finding(
                 rule="missing-cuGetExportTable",
-                summary=f"{_base(l.handle_library)} does not export cuGetExportTable, which cudart needs for its private "
-                        "CUDART_INTERFACE table",
-                evidence=[f"dlsym({_base(l.handle_library)}, \"cuGetExportTable\") = NULL, asked by {_base(l.caller)}",
+                summary=f"{said}, which cudart needs for its private CUDART_INTERFACE table",
+                evidence=[hooked or f"dlsym({_asked(l.handle_library)}, \"cuGetExportTable\") = NULL, asked by {_base(l.caller)}",
                           _consequence(tl, 36, "without it cudart fails with cudaErrorCallRequiresNewerDriver (36) right "
                                            "after cuInit, before any device query")] + _error_evidence(tl),
                 explains=36,
-                fix=("export cuGetExportTable and forward it to the real driver unchanged; a fully fake driver would "
+                fix=(HOOK_FIX.format(hook=_base(l.hook), symbol="cuGetExportTable", lib=_base(l.handle_library))
+                     if l.hook else
+                     "export cuGetExportTable and forward it to the real driver unchanged; a fully fake driver would "
                      "have to implement NVIDIA's private tables (as ZLUDA does)"),
                 pid=l.pid))
             break

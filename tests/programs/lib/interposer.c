@@ -6,6 +6,9 @@
  *
  * NVML the same way: nvml* lookups aimed at libnvidia-ml.so.1 get wrappers that forward to it.
  *
+ * Built with -DHIDE_EXPORT_TABLE its hook answers NULL for cuGetExportTable and cuGetProcAddress_v2,
+ * which the driver exports.
+ *
  * Built with -DLOOP it is the broken kind: its dlsym hook asks the driver's cuGetProcAddress_v2
  * about every cu* name, while a forwarding driver resolves through dlsym, which is the hook again.
  * A real one recurses until the stack runs out; this one gives up LOOP deep, so the run ends.
@@ -152,6 +155,11 @@ EXPORT void *dlsym(void *handle, const char *name)
         if (mine)
             return mine;
     }
+#ifdef HIDE_EXPORT_TABLE
+    /* the broken kind: a hook that answers NULL for what it does not wrap, the driver's exports included */
+    if (name && (strcmp(name, "cuGetExportTable") == 0 || strcmp(name, "cuGetProcAddress_v2") == 0))
+        return NULL;
+#endif
     if (name && strncmp(name, "cu", 2) == 0) {
         void *h = driver();
 #ifdef LOOP
