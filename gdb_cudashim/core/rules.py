@@ -103,7 +103,9 @@ def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
         if not asked:
             continue
         lib = asked[0].handle_library
-        plain = [l for l in tl.lookups if l.pid == pid and l.how == "dlsym" and l.handle_library == lib]
+        # cudart's own lookups (an interposer's hook asking the library in turn is not cudart falling back)
+        plain = [l for l in tl.lookups if l.pid == pid and l.how == "dlsym" and l.handle_library == lib
+                 and l.caller == asked[0].caller]
         missing = [l for l in plain if l.found is False]
         said, hooked = _null_from(asked[0])
         ev = [hooked or f"dlsym({_asked(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asked[0].caller)}",
