@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes, interpose, runtime
+from . import codes, interpose, ldmsg, runtime
 from .calls import role_of
 from .record import factory, record
 from .timeline import Call, Timeline
@@ -298,6 +298,59 @@ def rule_driver_not_found(tl: Timeline) -> list[Finding]:
     return out
 
 
+def _loader_finding(tl: Timeline, load, said, ev) -> Finding | None:
+    """The dlopen failed for a reason ld.so names in another file than libggml-cuda: a library a
+    dependency needs and ld.so found nowhere, or a dependency's own unresolved reference (the
+    shim itself). Explained to that file, with where ld.so looked (the in-process recorder's
+    la_objsearch records), in the traced process's own terms."""
+    if said is None:
+        return None
+    me = os.path.basename(load.path)
+    if said.kind == ldmsg.CANNOT_OPEN and os.path.basename(said.file) != me:
+        asked_by, tried = ldmsg.searched(tl.searches, load.pid, said.file)
+        needs = " and ".join(_base(a) for a in asked_by) or f"{me} or one of its dependencies"
+        if tried:
+            ev.append(f"ld.so looked for {said.file} in: " + "; ".join(f"{d} ({where})" for d, where in tried[:8])
+                      + (f" and {len(tried) - 8} more" if len(tried) > 8 else "") + ": it is in none of them")
+        else:
+            ev.append(f"ld.so found {said.file} nowhere it looked (LD_LIBRARY_PATH, ld.so.cache, the default directories)")
+        start = tl.process_start(load.pid)
+        missing_dirs = [d for d in ((start.env if start else {}).get("LD_LIBRARY_PATH") or "").split(":")
+                        if d and not os.path.isdir(os.path.join(start.cwd or "/", d))]
+        if missing_dirs:
+            ev.append(f"its LD_LIBRARY_PATH names {', '.join(missing_dirs)}, which does not exist (ld.so skips it)")
+        return Finding(
+            rule="backend-load-failed", pid=load.pid,
+            summary=f"libggml-cuda failed to load: {needs} needs {said.file}, which ld.so found nowhere",
+            evidence=ev,
+            fix=(f"make {said.file} findable in this process: put the directory that holds it (your shim's, for "
+                 f"libcuda.so.1) on its LD_LIBRARY_PATH, or install it where ld.so looks (ld.so.cache, "
+                 f"/usr/lib/x86_64-linux-gnu)"))
+    if said.kind == ldmsg.UNDEFINED and os.path.basename(said.file) != me:
+        ev.append(f"the unresolved reference is {said.file}'s own, not {me}'s: ld.so names the file whose reference "
+                  f"it could not bind")
+        return Finding(
+            rule="backend-load-failed", pid=load.pid,
+            summary=f"libggml-cuda failed to load: {_base(said.file)} (one of its dependencies) refers to "
+                    f"{said.symbol}, which nothing loaded defines",
+            evidence=ev,
+            fix=(f"{_base(said.file)} uses {said.symbol} but does not link the library that defines it: link it with "
+                 f"that library (-l...), define {said.symbol} in it, or resolve it at run time with dlsym"))
+    if said.kind in (ldmsg.VERSION, ldmsg.WRONG_CLASS, ldmsg.BAD_HEADER, ldmsg.TOO_SHORT):
+        what = {ldmsg.VERSION: f"lacks the version node {said.version} that {_base(said.required_by)} requires",
+                ldmsg.WRONG_CLASS: "is not a 64-bit library (wrong ELF class)",
+                ldmsg.BAD_HEADER: "is not an ELF file (invalid header)",
+                ldmsg.TOO_SHORT: "is cut short (file too short)"}[said.kind]
+        return Finding(
+            rule="backend-load-failed", pid=load.pid,
+            summary=f"libggml-cuda failed to load: {said.file} {what}",
+            evidence=ev,
+            fix=(f"give {_base(said.file)} the version node {said.version} (a version script: "
+                 f"'{said.version} {{ global: *; }};')" if said.kind == ldmsg.VERSION else
+                 f"replace {said.file} with a complete x86-64 build of it, or take it off the search path"))
+    return None
+
+
 def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
     """libggml-cuda failed to dlopen: typically 'undefined symbol: cuMemCreate' from a shim that lacks it."""
     out = []
@@ -316,6 +369,11 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
             if found is not None:
                 out.append(found)
                 continue
+        said = ldmsg.parse(text)
+        loader = _loader_finding(tl, l, said, ev)
+        if loader is not None:
+            out.append(loader)
+            continue
         extra = explain(l) if explain else []
         ev += extra
         if m:

@@ -215,6 +215,7 @@ class Timeline:
     _times: dict = factory(dict)  # id(event) -> when it happened (Timeline.add)
     cost: dict = factory(dict)  # pid -> [debugger stops, seconds in our stop handlers]: what the tool cost it
     observed: dict = factory(dict)  # pid -> how its lookups and calls were seen ("in-process", or why breakpoints)
+    searches: list = factory(list)  # ld.so's search for each library, recorded in-process: {"pid", "for", "flag", "path"}
     hang: dict | None = None  # the threads at a timeout/interrupt, their locks and spins (session.collect_hang)
     watch_began: list = factory(list)  # an attach: the threads already inside CUDA when the watch began
 

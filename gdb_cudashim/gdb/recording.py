@@ -70,6 +70,7 @@ class Recording:
         self.users: dict[str, set[int]] = {}  # ring -> the pids that write it
         self.counts: dict[tuple[int, str], int] = {}  # (pid, function) -> calls after its init
         self._exit_hook = False
+        self.searches_taken: dict[str, int] = {}  # ring -> its ld.so searches already on the timeline
 
     # ------------------------------------------------------------- arming --
     def arm(self) -> str | None:
@@ -225,6 +226,9 @@ class Recording:
             self.tracer.note_internal(f"ring {os.path.basename(path)}: {exc}")
             return
         tl = self.tracer.timeline
+        taken = self.searches_taken.get(path, 0)
+        tl.searches.extend(reader.searches[taken:])
+        self.searches_taken[path] = len(reader.searches)
         inferiors = {i.pid: i.num for i in gdb.inferiors() if i.pid}
         for t_ns, event in events:
             if event.pid not in self.tracer.pids and event.pid not in inferiors:

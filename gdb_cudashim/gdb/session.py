@@ -30,7 +30,15 @@ def explain_load(load):
     """Evidence for a failed libggml-cuda dlopen, from the files alone (audit core)."""
     try:
         from ..core import audit
-        return audit.explain_failed_load(load.path, os.environ)
+
+        # the traced process's own LD_LIBRARY_PATH / LD_PRELOAD, not gdb's
+        start = State.tracer.timeline.process_start(load.pid) if State.tracer is not None else None
+        env = dict(start.env) if start is not None and start.env else dict(os.environ)
+        if start is not None:
+            for name in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
+                if name not in start.env:
+                    env.pop(name, None)
+        return audit.explain_failed_load(load.path, env)
     except Exception as exc:  # the audit is a bonus; the loader's text is the evidence
         return [f"(could not audit {load.path}: {exc})"]
 
