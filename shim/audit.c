@@ -594,6 +594,15 @@ HIDDEN uintptr_t cs_dl_entry(uint64_t *regs)
     return s->real;
 }
 
+/* An rbp frame gdb (and C++ unwinding) can walk through: the caller's return address at 8(%rbp). */
+#define FRAME_ENTER                                                                                     \
+    "  .cfi_startproc\n"                                                                                \
+    "  pushq %rbp\n"                                                                                    \
+    "  .cfi_def_cfa_offset 16\n"                                                                        \
+    "  .cfi_offset %rbp, -16\n"                                                                         \
+    "  movq %rsp, %rbp\n"                                                                               \
+    "  .cfi_def_cfa_register %rbp\n"
+
 /*
  * The stubs: 16 bytes each, so slot N's is stubs + 16 * N. A call stub loads N into r11 (neither
  * an argument register nor preserved) and goes to cs_call_common, which keeps an rbp frame and
@@ -628,12 +637,7 @@ __asm__(
     ".p2align 4\n"
     ".type cs_call_common, @function\n"
     "cs_call_common:\n"
-    "  .cfi_startproc\n"
-    "  pushq %rbp\n"
-    "  .cfi_def_cfa_offset 16\n"
-    "  .cfi_offset %rbp, -16\n"
-    "  movq %rsp, %rbp\n"
-    "  .cfi_def_cfa_register %rbp\n"
+    FRAME_ENTER
     "  subq $64, %rsp\n"
     "  movq %rdi, 0(%rsp)\n"
     "  movq %rsi, 8(%rsp)\n"
@@ -654,12 +658,7 @@ __asm__(
     ".p2align 4\n"
     ".type cs_dl_common, @function\n"
     "cs_dl_common:\n"
-    "  .cfi_startproc\n"
-    "  pushq %rbp\n"
-    "  .cfi_def_cfa_offset 16\n"
-    "  .cfi_offset %rbp, -16\n"
-    "  movq %rsp, %rbp\n"
-    "  .cfi_def_cfa_register %rbp\n"
+    FRAME_ENTER
     "  subq $48, %rsp\n"
     "  movq %rdi, 0(%rsp)\n"
     "  movq %rsi, 8(%rsp)\n"
