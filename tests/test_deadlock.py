@@ -62,12 +62,16 @@ def test_spin_is_sampled_and_located(stack, probe, tmp_path):
     f = finding(report, "spin")
     assert "shim_spin_forever" in f["summary"] and "cuInit" in f["summary"]
     assert report["hang"]["locks"] == []
+    # slowed is not hung: the thread was running its own code, not waiting in the kernel
+    assert "were still running, not blocked" in report["hang"]["summary"] and not report["hang"]["blocked"]
 
 
 def test_plain_hang_has_no_lock_finding(stack, probe, tmp_path):
     # CUDASHIM_HANG waits on a condition variable: a futex, but no mutex anyone owns
     _, report = hung(stack, probe, tmp_path, CUDASHIM_HANG="cuInit")
     assert report["hang"]["locks"] == [] and report["hang"]["spins"] == []
+    # a hang: the thread inside the shim waits in the kernel, and the report says in what
+    assert "(blocked in futex)" in report["hang"]["summary"] and report["hang"]["blocked"], report["hang"]["summary"]
 
 
 # -- the rule on hand-made evidence --
