@@ -106,6 +106,7 @@ def test_a_get_proc_address_shim_costs_a_few_stops_in_each_failing_shape(stack, 
         # the query's symbol, cudaVersion, flags, result, status and the pointer handed back
         init = asked.get("cuInit") or asked["cuGetProcAddress"]
         assert init["returned"] and init["result"] == 0 and init["args"]["pfn"] and "cudaVersion" in init["args"]
+        assert init["lands_in"].endswith("shim/build/libcuda.so.1"), init  # the file the pointer lies in
         assert [f["rule"] for f in report["findings"]][0] == rule, report["findings"]
 
 

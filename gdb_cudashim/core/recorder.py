@@ -352,6 +352,9 @@ class Reader:
                 call.args[name] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
             elif kind.startswith("out_struct:"):
                 call.args[name] = decode_struct(kind, raw)
+        pfn = call.args.get("pfn")
+        if pfn and call.function.startswith("cuGetProcAddress"):
+            call.lands_in = self.objects.at(pfn) or "unmapped memory"  # where the entry point handed back lies
 
     def _lookup(self, rec: Record, p: _Payload) -> Lookup | None:
         target, handle, caller = p.u64(), p.u64(), p.u64()

@@ -45,6 +45,7 @@ class Call:
     result: int | str | None = None
     returned: bool = False
     patched_from: int | None = None  # cuda-patch: the original result
+    lands_in: str | None = None  # cuGetProcAddress*: the file the pointer handed back lies in (recorded in-process)
     kind: str = "call"
 
     @property
