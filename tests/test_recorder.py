@@ -191,3 +191,15 @@ def test_a_null_from_an_interposers_hook_is_the_hooks_not_the_drivers(stack, pro
     (v2,) = [f for f in report["findings"] if f["rule"] == "missing-cuGetProcAddress_v2"]
     assert v2["summary"].startswith("libvgpu.so's dlsym hook answered NULL for cuGetProcAddress_v2, though"), v2
     assert "found (libvgpu.so's dlsym hook)" in proc.stdout or "NULL (libvgpu.so's dlsym hook)" in proc.stdout
+
+
+def test_the_kill_is_attributed_in_gdb_as_in_the_cli(stack, each_gdb, tmp_path):
+    """catch-init-error + cuda-run in plain gdb (the batch recipe) names the killer, the time and
+    where the child was, as `gdb-cudashim run` does (#21 section 4)."""
+    env = probe_env(stack, SHIM_BUILD, CUDASHIM_HANG="cuInit")
+    proc = subprocess.run([each_gdb, "-batch", "-x", str(ROOT / "commands" / "catch-init-error.gdb"), "--args",
+                           sys.executable, str(ROOT / "tests" / "programs" / "pyparent.py"), "--kill-after", "2",
+                           str(BUILD / "probe")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    assert "was killed with SIGKILL by pid" in out and "its parent) after 2." in out and "while in cuInit" in out, \
+        out[-3000:] + proc.stderr[-2000:]
