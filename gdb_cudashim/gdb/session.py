@@ -140,4 +140,7 @@ def on_all_exited():
     report = build_report()
     print_report(report)
     if State.json_path:
-        write_json(report, State.json_path)
+        try:  # checked when armed, but the path may have changed since (a directory made there)
+            write_json(report, State.json_path)
+        except OSError as exc:
+            gdb.write(f"catch-init-error: cannot write --json {State.json_path}: {exc.strerror or exc}\n", gdb.STDERR)

@@ -99,3 +99,37 @@ def test_cuda_state_strings_arrays_and_wide_values():
     assert width <= 200, width  # g_long's 599 characters are shortened, with a marker
     assert "more characters" in text
     gdb.execute("kill", to_string=True)
+
+
+def test_timeout_that_is_not_a_finite_positive_number_is_refused():
+    """#21: nan and 1e400 (inf) were armed, and the timeout never fired."""
+    for value in ("nan", "1e400", "inf", "-inf", "0", "-1", "NaN"):
+        err = _error_of(f"catch-init-error --timeout={value}")
+        assert "--timeout" in err and "positive" in err and "finite" in err, (value, err)
+        err = _error_of(f"cuda-run --timeout={value}")
+        assert "--timeout" in err and "positive" in err, (value, err)
+    assert "not armed" in _out("catch-init-error --status")
+
+
+def test_json_that_cannot_take_a_report_is_refused_at_once():
+    """#21: --json DIR was accepted, and failed with a Python exception when the report came."""
+    folder = tempfile.mkdtemp()
+    for cmd in (f"catch-init-error --json {folder}", f"cuda-run --json {folder}"):
+        err = _error_of(cmd)
+        assert "it is a directory" in err and folder in err, (cmd, err)
+    assert "not armed" in _out("catch-init-error --status")
+    mine = os.path.join(folder, "notes.txt")  # the user's own file is never replaced by a report
+    with open(mine, "w") as f:
+        f.write("my notes\n")
+    assert "not a gdb-cudashim report" in _error_of(f"catch-init-error --json {mine}")
+    gdb.execute("catch-init-error --no-follow-children", to_string=True)
+    gdb.execute(f"file {PROBE}")
+    gdb.execute("run", to_string=True)
+    for cmd in (f"cuda-report --json {folder}", f"cuda-report --json {mine}"):
+        err = _error_of(cmd)
+        assert err.startswith("cuda-report: ") and ("it is a directory" in err or "not a gdb-cudashim report" in err), err
+    assert open(mine).read() == "my notes\n"
+    report = os.path.join(folder, "r.json")
+    assert "wrote" in _out(f"cuda-report --json {report}")
+    assert "wrote" in _out(f"cuda-report --json {report}")  # an earlier report is replaced
+    gdb.execute("catch-init-error --disarm", to_string=True)
