@@ -133,3 +133,21 @@ def test_json_that_cannot_take_a_report_is_refused_at_once():
     assert "wrote" in _out(f"cuda-report --json {report}")
     assert "wrote" in _out(f"cuda-report --json {report}")  # an earlier report is replaced
     gdb.execute("catch-init-error --disarm", to_string=True)
+
+
+def test_cuda_state_var_the_shim_lacks_names_what_it_has():
+    """#21: --var nosuch said the shim had "no DWARF and no symbol table entries", of a shim with both."""
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute(f"file {PROBE}")
+    bp = gdb.Breakpoint("cuInit", internal=True)  # pending until libcuda.so.1 loads
+    gdb.execute("run", to_string=True)
+    bp.delete()
+    text = _out("cuda-state --var nosuch --color never")
+    assert "no DWARF" not in text and "no symbol table" not in text, text
+    line = next(l for l in text.splitlines() if "nosuch" in l)
+    assert "not a variable in this shim: nosuch" in line and "g_initialized" in line and "g_mode" in line, line
+    text = _out("cuda-state --var nosuch --var g_mode --color never")
+    assert "SHIM_MODE_" in text and "not a variable in this shim: nosuch;" in text, text
+    (shim,) = json.loads(_out("cuda-state --var nosuch --json"))[0]["shim_state"]
+    assert shim["missing"] == ["nosuch"] and "g_initialized" in shim["available"], shim
+    gdb.execute("kill", to_string=True)
