@@ -119,7 +119,12 @@ def build_report(meta=None) -> dict:
     findings = rules.analyze(t.timeline, explain_load)
     for text in t.internal_errors:
         t.note(f"internal: {text}")
-    return core_report.build(t.timeline, findings, t.hang, meta)
+    report = core_report.build(t.timeline, findings, t.hang, meta)
+    for patch in list(State.patches.values()):  # a cuda-patch that never applied, or whose --if failed
+        note = patch.report_note()
+        if note and note not in report["notes"]:
+            report["notes"].append(note)
+    return report
 
 
 def write_json(report: dict, path: str) -> None:

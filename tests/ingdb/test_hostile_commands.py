@@ -151,3 +151,37 @@ def test_cuda_state_var_the_shim_lacks_names_what_it_has():
     (shim,) = json.loads(_out("cuda-state --var nosuch --json"))[0]["shim_state"]
     assert shim["missing"] == ["nosuch"] and "g_initialized" in shim["available"], shim
     gdb.execute("kill", to_string=True)
+
+
+def test_cuda_patch_if_must_only_read_and_is_reported_when_it_never_applies():
+    """#21: --if 'system(...)==0' ran system() at the call, then gdb died ("Recursive internal
+    problem"); a condition that never held, or failed, left no word in the report."""
+    gdb.execute(f"file {PROBE}")
+    marker = os.path.join(tempfile.mkdtemp(), "touched")
+    for cond, words in ((f'system("touch {marker}")==0', "a function call (system(...))"),
+                        ("$rdi = 0", "an assignment ('=')"), ("$rdi += 1", "an assignment ('+=')"),
+                        ("g_init_result++ == 0", "an increment or decrement"), ("--g_init_result", "decrement"),
+                        ("(*(int (*)(void))$rdi)() == 0", "a function call"), ("$rsi(1)", "a function call")):
+        err = _error_of(f"cuda-patch cuInit --return 0 --if='{cond}'")
+        assert words in err and "must only read" in err, (cond, err)
+    assert "no patches" in _out("cuda-patch list")
+    for cond in ("$rdi == 0 && $rsi != 1", "$_streq(\"a\", \"a\")", "(int)$rdi >= 0", "sizeof(int) == 4"):
+        assert "cuda-patch #" in _out(f"cuda-patch cuInit --return 0 --if '{cond}'"), cond
+        _out("cuda-patch delete all")
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute("catch-init-error --no-follow-children", to_string=True)
+    _out("cuda-patch cuInit --return 0 --if '$rdi == 12345'")  # never holds: cuInit(0)
+    _out("cuda-patch cuDriverGetVersion --return 0 --if '*(int*)0 == 1'")  # fails: gdb cannot read address 0
+    _out("cuda-patch cuMemAlloc_v2 --return 0")  # never called during init
+    gdb.execute("run", to_string=True)
+    out = os.path.join(tempfile.mkdtemp(), "r.json")
+    _out(f"cuda-report --json {out}")
+    notes = json.load(open(out))["notes"]
+    said = {n.split(" ", 3)[2].lstrip("("): n for n in notes if n.startswith("cuda-patch #")}
+    assert "never applied: its --if never held (1 call of cuInit)" in said.get("cuInit", ""), notes
+    assert "never applied: its --if failed at every call (1 call of cuDriverGetVersion): " \
+        "Cannot access memory at address 0x0" in said.get("cuDriverGetVersion", ""), notes
+    assert "never applied: cuMemAlloc_v2 was never called" in said.get("cuMemAlloc_v2", ""), notes
+    assert not os.path.exists(marker)
+    _out("cuda-patch delete all")
+    gdb.execute("catch-init-error --disarm", to_string=True)
