@@ -185,3 +185,20 @@ def test_cuda_patch_if_must_only_read_and_is_reported_when_it_never_applies():
     assert not os.path.exists(marker)
     _out("cuda-patch delete all")
     gdb.execute("catch-init-error --disarm", to_string=True)
+
+
+def test_cuda_patch_one_patch_per_function():
+    """#21: two patches on one function made one call three rows, its arguments lost, and the
+    later patch silently overrode the earlier one."""
+    gdb.execute(f"file {PROBE}")
+    first = _out("cuda-patch cuDriverGetVersion --return 0 --out 0=11080")
+    assert first.startswith("cuda-patch #1:"), first
+    err = _error_of("cuda-patch cuDriverGetVersion --return 0 --out 0=12080 --if '$rdi != 0'")
+    assert "already patched by #1 (cuDriverGetVersion --return 0 --out 0=11080)" in err, err
+    assert "cuda-patch delete 1" in err, err
+    assert len(_out("cuda-patch list").splitlines()) == 1
+    assert "#2" in _out("cuda-patch cuInit --return 0")  # another function: fine
+    _out("cuda-patch delete 1")
+    assert "#3: cuDriverGetVersion" in _out("cuda-patch cuDriverGetVersion --return 0 --out 0=12080")
+    assert "One patch per function" in _out("help cuda-patch")
+    _out("cuda-patch delete all")

@@ -312,7 +312,9 @@ class CudaPatch(Command):
         p.epilog = ("VALUE: a number or a name (CUDA_ERROR_NO_DEVICE, cudaErrorNoDevice, NVML_ERROR_NOT_FOUND, SUCCESS).\n"
                     "Examples:  cuda-patch cuInit --return CUDA_ERROR_NO_DEVICE\n"
                     "           cuda-patch cuDriverGetVersion --return SUCCESS --out 0=11080\n"
-                    "           cuda-patch list      cuda-patch delete 2      cuda-patch delete all")
+                    "           cuda-patch list      cuda-patch delete 2      cuda-patch delete all\n"
+                    "One patch per function: a second one on the same function is refused, naming the patch that\n"
+                    "holds it (each call then has one patched result); delete that one first.")
         p.add_argument("function", metavar="FUNCTION|list|delete", help="the function to patch, or list / delete")
         p.add_argument("ids", nargs="*", metavar="ID|all", help="with delete: patch numbers, or all")
         p.add_argument("--return", dest="ret", metavar="VALUE", help="the result to return")
@@ -345,6 +347,11 @@ class CudaPatch(Command):
         if args.count is not None and args.count <= 0:
             raise gdb.GdbError("cuda-patch: --count must be a positive number")
         _check_function(args.function)
+        holder = next((p for p in session.State.patches.values() if p.function == args.function), None)
+        if holder is not None:  # two would each catch the same call: whose result stands, which row is the call?
+            raise gdb.GdbError(f"cuda-patch: {args.function} is already patched by #{holder.id} ({holder.describe()}); "
+                               f"one patch per function: 'cuda-patch delete {holder.id}' first, then give every change "
+                               f"in one patch")
         outs = [_parse_out(o, args.function) for o in args.out]
         if args.cond is not None:
             _check_condition(args.cond)
