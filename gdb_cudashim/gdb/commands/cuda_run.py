@@ -340,7 +340,8 @@ def _end_all(tracer, reason, started):
             tracer.hang["after_seconds"] = round(time.monotonic() - started, 1)
         except gdb.error as exc:
             tracer.note(f"could not read the threads: {exc}")
-    tracer.ending = reason or "the run ended"
+    # the exit events say why the tool ended them: a settled server is ended only on request
+    tracer.ending = "--end-server" if reason == "settled" else (reason or "the run ended")
     gdb.execute("kill inferiors " + " ".join(str(i.num) for i in _live()), to_string=True)
 
 
