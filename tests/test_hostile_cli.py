@@ -182,3 +182,19 @@ def test_closed_stdout_keeps_the_status():
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
                           preexec_fn=lambda: os.close(1))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+
+
+def test_end_server_says_the_tool_ended_it(stack, tmp_path):
+    """#21: run --end-server showed the server as "SIGKILL" in the Processes table, as if
+    something else had killed it: the table says the tool ended it, and why."""
+    prog = tmp_path / "init_then_wait"
+    subprocess.run(["cc", "-g", "-O0", "-o", str(prog), str(ROOT / "tests" / "programs" / "init_then_wait.c"), "-ldl"],
+                   check=True)
+    env = env_with(LD_LIBRARY_PATH=SEED, GGML_CUDA_LIB=stack.ggml_cuda)
+    proc, report = run_report(tmp_path, [prog], env, extra=["--settle", "1", "--end-server", "--timeout", "60",
+                                                            "--color", "never"])
+    (end,) = [p for p in report["processes"] if p["what"] == "exit"]
+    assert end["signal"] == "SIGKILL" and end["detail"] == "ended by gdb-cudashim (--end-server)", end
+    table = proc.stdout[proc.stdout.index("Processes"):].split("\n\n", 1)[0]
+    row = next(line for line in table.splitlines() if line.lstrip().startswith(str(end["pid"])))
+    assert "SIGKILL, ended by gdb-cudashim (--end-server)" in row, table

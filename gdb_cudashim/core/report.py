@@ -86,6 +86,14 @@ class Style:
         return self._colorize(name, text) if self.color else text
 
 
+def _exit_cell(end: dict):
+    """A process's exit code or signal; one the tool ended says so ("SIGKILL, ended by
+    gdb-cudashim (--end-server)"), never a bare SIGKILL that reads as someone else's."""
+    how = end.get("signal") or end.get("exit_code")
+    detail = end.get("detail") or ""
+    return f"{how}, {detail}" if detail.startswith("ended by") else how
+
+
 def render(report: dict, color: bool = False, verbose: bool = False) -> list[str]:
     from tabulate import tabulate  # imported here: 80 ms that a batch run never needs
 
@@ -99,7 +107,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     if meta.get("command"):
         out.append(s("bold", "gdb-cudashim: ") + " ".join(meta["command"]))
     procs = [p for p in report["processes"] if p["what"] == "start"]
-    exits = {p["pid"]: (p.get("signal") or p.get("exit_code")) for p in report["processes"] if p["what"] == "exit"}
+    exits = {p["pid"]: _exit_cell(p) for p in report["processes"] if p["what"] == "exit"}
     left = set(report.get("left_running") or ())
     still = "running" if not report["hang"] else ("hung" if report["hang"].get("reason", "timeout") == "timeout"
                                                    else "ended by us")

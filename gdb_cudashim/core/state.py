@@ -356,7 +356,7 @@ def render(result: dict, color: bool = False) -> list[str]:
             out.append(s("bold", f"state of {st['library']}") + ": its symbol tables cannot be read ("
                        + st["how"].split(": ", 1)[-1] + ")")
             continue
-        out.append(s("bold", f"state of {st['library']}") + f" (read via {st['how']})")
+        out.append(s("bold", f"state of {st['library']}") + (f" (read via {st['how']})" if st["globals"] else ""))
         if st["globals"]:
             rows = []
             for name, v in st["globals"].items():
@@ -365,10 +365,15 @@ def render(result: dict, color: bool = False) -> list[str]:
                     value += f" (+{v['more_bytes']} bytes not read)"
                 rows.append([name, _cell(v.get("type") or f"{v.get('size')} bytes"), value])
             out += tabulate(rows, headers=["global", "type", "value"], tablefmt="simple").splitlines()
-        else:
-            out.append("  no g_* globals found (no DWARF and no symbol table entries)")
-        if st["missing"]:
-            out.append("  not found: " + ", ".join(st["missing"]))
+        elif not st["missing"]:
+            out.append("  no g_* global variables in its symbol table")
+        if st["missing"]:  # cuda-state --var NAME that this shim does not have
+            line = "  not a variable in this shim: " + ", ".join(st["missing"])
+            if "available" in st:
+                have = st["available"]
+                line += ("; its g_* globals: " + ", ".join(have[:40]) + (f" ({len(have) - 40} more)" if len(have) > 40
+                                                                          else "")) if have else "; it has no g_* globals"
+            out.append(line)
     if result["versions"]:
         out.append("")
         out.append(s("bold", "versions: ") + ", ".join(f"{k} = {v}" for k, v in result["versions"].items()))

@@ -104,6 +104,30 @@ class Command(gdb.Command):
         raise NotImplementedError
 
 
+MAX_SECONDS = 1e9
+
+
+def check_seconds(command: str, option: str, value: float | None) -> None:
+    """A --timeout / --settle: a positive, finite number of seconds. argparse's float takes
+    nan and 1e400 (inf), with which a deadline never comes."""
+    if value is not None and not (0 < value < MAX_SECONDS):  # nan fails every comparison
+        raise gdb.GdbError(f"{command}: {option} {value:g}: give a positive, finite number of seconds "
+                           "(below 1e9)")
+
+
+def check_json(command: str, path: str | None) -> None:
+    """--json FILE, checked before anything runs, as the CLI does (core/files.check_writable):
+    not a directory, a FIFO with a reader, and never the user's own file (only an empty file
+    or an earlier report is replaced)."""
+    if path is None:
+        return
+    from ..core.files import check_writable
+
+    problem = check_writable(path)
+    if problem:
+        raise gdb.GdbError(f"{command}: {problem}")
+
+
 def register(cls):
     REGISTRY[cls.name] = cls
     return cls

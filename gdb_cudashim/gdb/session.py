@@ -127,7 +127,12 @@ def build_report(meta=None) -> dict:
     findings = rules.analyze(t.timeline, explain_load)
     for text in t.internal_errors:
         t.note(f"internal: {text}")
-    return core_report.build(t.timeline, findings, t.hang, meta)
+    report = core_report.build(t.timeline, findings, t.hang, meta)
+    for patch in list(State.patches.values()):  # a cuda-patch that never applied, or whose --if failed
+        note = patch.report_note()
+        if note and note not in report["notes"]:
+            report["notes"].append(note)
+    return report
 
 
 def write_json(report: dict, path: str) -> None:
@@ -148,4 +153,7 @@ def on_all_exited():
     report = build_report()
     print_report(report)
     if State.json_path:
-        write_json(report, State.json_path)
+        try:  # checked when armed, but the path may have changed since (a directory made there)
+            write_json(report, State.json_path)
+        except OSError as exc:
+            gdb.write(f"catch-init-error: cannot write --json {State.json_path}: {exc.strerror or exc}\n", gdb.STDERR)

@@ -133,7 +133,9 @@ def _objects(path: str, names) -> dict[str, tuple[int, int]]:
 
 def read_globals(path: str, base: int, has_debug_info: bool, inferior, names=None) -> dict:
     """{"library", "globals", "missing", "how"} for the shim at PATH mapped at BASE: NAMES, or
-    every g_* data object it has; "how" says "unreadable: ..." when its symbol tables are damaged."""
+    every g_* data object it has; "how" says "unreadable: ..." when its symbol tables are damaged.
+    NAMES it lacks are "missing", with the g_* data objects it has as "available"."""
+    asked = bool(names)
     try:
         names = list(names) if names else sorted(_objects(path, ()))
         values = globals_with_dwarf(path, names, inferior.progspace.objfiles()) if has_debug_info else None
@@ -141,9 +143,15 @@ def read_globals(path: str, base: int, has_debug_info: bool, inferior, names=Non
             values = globals_from_elf(path, base, names, inferior)
     except Unreadable as exc:
         return {"library": path, "globals": {}, "missing": list(names or ()), "how": f"unreadable: {exc}"}
-    return {"library": path, "globals": values, "missing": [n for n in names if n not in values],
-            "how": "DWARF" if has_debug_info and values and any(v.get("source") == "DWARF" for v in values.values())
-            else ("ELF symbol table" if values else "no symbols")}
+    out = {"library": path, "globals": values, "missing": [n for n in names if n not in values],
+           "how": "DWARF" if has_debug_info and values and any(v.get("source") == "DWARF" for v in values.values())
+           else ("ELF symbol table" if values else "no symbols")}
+    if out["missing"] and asked:  # cuda-state --var NAME: a name this shim lacks; what it has instead
+        try:
+            out["available"] = sorted(_objects(path, ()))
+        except Unreadable:
+            pass
+    return out
 
 
 def snapshot(tracer, pid: int, when: str) -> None:

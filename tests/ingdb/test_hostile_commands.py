@@ -99,3 +99,106 @@ def test_cuda_state_strings_arrays_and_wide_values():
     assert width <= 200, width  # g_long's 599 characters are shortened, with a marker
     assert "more characters" in text
     gdb.execute("kill", to_string=True)
+
+
+def test_timeout_that_is_not_a_finite_positive_number_is_refused():
+    """#21: nan and 1e400 (inf) were armed, and the timeout never fired."""
+    for value in ("nan", "1e400", "inf", "-inf", "0", "-1", "NaN"):
+        err = _error_of(f"catch-init-error --timeout={value}")
+        assert "--timeout" in err and "positive" in err and "finite" in err, (value, err)
+        err = _error_of(f"cuda-run --timeout={value}")
+        assert "--timeout" in err and "positive" in err, (value, err)
+    assert "not armed" in _out("catch-init-error --status")
+
+
+def test_json_that_cannot_take_a_report_is_refused_at_once():
+    """#21: --json DIR was accepted, and failed with a Python exception when the report came."""
+    folder = tempfile.mkdtemp()
+    for cmd in (f"catch-init-error --json {folder}", f"cuda-run --json {folder}"):
+        err = _error_of(cmd)
+        assert "it is a directory" in err and folder in err, (cmd, err)
+    assert "not armed" in _out("catch-init-error --status")
+    mine = os.path.join(folder, "notes.txt")  # the user's own file is never replaced by a report
+    with open(mine, "w") as f:
+        f.write("my notes\n")
+    assert "not a gdb-cudashim report" in _error_of(f"catch-init-error --json {mine}")
+    gdb.execute("catch-init-error --no-follow-children", to_string=True)
+    gdb.execute(f"file {PROBE}")
+    gdb.execute("run", to_string=True)
+    for cmd in (f"cuda-report --json {folder}", f"cuda-report --json {mine}"):
+        err = _error_of(cmd)
+        assert err.startswith("cuda-report: ") and ("it is a directory" in err or "not a gdb-cudashim report" in err), err
+    assert open(mine).read() == "my notes\n"
+    report = os.path.join(folder, "r.json")
+    assert "wrote" in _out(f"cuda-report --json {report}")
+    assert "wrote" in _out(f"cuda-report --json {report}")  # an earlier report is replaced
+    gdb.execute("catch-init-error --disarm", to_string=True)
+
+
+def test_cuda_state_var_the_shim_lacks_names_what_it_has():
+    """#21: --var nosuch said the shim had "no DWARF and no symbol table entries", of a shim with both."""
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute(f"file {PROBE}")
+    bp = gdb.Breakpoint("cuInit", internal=True)  # pending until libcuda.so.1 loads
+    gdb.execute("run", to_string=True)
+    bp.delete()
+    text = _out("cuda-state --var nosuch --color never")
+    assert "no DWARF" not in text and "no symbol table" not in text, text
+    line = next(l for l in text.splitlines() if "nosuch" in l)
+    assert "not a variable in this shim: nosuch" in line and "g_initialized" in line and "g_mode" in line, line
+    text = _out("cuda-state --var nosuch --var g_mode --color never")
+    assert "SHIM_MODE_" in text and "not a variable in this shim: nosuch;" in text, text
+    (shim,) = json.loads(_out("cuda-state --var nosuch --json"))[0]["shim_state"]
+    assert shim["missing"] == ["nosuch"] and "g_initialized" in shim["available"], shim
+    gdb.execute("kill", to_string=True)
+
+
+def test_cuda_patch_if_must_only_read_and_is_reported_when_it_never_applies():
+    """#21: --if 'system(...)==0' ran system() at the call, then gdb died ("Recursive internal
+    problem"); a condition that never held, or failed, left no word in the report."""
+    gdb.execute(f"file {PROBE}")
+    marker = os.path.join(tempfile.mkdtemp(), "touched")
+    for cond, words in ((f'system("touch {marker}")==0', "a function call (system(...))"),
+                        ("$rdi = 0", "an assignment ('=')"), ("$rdi += 1", "an assignment ('+=')"),
+                        ("g_init_result++ == 0", "an increment or decrement"), ("--g_init_result", "decrement"),
+                        ("(*(int (*)(void))$rdi)() == 0", "a function call"), ("$rsi(1)", "a function call")):
+        err = _error_of(f"cuda-patch cuInit --return 0 --if='{cond}'")
+        assert words in err and "must only read" in err, (cond, err)
+    assert "no patches" in _out("cuda-patch list")
+    for cond in ("$rdi == 0 && $rsi != 1", "$_streq(\"a\", \"a\")", "(int)$rdi >= 0", "sizeof(int) == 4"):
+        assert "cuda-patch #" in _out(f"cuda-patch cuInit --return 0 --if '{cond}'"), cond
+        _out("cuda-patch delete all")
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute("catch-init-error --no-follow-children", to_string=True)
+    _out("cuda-patch cuInit --return 0 --if '$rdi == 12345'")  # never holds: cuInit(0)
+    _out("cuda-patch cuDriverGetVersion --return 0 --if '*(int*)0 == 1'")  # fails: gdb cannot read address 0
+    _out("cuda-patch cuMemAlloc_v2 --return 0")  # never called during init
+    gdb.execute("run", to_string=True)
+    out = os.path.join(tempfile.mkdtemp(), "r.json")
+    _out(f"cuda-report --json {out}")
+    notes = json.load(open(out))["notes"]
+    said = {n.split(" ", 3)[2].lstrip("("): n for n in notes if n.startswith("cuda-patch #")}
+    assert "never applied: its --if never held (1 call of cuInit)" in said.get("cuInit", ""), notes
+    assert "never applied: its --if failed at every call (1 call of cuDriverGetVersion): " \
+        "Cannot access memory at address 0x0" in said.get("cuDriverGetVersion", ""), notes
+    assert "never applied: cuMemAlloc_v2 was never called" in said.get("cuMemAlloc_v2", ""), notes
+    assert not os.path.exists(marker)
+    _out("cuda-patch delete all")
+    gdb.execute("catch-init-error --disarm", to_string=True)
+
+
+def test_cuda_patch_one_patch_per_function():
+    """#21: two patches on one function made one call three rows, its arguments lost, and the
+    later patch silently overrode the earlier one."""
+    gdb.execute(f"file {PROBE}")
+    first = _out("cuda-patch cuDriverGetVersion --return 0 --out 0=11080")
+    assert first.startswith("cuda-patch #1:"), first
+    err = _error_of("cuda-patch cuDriverGetVersion --return 0 --out 0=12080 --if '$rdi != 0'")
+    assert "already patched by #1 (cuDriverGetVersion --return 0 --out 0=11080)" in err, err
+    assert "cuda-patch delete 1" in err, err
+    assert len(_out("cuda-patch list").splitlines()) == 1
+    assert "#2" in _out("cuda-patch cuInit --return 0")  # another function: fine
+    _out("cuda-patch delete 1")
+    assert "#3: cuDriverGetVersion" in _out("cuda-patch cuDriverGetVersion --return 0 --out 0=12080")
+    assert "One patch per function" in _out("help cuda-patch")
+    _out("cuda-patch delete all")

@@ -7,7 +7,7 @@ import gdb
 
 from ...core.timeline import DEFAULT_ERROR_PATTERNS
 from .. import session, tracer as tracer_mod
-from ..command import Command, register
+from ..command import Command, check_json, check_seconds, register
 
 
 @register
@@ -63,10 +63,8 @@ class CatchInitError(Command):
                 re.compile(pattern)
             except re.error as exc:
                 raise gdb.GdbError(f"catch-init-error: bad --pattern {pattern!r}: {exc}")
-        if args.json is not None and not args.json.strip():
-            raise gdb.GdbError("catch-init-error: --json needs a file name")
-        if args.timeout is not None and args.timeout <= 0:
-            raise gdb.GdbError("catch-init-error: --timeout must be a positive number of seconds")
+        check_seconds(self.name, "--timeout", args.timeout)
+        check_json(self.name, args.json)
         if session.State.tracer is not None:
             session.State.tracer.disarm()
         t = tracer_mod.Tracer(tuple(DEFAULT_ERROR_PATTERNS) + tuple(args.pattern), follow_children=args.follow,

@@ -23,7 +23,10 @@ class Patch:
         self.count = count
         self.cond = cond
         self.hits = 0
+        self.calls = 0  # entries seen (with --if: conditions evaluated)
         self.cond_failed = False
+        self.cond_errors = 0
+        self.cond_error = ""  # gdb's words, the first time the --if failed
         self.history: list[dict] = []
         self.bp: _PatchBreakpoint | None = None
         self.finishes: list = []
@@ -37,6 +40,24 @@ class Patch:
         if self.cond:
             parts.append(f"--if {self.cond!r}")
         return f"{self.function} " + " ".join(parts)
+
+    def report_note(self) -> str | None:
+        """For the report's notes: a patch that never applied, or whose --if failed, says so
+        (a condition that never holds is otherwise silent). No gdb calls: the watchdog's partial
+        report builds it from another thread."""
+        head = f"cuda-patch #{self.id} ({self.describe()})"
+        calls = f"{self.calls} call{'s' if self.calls != 1 else ''} of {self.function}"
+        if self.cond_errors:
+            where = f"at every call ({calls})" if self.cond_errors == self.calls else f"at {self.cond_errors} of {calls}"
+            applied = "never applied" if not self.hits else f"applied {self.hits} time{'s' if self.hits != 1 else ''}"
+            return f"{head} {applied}: its --if failed {where}: {self.cond_error}"
+        if self.hits:
+            return None
+        if not self.calls:
+            return f"{head} never applied: {self.function} was never called"
+        if self.cond:
+            return f"{head} never applied: its --if never held ({calls})"
+        return None
 
 
 _NEXT_ID = [1]
@@ -97,13 +118,16 @@ class _PatchBreakpoint(gdb.Breakpoint):
         patch = self.patch
         if patch.count is not None and patch.hits >= patch.count:
             return False
+        patch.calls += 1
         if patch.cond:
             try:
-                if not bool(gdb.parse_and_eval(patch.cond)):
+                if not _holds(patch.cond):
                     return False
             except gdb.error as exc:
-                if not patch.cond_failed:  # once, not at every call
+                patch.cond_errors += 1
+                if not patch.cond_failed:  # once, not at every call; the report's notes say it again
                     patch.cond_failed = True
+                    patch.cond_error = str(exc)
                     gdb.write(f"cuda-patch: #{patch.id} --if {patch.cond!r}: {exc}; not applied while it fails\n",
                               gdb.STDERR)
                 return False
@@ -176,14 +200,85 @@ def _fits(value: int, size: int) -> bool:
     return -(1 << (8 * size - 1)) <= value < (1 << (8 * size))
 
 
+def _holds(cond: str) -> bool:
+    """--if at a breakpoint's stop(): never a call into the program (gdb dies of a function call
+    made from a stop handler, "Recursive internal problem"), whatever slipped past
+    _side_effect: gdb refuses the call with an error instead, reported as the condition's."""
+    saved = gdb.parameter("may-call-functions")
+    if saved:
+        gdb.execute("set may-call-functions off", to_string=True)
+    try:
+        return bool(gdb.parse_and_eval(cond))
+    finally:
+        if saved:
+            gdb.execute("set may-call-functions on", to_string=True)
+
+
+_TOKEN = re.compile(r"""\s+|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?|\$\w*|[A-Za-z_]\w*|\d[\w.]*"""
+                    r"|<<=|>>=|\+\+|--|->|::|[-+*/%&|^!=<>]=|&&|\|\||<<|>>|.", re.S)
+_ASSIGN = {"=", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "<<=", ">>="}
+_NOT_CALLS = {"sizeof", "alignof", "_Alignof", "typeof", "__typeof__", "__typeof", "decltype"}
+_TYPE_WORDS = {"void", "char", "short", "int", "long", "float", "double", "signed", "unsigned", "_Bool", "bool",
+               "struct", "union", "enum", "const", "volatile"}
+
+
+def _is_type(tokens: list[str]) -> bool:
+    """(TOKENS) is a cast: a type name, maybe with qualifiers and stars."""
+    words = [t for t in tokens if t != "*"]
+    if not words or tokens[0] == "*" or not all(re.fullmatch(r"[A-Za-z_]\w*", w) for w in words):
+        return False
+    if any(w in _TYPE_WORDS for w in words):
+        return True
+    if len(words) != 1:
+        return False
+    try:
+        gdb.lookup_type(words[0])
+        return True
+    except gdb.error:
+        return False
+
+
+def _side_effect(cond: str) -> str | None:
+    """What in --if COND would change the program: an assignment, ++/--, a function call (a
+    convenience function such as $_streq is gdb's own, not the program's). None if nothing."""
+    tokens = [t for t in _TOKEN.findall(cond) if not t.isspace()]
+    opened: list[int] = []  # the open parentheses not closed yet
+    match: dict[int, int] = {}  # a ')' -> its '('
+    for i, tok in enumerate(tokens):
+        if tok in _ASSIGN:
+            return f"an assignment ({tok!r})"
+        if tok in ("++", "--"):
+            return f"an increment or decrement ({tok!r})"
+        if tok == "(" and i:
+            before = tokens[i - 1]
+            if before.startswith("$"):
+                value = gdb.convenience_variable(before[1:]) if len(before) > 1 else None
+                if value is None or value.type.code != gdb.TYPE_CODE_INTERNAL_FUNCTION:
+                    return f"a function call ({before}(...))"
+            elif re.fullmatch(r"[A-Za-z_]\w*", before) and before not in _NOT_CALLS and before not in _TYPE_WORDS:
+                return f"a function call ({before}(...))"
+            elif before == "]" or (before == ")" and not _is_type(tokens[match.get(i - 1, i - 1) + 1:i - 1])):
+                return "a function call (through a pointer)"
+        if tok == "(":
+            opened.append(i)
+        elif tok == ")" and opened:
+            match[i] = opened.pop()
+    return None
+
+
 def _check_condition(cond: str) -> None:
     """Reject an --if that does not parse now; one naming a symbol not loaded yet may work later.
-    'whatis' parses and types it without side effects (no call, no assignment)."""
+    'whatis' parses and types it without side effects (no call, no assignment). One that would
+    change the program is refused: it is evaluated at every call, inside a breakpoint."""
     try:
         gdb.execute(f"whatis {cond}", to_string=True)
     except gdb.error as exc:
         if re.search(r"syntax error|Junk after|Unmatched|Invalid (number|character)", str(exc)):
             raise gdb.GdbError(f"cuda-patch: --if {cond!r}: {exc}")
+    effect = _side_effect(cond)
+    if effect:
+        raise gdb.GdbError(f"cuda-patch: --if {cond!r} has {effect}: a condition is evaluated at every call and "
+                           f"must only read (compare registers, arguments, globals)")
 
 
 def _parse_out(text: str, function: str) -> tuple[int, int, int]:
@@ -217,7 +312,9 @@ class CudaPatch(Command):
         p.epilog = ("VALUE: a number or a name (CUDA_ERROR_NO_DEVICE, cudaErrorNoDevice, NVML_ERROR_NOT_FOUND, SUCCESS).\n"
                     "Examples:  cuda-patch cuInit --return CUDA_ERROR_NO_DEVICE\n"
                     "           cuda-patch cuDriverGetVersion --return SUCCESS --out 0=11080\n"
-                    "           cuda-patch list      cuda-patch delete 2      cuda-patch delete all")
+                    "           cuda-patch list      cuda-patch delete 2      cuda-patch delete all\n"
+                    "One patch per function: a second one on the same function is refused, naming the patch that\n"
+                    "holds it (each call then has one patched result); delete that one first.")
         p.add_argument("function", metavar="FUNCTION|list|delete", help="the function to patch, or list / delete")
         p.add_argument("ids", nargs="*", metavar="ID|all", help="with delete: patch numbers, or all")
         p.add_argument("--return", dest="ret", metavar="VALUE", help="the result to return")
@@ -225,7 +322,10 @@ class CudaPatch(Command):
                        help="also write VALUE (SIZE bytes, default 4) through pointer argument INDEX (0-based)")
         p.add_argument("--skip", action="store_true", help="return at entry without running the function")
         p.add_argument("--count", type=int, metavar="N", help="patch only the first N calls")
-        p.add_argument("--if", dest="cond", metavar="EXPR", help="patch only when EXPR is true at entry (e.g. $rdi == 0)")
+        p.add_argument("--if", dest="cond", metavar="EXPR",
+                       help="patch only when EXPR is true at entry (e.g. $rdi == 0); EXPR only reads: assignments, "
+                            "++/-- and calls into the program are refused; one that never held or failed is in the "
+                            "report's notes")
 
     def run(self, args, from_tty):
         if args.function == "list":
@@ -247,6 +347,11 @@ class CudaPatch(Command):
         if args.count is not None and args.count <= 0:
             raise gdb.GdbError("cuda-patch: --count must be a positive number")
         _check_function(args.function)
+        holder = next((p for p in session.State.patches.values() if p.function == args.function), None)
+        if holder is not None:  # two would each catch the same call: whose result stands, which row is the call?
+            raise gdb.GdbError(f"cuda-patch: {args.function} is already patched by #{holder.id} ({holder.describe()}); "
+                               f"one patch per function: 'cuda-patch delete {holder.id}' first, then give every change "
+                               f"in one patch")
         outs = [_parse_out(o, args.function) for o in args.out]
         if args.cond is not None:
             _check_condition(args.cond)

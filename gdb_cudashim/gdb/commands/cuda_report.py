@@ -4,7 +4,7 @@ from __future__ import annotations
 import gdb
 
 from .. import session
-from ..command import Command, register
+from ..command import Command, check_json, register
 
 
 @register
@@ -21,10 +21,9 @@ class CudaReport(Command):
     def run(self, args, from_tty):
         if session.State.tracer is None:
             raise gdb.GdbError("cuda-report: nothing captured: run 'catch-init-error' first, then 'run'")
+        check_json(self.name, args.json)
         report = session.build_report()
         if args.json is not None:
-            if not args.json.strip():
-                raise gdb.GdbError("cuda-report: --json needs a file name")
             try:
                 session.write_json(report, args.json)
             except OSError as exc:

@@ -16,7 +16,7 @@ import gdb
 from ...core.procfs import state as proc_state
 from ...core.report import EXIT_USAGE
 from .. import control, session
-from ..command import Command, register
+from ..command import Command, check_json, check_seconds, register
 
 
 def _live():
@@ -52,14 +52,11 @@ class CudaRun(Command):
         p.add_argument("--end-server", action="store_true", help="with --settle: end the server instead of leaving it")
 
     def run(self, args, from_tty):
-        from ...core.files import check_writable
-
-        if args.json is not None:
-            problem = check_writable(args.json)
-            if problem:
-                raise gdb.GdbError(f"cuda-run: {problem}")
-        if args.timeout is not None and not (0 < args.timeout < 1e9):
-            raise gdb.GdbError("cuda-run: --timeout must be a positive number of seconds")
+        # before anything runs: --json (or catch-init-error's, which may have become a directory
+        # since), --timeout, --settle
+        check_json(self.name, args.json or session.State.json_path)
+        check_seconds(self.name, "--timeout", args.timeout)
+        check_seconds(self.name, "--settle", args.settle)
         if session.State.tracer is None:
             gdb.execute("catch-init-error", to_string=True)
         t = session.State.tracer
@@ -75,8 +72,6 @@ class CudaRun(Command):
         t.stop_reason = None
         stopped_before = {i.pid for i in _live() if proc_state(i.pid) == "T"}
         _before_watch(t)
-        if args.settle is not None and not (0 < args.settle < 1e6):
-            raise gdb.GdbError("cuda-run: --settle must be a positive number of seconds")
         settle = (lambda: t.settled(args.settle)) if args.settle else None
         dog = control.Watchdog(t, deadline=started + timeout if timeout else None, control_fd=args.control_fd,
                                dump=lambda path: _dump(path, started), settled=settle)
@@ -345,7 +340,8 @@ def _end_all(tracer, reason, started):
             tracer.hang["after_seconds"] = round(time.monotonic() - started, 1)
         except gdb.error as exc:
             tracer.note(f"could not read the threads: {exc}")
-    tracer.ending = reason or "the run ended"
+    # the exit events say why the tool ended them: a settled server is ended only on request
+    tracer.ending = "--end-server" if reason == "settled" else (reason or "the run ended")
     gdb.execute("kill inferiors " + " ".join(str(i.num) for i in _live()), to_string=True)
 
 
