@@ -155,3 +155,27 @@ def test_audit_reads_ld_so_preload_and_never_advises_renaming_an_interposer(inte
     assert note["subject"] == str(interposer) and "libcuda.so.1" in note["detail"]
     cudart = next(r for r in result["resolution"] if r["consumer"].endswith("libcudart.so.12"))
     assert {"how": str(listing), "path": str(interposer)}.items() <= cudart["candidates"][0].items()
+
+
+def test_a_lock_wait_inside_the_interposer_is_a_wait_inside_the_shim(stack, probe, tmp_path):
+    """HAMi-core's shape: its cuInit hook waits on its own lock. The hang names the interposer's
+    frame as where the thread waits, as it would the driver's (#18 item 3)."""
+    hook = build_lib(SRC, tmp_path / "hang" / "libvgpu.so", "-Wl,-soname,libvgpu.so", "-DHANG_IN_HOOK", "-lpthread")
+    env = env_with(LD_PRELOAD=hook, LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda)
+    proc, report = run_report(tmp_path, [probe], env, extra=["--timeout", "4"])
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    summary = report["hang"]["summary"]
+    assert "no thread is inside a CUDA driver or shim frame" not in summary
+    assert "in cuInit (libvgpu.so)" in summary and "blocked in lock_postinit" in summary, summary
+    assert "(blocked in futex)" in summary, summary
+
+
+def test_cuda_state_does_not_warn_that_an_interposer_is_not_libcuda(interposer):
+    """An interposer under its own soname is a link of the chain by design: no 'two drivers' and no
+    'cudart's dlopen will not find it' (#18 item 3)."""
+    from gdb_cudashim.core import runtime, state
+
+    roles = [{"role": "driver", "path": str(p), "soname": s, "kind": runtime.file_kind(str(p), "driver")}
+             for p, s in ((interposer, "libvgpu.so"), (SHIM_BUILD / "libcuda.so.1", "libcuda.so.1"))]
+    assert roles[0]["kind"] == runtime.DRIVER_INTERPOSER
+    assert state.warnings(roles) == []

@@ -21,6 +21,7 @@ NVIDIA_RUNTIME = "NVIDIA runtime"
 REPLACEMENT = "runtime replacement"
 OWN_SONAME = "runtime shim under its own soname"
 INTERPOSER = "runtime interposer"
+DRIVER_INTERPOSER = "interposer"  # a driver-role file under its own soname that hooks dlsym (HAMi-core's libvgpu.so)
 
 # When libggml-cuda first needs each import: what fails, and when, if the runtime lacks it.
 REGISTRATION = ("__cudaRegisterFatBinary", "__cudaRegisterFatBinaryEnd", "__cudaRegisterFunction",
@@ -267,7 +268,7 @@ def file_kind(path: str, role: str) -> str:
     if dyn is not None and dyn.dlsym_finds(BUNDLED_SHIM_MARKER):
         return "bundled cudashim"
     if role == "driver" and soname != "libcuda.so.1" and dyn is not None and dyn.dlsym_finds("dlsym"):
-        return "interposer"
+        return DRIVER_INTERPOSER
     return "driver shim" if role == "driver" else "NVML shim"
 
 

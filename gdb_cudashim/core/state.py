@@ -250,7 +250,9 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
 
 def warnings(roles: list[dict]) -> list[str]:
     out = []
-    drivers = [r for r in roles if r["role"] == "driver"]
+    # an interposer (HAMi-core's libvgpu.so: its own soname, a dlsym hook) is a link of the driver
+    # chain by design: neither a second driver nor a file cudart's dlopen should find
+    drivers = [r for r in roles if r["role"] == "driver" and r.get("kind") != runtime.DRIVER_INTERPOSER]
     if len({os.path.realpath(r["path"]) for r in drivers}) > 1:
         out.append("more than one file acts as libcuda in this process: " + ", ".join(r["path"] for r in drivers)
                    + "; cudart uses the one named libcuda.so.1 it dlopen()s, libggml-cuda's direct imports bind "

@@ -193,9 +193,12 @@ class Libraries:
     kind: str = "libraries"
 
 
-def waiting_in(frames: list[Frame]) -> str | None:
-    """The CUDA driver/NVML frame a thread waits in: the entry point, and where inside it."""
-    in_shim = [f for f in frames if role_of(f.library) in ("driver", "nvml")]
+def waiting_in(frames: list[Frame], shims=()) -> str | None:
+    """The CUDA driver/NVML frame a thread waits in: the entry point, and where inside it. SHIMS:
+    the file names of other files in those roles (an interposer under its own soname, such as
+    HAMi-core's libvgpu.so waiting on its lock)."""
+    in_shim = [f for f in frames if role_of(f.library) in ("driver", "nvml")
+               or (f.library and f.library.rsplit("/", 1)[-1] in shims)]
     if not in_shim:
         return None
     entry = next((f for f in in_shim if is_cuda_symbol(f.function)), None)

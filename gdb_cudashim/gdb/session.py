@@ -54,6 +54,7 @@ def thread_snapshot(inferior, limit=48) -> list[dict]:
 
     here = gdb.selected_thread()
     threads = []
+    shims = _shim_files(inferior.pid)
     try:
         for thread in inferior.threads():
             try:
@@ -62,12 +63,27 @@ def thread_snapshot(inferior, limit=48) -> list[dict]:
                 continue
             frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(limit)]
             threads.append({"pid": inferior.pid, "tid": thread.ptid[1], "name": thread.name,
-                            "waiting_in": waiting_in(frames), "blocked": _blocked(inferior.pid, thread.ptid[1]),
+                            "waiting_in": waiting_in(frames, shims), "blocked": _blocked(inferior.pid, thread.ptid[1]),
                             "frames": [f.__dict__ for f in frames]})
     finally:
         if here is not None and here.is_valid():
             here.switch()
     return threads
+
+
+def _shim_files(pid: int) -> set[str]:
+    """The names of PID's files in a driver or NVML role that their names do not tell: a preloaded
+    interposer under its own soname (HAMi-core's libvgpu.so), whose lock waits are shim waits."""
+    from ..core import interpose, runtime
+    from ..core.procfs import ProcError, mapped_files
+
+    tl = State.tracer.timeline if State.tracer is not None else None
+    preloaded = interpose.preloaded_files(tl, pid) if tl is not None else set()
+    try:
+        paths = mapped_files(pid)
+    except (OSError, ProcError):
+        return set()
+    return {os.path.basename(p) for p in paths if runtime.mapped_role(p, preloaded) in ("driver", "nvml")}
 
 
 def _blocked(pid: int, tid: int) -> str | None:

@@ -9,6 +9,8 @@
  * Built with -DHIDE_EXPORT_TABLE its hook answers NULL for cuGetExportTable and cuGetProcAddress_v2,
  * which the driver exports.
  *
+ * Built with -DHANG_IN_HOOK its cuInit waits for ever on a lock of its own.
+ *
  * Built with -DLOOP it is the broken kind: its dlsym hook asks the driver's cuGetProcAddress_v2
  * about every cu* name, while a forwarding driver resolves through dlsym, which is the hook again.
  * A real one recurses until the stack runs out; this one gives up LOOP deep, so the run ends.
@@ -51,11 +53,28 @@ static void *next(const char *name)
     return h ? real_dlsym(h, name) : NULL;
 }
 
+#ifdef HANG_IN_HOOK
+/* the stuck kind: cuInit takes a lock it already holds, as HAMi-core's "postinit lock" is never
+ * released after a crashed run; the thread waits in the kernel for ever */
+#include <pthread.h>
+static pthread_mutex_t g_postinit_lock = PTHREAD_MUTEX_INITIALIZER;
+static void lock_postinit(const char *name)
+{
+    if (strcmp(name, "cuInit") == 0) {
+        pthread_mutex_lock(&g_postinit_lock);
+        pthread_mutex_lock(&g_postinit_lock);
+    }
+}
+#else
+#define lock_postinit(name) ((void)0)
+#endif
+
 /* A wrapper that passes up to six integer/pointer arguments through unchanged. */
 #define FORWARD(name)                                                              \
     EXPORT CUresult name(u64 a, u64 b, u64 c, u64 d, u64 e, u64 f)                 \
     {                                                                              \
         static fn6 real;                                                           \
+        lock_postinit(#name);                                                      \
         if (!real)                                                                 \
             real = (fn6)next(#name);                                               \
         return real ? real(a, b, c, d, e, f) : NOT_FOUND;                          \
