@@ -43,3 +43,18 @@ def test_a_shims_own_unresolved_reference_is_the_shims(stack, probe, tmp_path):
     assert f["summary"] == ("libggml-cuda failed to load: libcuda.so.1 (one of its dependencies) refers to "
                             "shim_missing_table, which nothing loaded defines"), f["summary"]
     assert "export shim_missing_table" not in f["fix"] and "libcuda.so.1 uses shim_missing_table" in f["fix"]
+
+
+def test_a_preload_ld_so_cannot_load_is_the_first_finding(stack, probe, tmp_path):
+    """ld.so ignores an LD_PRELOAD it cannot load (it says so on stderr before main, where no write
+    is watched): the program runs without the shim the user meant; that comes first."""
+    junk = tmp_path / "libjunk.so"
+    junk.write_bytes(b"not an ELF file, but named like a library\n" * 4)
+    for preload, why in ((tmp_path / "nowhere" / "libcuda.so.1", "No such file or directory"),
+                         (junk, "invalid ELF header")):
+        env = env_with(LD_PRELOAD=preload, LD_LIBRARY_PATH=ROOT / "shim" / "build" / "variants" / "seed",
+                       GGML_CUDA_LIB=stack.ggml_cuda)
+        proc, report = run_report(tmp_path, [probe], env)
+        first = report["findings"][0]
+        assert first["rule"] == "preload-ignored" and why in first["summary"] and str(preload) in first["summary"], \
+            report["findings"]

@@ -1131,19 +1131,21 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
-    from . import rules_absent  # what did not happen, or failed with no ggml message (its own module)
+    from . import rules_absent, rules_loader  # families in modules of their own
 
+    findings += rules_loader.rule_preload_ignored(tl)
     findings += rules_absent.extra(tl, findings)
     code = _run_error_code(tl)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
         return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in (
             "killed-by-signal", "crash-in-runtime", "crash-in-shim", *FIRST) else 2)
-    return sorted(findings, key=lambda f: 0 if f.explains == code or f.rule in FIRST else 1)
+    return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == code else 2)
 
 
 # Causes that come before whatever the run printed: the program never used the files the user
 # meant it to (the shim it loaded is not the one they built, or it failed to load at all).
-FIRST = ("backend-load-failed", "runtime-shim-missing-symbols", "runtime-shim-bypassed", "two-runtimes")
+FIRST = ("preload-ignored", "backend-load-failed", "runtime-shim-missing-symbols", "runtime-shim-bypassed",
+         "two-runtimes")
 
 
 def _run_error_code(tl: Timeline) -> int | None:
