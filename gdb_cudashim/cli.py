@@ -465,6 +465,10 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
                 print(f"gdb-cudashim: cannot write --json {args.json}: {exc.strerror}", file=sys.stderr)
                 status = EXIT_USAGE if status in (0, 1, 4) else status
     lines = render(report, color=_color(args.color), verbose=args.verbose)
+    if report.get("walls") is not None:
+        from .core import walls as walls_mod
+
+        lines += walls_mod.render(report["walls"], report.get("walls_s") or 0.0)
     if compared:
         lines += [""] + compared[1]
     _print("\n".join(lines) + "\n", sys.stderr if args.json == "-" else sys.stdout)
@@ -500,22 +504,70 @@ def cmd_run(args) -> int:
     if args.every_return:
         arm.append("--every-return")
 
-    def make_cmd(report_path, tmp):
-        drive = ["cuda-run", "--no-report", "--quit", "--json", report_path, "--control-fd", str(CONTROL_FD),
-                 "--stdio", f"{3 if _fd_open(1) else '-'},{4 if _fd_open(2) else '-'}", "--owned-dir", tmp]
-        if args.timeout:
-            drive += ["--timeout", repr(args.timeout)]
-        if args.settle:
-            drive += ["--settle", repr(args.settle)] + (["--end-server"] if args.end_server else [])
-        return base + ["-batch", "-ex", " ".join(arm), "-ex", _gdb_command(drive), "--args",
-                       *_exec_argv(program), *args.command[1:]]
+    def make_cmd_with(patches, end_server=args.end_server):
+        def make_cmd(report_path, tmp):
+            drive = ["cuda-run", "--no-report", "--quit", "--json", report_path, "--control-fd", str(CONTROL_FD),
+                     "--stdio", f"{3 if _fd_open(1) else '-'},{4 if _fd_open(2) else '-'}", "--owned-dir", tmp]
+            if args.timeout:
+                drive += ["--timeout", repr(args.timeout)]
+            if args.settle:
+                drive += ["--settle", repr(args.settle)] + (["--end-server"] if end_server else [])
+            patch = [x for p in patches for x in ("-ex", "cuda-patch " + " ".join(shlex.quote(a) for a in p))]
+            return base + ["-batch", "-ex", " ".join(arm), *patch, "-ex", _gdb_command(drive), "--args",
+                           *_exec_argv(program), *args.command[1:]]
+
+        return make_cmd
 
     def no_report(log, status):
         last = _last_line(log)
         raise CliError(f"gdb ended (status {status}) without a report" + (f": {last}" if last else "")
                        + "; run the same under 'gdb-cudashim gdb --args ...' to see why")
 
-    return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command, gdb, ref)
+    report = _gdb_report(make_cmd_with([]), env, no_report, timeout=args.timeout)
+    if args.what_if and not report.get("partial"):
+        report["walls"], report["walls_s"] = _what_if(report, make_cmd_with, env, no_report, args)
+    return _emit(report, args, args.command, gdb, ref)
+
+
+def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[dict], float]:
+    """run --what-if (core/walls.py): simulate the first finding's fix, run again, and say whether the
+    error went away or changed (proven) or stayed (not the cause, and the next finding is tried);
+    from a proven wall on, the next run's findings are the next wall. Re-runs are ordinary runs:
+    the same timeout, children followed, a server ended rather than left running."""
+    import time
+
+    from .core import walls as walls_mod
+
+    started = time.monotonic()
+    walls: list[dict] = []
+    patches: list[list[str]] = []
+    current, tried = report, set()
+    while len(walls) < args.max_walls:
+        progressed = False
+        for f in current.get("findings") or []:
+            key = (f.get("rule"), f.get("summary"))
+            if key in tried or len(walls) >= args.max_walls:
+                continue
+            tried.add(key)
+            wall = {"wall": len(walls) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
+                    "error_before": walls_mod.error_text(current)}
+            walls.append(wall)
+            sim, why = walls_mod.simulation(f, current)
+            if sim is None:
+                wall.update(verdict="cannot simulate", why=why, simulation=None)
+                return walls, round(time.monotonic() - started, 1)  # the chain cannot go past it
+            print(f"gdb-cudashim: what-if {wall['wall']}: cuda-patch {' '.join(sim)}", file=sys.stderr)
+            after = _gdb_report(make_cmd_with(patches + [sim], end_server=True), env, no_report, timeout=args.timeout)
+            verdict, why = walls_mod.verdict(current, after)
+            wall.update(verdict=verdict, why=why, simulation=["cuda-patch", *sim],
+                        error_after=walls_mod.error_text(after))
+            if verdict == "proven":
+                patches.append(sim)
+                current, progressed = after, True
+                break
+        if not progressed:
+            break
+    return walls, round(time.monotonic() - started, 1)
 
 
 def _load_reference(path: str) -> dict:
@@ -852,6 +904,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compare", metavar="REF.json",
                    help="then show where this run differs from REF (a run --json report of the same program on "
                         "the real driver or a shim that works) and use it as evidence; a clean run that differs exits 1")
+    r.add_argument("--what-if", action="store_true",
+                   help="then test each finding: simulate its fix (cuda-patch), run again, say whether the error went "
+                        "away or changed (proven) or not (not the cause), and show the next wall")
+    r.add_argument("--max-walls", type=int, default=5, metavar="N", help="with --what-if: at most N walls (default 5)")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
     r.set_defaults(func=cmd_run)
 

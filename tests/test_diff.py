@@ -93,13 +93,13 @@ def test_reports_of_different_programs_or_schemas_are_refused(stack, probe, tmp_
     assert proc.stderr == "gdb-cudashim: not the same program: REF ran probe, RUN ran spawner; diff compares two " \
                           "runs of one program\n"
     report = json.loads(reference[0].read_text())
-    cases = {"old.json": {k: v for k, v in report.items() if k != "schema"}, "future.json": dict(report, schema=2)}
+    cases = {"old.json": {k: v for k, v in report.items() if k != "schema"}, "future.json": dict(report, schema=3)}
     for name, content in cases.items():
         (tmp_path / name).write_text(json.dumps(content))
     (tmp_path / "text.json").write_text("not json")
     (tmp_path / "list.json").write_text("[1, 2]")
-    for name, words in [("old.json", "has no schema version"), ("future.json", "is report schema 2; this gdb-cudashim "
-                        "reads schema 1"), ("text.json", "is not JSON"), ("list.json", "is not a gdb-cudashim run --json"),
+    for name, words in [("old.json", "has no schema version"), ("future.json", "is report schema 3; this gdb-cudashim "
+                        "reads schemas 1 and 2"), ("text.json", "is not JSON"), ("list.json", "is not a gdb-cudashim run --json"),
                         ("missing.json", "cannot read RUN")]:
         proc = run_cli(["diff", str(reference[0]), str(tmp_path / name)])
         assert proc.returncode == 2 and words in proc.stderr, (name, proc.stderr)

@@ -24,7 +24,7 @@ import re
 from . import codes
 from .calls import SPECS, role_of
 from .record import as_dict, factory, record
-from .report import SCHEMA
+from .report import READABLE_SCHEMAS, SCHEMA
 from .runtime import label as file_label
 
 
@@ -78,8 +78,9 @@ def check(report, label: str) -> dict:
     schema = report.get("schema")
     if schema is None:
         raise ReportError(f"{label} has no schema version (written by an older gdb-cudashim): record it again")
-    if type(schema) is not int or schema != SCHEMA:
-        raise ReportError(f"{label} is report schema {schema!r}; this gdb-cudashim reads schema {SCHEMA}")
+    if type(schema) is not int or schema not in READABLE_SCHEMAS:
+        raise ReportError(f"{label} is report schema {schema!r}; this gdb-cudashim reads schemas "
+                          + " and ".join(map(str, READABLE_SCHEMAS)))
     for key, fields in _EVENT_FIELDS.items():
         events = report.get(key)
         if not _is(events, _LIST):

@@ -12,7 +12,7 @@ _loaded = False
 
 # What a batch run (gdb-cudashim run / attach) uses: it sets $gdb_cudashim_batch before
 # sourcing gdbinit.py and skips importing and registering the rest (~20 ms of each run).
-BATCH_MODULES = ("catch_init_error", "cuda_run")
+BATCH_MODULES = ("catch_init_error", "cuda_run", "cuda_patch")  # cuda_patch: run --what-if's simulations
 
 
 def _program_env_without_launcher():
