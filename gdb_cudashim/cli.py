@@ -507,14 +507,17 @@ def cmd_run(args) -> int:
             drive += ["--timeout", repr(args.timeout)]
         if args.settle:
             drive += ["--settle", repr(args.settle)] + (["--end-server"] if args.end_server else [])
-        return base + ["-batch", "-ex", " ".join(arm), "-ex", _gdb_command(drive), "--args",
-                       *_exec_argv(program), *args.command[1:]]
+        return base + ["-batch", "-ex", " ".join(arm), "-ex", _gdb_command(drive), "--args", *program_argv]
 
     def no_report(log, status):
         last = _last_line(log)
         raise CliError(f"gdb ended (status {status}) without a report" + (f": {last}" if last else "")
                        + "; run the same under 'gdb-cudashim gdb --args ...' to see why")
 
+    program_argv = _exec_argv(program, args.command[1:])
+    if not _gdb_passes(program_argv):  # argv through the environment, read back by the start-up shell
+        env[ARGV_VAR] = "set -- " + " ".join(shlex.quote(w) for w in [program] + args.command[1:])
+        program_argv = ["/bin/sh", "-c", f'eval "${ARGV_VAR}"; unset {ARGV_VAR}; exec "$@"', "gdb-cudashim"]
     return _emit(_gdb_report(make_cmd, env, no_report, timeout=args.timeout), args, args.command, gdb, ref)
 
 
@@ -568,8 +571,8 @@ def cmd_diff(args) -> int:
     return 1 if divergences else 0
 
 
-def _exec_argv(program: str) -> list[str]:
-    """How gdb starts PROGRAM as a shell would: an ELF file directly; a script (#!, a pyenv
+def _exec_argv(program: str, args: list[str]) -> list[str]:
+    """How gdb starts PROGRAM ARGS as a shell would: an ELF file directly; a script (#!, a pyenv
     shim, a wrapper) through /bin/sh's exec, which the kernel turns into its interpreter.
     gdb follows the exec, so the script's own children are traced as usual."""
     try:
@@ -578,8 +581,23 @@ def _exec_argv(program: str) -> list[str]:
     except OSError:
         magic = b""
     if magic == b"\x7fELF":
-        return [program]
-    return ["/bin/sh", "-c", 'exec "$0" "$@"', program]
+        return [program, *args]
+    return ["/bin/sh", "-c", 'exec "$0" "$@"', program, *args]
+
+
+ARGV_VAR = "GDB_CUDASHIM_ARGV"
+
+
+def _gdb_passes(words: list[str]) -> bool:
+    """Whether gdb's --args hands WORDS to the program unchanged: gdb reads its inferior's
+    arguments back as one line of text, so a newline (or another control character) ends the
+    line and the rest is taken for a gdb command, and a byte that is not UTF-8 stops its Python.
+    Any other argument goes through the environment (ARGV_VAR), which carries every byte but NUL."""
+    for w in words:
+        for c in w:
+            if (ord(c) < 32 and c != "\t") or ord(c) == 127 or "\ud800" <= c <= "\udfff":
+                return False
+    return True
 
 
 def _last_line(text: str) -> str:

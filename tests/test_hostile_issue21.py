@@ -1,0 +1,35 @@
+"""Hostile input and hostile surroundings, issue #21: one clear line for bad input, never a
+traceback; the user's processes and files come first. Real gdb, real processes."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BUILD, CLI, ROOT, SHIM_BUILD, env_with, run_cli
+
+SEED = SHIM_BUILD / "variants" / "seed"
+
+DUMP_ARGV = "import os, sys; open(sys.argv[1], 'wb').write(b'\\0'.join(os.fsencode(a) for a in sys.argv[2:]))"
+
+
+def test_every_byte_but_nul_reaches_the_program_in_its_arguments(tmp_path):
+    """gdb-cudashim run -- /bin/echo $'a\\nb' was 'Undefined command', exit 2."""
+    out = tmp_path / "argv"
+    every = "".join(chr(b) for b in range(1, 128)) + os.fsdecode(bytes(range(128, 256)))
+    words = ["a\nb", "", "'", "\\", "$HOME", "\udcff", "x\r\ny", every]
+    proc = run_cli(["run", "--", sys.executable, "-c", DUMP_ARGV, str(out), *words])
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert out.read_bytes().split(b"\0") == [os.fsencode(w) for w in words]
+    header = proc.stdout.splitlines()[0]
+    assert header.startswith("gdb-cudashim: ") and "$'a\\nb'" in header and "$'\\xff'" in header, header
+
+
+def test_plain_arguments_still_go_through_gdb_as_they_were(tmp_path):
+    out = tmp_path / "argv"
+    words = ["a b", "", '"q"', "$HOME", "`id`", "*", "t\tb", "é"]
+    proc = run_cli(["run", "--", sys.executable, "-c", DUMP_ARGV, str(out), *words])
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert out.read_bytes().split(b"\0") == [os.fsencode(w) for w in words]
