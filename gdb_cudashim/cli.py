@@ -372,18 +372,24 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
         cmd = make_cmd(report_path, tmp)
         # the in-process recorder's rings go in here too (gdb/recording.py), so they go with it
         sup.spawn(cmd, dict(env, GDB_CUDASHIM_RING_PARENT=tmp), give_stdio=attach_pid is None)
+        ooms = _oom_kills()
         _warm_up_renderer()  # while gdb runs: the imports cost ~0.1 s of a ~1 s run
         status = sup.wait()
+        died = None
         if status < 0 and not sup.hard_stopped:  # gdb itself was killed (or crashed)
-            sup.notes.append(f"gdb died ({signal.Signals(-status).name})")
+            programs = _session_members(sup.pid)  # gdb's programs, before they go with it
             sup.after_gdb_died()
         report = _load_report(report_path) or _load_report(os.path.join(tmp, "partial.json"))
+        if status < 0 and not sup.hard_stopped:
+            died = _gdb_death(-status, sup.pid, report, programs, ooms)
         if report is None:
             if sup.interrupted is None and not sup.hard_stopped and status >= 0:
                 no_report(_read_log(tmp), status)
             report = _empty_report()
         if sup.interrupted is None and (sup.hard_stopped or status < 0):
             report["status"] = EXIT_TIMEOUT if sup.hard_stopped else EXIT_USAGE
+        if died:
+            report["gdb_died"] = died
         if sup.interrupted is not None or sup.hard_stopped or status < 0:
             report["partial"] = True
             if sup.interrupted is not None:
@@ -397,6 +403,59 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)  # our files, and the recorder's rings in their folder
+
+
+SENT_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE}
+
+
+def _gdb_death(signo: int, gdb_pid: int, report, programs: list[tuple[int, str]], ooms: int | None) -> str:
+    """One line on how gdb went when it was not us who ended it: killed by another process
+    (which one, when its kill was seen: the report's kills, the kernel's OOM count in
+    /proc/vmstat) or crashed."""
+    name = signal.Signals(signo).name
+    kill = next((k for k in (report or {}).get("kills") or [] if k.get("victim") == gdb_pid), None)
+    if kill:
+        return f"gdb was killed ({name}) by pid {kill.get('pid')}, one of its programs ({kill.get('via', 'kill')})"
+    after = _oom_kills()
+    if signo == signal.SIGKILL and ooms is not None and after is not None and after > ooms:
+        return f"gdb was killed ({name}), most likely by the kernel's OOM killer (/proc/vmstat oom_kill rose by " \
+               f"{after - ooms} during the run)"
+    if signo in SENT_SIGNALS:
+        running = ", ".join(f"{p} ({c})" for p, c in programs[:4])
+        return (f"gdb was killed ({name}) by another process, not by gdb-cudashim: one of its programs killing its "
+                f"parent, a kill -9, a supervisor" + (f"; its programs then: {running}" if running else "")
+                + "; nothing after that was watched")
+    return f"gdb crashed ({name}); nothing after that was watched"
+
+
+def _oom_kills() -> int | None:
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _session_members(sid: int) -> list[tuple[int, str]]:
+    """(pid, comm) of the live processes in session SID (gdb's: the programs it started, each in
+    a process group of its own)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == sid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 3 and fields[0] != "Z" and fields[3] == str(sid):
+            out.append((int(entry), stat[stat.find("(") + 1:stat.rfind(")")]))
+    return sorted(out)
 
 
 def _load_report(path):
@@ -456,7 +515,7 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
     if args.json:
         from .core.files import write_text
 
-        if status == EXIT_USAGE and args.json != "-" and os.path.lexists(args.json):
+        if status == EXIT_USAGE and not report.get("gdb_died") and args.json != "-" and os.path.lexists(args.json):
             print(f"gdb-cudashim: the run did not start; {args.json} left as it was", file=sys.stderr)
         else:
             try:

@@ -33,3 +33,14 @@ def test_plain_arguments_still_go_through_gdb_as_they_were(tmp_path):
     proc = run_cli(["run", "--", sys.executable, "-c", DUMP_ARGV, str(out), *words])
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert out.read_bytes().split(b"\0") == [os.fsencode(w) for w in words]
+
+
+def test_a_program_that_kills_gdb_gets_no_clean_bill(tmp_path):
+    """A program that SIGKILLs its parent (gdb) was 'interrupted' with 'No CUDA init failure seen'."""
+    out = tmp_path / "r.json"
+    proc = run_cli(["run", "--json", str(out), "--", "/bin/sh", "-c", "kill -9 $PPID; exec sleep 30"], timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "No CUDA init failure seen" not in proc.stdout and "interrupted" not in proc.stdout, proc.stdout
+    assert "gdb was killed (SIGKILL) by another process, not by gdb-cudashim" in proc.stdout, proc.stdout
+    report = json.loads(out.read_text())
+    assert report["partial"] and "gdb was killed (SIGKILL)" in report["gdb_died"] and "interrupted" not in report

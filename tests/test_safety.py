@@ -241,7 +241,7 @@ def test_gdb_killed_during_attach_leaves_the_process_running(looper):
     wait_for(lambda: status_field(looper.pid, "State")[0] == "t")
     os.kill(gdb, signal.SIGKILL)
     out, err = cli.communicate(timeout=30)
-    assert "gdb died (SIGKILL)" in out and "partial report" in out, out + err
+    assert "gdb was killed (SIGKILL) by another process" in out and "partial report" in out, out + err
     assert f"pid {looper.pid}: restored" in out, (looper.poll(), out[-600:])
     assert_left_running(looper)
     assert not temp_dirs_of(cli.pid)

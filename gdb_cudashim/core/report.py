@@ -238,12 +238,15 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
             out.append(s("green", "   fix: ") + f["fix"])
     elif report["errors"]:
         out.append(s("bold", "Diagnosis: ") + "no rule matched this failure; the full text and the timeline are above")
+    elif report.get("gdb_died"):
+        out.append(s("red", "Not watched to the end: ") + report["gdb_died"])
     elif not report.get("hang"):
         out.append(s("green", "No CUDA init failure seen."))
     for note in report.get("notes") or []:
         out.append(f"note: {note}")
     if report.get("partial"):
-        out.append(s("red", "partial report: ") + f"the run was stopped ({report.get('interrupted') or 'interrupted'}) "
+        why = report.get("interrupted") or ("gdb was killed" if report.get("gdb_died") else "interrupted")
+        out.append(s("red", "partial report: ") + f"the run was stopped ({why}) "
                    "before every process ended; what it shows is true up to then")
     out.append(f"({report['stops']} debugger stops)")
     return out
