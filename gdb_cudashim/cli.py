@@ -363,6 +363,14 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
     except OSError as exc:
         sup.close()
         raise CliError(f"cannot make a temporary directory in {where} (TMPDIR): {exc.strerror}") from None
+    problem = _tmp_room(tmp)
+    if problem:
+        sup.close()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CliError(f"the temporary folder {where} (TMPDIR) {problem}: gdb's log, the report and the "
+                       f"recorder's rings go there; free some space or point TMPDIR at a folder with room")
     report_path = os.path.join(tmp, "report.json")
     try:
         if attach_pid is not None:
@@ -383,8 +391,13 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
         if status < 0 and not sup.hard_stopped:
             died = _gdb_death(-status, sup.pid, report, programs, ooms)
         if report is None:
+            log = _read_log(tmp)
+            if "No space left on device" in log or _tmp_room(tmp, probe=False):
+                raise CliError(f"the report was lost: the temporary folder {where} (TMPDIR) filled up during the run "
+                               f"(gdb ended with status {status}); free some space there or point TMPDIR at a "
+                               "folder with room, and run again")
             if sup.interrupted is None and not sup.hard_stopped and status >= 0:
-                no_report(_read_log(tmp), status)
+                no_report(log, status)
             report = _empty_report()
         if sup.interrupted is None and (sup.hard_stopped or status < 0):
             report["status"] = EXIT_TIMEOUT if sup.hard_stopped else EXIT_USAGE
@@ -456,6 +469,36 @@ def _session_members(sid: int) -> list[tuple[int, str]]:
         if len(fields) > 3 and fields[0] != "Z" and fields[3] == str(sid):
             out.append((int(entry), stat[stat.find("(") + 1:stat.rfind(")")]))
     return sorted(out)
+
+
+TMP_ROOM = 16 << 20  # gdb's log, the report, the recorder's rings (sparse, written as they fill)
+PROBE_BYTES = 64 << 10
+
+
+def _tmp_room(folder: str, probe: bool = True) -> str | None:
+    """Why FOLDER cannot take a run's files, or None: too little free space (a ring that cannot
+    grow is a SIGBUS in the program), or a probe file that cannot be written and synced."""
+    try:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if free < TMP_ROOM:
+        return f"has {free >> 10} KiB free, less than the {TMP_ROOM >> 20} MiB a run needs"
+    if not probe:
+        return None
+    path = os.path.join(folder, "probe")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    except OSError as exc:
+        return f"cannot take a {PROBE_BYTES >> 10} KiB file ({exc.strerror})"
+    return None
 
 
 def _load_report(path):

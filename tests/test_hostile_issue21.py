@@ -44,3 +44,44 @@ def test_a_program_that_kills_gdb_gets_no_clean_bill(tmp_path):
     assert "gdb was killed (SIGKILL) by another process, not by gdb-cudashim" in proc.stdout, proc.stdout
     report = json.loads(out.read_text())
     assert report["partial"] and "gdb was killed (SIGKILL)" in report["gdb_died"] and "interrupted" not in report
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs of SIZE mounted on a folder of tmp_path (we run as root), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def mount(size):
+        d = tmp_path / f"tmpfs{len(mounted)}"
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], check=True)
+        mounted.append(d)
+        return d
+
+    try:
+        yield mount
+    finally:
+        for d in mounted:
+            subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_a_full_tmpdir_is_one_line_before_the_run(small_tmpfs, tmp_path):
+    full = small_tmpfs("64k")
+    marker = tmp_path / "ran"
+    proc = run_cli(["run", "--", "/bin/sh", "-c", f"touch {marker}"], env=env_with(TMPDIR=full))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stdout + proc.stderr
+    assert f"the temporary folder {full} (TMPDIR) has" in proc.stderr and "KiB free" in proc.stderr, proc.stderr
+    assert not marker.exists() and os.listdir(full) == []
+
+
+def test_a_tmpdir_that_fills_during_the_run_says_the_report_was_lost(small_tmpfs):
+    room = small_tmpfs("17m")
+    proc = run_cli(["run", "--", "/bin/sh", "-c", 'head -c 20M /dev/zero > "$TMPDIR/fill"; echo ran'],
+                   env=env_with(TMPDIR=room))
+    assert proc.returncode == 2 and proc.stdout == "ran\n", proc.stdout + proc.stderr
+    ours = [l for l in proc.stderr.splitlines() if l.startswith("gdb-cudashim")]
+    assert len(ours) == 1 and f"the report was lost: the temporary folder {room} (TMPDIR) filled up" in ours[0], \
+        proc.stderr
+    assert os.listdir(room) == ["fill"]
