@@ -142,6 +142,8 @@ MAX_TIMEOUT = 1e6  # 11 days: gdb's timers and ours stay exact
 SETTLE_S = 5.0
 GRACE_S = 15.0  # after the deadline (or a first interrupt), how long gdb gets to stop and report
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FROZEN_S = 2.0  # past the deadline, gdb held still from outside this long is ended
+LOOK_S = 0.5  # how often the supervisor looks whether gdb was stopped from outside
 DETACH_WAIT_S = 10.0  # an attach: how long a woken gdb gets to detach before it is ended
 
 
@@ -161,6 +163,8 @@ class _Supervisor:
         self.hard_stopped = False
         self.notes: list[str] = []
         self.was_stopped: set[int] = set()
+        self.resumed = 0  # how many times gdb was found stopped (SIGSTOP) and resumed
+        self.frozen_at: float | None = None  # since when gdb is held from outside past the deadline
         self.control_r, self.control_w = os.pipe()  # gdb reads, we write; its EOF = we are gone
         # our handlers from before gdb exists: a signal in between must neither kill us (and
         # orphan gdb, in a session of its own) nor be lost
@@ -212,6 +216,7 @@ class _Supervisor:
         started = time.monotonic()
         give_up_at = started + self.timeout + GRACE_S if self.timeout else None
         nudged = False
+        next_look = started + LOOK_S
         try:
             while True:
                 done, status = os.waitpid(self.pid, os.WNOHANG)
@@ -227,6 +232,20 @@ class _Supervisor:
                         self.notes.append(f"second {signal.Signals(signo).name}: gdb ended at once")
                         return self._hard_stop()
                 now = time.monotonic()
+                if now >= next_look:
+                    next_look = now + LOOK_S
+                    held = self._resume_if_stopped()
+                    if held and give_up_at is not None and (self.interrupted is not None or (
+                            self.timeout and now >= started + self.timeout)):
+                        # gdb is held from outside (a stop, a tracer) past the deadline: it gets
+                        # a short while to report, not the grace of a gdb still at work
+                        if not self.frozen_at:
+                            self.frozen_at = now
+                        elif now - self.frozen_at >= FROZEN_S:
+                            self.notes.append("gdb was held still from outside past the deadline; gdb-cudashim ended it")
+                            return self._hard_stop()
+                    else:
+                        self.frozen_at = None
                 if give_up_at is not None and now >= give_up_at:
                     if not nudged:
                         # gdb 13 can sleep in sigsuspend forever when its SIGCHLD went to another
@@ -237,9 +256,9 @@ class _Supervisor:
                         continue
                     self.notes.append("gdb stopped answering; gdb-cudashim ended it")
                     return self._hard_stop()
-                wait = None if give_up_at is None else max(0.0, give_up_at - now)
+                wait = max(0.0, min(next_look, give_up_at or next_look) - now)
                 if pidfd is None:
-                    wait = 0.05 if wait is None else min(wait, 0.05)
+                    wait = min(wait, 0.05)
                 try:
                     select.select([wake_r] + ([pidfd] if pidfd is not None else []), [], [], wait)
                 except InterruptedError:
@@ -253,6 +272,26 @@ class _Supervisor:
         finally:
             if pidfd is not None:
                 os.close(pidfd)
+
+    def _resume_if_stopped(self) -> bool:
+        """gdb stopped by SIGSTOP (its own program's kill -STOP $PPID, say: gdb runs in a session of
+        its own, so no terminal stops it) cannot watch, time out or answer: resume it, once said."""
+        from .core.procfs import state
+
+        st = state(self.pid)
+        if st == "t":
+            return True  # traced: another debugger holds it, and only that one can let it go
+        if st == "T":
+            if not self.resumed:
+                self.notes.append("gdb was stopped (SIGSTOP or the like) by another process, one of its programs "
+                                  "most likely; gdb-cudashim resumed it")
+            self.resumed += 1
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except OSError:
+                pass
+            return True
+        return False
 
     def _send(self, line: str) -> None:
         try:
@@ -269,12 +308,12 @@ class _Supervisor:
         self.hard_stopped = True
         partial = os.path.join(self.tmp, "partial.json")
         self._send(f"dump {partial}\n")
+        for sig in (signal.SIGCONT, signal.SIGCHLD):  # a stopped or sleeping gdb can answer then
+            try:
+                os.kill(self.pid, sig)
+            except OSError:
+                pass
         if self.attach_pid is not None:
-            for sig in (signal.SIGCONT, signal.SIGCHLD):
-                try:
-                    os.kill(self.pid, sig)
-                except OSError:
-                    pass
             end = time.monotonic() + DETACH_WAIT_S
             while time.monotonic() < end:
                 done, status = os.waitpid(self.pid, os.WNOHANG)
@@ -392,13 +431,16 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
             died = _gdb_death(-status, sup.pid, report, programs, ooms)
         if report is None:
             log = _read_log(tmp)
-            if "No space left on device" in log or _tmp_room(tmp, probe=False):
+            if "No space left on device" in log or _tmp_room(tmp, probe=False, need=PROBE_BYTES):
                 raise CliError(f"the report was lost: the temporary folder {where} (TMPDIR) filled up during the run "
                                f"(gdb ended with status {status}); free some space there or point TMPDIR at a "
                                "folder with room, and run again")
             if sup.interrupted is None and not sup.hard_stopped and status >= 0:
                 no_report(log, status)
             report = _empty_report()
+            if sup.hard_stopped and not died:
+                died = ("gdb stopped answering and gdb-cudashim ended it before it could write any report; "
+                        "nothing it saw is known")
         if sup.interrupted is None and (sup.hard_stopped or status < 0):
             report["status"] = EXIT_TIMEOUT if sup.hard_stopped else EXIT_USAGE
         if died:
@@ -475,7 +517,7 @@ TMP_ROOM = 16 << 20  # gdb's log, the report, the recorder's rings (sparse, writ
 PROBE_BYTES = 64 << 10
 
 
-def _tmp_room(folder: str, probe: bool = True) -> str | None:
+def _tmp_room(folder: str, probe: bool = True, need: int = TMP_ROOM) -> str | None:
     """Why FOLDER cannot take a run's files, or None: too little free space (a ring that cannot
     grow is a SIGBUS in the program), or a probe file that cannot be written and synced."""
     try:
@@ -483,8 +525,8 @@ def _tmp_room(folder: str, probe: bool = True) -> str | None:
         free = st.f_bavail * st.f_frsize
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    if free < TMP_ROOM:
-        return f"has {free >> 10} KiB free, less than the {TMP_ROOM >> 20} MiB a run needs"
+    if free < need:
+        return f"has {free >> 10} KiB free, less than the {need >> 20} MiB a run needs"
     if not probe:
         return None
     path = os.path.join(folder, "probe")

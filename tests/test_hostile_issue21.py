@@ -85,3 +85,31 @@ def test_a_tmpdir_that_fills_during_the_run_says_the_report_was_lost(small_tmpfs
     assert len(ours) == 1 and f"the report was lost: the temporary folder {room} (TMPDIR) filled up" in ours[0], \
         proc.stderr
     assert os.listdir(room) == ["fill"]
+
+
+def test_a_gdb_stopped_by_its_program_is_resumed_and_the_timeout_holds(tmp_path):
+    """kill -STOP $PPID: gdb, frozen, took 23 s to end with --timeout 4 (a 15 s grace, a 3 s nudge)."""
+    out = tmp_path / "r.json"
+    started = time.monotonic()
+    proc = run_cli(["run", "--json", str(out), "--timeout", "4", "--", "/bin/sh", "-c", "kill -STOP $PPID; sleep 100"],
+                   timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 3 and took < 9, (took, proc.stdout + proc.stderr)
+    report = json.loads(out.read_text())
+    assert report["hang"] and any("resumed it" in n for n in report["notes"]), report["notes"]
+    assert "sleep" in proc.stdout and "No CUDA init failure seen" not in proc.stdout
+
+
+FREEZER = "import ctypes, os, time; ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0); time.sleep(100)"
+
+
+def test_a_gdb_held_by_a_tracer_is_ended_soon_after_the_timeout(tmp_path):
+    """The program ptrace-attaches its parent (gdb): only it could let gdb go; gdb is ended, the
+    program with it, a few seconds after the timeout, and no clean bill is given."""
+    started = time.monotonic()
+    proc = run_cli(["run", "--timeout", "4", "--", sys.executable, "-c", FREEZER], timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 3 and took < 11, (took, proc.stdout + proc.stderr)
+    assert "No CUDA init failure seen" not in proc.stdout and "Not watched to the end" in proc.stdout, proc.stdout
+    assert "held still from outside past the deadline" in proc.stdout
+    assert not subprocess.run(["pgrep", "-f", FREEZER[:28]], capture_output=True).stdout

@@ -245,7 +245,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     for note in report.get("notes") or []:
         out.append(f"note: {note}")
     if report.get("partial"):
-        why = report.get("interrupted") or ("gdb was killed" if report.get("gdb_died") else "interrupted")
+        why = report.get("interrupted") or ("gdb did not finish" if report.get("gdb_died") else "interrupted")
         out.append(s("red", "partial report: ") + f"the run was stopped ({why}) "
                    "before every process ended; what it shows is true up to then")
     out.append(f"({report['stops']} debugger stops)")
