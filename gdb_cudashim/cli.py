@@ -597,10 +597,13 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
     compared = _compare_with(ref, report, args.compare) if ref is not None else None
     if compared and compared[0] and status == 0:
         status = 1
+    from .core.files import stream_fd
+
+    stream = stream_fd(args.json) if args.json else None
     if args.json:
         from .core.files import write_text
 
-        if status == EXIT_USAGE and not report.get("gdb_died") and args.json != "-" and os.path.lexists(args.json):
+        if status == EXIT_USAGE and not report.get("gdb_died") and stream is None and os.path.lexists(args.json):
             print(f"gdb-cudashim: the run did not start; {args.json} left as it was", file=sys.stderr)
         else:
             try:
@@ -611,7 +614,7 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
     lines = render(report, color=_color(args.color), verbose=args.verbose)
     if compared:
         lines += [""] + compared[1]
-    _print("\n".join(lines) + "\n", sys.stderr if args.json == "-" else sys.stdout)
+    _print("\n".join(lines) + "\n", sys.stderr if stream == 1 else sys.stdout)
     return status
 
 

@@ -113,3 +113,41 @@ def test_a_gdb_held_by_a_tracer_is_ended_soon_after_the_timeout(tmp_path):
     assert "No CUDA init failure seen" not in proc.stdout and "Not watched to the end" in proc.stdout, proc.stdout
     assert "held still from outside past the deadline" in proc.stdout
     assert not subprocess.run(["pgrep", "-f", FREEZER[:28]], capture_output=True).stdout
+
+
+def _json_tail(text):
+    """The JSON report at the end of TEXT (after the program's own output)."""
+    start = text.index('{\n "schema"')
+    return text[:start], json.loads(text[start:])
+
+
+@pytest.mark.parametrize("name,fd", [("/dev/stdout", 1), ("/dev/stderr", 2), ("/dev/fd/1", 1)])
+def test_json_into_a_standard_stream_redirected_to_a_file_writes_into_it(tmp_path, name, fd):
+    """--json /dev/stdout with > FILE replaced FILE: the program's output and the text report were lost."""
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "w") as o, open(err, "w") as e:
+        code = subprocess.run(CLI + ["run", "--json", name, "--", "/bin/echo", "hello"], cwd=ROOT, env=env_with(),
+                              stdout=o, stderr=e, timeout=60).returncode
+    streams = {1: out.read_text(), 2: err.read_text()}
+    assert code == 4, streams
+    before, report = _json_tail(streams[fd])
+    assert report["status"] == 4 and report["meta"]["command"] == ["/bin/echo", "hello"]
+    assert streams[1].startswith("hello\n"), streams
+    text = streams[2] if fd == 1 else streams[1]  # the text report goes to the other stream when it is stdout
+    assert "gdb-cudashim: /bin/echo hello" in text and "gdb-cudashim" not in before, streams
+
+
+def test_json_into_dev_stdout_through_a_pipe_is_written(tmp_path):
+    """| cat: /dev/stdout was resolved to 'pipe:[N]' and the JSON lost ('No such file or directory')."""
+    proc = subprocess.run(CLI + ["run", "--json", "/dev/stdout", "--", "/bin/echo", "hello"], cwd=ROOT, env=env_with(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 4 and "No such file" not in proc.stderr, proc.stderr
+    before, report = _json_tail(proc.stdout)
+    assert before == "hello\n" and report["status"] == 4
+    assert not list(tmp_path.iterdir()) and not os.path.exists(ROOT / "pipe:")
+
+
+def test_json_into_a_descriptor_that_is_not_open_is_one_line():
+    proc = run_cli(["run", "--json", "/dev/fd/9", "--", "/bin/true"])
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "gdb-cudashim: cannot write --json /dev/fd/9: descriptor 9 is not open"], proc.stderr
