@@ -151,3 +151,15 @@ def test_json_into_a_descriptor_that_is_not_open_is_one_line():
     proc = run_cli(["run", "--json", "/dev/fd/9", "--", "/bin/true"])
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "gdb-cudashim: cannot write --json /dev/fd/9: descriptor 9 is not open"], proc.stderr
+
+
+@pytest.mark.parametrize("consumer", ["/lib/x86_64-linux-gnu/libc.so.6", str(SEED / "libcuda.so.1")])
+def test_audit_against_a_consumer_that_uses_no_cuda_still_checks_the_real_stack(stack, consumer):
+    """--consumer libc.so.6 (or the shim itself) said 'nothing missing', exit 0, for a shim that
+    lacks cuGetProcAddress_v2 and cuGetExportTable."""
+    proc = run_cli(["audit", "--shim", str(SEED / "libcuda.so.1"), "--consumer", consumer])
+    assert proc.returncode == 1 and "nothing missing" not in proc.stdout, proc.stdout + proc.stderr
+    assert "cuGetProcAddress_v2 needed by libcudart.so.12" in proc.stdout
+    assert "cuGetExportTable needed by libcudart.so.12" in proc.stdout
+    assert "[not-a-consumer]" in proc.stdout
+    assert ("uses no CUDA" if consumer.endswith("libc.so.6") else "is itself a CUDA library") in proc.stdout
