@@ -163,3 +163,17 @@ def test_audit_against_a_consumer_that_uses_no_cuda_still_checks_the_real_stack(
     assert "cuGetExportTable needed by libcudart.so.12" in proc.stdout
     assert "[not-a-consumer]" in proc.stdout
     assert ("uses no CUDA" if consumer.endswith("libc.so.6") else "is itself a CUDA library") in proc.stdout
+
+
+def test_audit_of_nvidias_own_runtime_gives_no_advice_to_rebuild_it(stack):
+    """audit --shim NVIDIA's libcudart advised 'build the shim with -g': NVIDIA's files are not shims."""
+    proc = run_cli(["audit", "--shim", str(stack.cudart)])
+    assert proc.returncode in (0, 1) and "NVIDIA runtime" in proc.stdout, proc.stdout + proc.stderr
+    assert "no-debug-info" not in proc.stdout and "build the shim with -g" not in proc.stdout, proc.stdout
+
+
+def test_audit_still_advises_debug_info_for_a_stripped_shim(tmp_path):
+    stripped = tmp_path / "libcuda.so.1"
+    subprocess.run(["strip", "--strip-debug", "-o", str(stripped), str(SEED / "libcuda.so.1")], check=True)
+    proc = run_cli(["audit", "--shim", str(stripped)])
+    assert "[no-debug-info]" in proc.stdout and "build the shim with -g" in proc.stdout, proc.stdout + proc.stderr

@@ -269,7 +269,8 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 "cannot be read: the version checks are skipped, and gdb shows no names or globals in it",
                 "keep the section headers (strip --strip-debug at most)"))
             continue
-        if not info.has_debug_info:
+        if not info.has_debug_info and _what(info.path, info) not in runtime.NOT_SHIM_KINDS:
+            # NVIDIA's own files (its runtime given as --shim, its driver) are no shim to rebuild with -g
             res.warnings.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
                 f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
                 "cuda-state can only show globals as raw integers, and you cannot step through it",
