@@ -847,16 +847,39 @@ def _exe(pid: int) -> str | None:
 
 
 def _picker(target, matches):
-    """A list to choose from; Esc, q and Ctrl-C cancel (None)."""
-    from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings  # only here: never at load time
-    from prompt_toolkit.shortcuts import radiolist_dialog
+    """A list to choose from: Enter attaches to the highlighted process (radiolist_dialog's Enter
+    only marked it, and its Ok took the first one unless Space had marked another); Esc, q and
+    Ctrl-C cancel (None). Tab reaches the Ok and Cancel buttons."""
+    # only here: never at load time
+    from prompt_toolkit.application import Application
+    from prompt_toolkit.filters import has_focus
+    from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
+    from prompt_toolkit.key_binding.bindings.focus import focus_next, focus_previous
+    from prompt_toolkit.key_binding.defaults import load_key_bindings
+    from prompt_toolkit.layout import HSplit, Layout
+    from prompt_toolkit.widgets import Button, Dialog, Label, RadioList
 
-    app = radiolist_dialog(title=f"Several processes match {target!r}", text="Attach to which one? (Esc or q: cancel)",
-                           values=[(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches])
-    cancel = KeyBindings()
+    values = [(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches]
+    radio = RadioList(values=values)
+
+    def highlighted():
+        index = getattr(radio, "_selected_index", None)  # the cursor; current_value is only the marked one
+        return values[index][0] if isinstance(index, int) and 0 <= index < len(values) else radio.current_value
+
+    dialog = Dialog(title=f"Several processes match {target!r}",
+                    body=HSplit([Label(text="Attach to which one? (Enter: attach, Esc or q: cancel)",
+                                       dont_extend_height=True), radio], padding=1),
+                    buttons=[Button(text="Ok", handler=lambda: app.exit(result=highlighted())),
+                             Button(text="Cancel", handler=lambda: app.exit(result=None))],
+                    with_background=True)
+    keys = KeyBindings()
+    keys.add("tab")(focus_next)
+    keys.add("s-tab")(focus_previous)
     for key in ("escape", "q", "c-c"):
-        cancel.add(key, eager=True)(lambda event: event.app.exit(result=None))
-    app.key_bindings = merge_key_bindings([app.key_bindings, cancel]) if app.key_bindings else cancel
+        keys.add(key, eager=True)(lambda event: event.app.exit(result=None))
+    keys.add("enter", filter=has_focus(radio), eager=True)(lambda event: event.app.exit(result=highlighted()))
+    app = Application(layout=Layout(dialog), key_bindings=merge_key_bindings([load_key_bindings(), keys]),
+                      mouse_support=True, full_screen=True)
     try:
         return app.run()
     except (KeyboardInterrupt, EOFError):

@@ -177,3 +177,58 @@ def test_audit_still_advises_debug_info_for_a_stripped_shim(tmp_path):
     subprocess.run(["strip", "--strip-debug", "-o", str(stripped), str(SEED / "libcuda.so.1")], check=True)
     proc = run_cli(["audit", "--shim", str(stripped)])
     assert "[no-debug-info]" in proc.stdout and "build the shim with -g" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_picker_enter_attaches_to_the_highlighted_process(tmp_path):
+    """attach NAME matching several processes, on a terminal: Enter only marked the row, the
+    picker stayed open. Down then Enter attaches to the second one listed."""
+    import pty
+    import select
+    import signal
+
+    name = f"enter{os.getpid()}"
+    (tmp_path / name).write_bytes(open("/bin/sleep", "rb").read())
+    (tmp_path / name).chmod(0o755)
+    sleepers = [subprocess.Popen([str(tmp_path / name), "60"]) for _ in range(2)]
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "gdb_cudashim.cli", "attach", name, "--timeout", "1"])
+    try:
+        screen = b""
+        end = time.monotonic() + 30
+        while b"Attach to which one" not in screen and time.monotonic() < end:
+            if select.select([fd], [], [], 0.5)[0]:
+                screen += os.read(fd, 65536)
+        time.sleep(0.3)
+        while select.select([fd], [], [], 0.2)[0]:
+            screen += os.read(fd, 65536)
+        assert all(str(p.pid).encode() in screen for p in sleepers), screen[-800:]
+        listed = sorted((p.pid for p in sleepers), key=lambda n: screen.find(str(n).encode()))
+        os.write(fd, b"\x1b[B")  # Down
+        time.sleep(0.3)
+        os.write(fd, b"\r")
+        rest, status = b"", None
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    chunk = b""
+                rest += chunk
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+        assert status is not None, ("the picker did not close", rest[-800:])
+        assert os.waitstatus_to_exitcode(status) == 4, rest[-1500:]
+        assert f"attach {listed[1]}".encode() in rest, rest[-1500:]
+        assert all(p.poll() is None for p in sleepers)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for p in sleepers:
+            p.kill()
+            p.wait()
