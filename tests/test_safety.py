@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -108,10 +109,33 @@ def test_interrupting_run_ends_everything_and_reports(stack, tmp_path, sig, code
     assert not temp_dirs_of(cli.pid), "temporary directory left behind"
 
 
+HOLDER = r"""
+import ctypes, os, sys
+pid = int(sys.argv[1])
+if ctypes.CDLL(None).ptrace(16, pid, 0, 0) != 0:  # PTRACE_ATTACH: gdb held in a tracing stop
+    sys.exit(1)
+print("held", flush=True)
+while True:  # never PTRACE_CONT; reap its end so that its parent sees it
+    try:
+        _, st = os.waitpid(pid, 0x40000000)
+    except ChildProcessError:
+        break
+    if os.WIFEXITED(st) or os.WIFSIGNALED(st):
+        break
+"""
+
+
+def hold(pid):
+    """PID frozen for good: a tracer holds it (a SIGSTOP the CLI would undo, SIGCONT)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(pid)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
 def test_ctrl_c_twice_stops_run_for_sure(stack, tmp_path):
     cli, procs, probe, before = hanging_run(tmp_path, stack)
     gdb = named(procs, "gdb")[0]
-    os.kill(gdb, signal.SIGSTOP)  # gdb stops answering: the first Ctrl-C cannot be served
+    holder = hold(gdb)  # gdb stops answering: the first Ctrl-C cannot be served
     try:
         cli.send_signal(signal.SIGINT)
         time.sleep(0.5)
@@ -121,8 +145,8 @@ def test_ctrl_c_twice_stops_run_for_sure(stack, tmp_path):
         out, err = cli.communicate(timeout=30)
         assert time.monotonic() - started < 10
     finally:
-        if alive(gdb):
-            os.kill(gdb, signal.SIGCONT)
+        holder.kill()
+        holder.wait()
     assert cli.returncode == 130, out + err
     assert "partial report" in out and "second SIGINT" in out
     assert not [p for p in procs if alive(p)]
@@ -132,10 +156,14 @@ def test_ctrl_c_twice_stops_run_for_sure(stack, tmp_path):
 def test_gdb_not_answering_at_the_timeout_is_ended_from_outside(stack, tmp_path, monkeypatch):
     cli, procs, probe, before = hanging_run(tmp_path, stack, extra=["--timeout", "2"])
     gdb = named(procs, "gdb")[0]
-    os.kill(gdb, signal.SIGSTOP)  # frozen: neither its watchdog nor its loop can act
-    out, err = cli.communicate(timeout=60)
+    holder = hold(gdb)  # frozen: neither its watchdog nor its loop can act
+    try:
+        out, err = cli.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
     assert cli.returncode == 3, out + err
-    assert "gdb stopped answering" in out and "partial report" in out
+    assert "held still from outside past the deadline" in out and "partial report" in out
     assert not [p for p in procs if alive(p)]
     assert not temp_dirs_of(cli.pid)
 
@@ -241,7 +269,7 @@ def test_gdb_killed_during_attach_leaves_the_process_running(looper):
     wait_for(lambda: status_field(looper.pid, "State")[0] == "t")
     os.kill(gdb, signal.SIGKILL)
     out, err = cli.communicate(timeout=30)
-    assert "gdb died (SIGKILL)" in out and "partial report" in out, out + err
+    assert "gdb was killed (SIGKILL) by another process" in out and "partial report" in out, out + err
     assert f"pid {looper.pid}: restored" in out, (looper.poll(), out[-600:])
     assert_left_running(looper)
     assert not temp_dirs_of(cli.pid)

@@ -57,6 +57,7 @@ class AuditResult:
     warnings: list[Problem] = field(default_factory=list)  # worth knowing, nothing a consumer needs
     unreadable: list[str] = field(default_factory=list)
     runtimes: list[dict] = field(default_factory=list)  # each runtime shim against each libggml-cuda
+    checked: list[str] = field(default_factory=list)  # the consumers whose needs were checked (ggml-cuda, cudart)
 
     def errors(self) -> list[str]:
         """One line per file given that cannot be audited (unreadable, or not a CUDA shim): a usage error."""
@@ -174,6 +175,22 @@ def _consumer_kind(info: ElfInfo) -> str | None:
     return None
 
 
+def _not_a_consumer(c: ElfInfo) -> Problem:
+    """A --consumer that is neither libggml-cuda nor libcudart: said so, with whether it uses CUDA at all."""
+    cuda = sorted({i.name for i in c.imports if i.library is None and _role(ElfInfo(c.path, exports={i.name: set()}))})
+    sonames = [n for n in c.needed if n.startswith(("libcuda.so", "libcudart.so", "libnvidia-ml.so"))]
+    if _role(c):
+        what = f"is itself a CUDA library (it stands in for the {_role(c)}), not a consumer of one"
+    elif cuda or sonames:
+        what = (f"uses CUDA ({', '.join((sonames + cuda)[:4])}), but is neither libggml-cuda nor libcudart: "
+                "its needs are not checked")
+    else:
+        what = "uses no CUDA: it imports no cu*/cuda*/nvml* entry point and links no CUDA library"
+    return Problem("not-a-consumer", c.path, what, "a shim is audited against what libggml-cuda and cudart "
+                   "need from it; this file tells nothing about that",
+                   "give libggml-cuda*.so or libcudart.so.12 as --consumer (without --consumer: the pinned real stack)")
+
+
 def _cudart_lookups(info: ElfInfo) -> list[str]:
     """Driver names cudart looks up at run time: the RUNTIME_LOOKUPS it carries as strings."""
     try:
@@ -252,7 +269,8 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 "cannot be read: the version checks are skipped, and gdb shows no names or globals in it",
                 "keep the section headers (strip --strip-debug at most)"))
             continue
-        if not info.has_debug_info:
+        if not info.has_debug_info and _what(info.path, info) not in runtime.NOT_SHIM_KINDS:
+            # NVIDIA's own files (its runtime given as --shim, its driver) are no shim to rebuild with -g
             res.warnings.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
                 f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
                 "cuda-state can only show globals as raw integers, and you cannot step through it",
@@ -285,6 +303,10 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
     for c in consumer_infos:
         kind = _consumer_kind(c)
         name = os.path.basename(c.path)
+        if kind is None:
+            res.warnings.append(_not_a_consumer(c))
+        else:
+            res.checked.append(c.path)
         if kind == "cudart":
             for sym in _cudart_lookups(c):
                 for s in drivers:
@@ -700,6 +722,17 @@ def main(args) -> int:
         print(f"gdb-cudashim audit: {exc}", file=sys.stderr)
         return 2
     result = audit(args.shim, consumers, env)
+    if args.consumer and not result.checked and not result.unreadable:
+        # nothing given is a consumer: the pinned real stack's are checked as well, never a clean bill for nothing
+        from ..stack import installed
+
+        stack = installed()
+        if stack is not None:
+            result = audit(args.shim, consumers + [str(p) for p in stack.consumers() if str(p) not in consumers], env)
+        else:
+            print("gdb-cudashim audit: none of the --consumer files is libggml-cuda or libcudart, and the pinned "
+                  "stack is not fetched (make stack): nothing was checked", file=sys.stderr)
+            return 2
     errors = result.errors()
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))

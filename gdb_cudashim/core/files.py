@@ -3,7 +3,9 @@
 - a regular file (or a new one) is replaced atomically: a temporary file beside it, then rename;
 - a symlink is written through: the target is replaced, the link stays;
 - a FIFO, a character device or a socket is written in place (never renamed over);
-- "-" is standard output.
+- "-" is standard output; /dev/stdout, /dev/stderr, /dev/fd/N (and /proc/self/fd/N) are the
+  stream they name: written into that open descriptor, never replacing what it points to (a
+  file the shell opened with '>' keeps what was written before; a pipe is no path at all).
 """
 from __future__ import annotations
 
@@ -19,6 +21,18 @@ def write_text(path: str, text: str) -> None:
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
+        return
+    fd = stream_fd(path)
+    if fd is not None:
+        for stream in (sys.stdout, sys.stderr):  # what Python holds for it goes first
+            if stream is not None:
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+        data = text.encode("utf-8", "surrogateescape")
+        while data:
+            data = data[os.write(fd, data):]
         return
     target = os.path.realpath(path)  # through symlinks, to what they name (may not exist yet)
     try:
@@ -58,6 +72,22 @@ def write_text(path: str, text: str) -> None:
         raise
 
 
+def stream_fd(path: str) -> int | None:
+    """The descriptor PATH names as a stream ("-": 1, /dev/stdout: 1, /dev/stderr: 2,
+    /dev/fd/N and /proc/self/fd/N: N), or None for a path of a file."""
+    import re
+
+    if path == "-":
+        return 1
+    m = re.fullmatch(r"/dev/(stdout|stderr)|/dev/fd/([0-9]+)|/proc/self/fd/([0-9]+)", os.path.normpath(path))
+    if not m:
+        return None
+    if m.group(1):
+        return 1 if m.group(1) == "stdout" else 2
+    number = int(m.group(2) or m.group(3))
+    return number if number < 1 << 20 else None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -79,6 +109,17 @@ def check_writable(path: str, force: bool = False) -> str | None:
     if not path.strip():
         return "--json needs a file name"
     if path == "-":
+        return None
+    fd = stream_fd(path)
+    if fd is not None:
+        import fcntl
+
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:
+            return f"cannot write --json {path}: descriptor {fd} is not open"
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            return f"cannot write --json {path}: descriptor {fd} is open for reading only"
         return None
     target = os.path.realpath(path)
     try:

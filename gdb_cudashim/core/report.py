@@ -106,7 +106,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
     out: list[str] = []
     meta = report.get("meta") or {}
     if meta.get("command"):
-        out.append(s("bold", "gdb-cudashim: ") + " ".join(meta["command"]))
+        out.append(s("bold", "gdb-cudashim: ") + " ".join(_shown_word(w) for w in meta["command"]))
     procs = [p for p in report["processes"] if p["what"] == "start"]
     exits = {p["pid"]: _exit_cell(p) for p in report["processes"] if p["what"] == "exit"}
     left = set(report.get("left_running") or ())
@@ -247,12 +247,15 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
             out.append(s("green", "   fix: ") + f["fix"])
     elif report["errors"]:
         out.append(s("bold", "Diagnosis: ") + "no rule matched this failure; the full text and the timeline are above")
+    elif report.get("gdb_died"):
+        out.append(s("red", "Not watched to the end: ") + report["gdb_died"])
     elif not report.get("hang"):
         out.append(s("green", "No CUDA init failure seen."))
     for note in report.get("notes") or []:
         out.append(f"note: {note}")
     if report.get("partial"):
-        out.append(s("red", "partial report: ") + f"the run was stopped ({report.get('interrupted') or 'interrupted'}) "
+        why = report.get("interrupted") or ("gdb did not finish" if report.get("gdb_died") else "interrupted")
+        out.append(s("red", "partial report: ") + f"the run was stopped ({why}) "
                    "before every process ended; what it shows is true up to then")
     out.append(f"({report['stops']} debugger stops)")
     return out
@@ -381,3 +384,22 @@ def _lookup_result(c: dict) -> bool:
 
 def _lookup_row(c: dict) -> tuple[str, bool]:
     return (c.get("args") or {}).get("symbol") or "", bool(c.get("returned") and c.get("result") == 0)
+
+
+def _shown_word(word: str) -> str:
+    """A program argument on the report's one command line: as it is, unless it holds a
+    control character or a byte that is not UTF-8, then as the shell's $'...' would write it."""
+    if all(32 <= ord(c) != 127 and not "\ud800" <= c <= "\udfff" for c in word):
+        return word
+    out = []
+    for c in word:
+        if "\ud800" <= c <= "\udfff":
+            out.append(f"\\x{ord(c) - 0xdc00:02x}")
+        elif c in "\\'":
+            out.append("\\" + c)
+        elif ord(c) < 32 or ord(c) == 127:
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, f"\\x{ord(c):02x}"))
+        else:
+            out.append(c)
+    return "$'" + "".join(out) + "'"
+
