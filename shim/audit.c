@@ -176,7 +176,8 @@ struct cs_spec {
 #define RING_MAGIC "CSRING01"
 #define RING_VERSION 1
 #define RING_DATA 4096                 /* the header page, then records */
-#define RING_BYTES (32u << 20)         /* sparse: only what is written takes room */
+#define RING_BYTES (4u << 20)          /* allocated when made: a write to a mapped page the disk has no
+                                          room for would be a SIGBUS in the program */
 #define REC_COMMIT 0x43534852u         /* "RHSC": a record whose every byte is written */
 #define CALLS_RECORDED 2048            /* per entry point and ring: later calls are counted only */
 #define MAX_SPECS 64
@@ -315,7 +316,9 @@ static void ring_open(void)
     if (fd < 0)
         return;
     long map = -1;
-    if (sys3(SYS_ftruncate, fd, RING_DATA + RING_BYTES, 0) == 0)
+    /* fallocate, not ftruncate: every block the ring may touch exists now, or there is no ring at all
+     * (the process then runs untouched, and gdb traces it with stops) */
+    if (sys6(SYS_fallocate, fd, 0, 0, RING_DATA + RING_BYTES, 0, 0) == 0)
         map = sys6(SYS_mmap, 0, RING_DATA + RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     sys3(SYS_close, fd, 0, 0); /* the mapping stays: no descriptor of ours in the program */
     if (map < 0 && map > -4096) {
