@@ -980,6 +980,13 @@ def cmd_attach(args) -> int:
         drive = ["cuda-run", "--no-report", "--detach", "--quit", "--json", report_path, "--timeout",
                  repr(args.timeout), "--control-fd", str(CONTROL_FD), "--owned-dir", tmp]
         arm = "catch-init-error --every-return" if args.every_return else "catch-init-error"
+        # stopped (SIGSTOP, Ctrl-Z) before we came: gdb's attach shows it as 't' from then on, so
+        # only now can it be told, and it must be left stopped
+        from .core.procfs import descendants, state
+
+        stopped = [p for p in [pid] + descendants(pid) if state(p) == "T"]
+        if stopped:
+            drive += ["--was-stopped", ",".join(map(str, stopped))]
         return base + ["-batch", "-p", str(pid), "-ex", arm, "-ex", _gdb_command(drive)]
 
     def no_report(log, status):

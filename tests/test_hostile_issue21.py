@@ -258,3 +258,26 @@ def test_the_llama_sdist_fetch_into_a_fresh_cache_checks_its_sha256(tmp_path, mo
     assert got == tmp_path / "cache" / "wheels" / realprogs.LLAMA_SDIST.filename
     assert realprogs._sha256(got) == realprogs.LLAMA_SDIST.sha256
     assert sorted(os.listdir(got.parent)) == [got.name]
+
+
+def test_attach_to_a_stopped_process_leaves_it_stopped_and_says_why_it_had_stops(tmp_path):
+    """A process stopped with SIGSTOP before the attach is left stopped (it was resumed: T -> S),
+    untraced; and it is said to be attached, not 'started without the recorder by its parent'."""
+    import signal as _signal
+
+    from conftest import BUILD, run_cli
+
+    looper = subprocess.Popen([str(BUILD / "looper")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        os.kill(looper.pid, _signal.SIGSTOP)
+        time.sleep(0.1)
+        out = tmp_path / "a.json"
+        proc = run_cli(["attach", str(looper.pid), "--timeout", "2", "--json", str(out)])
+        status = open(f"/proc/{looper.pid}/status").read()
+        assert "State:\tT (stopped)" in status and "TracerPid:\t0" in status, status + proc.stdout + proc.stderr
+        report = json.loads(out.read_text())
+        assert report["observed"][0]["how"].startswith("attached while running"), report["observed"]
+    finally:
+        looper.kill()
+        looper.wait()

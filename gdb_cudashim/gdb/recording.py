@@ -70,6 +70,7 @@ class Recording:
         self.users: dict[str, set[int]] = {}  # ring -> the pids that write it
         self.counts: dict[tuple[int, str], int] = {}  # (pid, function) -> calls after its init
         self._exit_hook = False
+        self.attached: set[int] = set()
         self.searches_taken: dict[str, int] = {}  # ring -> its ld.so searches already on the timeline
 
     # ------------------------------------------------------------- arming --
@@ -86,6 +87,7 @@ class Recording:
         if ":" in self.library:
             self.library = None
             return "catch-init-error: the recorder's path holds ':' (LD_AUDIT cannot name it): breakpoints only"
+        self.attached = {i.pid for i in gdb.inferiors() if i.pid}  # running before we came: no LD_AUDIT for them
         parent = os.environ.get(PARENT_ENV)
         try:
             self.dir = tempfile.mkdtemp(prefix="gdb-cudashim-rings-", dir=parent if parent and os.path.isdir(parent)
@@ -153,6 +155,8 @@ class Recording:
                 self.users.setdefault(path, set()).add(pid)
             self.rings[pid] = rings
             return IN_PROCESS
+        if pid in self.attached:
+            return "attached while running (only a program gdb starts can take the recorder)"
         if "/libc.so" not in maps and "/libc-" not in maps:
             return None  # just exec'd: ld.so (which loads an audit library first) has not run yet
         try:

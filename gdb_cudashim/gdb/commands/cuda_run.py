@@ -50,6 +50,8 @@ class CudaRun(Command):
                        "settled in every process is a server: report then, and leave it running untraced (or end "
                        "it with --end-server)")
         p.add_argument("--end-server", action="store_true", help="with --settle: end the server instead of leaving it")
+        p.add_argument("--was-stopped", metavar="PIDS", default="", help="attached use: these processes were stopped "
+                       "(SIGSTOP) before the attach; they are left stopped at the detach")
 
     def run(self, args, from_tty):
         # before anything runs: --json (or catch-init-error's, which may have become a directory
@@ -71,6 +73,7 @@ class CudaRun(Command):
         started = time.monotonic()
         t.stop_reason = None
         stopped_before = {i.pid for i in _live() if proc_state(i.pid) == "T"}
+        stopped_before |= {int(p) for p in args.was_stopped.split(",") if p.strip().isdigit()}
         _before_watch(t)
         settle = (lambda: t.settled(args.settle)) if args.settle else None
         dog = control.Watchdog(t, deadline=started + timeout if timeout else None, control_fd=args.control_fd,
