@@ -281,3 +281,27 @@ def test_attach_to_a_stopped_process_leaves_it_stopped_and_says_why_it_had_stops
     finally:
         looper.kill()
         looper.wait()
+
+
+def test_a_shim_deleted_after_it_was_loaded_is_traced_from_the_process_mapping(tmp_path):
+    """A package upgrade deletes the shim under a running server: gdb has no file to read, so its
+    entry points are read from /proc/PID/map_files, and the calls are seen (it was '0 debugger
+    stops, No CUDA init failure seen')."""
+    from conftest import BUILD, run_cli
+
+    shim = tmp_path / "libcuda.so.1"
+    shim.write_bytes((SHIM_BUILD / "libcuda.so.1").read_bytes())
+    env = env_with(LD_PRELOAD=shim, LD_LIBRARY_PATH=SHIM_BUILD, LOOPER_TICK_MS=50)
+    looper = subprocess.Popen([str(BUILD / "looper")], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        looper.stdout.readline()
+        shim.unlink()
+        out = tmp_path / "a.json"
+        proc = run_cli(["attach", str(looper.pid), "--timeout", "2", "--json", str(out)], env=env)
+        report = json.loads(out.read_text())
+        assert any(c["function"] == "cuInit" for c in report["calls"]), proc.stdout + proc.stderr
+        assert any("was deleted after it was loaded" in n for n in report["notes"]), report["notes"]
+        assert looper.poll() is None
+    finally:
+        looper.kill()
+        looper.wait()

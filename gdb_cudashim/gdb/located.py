@@ -103,25 +103,63 @@ class Placer:
                 self.note(f"{os.path.basename(path)}: not found in /proc/{pid}/maps; its CUDA entry points are not "
                           f"traced (catch-init-error --by-name places breakpoints by name instead)")
                 continue
-            for function, offsets in functions.offsets.items():
-                for offset in (o + bias for o in offsets for bias in biases):
-                    where = (function, offset)
-                    placed[known_as].append(where)
-                    valid.add(where)
-                    # a process that records its own calls needs no call breakpoint in its libraries
-                    # (tracer._wanted); each costs ~2 ms to make and gdb re-resolves it at every load
-                    full = self.wanted is None or self.wanted(progspace, where)
-                    if where not in self.bps or (full and where not in self._full):
-                        made = self.make(*where, full=full, more=where in self.bps)
-                        self.bps.setdefault(where, []).extend(made)
-                        if full:
-                            self._full.add(where)
-                        for bp in made:
-                            bp.placed_at = where
-                            self._ours.add(bp.number)
-                    changed = True
+            changed |= self._place_file(progspace, known_as, functions, biases, placed, valid)
+        changed |= self._place_deleted(progspace, pid, placed, valid)
         if changed:
             self.reconcile()
+
+    def _place_file(self, progspace, known_as, functions, biases, placed, valid) -> bool:
+        changed = False
+        for function, offsets in functions.offsets.items():
+            for offset in (o + bias for o in offsets for bias in biases):
+                where = (function, offset)
+                placed[known_as].append(where)
+                valid.add(where)
+                # a process that records its own calls needs no call breakpoint in its libraries
+                # (tracer._wanted); each costs ~2 ms to make and gdb re-resolves it at every load
+                full = self.wanted is None or self.wanted(progspace, where)
+                if where not in self.bps or (full and where not in self._full):
+                    made = self.make(*where, full=full, more=where in self.bps)
+                    self.bps.setdefault(where, []).extend(made)
+                    if full:
+                        self._full.add(where)
+                    for bp in made:
+                        bp.placed_at = where
+                        self._ours.add(bp.number)
+                changed = True
+        return changed
+
+    def _place_deleted(self, progspace, pid, placed, valid) -> bool:
+        """A library deleted after it was loaded (a package upgrade under a running server) has no
+        file for gdb to read, so no objfile: its code is read from the process's own mapping
+        (/proc/PID/map_files), and its entry points are traced all the same."""
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+        except OSError:
+            return False
+        changed = False
+        for line in maps.splitlines():
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6 or not parts[5].endswith(" (deleted)") or int(parts[2], 16) != 0:
+                continue
+            path = parts[5][: -len(" (deleted)")]
+            known_as = path + " (deleted)"
+            if known_as in placed or not path.startswith("/") or "/memfd:" in path:
+                continue
+            placed[known_as] = []
+            readable = f"/proc/{pid}/map_files/{parts[0]}"
+            try:
+                functions = symaddr.read_functions(readable, self.names)
+                dmaj, dmin = (int(x, 16) for x in parts[3].split(":"))
+                biases = symaddr.load_biases(maps, int(parts[4]), os.makedev(dmaj, dmin), functions)
+            except (OSError, ValueError, symaddr.SymaddrError):
+                continue
+            if functions.offsets and biases:
+                self.note(f"{os.path.basename(path)} was deleted after it was loaded (a package upgrade?): its code "
+                          f"was read from the process's own mapping (/proc/{pid}/map_files)")
+                changed |= self._place_file(progspace, known_as, functions, biases, placed, valid)
+        return changed
 
     def _on_new_objfile(self, event):
         try:
