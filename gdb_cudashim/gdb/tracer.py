@@ -346,6 +346,12 @@ class Tracer:
             env = {}
         if exe:
             self.exes[pid] = exe
+        else:  # gone already (killed right after its start): the program gdb knows it ran
+            inf = next((i for i in gdb.inferiors() if i.num == num), None)
+            try:
+                exe = inf.progspace.filename if inf is not None else None
+            except (gdb.error, RuntimeError):
+                exe = None
         self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="start", detail=exe or "",
                                        parent=parent, env=relevant_env(env), cwd=cwd))
 
