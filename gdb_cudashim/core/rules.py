@@ -791,9 +791,10 @@ def _killed_by_another(tl: Timeline, kill, prog: str, calls) -> Finding:
     where = f", while in {stuck[0]['waiting_in']}" if stuck else ""
     evidence = [f"{kill.via}({kill.victim}, {kill.signal}) from {who}, thread {kill.tid}"]
     for t in kill.threads:
-        top = " <- ".join(f["function"] for f in t["frames"][:4]) or "?"
+        top = " <- ".join(f["function"] for f in t["frames"][:4])
         evidence.append(f"thread {t['tid']} ({t.get('name') or '?'})"
-                        + (f" waited in {t['waiting_in']}" if t.get("waiting_in") else "") + f": {top}")
+                        + (f" waited in {t['waiting_in']}" if t.get("waiting_in") else "")
+                        + (f": {top}" if top else " (the call it was in, as the process recorded it)"))
     pending = [c for c in calls if not c.returned]
     if pending:
         evidence.append(f"CUDA calls that never returned: {', '.join(c.function + '()' for c in pending[:4])}")

@@ -216,6 +216,41 @@ class Capture:
         self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
         return True
 
+    def record_kill_recorded(self) -> None:
+        """The pending kill of a process that records in-process, taken where it is caught, with no
+        real stop: the victim's threads from /proc, each with the CUDA call it is inside from its
+        ring (the calls it entered and never left). A real stop there, with gdb then resuming every
+        thread of a process the kill is about to end, made multi-process runs fail to continue."""
+        import os
+
+        from .session import _blocked
+
+        k, self.pending_kill = self.pending_kill, None
+        rec = self.tracer.recording
+        rec.drain(k["pid"])
+        rec.drain(k["victim"])
+        inside: dict[int, list] = {}
+        for c in self.tracer.timeline.calls:
+            if c.pid == k["victim"] and not c.returned:
+                inside.setdefault(c.tid, []).append(c)
+        threads = []
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"/proc/{k['victim']}/task"))
+        except OSError:
+            tids = sorted(inside)
+        for tid in tids:
+            try:
+                with open(f"/proc/{k['victim']}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                name = None
+            calls = inside.get(tid) or []
+            where = (f"{calls[-1].function} ({os.path.basename(calls[-1].library or '?')})" if calls else None)
+            threads.append({"pid": k["victim"], "tid": tid, "name": name, "waiting_in": where,
+                            "blocked": _blocked(k["victim"], tid), "frames": []})
+        tl = self.tracer.timeline
+        tl.add(Kill(seq=tl.next_seq(), victim_age_s=age(k["victim"]), threads=threads, **k))
+
     def record_kill(self):
         """From the catchpoint's commands: the pending kill, with the victim's threads as they are."""
         from .session import thread_snapshot

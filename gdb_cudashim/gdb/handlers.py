@@ -356,4 +356,9 @@ class KillBreakpoint(FunctionBreakpoint):
         tracer = self.tracer
         pid, tid = memory.ptid()
         rdi, rsi, rdx = memory.regs("rdi", "rsi", "rdx")
-        return tracer.capture.on_kill(pid, tid, KILL_NUMBERS[self.function], rdi, rsi, rdx)
+        if not tracer.capture.on_kill(pid, tid, KILL_NUMBERS[self.function], rdi, rsi, rdx):
+            return False
+        if tracer.recorded(tracer.capture.pending_kill["victim"]):
+            tracer.capture.record_kill_recorded()  # no real stop: its ring says where it is
+            return False
+        return True  # the victim's threads are read from the commands, at a real stop
