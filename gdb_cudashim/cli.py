@@ -100,7 +100,11 @@ def _gdb_base(env: dict, batch: bool = True) -> tuple[list[str], dict, object]:
     gdb = _gdb()
     cmd = [gdb.path, "-nx", "-q"]
     if batch:  # only catch-init-error and cuda-run are loaded (gdb/loader.py)
-        cmd += ["-iex", "set auto-load python-scripts off", "-iex", "set $gdb_cudashim_batch = 1"]
+        cmd += ["-iex", "set auto-load python-scripts off", "-iex", "set $gdb_cudashim_batch = 1",
+                # no libthread_db: gdb follows threads by their LWPs (names from /proc) all the same, and
+                # its thread_db lookups in a process that is being killed made a continue fail ("Cannot
+                # find user-level thread for LWP N"), 1 run in 50 under make stress
+                "-iex", "set libthread-db-search-path /nonexistent-gdb-cudashim"]
     cmd += ["-iex", "set print inferior-events off", "-iex", "set print thread-events off", "-iex", f"source {GDBINIT}"]
     # the wheel's launcher set PYTHONHOME/PYTHONPATH for gdb's Python: the program gets the user's own
     for line in gdb.program_env_commands(env):
