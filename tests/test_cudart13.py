@@ -4,7 +4,7 @@ the real cudart 13, tests/programs/rt_probe.c (a program using the runtime direc
 from conftest import BUILD, SHIM_BUILD, env_with, run_report
 
 from gdb_cudashim import realprogs
-from gdb_cudashim.core import runtime
+from gdb_cudashim.core import cudafiles
 
 
 def cudart13():
@@ -23,7 +23,7 @@ def test_cuda12_driver_under_cudart13_is_named_with_the_13000_it_needs(tmp_path)
     assert "at least 13000 (13.0)" in first["fix"]
     (lib,) = report["libraries"]
     (f,) = [f for f in lib["files"] if f["path"] == str(rt)]
-    assert f["kind"] == "NVIDIA runtime" and runtime.is_nvidia_runtime(str(rt))
+    assert f["kind"] == "NVIDIA runtime" and cudafiles.is_nvidia_runtime(str(rt))
     # its ~440 entry-point lookups are one row of the calls table, not 440
     rows = [line for line in proc.stdout.splitlines() if "cuGetProcAddress_v2" in line and " dlsym " not in line]
     assert len(rows) == 1 and "entry points asked for" in rows[0], rows[:3]

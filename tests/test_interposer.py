@@ -114,12 +114,12 @@ def test_preloaded_copy_that_does_not_forward_is_still_two_drivers(stack, varian
 
 
 def test_interposer_from_ld_so_preload(interposer, tmp_path, monkeypatch):
-    from gdb_cudashim.core import interpose
+    from gdb_cudashim.core import interpose, loader
     from gdb_cudashim.core.rules import rule_two_drivers
 
     listing = tmp_path / "ld.so.preload"
     listing.write_text(f"# ours\n{interposer}\n")
-    monkeypatch.setenv(interpose.LD_SO_PRELOAD_ENV, str(listing))
+    monkeypatch.setenv(loader.LD_SO_PRELOAD_ENV, str(listing))
     tl = _timeline(None, [("cuInit", str(interposer), CUDART), ("cuInit", DRIVER, str(interposer))])
     (chain,) = interpose.chains(tl)
     assert chain["source"] == str(listing) and rule_two_drivers(tl) == []
@@ -173,9 +173,9 @@ def test_a_lock_wait_inside_the_interposer_is_a_wait_inside_the_shim(stack, prob
 def test_cuda_state_does_not_warn_that_an_interposer_is_not_libcuda(interposer):
     """An interposer under its own soname is a link of the chain by design: no 'two drivers' and no
     'cudart's dlopen will not find it' (#18 item 3)."""
-    from gdb_cudashim.core import runtime, state
+    from gdb_cudashim.core import cudafiles, state
 
-    roles = [{"role": "driver", "path": str(p), "soname": s, "kind": runtime.file_kind(str(p), "driver")}
+    roles = [{"role": "driver", "path": str(p), "soname": s, "kind": cudafiles.file_kind(str(p), "driver")}
              for p, s in ((interposer, "libvgpu.so"), (SHIM_BUILD / "libcuda.so.1", "libcuda.so.1"))]
-    assert roles[0]["kind"] == runtime.DRIVER_INTERPOSER
+    assert roles[0]["kind"] == cudafiles.DRIVER_INTERPOSER
     assert state.warnings(roles) == []

@@ -43,6 +43,17 @@ def test_a_shims_own_unresolved_reference_is_the_shims(stack, probe, tmp_path):
     assert f["summary"] == ("libggml-cuda failed to load: libcuda.so.1 (one of its dependencies) refers to "
                             "shim_missing_table, which nothing loaded defines"), f["summary"]
     assert "export shim_missing_table" not in f["fix"] and "libcuda.so.1 uses shim_missing_table" in f["fix"]
+    assert any("no library on this system defines shim_missing_table" in e for e in f["evidence"]), f["evidence"]
+
+    # the same reference, defined by a library the shim does not link: that library is named, and linked in the fix
+    (tmp_path / "defs.c").write_text("int shim_missing_table = 7;\n")
+    defs = tmp_path / "libshimdefs.so.1"
+    subprocess.run(["cc", "-fPIC", "-shared", "-Wl,-soname,libshimdefs.so.1", "-o", str(defs), str(tmp_path / "defs.c")],
+                   check=True)
+    proc, report = run_report(tmp_path, [probe], env_with(LD_LIBRARY_PATH=tmp_path, GGML_CUDA_LIB=stack.ggml_cuda))
+    (f,) = [f for f in report["findings"] if f["rule"] == "backend-load-failed"]
+    assert any(f"shim_missing_table is defined by {defs}" in e for e in f["evidence"]), f["evidence"]
+    assert "libshimdefs.so.1 (-lshimdefs" in f["fix"], f["fix"]
 
 
 def test_a_preload_ld_so_cannot_load_is_the_first_finding(stack, probe, tmp_path):

@@ -5,7 +5,7 @@ import subprocess
 
 from conftest import SHIM_BUILD
 
-from gdb_cudashim.core import runtime, symaddr
+from gdb_cudashim.core import cudafiles, runtime, symaddr
 from gdb_cudashim.core.elf import read_elf
 
 VARIANTS = SHIM_BUILD / "variants"
@@ -13,13 +13,13 @@ VARIANTS = SHIM_BUILD / "variants"
 
 def test_nvidias_runtime_is_told_from_a_fake(stack):
     nvidia = stack.ggml_cuda.parent / "libcudart.so.12"
-    assert runtime.is_nvidia_runtime(str(nvidia))
-    assert runtime.kind(str(nvidia), "libcudart.so.12") == runtime.NVIDIA_RUNTIME
+    assert cudafiles.is_nvidia_runtime(str(nvidia))
+    assert cudafiles.runtime_kind(str(nvidia), "libcudart.so.12") == cudafiles.NVIDIA_RUNTIME
     fake = VARIANTS / "fakert" / "libcudart.so.12"
-    assert not runtime.is_nvidia_runtime(str(fake))
-    assert runtime.kind(str(fake), "libcudart.so.12") == runtime.REPLACEMENT
-    assert runtime.kind(str(VARIANTS / "fakert-own" / "libfakert.so"), "libfakert.so") == runtime.OWN_SONAME
-    assert runtime.is_runtime_soname("libcudart.so.13") and not runtime.is_runtime_soname("libcudart.so")
+    assert not cudafiles.is_nvidia_runtime(str(fake))
+    assert cudafiles.runtime_kind(str(fake), "libcudart.so.12") == cudafiles.REPLACEMENT
+    assert cudafiles.runtime_kind(str(VARIANTS / "fakert-own" / "libfakert.so"), "libfakert.so") == cudafiles.OWN_SONAME
+    assert cudafiles.is_runtime_soname("libcudart.so.13") and not cudafiles.is_runtime_soname("libcudart.so")
 
 
 def test_nvidias_runtime_satisfies_every_import(stack):
@@ -101,7 +101,7 @@ def test_a_file_without_readable_section_headers_is_read_as_ld_so_reads_it(tmp_p
         assert symaddr.read_functions(str(f), ["cudaGetDeviceCount"]).offsets == \
             symaddr.read_functions(str(src), ["cudaGetDeviceCount"]).offsets, name
         info = read_elf(str(f))
-        assert runtime.exports_runtime(info.exports) and runtime.check_imports(info, ggml).missing == [], name
+        assert cudafiles.exports_runtime(info.exports) and runtime.check_imports(info, ggml).missing == [], name
 
 
 def test_a_dynamic_section_that_says_nothing_is_one_error(tmp_path):
@@ -125,10 +125,10 @@ def test_a_dynamic_section_that_says_nothing_is_one_error(tmp_path):
         assert "no section headers" in str(exc)
     else:
         raise AssertionError("read a file with nothing to read")
-    assert not runtime.is_runtime_file(str(f))
-    other = f.with_name("libpreloaded.so")  # a preload under its own name is judged by its exports
+    assert not cudafiles.is_runtime_file(str(f))
+    other = f.with_name("libpreloaded.so")  # a file under its own name is judged by its exports
     other.write_bytes(f.read_bytes())
-    assert runtime.mapped_role(str(other), {str(other)}) is None
+    assert cudafiles.role(str(other)) is None
 
 
 def test_a_shim_carrying_cudarts_marks_is_not_nvidias_runtime(tmp_path):
@@ -138,9 +138,9 @@ def test_a_shim_carrying_cudarts_marks_is_not_nvidias_runtime(tmp_path):
             "0x12,0xfd,0x9d,0xf9};\nconst char *driver = \"libcuda.so.1\";\n"
             "const void *keep(void) { return uuid; }\nint cudaGetDeviceCount(int *n) { *n = 1; return 0; }\n")
     info = _build(tmp_path, "nvcc_like", body)
-    assert runtime._carries_interface(info.path, *(lambda st: (st.st_mtime, st.st_size))(__import__("os").stat(info.path)))
-    assert not runtime.is_nvidia_runtime(info.path)
-    assert runtime.kind(info.path, "libcudart.so.12") == runtime.REPLACEMENT
+    assert cudafiles._carries_interface(info.path, *(lambda st: (st.st_mtime, st.st_size))(__import__("os").stat(info.path)))
+    assert not cudafiles.is_nvidia_runtime(info.path)
+    assert cudafiles.runtime_kind(info.path, "libcudart.so.12") == cudafiles.REPLACEMENT
 
 
 def test_cxx_typeinfo_is_not_a_shared_global(tmp_path):
@@ -163,6 +163,6 @@ def test_a_users_shim_with_the_seeds_globals_is_not_the_bundled_shim(tmp_path):
     src.write_text("int g_in_init_phase; struct { int major, minor; } g_gpu_info;\n"
                    "int cuInit(unsigned flags) { (void)flags; g_in_init_phase = 1; return 0; }\n")
     users = build_lib(src, tmp_path / "libcuda.so.1", "-Wl,-soname,libcuda.so.1")
-    assert runtime.file_kind(str(users), "driver") == "driver shim"
-    assert runtime.file_kind(str(SHIM_BUILD / "libcuda.so.1"), "driver") == "bundled cudashim"
-    assert runtime.file_kind(str(SHIM_BUILD / "variants" / "seed" / "libcuda.so.1"), "driver") == "bundled cudashim"
+    assert cudafiles.file_kind(str(users), "driver") == "driver shim"
+    assert cudafiles.file_kind(str(SHIM_BUILD / "libcuda.so.1"), "driver") == "bundled cudashim"
+    assert cudafiles.file_kind(str(SHIM_BUILD / "variants" / "seed" / "libcuda.so.1"), "driver") == "bundled cudashim"

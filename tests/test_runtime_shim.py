@@ -43,6 +43,10 @@ def test_preloaded_fake_runtime_is_recognised_with_its_state(stack, probe, tmp_p
     # the driver shim behind it is there too: the fake runtime dlopen()s it itself
     driver = files[str(SEED / "libcuda.so.1")]
     assert driver["kind"] == "bundled cudashim" and driver["how"] == 'dlopen("libcuda.so.1") by libcudart.so.12'
+    # and which step of ld.so's search found it, with the process's environment (cuda-state's answer too)
+    assert driver["found"] == "LD_LIBRARY_PATH" and "found" not in rt, (driver, rt)
+    ggml = files[str(stack.ggml_cuda)]
+    assert ggml["found"] == "by path (dlopen or DT_NEEDED)", ggml  # ggml's backend loader dlopen()s it by path
 
 
 def test_missing_v2_name_is_a_runtime_finding(stack, probe, tmp_path):

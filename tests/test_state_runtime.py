@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import FAKERT, FAKERT_NOFAT, FAKERT_OWN, FAKERT_V1, SHIM_BUILD, VARIANTS
-from gdb_cudashim.core import runtime, state
+from gdb_cudashim.core import cudafiles, loader, state
 from gdb_cudashim.core.elf import read_elf_cached
 from ingdb.fakert_build import build_fakert
 
@@ -16,7 +16,7 @@ SEED = VARIANTS / "seed" / "libcuda.so.1"
 
 
 def _role(path, via=None):
-    role, kind, info = state.identify(str(path))
+    role, kind, info = cudafiles.identify(str(path))
     r = {"role": role, "path": str(path), "soname": info.soname, "kind": kind, "debug_info": info.has_debug_info,
          "base": None, "loaded_via": via}
     return r, info
@@ -48,11 +48,11 @@ def built(stack, tmp_path_factory):
 def test_what_each_runtime_is_and_whose_globals_are_read(stack, built):
     kinds = {p: _role(p)[0] for p in (FAKERT, FAKERT_OWN, stack.cudart, stack.ggml_cuda, SEED,
                                       SHIM_BUILD / "libnvidia-ml.so.1", built["rt13_a"])}
-    assert (kinds[FAKERT]["role"], kinds[FAKERT]["kind"]) == ("runtime", runtime.REPLACEMENT)
-    assert (kinds[FAKERT_OWN]["role"], kinds[FAKERT_OWN]["kind"]) == ("runtime", runtime.OWN_SONAME)
-    assert (kinds[built["rt13_a"]]["role"], kinds[built["rt13_a"]]["kind"]) == ("runtime", runtime.REPLACEMENT)
-    assert kinds[stack.cudart]["kind"] == runtime.NVIDIA_RUNTIME
-    shims = {p for p, r in kinds.items() if state.is_shim(r)}
+    assert (kinds[FAKERT]["role"], kinds[FAKERT]["kind"]) == ("runtime", cudafiles.REPLACEMENT)
+    assert (kinds[FAKERT_OWN]["role"], kinds[FAKERT_OWN]["kind"]) == ("runtime", cudafiles.OWN_SONAME)
+    assert (kinds[built["rt13_a"]]["role"], kinds[built["rt13_a"]]["kind"]) == ("runtime", cudafiles.REPLACEMENT)
+    assert kinds[stack.cudart]["kind"] == cudafiles.NVIDIA_RUNTIME
+    shims = {p for p, r in kinds.items() if cudafiles.is_shim(r)}
     assert shims == {FAKERT, FAKERT_OWN, SEED, SHIM_BUILD / "libnvidia-ml.so.1", built["rt13_a"]}
 
 
@@ -64,25 +64,34 @@ def test_a_shims_soname_is_not_a_cuda_version(stack, built):
         assert value == f"{soname} is the shim's soname, not a CUDA version"
 
 
-def test_loaded_via_follows_ld_so(stack, tmp_path):
-    preloads = state.preload_entries({"LD_PRELOAD": f"rel/libcudart.so.12 libfakert.so:{SEED}"}, str(VARIANTS.parent),
-                                     [str(FAKERT_V1)], "/tmp/my-ld.so.preload")
+def test_loaded_via_follows_ld_so(stack, tmp_path, monkeypatch):
+    listing = tmp_path / "my-ld.so.preload"
+    listing.write_text(f"# ours\n{FAKERT_V1}\n")
+    monkeypatch.setenv(loader.LD_SO_PRELOAD_ENV, str(listing))
+    preloads = loader.preload_entries({"LD_PRELOAD": f"rel/libcudart.so.12 libfakert.so:{SEED}"}, str(VARIANTS.parent))
     assert preloads == [(str(VARIANTS.parent / "rel" / "libcudart.so.12"), "LD_PRELOAD"), ("libfakert.so", "LD_PRELOAD"),
-                        (str(SEED), "LD_PRELOAD"), (str(FAKERT_V1), "/tmp/my-ld.so.preload")]
+                        (str(SEED), "LD_PRELOAD"), (str(FAKERT_V1), str(listing))]
     (tmp_path / "rel").mkdir()
     os.symlink(FAKERT, tmp_path / "rel" / "libcudart.so.12")
-    rel = state.preload_entries({"LD_PRELOAD": "rel/libcudart.so.12"}, str(tmp_path), [], "x")
-    ggml = state.identify(str(stack.ggml_cuda))[2]
-    via = lambda path, pre, env: state.loaded_via(_role(path)[0], pre, env, None, [ggml])  # noqa: E731
+    rel = loader.preload_entries({"LD_PRELOAD": "rel/libcudart.so.12"}, str(tmp_path))
+    ggml = cudafiles.identify(str(stack.ggml_cuda))[2]
+
+    def via(path, pre, env, cwd=None):
+        r = _role(path)[0]
+        return loader.found_by(r["path"], r["soname"], [ggml], env, cwd, pre) or loader.BY_PATH
+
     assert via(FAKERT, rel, {}) == "LD_PRELOAD"  # a relative entry, from the process's cwd
     assert via(FAKERT_OWN, preloads, {}) == "LD_PRELOAD"  # a bare name: ld.so searched for it
-    assert via(FAKERT_V1, preloads, {}) == "/tmp/my-ld.so.preload"
+    assert via(FAKERT_V1, preloads, {}) == str(listing)
     assert via(stack.cudart, [], {}) == f"DT_RPATH of {stack.ggml_cuda.name}"
     # libggml-cuda's DT_RPATH ($ORIGIN) comes before LD_LIBRARY_PATH
     assert via(stack.cudart, [], {"LD_LIBRARY_PATH": str(stack.lib)}) == f"DT_RPATH of {stack.ggml_cuda.name}"
     assert via(SEED, [], {"LD_LIBRARY_PATH": f"/nonexistent::{SEED.parent}"}) == "LD_LIBRARY_PATH"
-    assert via(SEED, [], {}) == "search path"
-    assert via(stack.ggml_cuda, [], {}) == "dlopen or DT_NEEDED"
+    # an empty entry is the working directory; ';' separates too (ld.so's own reading)
+    assert via(SEED, [], {"LD_LIBRARY_PATH": "/nonexistent;"}, str(SEED.parent)) == "LD_LIBRARY_PATH"
+    assert via(SEED, [], {"LD_LIBRARY_PATH": "seed"}, str(VARIANTS)) == "LD_LIBRARY_PATH"
+    assert via(SEED, [], {}) == loader.BY_PATH  # no step of the search finds it: it was opened by path
+    assert via(stack.ggml_cuda, [], {}) == loader.BY_PATH
     # DT_RUNPATH comes after LD_LIBRARY_PATH
     rt = tmp_path / "rt"
     rt.mkdir()
@@ -96,8 +105,8 @@ def test_loaded_via_follows_ld_so(stack, tmp_path):
         consumer = read_elf_cached(str(lib))
         assert "libcudart.so.12" in consumer.needed
         role = _role(rt / "libcudart.so.12")[0]
-        first = state.loaded_via(role, [], {"LD_LIBRARY_PATH": str(rt)}, None, [consumer])
-        alone = state.loaded_via(role, [], {}, None, [consumer])
+        first = loader.found_by(role["path"], role["soname"], [consumer], {"LD_LIBRARY_PATH": str(rt)}, None, [])
+        alone = loader.found_by(role["path"], role["soname"], [consumer], {}, None, [])
         if tags == "--enable-new-dtags":
             assert (first, alone) == ("LD_LIBRARY_PATH", "DT_RUNPATH of libconsumer.so")
         else:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
-from . import interpose, runtime
+from . import cudafiles, loader, runtime
 from .elf import ElfInfo, ElfProblem, read_elf_cached, read_symtab_objects
 
 # Entry points cudart looks up by name at run time (strings in libcudart, not imports).
@@ -24,10 +23,6 @@ RUNTIME_LOOKUPS = {
     "cuInit": "cudart calls it on the first runtime call; a non-zero result comes back as the cudaError",
     "cuDriverGetVersion": "cudart checks the driver version (< 12000 -> cudaErrorInsufficientDriver 35) before cuInit",
 }
-DEFAULT_DIRS = interpose.DEFAULT_DIRS
-ROLE_SONAMES = {"driver": "libcuda.so.1", "runtime": "libcudart.so.12", "nvml": "libnvidia-ml.so.1"}
-
-
 @dataclass
 class Problem:
     kind: str
@@ -70,75 +65,12 @@ class AuditResult:
 
 
 # ------------------------------------------------------------ resolution --
-def _ld_cache() -> dict[str, list[str]]:
-    try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        try:
-            out = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return {}
-    cache: dict[str, list[str]] = {}
-    for line in out.splitlines()[1:]:
-        line = line.strip()
-        if "=>" not in line or "x86-64" not in line:
-            continue
-        name = line.split(" ", 1)[0]
-        cache.setdefault(name, []).append(line.rsplit("=>", 1)[1].strip())
-    return cache
-
-
-def _expand(path: str, origin: str) -> str:
-    return path.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
-
-
 def _interposer_note(path: str, soname: str | None, driver: str | None = None) -> Problem:
     """A preloaded file under its own soname that hooks dlsym and exports cu*: HAMi-core's libvgpu.so shape."""
     return Problem("interposer", path, f"soname {soname!r}, exports dlsym and cu*: an interposer in front of "
                    + (f"the libcuda.so.1 the loader finds ({driver})" if driver else "the libcuda.so.1 the loader finds"),
                    "its cu* exports and dlsym hook take the calls first; each must be forwarded to that driver",
                    "keep its own soname; 'gdb-cudashim run' shows whether its calls reach the driver (the driver chain)")
-
-
-def resolve(soname: str, consumer: ElfInfo | None, env: dict, cache=None) -> list[dict]:
-    """Candidates in the order ld.so tries them; the first existing one wins."""
-    steps: list[tuple[str, str]] = []
-    for item in (env.get("LD_PRELOAD") or "").replace(":", " ").split():
-        steps.append(("LD_PRELOAD", item))
-    steps += [(interpose.ld_so_preload_path(), item) for item in interpose.ld_so_preload()]
-    origin = os.path.dirname(os.path.abspath(consumer.path)) if consumer else ""
-    if consumer and consumer.rpath and not consumer.runpath:
-        steps += [("DT_RPATH", os.path.join(_expand(d, origin), soname)) for d in consumer.rpath]
-    steps += [("LD_LIBRARY_PATH", os.path.join(d, soname)) for d in (env.get("LD_LIBRARY_PATH") or "").split(":") if d]
-    if consumer and consumer.runpath:
-        steps += [("DT_RUNPATH", os.path.join(_expand(d, origin), soname)) for d in consumer.runpath]
-    cache = _ld_cache() if cache is None else cache
-    steps += [("ld.so.cache", p) for p in cache.get(soname, [])]
-    steps += [("default dirs", os.path.join(d, soname)) for d in DEFAULT_DIRS]
-    out = []
-    seen = set()
-    for how, path in steps:
-        real = os.path.realpath(path)
-        exists = os.path.isfile(path)
-        if _preloaded(how):
-            soname_of = None
-            if exists:
-                try:
-                    soname_of = read_elf_cached(path).soname
-                except ElfProblem:
-                    pass
-            out.append({"how": how, "path": path, "exists": exists, "soname": soname_of,
-                        "satisfies": exists and soname_of == soname})
-            continue
-        if real in seen:
-            continue
-        seen.add(real)
-        out.append({"how": how, "path": path, "exists": exists, "soname": None, "satisfies": exists})
-    return out
-
-
-def _is_stub(path: str) -> bool:
-    return "/stubs/" in os.path.realpath(path) or "/stubs/" in path
 
 
 # ---------------------------------------------------------------- checks --
@@ -148,39 +80,12 @@ def _describe(info: ElfInfo) -> dict:
             "build_id": info.build_id, "debuglink": info.debuglink, "stripped": info.stripped}
 
 
-def _role(info: ElfInfo) -> str | None:
-    """What the file stands in for; None: it exports no CUDA entry point at all (not a shim)."""
-    if info.soname in ROLE_SONAMES.values():
-        return {v: k for k, v in ROLE_SONAMES.items()}[info.soname]
-    if runtime.is_runtime_soname(info.soname):  # libcudart.so.13 as well as .12
-        return "runtime"
-    if "cuInit" in info.exports:
-        return "driver"
-    if "cudaGetDeviceCount" in info.exports:
-        return "runtime"
-    if "nvmlInit_v2" in info.exports:
-        return "nvml"
-    for role, prefix in (("driver", "cu"), ("runtime", "cuda"), ("nvml", "nvml")):
-        if any(n.startswith(prefix) and n[len(prefix):][:1].isupper() for n in info.exports):
-            return role
-    return None
-
-
-def _consumer_kind(info: ElfInfo) -> str | None:
-    base = os.path.basename(info.path)
-    if "ggml-cuda" in base or "libggml-cuda" in (info.soname or ""):
-        return "ggml-cuda"
-    if (info.soname or "").startswith("libcudart") or base.startswith("libcudart"):
-        return "cudart"
-    return None
-
-
 def _not_a_consumer(c: ElfInfo) -> Problem:
     """A --consumer that is neither libggml-cuda nor libcudart: said so, with whether it uses CUDA at all."""
-    cuda = sorted({i.name for i in c.imports if i.library is None and _role(ElfInfo(c.path, exports={i.name: set()}))})
+    cuda = sorted({i.name for i in c.imports if i.library is None and cudafiles.shim_role(ElfInfo(c.path, exports={i.name: set()}))})
     sonames = [n for n in c.needed if n.startswith(("libcuda.so", "libcudart.so", "libnvidia-ml.so"))]
-    if _role(c):
-        what = f"is itself a CUDA library (it stands in for the {_role(c)}), not a consumer of one"
+    if cudafiles.shim_role(c):
+        what = f"is itself a CUDA library (it stands in for the {cudafiles.shim_role(c)}), not a consumer of one"
     elif cuda or sonames:
         what = (f"uses CUDA ({', '.join((sonames + cuda)[:4])}), but is neither libggml-cuda nor libcudart: "
                 "its needs are not checked")
@@ -213,19 +118,12 @@ def _read_all(paths: list[str], kind: str, res: AuditResult) -> list[ElfInfo]:
         infos.append(info)
         d = _describe(info)
         d["kind"] = kind
-        d["what"] = _what(info.path, info)
+        d["what"] = cudafiles.classify(info.path)
         if kind == "shim":
-            d["role"] = _role(info)
+            d["role"] = cudafiles.shim_role(info)
             d["globals"] = _globals(info.path)
         res.files.append(d)
     return infos
-
-
-def _what(path: str, info: ElfInfo | None) -> str:
-    """What the file is (NVIDIA runtime, runtime replacement, bundled cudashim, NVIDIA driver...)."""
-    from .state import classify
-
-    return classify(path, info)
 
 
 def _globals(path: str) -> list[str]:
@@ -250,11 +148,13 @@ def labels(paths: list[str]) -> dict[str, str]:
     return out
 
 
-def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
+def audit(shims: list[str], consumers: list[str], env: dict, cwd: str | None = None) -> AuditResult:
+    """SHIMS against what CONSUMERS need from them, and where ld.so finds each CUDA soname for them,
+    with the environment ENV and working directory CWD (a process's own: --env-from)."""
     res = AuditResult()
     shim_infos = _read_all(shims, "shim", res)
     for info in shim_infos:
-        if _role(info) is None:
+        if cudafiles.shim_role(info) is None:
             res.problems.append(Problem(
                 "not-a-shim", info.path, "not a CUDA shim: exports none of the driver (cu*), runtime (cuda*) or NVML "
                 "(nvml*) entry points", "it cannot stand in for libcuda.so.1, libcudart.so.12 or libnvidia-ml.so.1, "
@@ -269,7 +169,7 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 "cannot be read: the version checks are skipped, and gdb shows no names or globals in it",
                 "keep the section headers (strip --strip-debug at most)"))
             continue
-        if not info.has_debug_info and _what(info.path, info) not in runtime.NOT_SHIM_KINDS:
+        if not info.has_debug_info and cudafiles.classify(info.path) not in cudafiles.NOT_SHIM_KINDS:
             # NVIDIA's own files (its runtime given as --shim, its driver) are no shim to rebuild with -g
             res.warnings.append(Problem("no-debug-info", info.path, "no DWARF (.debug_info)" + (
                 f"; .gnu_debuglink -> {info.debuglink}" if info.debuglink else ""),
@@ -279,10 +179,10 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
     names = labels([f["path"] for f in res.files])
     for f in res.files:
         f["label"] = names[f["path"]]
-    cache = _ld_cache()
-    drivers = [s for s in shim_infos if _role(s) == "driver"]
-    runtimes = [s for s in shim_infos if _role(s) == "runtime"]
-    replaced = _replaced(consumer_infos, runtimes, env, cache)
+    cache = loader.ld_cache()
+    drivers = [s for s in shim_infos if cudafiles.shim_role(s) == "driver"]
+    runtimes = [s for s in shim_infos if cudafiles.shim_role(s) == "runtime"]
+    replaced = _replaced(consumer_infos, runtimes, env, cwd, cache)
     for f in res.files:
         if f["kind"] == "consumer" and f["path"] in replaced:
             f["replaced_by"] = replaced[f["path"]]
@@ -301,7 +201,7 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 "LD_LIBRARY_PATH instead of LD_PRELOAD"))
 
     for c in consumer_infos:
-        kind = _consumer_kind(c)
+        kind = cudafiles.consumer_kind(c)
         name = os.path.basename(c.path)
         if kind is None:
             res.warnings.append(_not_a_consumer(c))
@@ -331,21 +231,21 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
 
     # resolution of the CUDA sonames, for each consumer (cudart's own dlopen of the driver included)
     for c in consumer_infos:
-        wanted = [n for n in c.needed if n in ROLE_SONAMES.values() or runtime.is_runtime_soname(n)]
-        if _consumer_kind(c) == "cudart":
+        wanted = [n for n in c.needed if n in cudafiles.ROLE_SONAMES.values() or cudafiles.is_runtime_soname(n)]
+        if cudafiles.consumer_kind(c) == "cudart":
             wanted.append("libcuda.so.1")  # dlopen()ed at run time, not DT_NEEDED
         for soname in wanted:
-            cands = resolve(soname, c, env, cache)
+            cands = loader.search(soname, c, env, cwd, cache)
             chosen = next((x for x in cands if x["satisfies"]), None)
             others = [x for x in cands if x["satisfies"] and x is not chosen]
             res.resolution.append({"consumer": c.path, "soname": soname, "chosen": chosen["path"] if chosen else None,
                                    "how": chosen["how"] if chosen else None, "candidates": cands})
-            if runtime.is_runtime_soname(soname) and any(
+            if cudafiles.is_runtime_soname(soname) and any(
                     os.path.realpath(x["path"]) == os.path.realpath(r.path) for r in runtimes for x in cands
                     if x["exists"]):
                 others = []  # a runtime shim among them: its own findings below say which one wins and why
             for x in cands:
-                preloaded = _preloaded(x["how"])
+                preloaded = loader.is_preload(x["how"])
                 if preloaded and x["exists"] and not x["satisfies"] and soname == "libcuda.so.1" \
                         and x.get("soname") and "cuInit" in read_elf_cached(x["path"]).exports:
                     if "dlsym" in read_elf_cached(x["path"]).exports:  # an interposer: a design, not the trap
@@ -356,7 +256,7 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                         f"{os.path.basename(c.path)} still resolves libcuda.so.1 to {chosen['path'] if chosen else 'nothing'}",
                         "one process, two drivers: cudart talks to the file it dlopen()s, not to the preloaded shim",
                         "give the shim the soname libcuda.so.1 and put it first on LD_LIBRARY_PATH"))
-            if chosen is None and runtime.is_runtime_soname(soname):
+            if chosen is None and cudafiles.is_runtime_soname(soname):
                 res.problems.append(Problem("not-found", soname, f"{os.path.basename(c.path)} finds no {soname}",
                                             f"dlopen({os.path.basename(c.path)}) fails: '{soname}: cannot open shared "
                                             "object file: No such file or directory'",
@@ -366,7 +266,7 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                 res.problems.append(Problem("not-found", soname, f"{os.path.basename(c.path)} finds no {soname}",
                                             "cudart reports cudaErrorInsufficientDriver (35); libggml-cuda fails to load",
                                             f"put the directory with the shim's {soname} on LD_LIBRARY_PATH"))
-            elif _is_stub(chosen["path"]):
+            elif cudafiles.is_stub(chosen["path"]):
                 res.problems.append(Problem("stub-first", chosen["path"], f"{soname} resolves to a CUDA stub library "
                                             f"(via {chosen['how']})",
                                             "stub libraries are for linking; cuInit returns CUDA_ERROR_STUB_LIBRARY (34)",
@@ -376,9 +276,9 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
                                             f"only {chosen['path']} is used; the others are shadowed",
                                             "make sure the one chosen is the one you built"))
     for c in consumer_infos:
-        if _consumer_kind(c) == "ggml-cuda":
+        if cudafiles.consumer_kind(c) == "ggml-cuda":
             for s in runtimes:
-                _audit_runtime(res, s, c, env, cache, names)
+                _audit_runtime(res, s, c, env, cwd, cache, names)
     # de-duplicate identical problems (several consumers can raise the same one)
     unique = {}
     for p in res.problems:
@@ -393,32 +293,13 @@ def audit(shims: list[str], consumers: list[str], env: dict) -> AuditResult:
     return res
 
 
-def _preloaded(how: str) -> bool:
-    """HOW (a resolve() step) is a preload: LD_PRELOAD or the ld.so.preload file (tests move it)."""
-    return how in ("LD_PRELOAD", interpose.ld_so_preload_path())
-
-
 def _same(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _step(c: ElfInfo, cand: dict) -> str:
-    """How ld.so found CAND for consumer C, with the DT_RPATH/DT_RUNPATH entry as written ($ORIGIN)."""
-    how = cand["how"]
-    if how in ("DT_RPATH", "DT_RUNPATH"):
-        origin = os.path.dirname(os.path.abspath(c.path))
-        here = os.path.realpath(os.path.dirname(cand["path"]))
-        entry = next((e for e in (c.rpath if how == "DT_RPATH" else c.runpath)
-                      if os.path.realpath(_expand(e, origin)) == here), os.path.dirname(cand["path"]))
-        return f"{how} {entry} of {os.path.basename(c.path)}"
-    if _preloaded(how):
-        return how
-    return f"{how} ({os.path.dirname(cand['path'])})"
-
-
 def _file_what(path: str) -> str:
     try:
-        return _what(path, read_elf_cached(path))
+        return cudafiles.classify(path)
     except ElfProblem:
         return "unreadable"
 
@@ -440,14 +321,14 @@ def _import_why(m: runtime.Missing, replaces: bool, consumer: str, soname: str, 
     return why + (f"; {m.note}" if m.note else "")
 
 
-def _replaced(consumers: list[ElfInfo], runtimes: list[ElfInfo], env: dict, cache) -> dict[str, str]:
+def _replaced(consumers: list[ElfInfo], runtimes: list[ElfInfo], env: dict, cwd: str | None, cache) -> dict[str, str]:
     """Consumers (NVIDIA's libcudart.so.12) whose soname a preloaded runtime shim takes: ld.so never
     loads them, so their needs and resolution do not matter. path -> the shim's path."""
     out = {}
     for c in consumers:
-        if _consumer_kind(c) != "cudart" or not runtime.is_runtime_soname(c.soname):
+        if cudafiles.consumer_kind(c) != "cudart" or not cudafiles.is_runtime_soname(c.soname):
             continue
-        first = next((x for x in resolve(c.soname, None, env, cache) if _preloaded(x["how"]) and x["satisfies"]), None)
+        first = next((x for x in loader.search(c.soname, None, env, cwd, cache) if loader.is_preload(x["how"]) and x["satisfies"]), None)
         if first is None or _same(first["path"], c.path):
             continue
         shim = next((r.path for r in runtimes if _same(r.path, first["path"])), None)
@@ -456,14 +337,14 @@ def _replaced(consumers: list[ElfInfo], runtimes: list[ElfInfo], env: dict, cach
     return out
 
 
-def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, names: dict) -> None:
+def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cwd: str | None, cache, names: dict) -> None:
     """A runtime shim S against libggml-cuda C: S's exports against C's imports (when each missing
     one bites), its version node, and how the loader chooses between S and the libcudart bundled
     beside C under ENV (LD_PRELOAD, /etc/ld.so.preload, DT_RPATH $ORIGIN, LD_LIBRARY_PATH)."""
     cname, sname = os.path.basename(c.path), names.get(s.path, os.path.basename(s.path))
     wanted = runtime.runtime_imports(c)
-    sonames = [n for n in c.needed if runtime.is_runtime_soname(n)] or \
-        sorted({i.library for i in wanted if runtime.is_runtime_soname(i.library)})
+    sonames = [n for n in c.needed if cudafiles.is_runtime_soname(n)] or \
+        sorted({i.library for i in wanted if cudafiles.is_runtime_soname(i.library)})
     if not wanted and not sonames:
         return  # C does not link a libcudart (a static cudart): nothing S could stand in for
     soname = sonames[0] if sonames else None
@@ -523,20 +404,20 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, n
                                         n.fix))
 
     # which libcudart.so.N the loader takes for C
-    entry = {"shim": s.path, "label": sname, "what": _what(s.path, s), "soname": s.soname, "consumer": c.path, "needs": soname,
+    entry = {"shim": s.path, "label": sname, "what": cudafiles.classify(s.path), "soname": s.soname, "consumer": c.path, "needs": soname,
              "imports": chk.to_dict(), "summary": chk.summary(), "globals": _globals(s.path)}
     res.runtimes.append(entry)
     if soname is None:
         entry.update(loaded=None, interplay="")
         return
-    cands = resolve(soname, c, env, cache)
+    cands = loader.search(soname, c, env, cwd, cache)
     chosen = next((x for x in cands if x["satisfies"]), None)
-    bundled = next((x for x in cands if x["satisfies"] and not _preloaded(x["how"])), None)
-    pre = next((x for x in cands if _preloaded(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
-    listed = next((x for x in cands if not _preloaded(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
-    winner = f"{chosen['path']} ({_file_what(chosen['path'])}, via {_step(c, chosen)})" if chosen else "nothing"
+    bundled = next((x for x in cands if x["satisfies"] and not loader.is_preload(x["how"])), None)
+    pre = next((x for x in cands if loader.is_preload(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
+    listed = next((x for x in cands if not loader.is_preload(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
+    winner = f"{chosen['path']} ({_file_what(chosen['path'])}, via {loader.step_text(chosen, c)})" if chosen else "nothing"
     entry.update(chosen=chosen["path"] if chosen else None, how=chosen["how"] if chosen else None)
-    preload_how = "ld.so.preload" if pre and pre["how"] != "LD_PRELOAD" else "LD_PRELOAD"
+    preload_how = loader.PRELOAD_FILE if pre and pre["how"] != loader.PRELOAD else loader.PRELOAD
     if pre and replaces and chosen is not None and _same(chosen["path"], s.path):
         entry.update(loaded=pre["how"], interplay=runtime.soname_interplay(
             s.path, s.soname, preload_how, bundled["path"] if bundled else None))
@@ -567,10 +448,10 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, n
                 f"build it under the soname {soname} so that it replaces the bundled one"))
     elif listed and chosen is not None and _same(chosen["path"], s.path):
         entry.update(loaded=listed["how"], interplay=f"{sname} is the {soname} {cname} finds first, via "
-                                                     f"{_step(c, listed)}")
+                                                     f"{loader.step_text(listed, c)}")
     elif listed and replaces:
         entry.update(loaded=None, interplay=f"{sname} is on the search path, but {winner} comes first")
-        rpath = chosen is not None and chosen["how"] == "DT_RPATH"
+        rpath = chosen is not None and chosen["how"] == loader.RPATH
         res.problems.append(Problem(
             "runtime-bypassed", s.path,
             f"on {listed['how']}, but {cname} resolves {soname} to {winner}",
@@ -592,11 +473,11 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cache, n
                                       else " (each cuda* import it exports then binds to it)")))
 
 
-def explain_failed_load(path: str, env) -> list[str]:
+def explain_failed_load(path: str, env, cwd: str | None = None) -> list[str]:
     """Why dlopen(path) failed, from the files: direct cu* imports the resolved driver lacks."""
     info = read_elf_cached(path)
     env = dict(env)
-    cands = resolve("libcuda.so.1", info, env)
+    cands = loader.search("libcuda.so.1", info, env, cwd)
     chosen = next((x for x in cands if x["satisfies"]), None)
     if chosen is None:
         return ["no libcuda.so.1 is found on the search path"]
@@ -627,6 +508,14 @@ def _env_from(pid: int) -> dict:
                     else "a kernel thread or a process that is exiting")
             raise ValueError(f"process {pid} has no environment to read: it is {what}") from None
         raise ValueError(f"cannot read the environment of process {pid}: {exc.strerror}") from None
+
+
+def _cwd_of(pid: int | None) -> str | None:
+    """The working directory of PID (None: this one); None where it cannot be read or is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") if pid is not None else os.getcwd()
+    except OSError:
+        return None
 
 
 MAX_ROWS = 30  # missing symbols shown in the Needs table
@@ -721,14 +610,15 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"gdb-cudashim audit: {exc}", file=sys.stderr)
         return 2
-    result = audit(args.shim, consumers, env)
+    cwd = _cwd_of(args.env_from)  # relative LD_LIBRARY_PATH/LD_PRELOAD entries are the process's
+    result = audit(args.shim, consumers, env, cwd)
     if args.consumer and not result.checked and not result.unreadable:
         # nothing given is a consumer: the pinned real stack's are checked as well, never a clean bill for nothing
         from ..stack import installed
 
         stack = installed()
         if stack is not None:
-            result = audit(args.shim, consumers + [str(p) for p in stack.consumers() if str(p) not in consumers], env)
+            result = audit(args.shim, consumers + [str(p) for p in stack.consumers() if str(p) not in consumers], env, cwd)
         else:
             print("gdb-cudashim audit: none of the --consumer files is libggml-cuda or libcudart, and the pinned "
                   "stack is not fetched (make stack): nothing was checked", file=sys.stderr)

@@ -529,7 +529,7 @@ def describe(d: Divergence) -> str:
 def render(divergences: list[Divergence], ref_name: str, run_name: str, color: bool = False) -> list[str]:
     from tabulate import tabulate
 
-    from .report import Style
+    from .text import Style
     from .term import printable, printable_tree
 
     # the reports' texts and the file names never drive the terminal; --json keeps them

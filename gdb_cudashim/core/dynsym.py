@@ -27,7 +27,7 @@ SHT_GNU_VERSYM = 0x6FFFFFFF
 SHT_DYNAMIC = 6
 SHT_GNU_HASH = 0x6FFFFFF6
 SYM_SIZE = 24
-DT_NEEDED, DT_SONAME = 1, 14
+DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH = 1, 14, 15, 29
 SHN_UNDEF, SHN_ABS = 0, 0xFFF1
 STT_TLS = 6
 ALLOWED_TYPES = {0, 1, 2, 5, 6, 10}  # NOTYPE OBJECT FUNC COMMON TLS GNU_IFUNC
@@ -44,10 +44,12 @@ class DynamicSymbols:
     parsed only when asked for (or when there is no GNU hash table)."""
 
     def __init__(self, path: str, soname: str | None, needed: list[str], dynsym: bytes, dynstr: bytes,
-                 versym: bytes | None, gnu_hash: bytes | None):
+                 versym: bytes | None, gnu_hash: bytes | None, rpath: list[str] | None = None,
+                 runpath: list[str] | None = None):
         self.path = path
         self.soname = soname
         self.needed = needed
+        self.rpath, self.runpath = rpath or [], runpath or []  # as written ($ORIGIN unexpanded): core/loader
         self._dynsym, self._dynstr, self._versym, self._hash = dynsym, dynstr, versym, gnu_hash
         self._header = struct.unpack_from("<IIII", gnu_hash, 0) if gnu_hash else None
         self._all: dict[str, list[tuple[int | None, bool]]] | None = None
@@ -258,7 +260,9 @@ def _from_dynamic(path: str, data) -> DynamicSymbols:
         return strings[offset:end if end >= 0 else None].decode("utf-8", "replace")
 
     return DynamicSymbols(path, text(tags[DT_SONAME]) if DT_SONAME in tags else None, [text(v) for v in raw_needed],
-                          bytes(data[symtab:symtab + count * SYM_SIZE]), strings, versym, gnu)
+                          bytes(data[symtab:symtab + count * SYM_SIZE]), strings, versym, gnu,
+                          text(tags[DT_RPATH]).split(":") if DT_RPATH in tags else [],
+                          text(tags[DT_RUNPATH]).split(":") if DT_RUNPATH in tags else [])
 
 
 def _from_sections(path: str, data) -> DynamicSymbols:
@@ -280,26 +284,28 @@ def _from_sections(path: str, data) -> DynamicSymbols:
     strings = body(sections[dynsym[6]])
     versym = next((s for s in sections if s[1] == SHT_GNU_VERSYM), None)
     hash_section = next((s for s in sections if s[1] == SHT_GNU_HASH and s[6] == index), None)
-    soname, needed = None, []
+    soname, needed, paths = None, [], {DT_RPATH: [], DT_RUNPATH: []}
     dynamic = next((s for s in sections if s[1] == SHT_DYNAMIC), None)
     if dynamic is not None:
         for tag, value in struct.iter_unpack("<qQ", data[dynamic[4]:dynamic[4] + dynamic[5] - dynamic[5] % 16]):
             if tag == 0:
                 break
-            if tag in (DT_NEEDED, DT_SONAME):
+            if tag in (DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH):
                 end = strings.find(b"\0", value)
                 text = strings[value:end if end >= 0 else None].decode("utf-8", "replace")
                 if tag == DT_NEEDED:
                     needed.append(text)
-                else:
+                elif tag == DT_SONAME:
                     soname = text
+                else:
+                    paths[tag] = text.split(":")
     size = dynsym[5] - dynsym[5] % SYM_SIZE
     body((0, 0, 0, 0, dynsym[4], size))  # within the file
     if dynamic is not None:
         body(dynamic)
     return DynamicSymbols(path, soname, needed, bytes(data[dynsym[4]:dynsym[4] + size]), strings,
                           body(versym) if versym is not None else None,
-                          body(hash_section) if hash_section is not None else None)
+                          body(hash_section) if hash_section is not None else None, paths[DT_RPATH], paths[DT_RUNPATH])
 
 
 _CACHE: dict[tuple[str, int, int], DynamicSymbols] = {}

@@ -10,58 +10,11 @@ from __future__ import annotations
 
 import os
 
+from . import loader
 from .calls import role_of
 from .timeline import Call, Timeline
 
-LD_SO_PRELOAD_ENV = "GDB_CUDASHIM_LD_SO_PRELOAD"  # tests point it at a file of their own
 LOOP_ROUNDS = 4  # a dlsym hook and the driver asking each other this many times in a row is a loop
-
-
-def ld_so_preload_path() -> str:
-    return os.environ.get(LD_SO_PRELOAD_ENV) or "/etc/ld.so.preload"
-
-
-def ld_so_preload() -> list[str]:
-    """The entries of /etc/ld.so.preload, as ld.so reads them (whitespace or ':' separated, '#' comments)."""
-    try:
-        with open(ld_so_preload_path()) as f:
-            text = f.read()
-    except OSError:
-        return []
-    lines = (line.partition("#")[0] for line in text.splitlines())
-    return [item for line in lines for item in line.replace(":", " ").split()]
-
-
-def preloaded(tl: Timeline, pid: int) -> list[tuple[str, str]]:
-    """(path, where it came from) of every file preloaded into PID: LD_PRELOAD at its start, then
-    /etc/ld.so.preload, the loader's order."""
-    start = tl.process_start(pid)
-    if start is None:
-        return []
-    out = []
-    for item in (start.env.get("LD_PRELOAD") or "").replace(":", " ").split():
-        out.append((_preload_path(item, start.cwd, start.env), "LD_PRELOAD"))
-    out += [(_preload_path(item, "/", {}), ld_so_preload_path()) for item in ld_so_preload()]
-    return out
-
-
-def preloaded_files(tl: Timeline, pid: int) -> set[str]:
-    """The real paths of PID's preloads: what a mapped file is compared with."""
-    return {os.path.realpath(path) for path, _ in preloaded(tl, pid)}
-
-
-DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib")
-
-
-def _preload_path(item: str, cwd: str | None, env: dict) -> str:
-    """Where ld.so finds a preload entry: a path (relative ones from the process's cwd), or a bare
-    name searched like a DT_NEEDED (LD_LIBRARY_PATH, then the default directories)."""
-    if "/" in item:
-        return item if os.path.isabs(item) else os.path.join(cwd or "", item)
-    for d in [*(env.get("LD_LIBRARY_PATH") or "").split(":"), *DEFAULT_DIRS]:
-        if d and os.path.isfile(os.path.join(d, item)):
-            return os.path.join(d, item)
-    return item  # not found: ld.so says so and goes on
 
 
 def _base(path: str | None) -> str:
@@ -95,7 +48,7 @@ def interposers(tl: Timeline, pid: int) -> list[dict]:
 
     forwards = _forwards(tl, pid)
     out = []
-    for path, source in preloaded(tl, pid):
+    for path, source in loader.preloaded(tl, pid):
         try:
             info = read_cached(path)
         except DynsymError:

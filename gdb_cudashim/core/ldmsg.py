@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 
+from . import loader
 from .record import record
 
 CANNOT_OPEN, UNDEFINED, VERSION, WRONG_CLASS, BAD_HEADER, TOO_SHORT = (
@@ -33,8 +34,8 @@ _PATTERNS = (
 )
 
 # la_objsearch's flags: where ld.so was looking when it tried a path (<link.h>)
-SEARCH_FROM = {1: "the name as given", 2: "LD_LIBRARY_PATH", 4: "DT_RUNPATH", 8: "ld.so.cache",
-               0x10: "DT_RPATH", 0x40: "the default directories", 0x80: "a secure directory"}
+SEARCH_FROM = {1: loader.AS_GIVEN, 2: loader.LIBRARY_PATH, 4: loader.RUNPATH, 8: loader.CACHE,
+               0x10: loader.RPATH, 0x40: "the default directories", 0x80: "a secure directory"}
 
 
 @record

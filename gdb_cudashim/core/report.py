@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 
-from . import interpose, runtime
+from . import cudafiles, interpose, loader, runtime
 from .calls import KEY_LOOKUPS
 from .record import as_dict
-from .rules import Finding
+from .finding import Finding
+from .text import Style, format_value
 from .timeline import Timeline, event_to_dict
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -50,7 +51,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "notes": list(tl.notes),
         "chains": interpose.chains(tl),
         "libraries": runtime.describe(tl),
-        "ld_so_preload": {"file": interpose.ld_so_preload_path(), "entries": interpose.ld_so_preload()},
+        "ld_so_preload": {"file": loader.ld_so_preload_path(), "entries": loader.ld_so_preload()},
     }
 
 
@@ -72,19 +73,6 @@ def to_json(report: dict) -> str:
 
 def _b(path):
     return os.path.basename(path) if path else "?"
-
-
-class Style:
-    """ANSI styling through pygments' terminal colour names; a no-op when colour is off."""
-
-    def __init__(self, color: bool):
-        self.color = color
-        if color:
-            from pygments.console import colorize
-            self._colorize = colorize
-
-    def __call__(self, name: str, text: str) -> str:
-        return self._colorize(name, text) if self.color else text
 
 
 def _exit_cell(end: dict):
@@ -167,7 +155,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
         out.append("")
         out.append(s("bold", "CUDA calls") + " (where each landed)")
         stand_ins = {f["path"]: f" ({f['kind']})" for lib in report.get("libraries") or [] for f in lib["files"]
-                     if f["role"] == "runtime" and f["kind"] != runtime.NVIDIA_RUNTIME}
+                     if f["role"] == "runtime" and f["kind"] != cudafiles.NVIDIA_RUNTIME}
         shown = calls if verbose else _condense_calls(calls)
         rows = []
         for c in shown:
@@ -266,7 +254,6 @@ def _render_libraries(report: dict, s) -> list[str]:
     against libggml-cuda's imports, the soname interplay, and every shim's g_* globals."""
     from tabulate import tabulate
 
-    from .state import format_value
 
     out = []
     for lib in report.get("libraries") or []:
@@ -275,8 +262,8 @@ def _render_libraries(report: dict, s) -> list[str]:
         out.append("")
         out.append(s("bold", "CUDA libraries") + f" (pid {lib['pid']}, {lib['when']})")
         rows = [[f["role"], f["kind"] + (f" -> {_b(f['forwards_to'])}" if f.get("forwards_to") else ""),
-                 _one_line(f["how"], 60), f["path"]] for f in lib["files"]]
-        out += ["  " + line for line in tabulate(rows, headers=["role", "what it is", "loaded by", "file"],
+                 _one_line(f["how"], 60), _one_line(f.get("found") or "", 40), f["path"]] for f in lib["files"]]
+        out += ["  " + line for line in tabulate(rows, headers=["role", "what it is", "loaded by", "found via", "file"],
                                                   tablefmt="simple").splitlines()]
         for note in lib.get("notes") or []:
             out.append(f"  {note}")

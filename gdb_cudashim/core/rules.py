@@ -8,24 +8,10 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes, interpose, ldmsg, runtime
+from . import codes, cudafiles, interpose, ldmsg, loader, runtime
 from .calls import role_of
-from .record import factory, record
+from .finding import Finding, base as _base  # noqa: F401  (Finding: rules build it; importers read it here)
 from .timeline import Call, Timeline
-
-
-@record
-class Finding:
-    rule: str
-    summary: str
-    evidence: list[str] = factory(list)
-    fix: str = ""
-    pid: int | None = None
-    explains: int | None = None  # the cudaError this cause produces: ranked first when ggml printed it
-
-
-def _base(path: str | None) -> str:
-    return os.path.basename(path) if path else "?"
 
 
 def _ggml_error_code(tl: Timeline) -> tuple[int | None, str | None]:
@@ -234,7 +220,7 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
 
 def _runtime_major(path: str | None) -> int | None:
     """12 for libcudart.so.12, 13 for libcudart.so.13: the CUDA major a runtime file is for."""
-    m = runtime.RUNTIME_SONAME.fullmatch(os.path.basename(path or ""))
+    m = cudafiles.RUNTIME_SONAME.fullmatch(os.path.basename(path or ""))
     return int(m.group(1)) if m else None
 
 
@@ -314,9 +300,7 @@ def _loader_finding(tl: Timeline, load, said, ev) -> Finding | None:
                       + (f" and {len(tried) - 8} more" if len(tried) > 8 else "") + ": it is in none of them")
         else:
             ev.append(f"ld.so found {said.file} nowhere it looked (LD_LIBRARY_PATH, ld.so.cache, the default directories)")
-        start = tl.process_start(load.pid)
-        missing_dirs = [d for d in ((start.env if start else {}).get("LD_LIBRARY_PATH") or "").split(":")
-                        if d and not os.path.isdir(os.path.join(start.cwd or "/", d))]
+        missing_dirs = loader.missing_dirs(*loader.process_env(tl, load.pid))
         if missing_dirs:
             ev.append(f"its LD_LIBRARY_PATH names {', '.join(missing_dirs)}, which does not exist (ld.so skips it)")
         return Finding(
@@ -329,13 +313,25 @@ def _loader_finding(tl: Timeline, load, said, ev) -> Finding | None:
     if said.kind == ldmsg.UNDEFINED and os.path.basename(said.file) != me:
         ev.append(f"the unresolved reference is {said.file}'s own, not {me}'s: ld.so names the file whose reference "
                   f"it could not bind")
+        env, cwd = loader.process_env(tl, load.pid)
+        near = tuple(p for p in (said.file,) if os.path.isabs(p))
+        definers, looked, complete = loader.defining(said.symbol, env, cwd, near)
+        if definers:
+            ev.append(f"{said.symbol} is defined by " + ", ".join(definers)
+                      + f" (looked in {looked} libraries where ld.so finds them for this process)")
+        else:
+            ev.append(f"no library on this system defines {said.symbol} (looked in {looked} libraries: the shim's "
+                      "directory, LD_LIBRARY_PATH, ld.so.cache, the default directories"
+                      + ("" if complete else "; stopped at the time limit") + ")")
         return Finding(
             rule="backend-load-failed", pid=load.pid,
             summary=f"libggml-cuda failed to load: {_base(said.file)} (one of its dependencies) refers to "
                     f"{said.symbol}, which nothing loaded defines",
             evidence=ev,
             fix=(f"{_base(said.file)} uses {said.symbol} but does not link the library that defines it: link it with "
-                 f"that library (-l...), define {said.symbol} in it, or resolve it at run time with dlsym"))
+                 + (f"{_base(definers[0])} (-l{_link_name(definers[0])}, a DT_NEEDED ld.so then loads first)"
+                    if definers else "that library (-l...)")
+                 + f", define {said.symbol} in it, or resolve it at run time with dlsym"))
     if said.kind in (ldmsg.VERSION, ldmsg.WRONG_CLASS, ldmsg.BAD_HEADER, ldmsg.TOO_SHORT):
         what = {ldmsg.VERSION: f"lacks the version node {said.version} that {_base(said.required_by)} requires",
                 ldmsg.WRONG_CLASS: "is not a 64-bit library (wrong ELF class)",
@@ -349,6 +345,13 @@ def _loader_finding(tl: Timeline, load, said, ev) -> Finding | None:
                  f"'{said.version} {{ global: *; }};')" if said.kind == ldmsg.VERSION else
                  f"replace {said.file} with a complete x86-64 build of it, or take it off the search path"))
     return None
+
+
+def _link_name(path: str) -> str:
+    """The -l name of a library file: libnvidia-ml.so.1 -> nvidia-ml."""
+    name = os.path.basename(path)
+    name = name[3:] if name.startswith("lib") else name
+    return name.split(".so", 1)[0]
 
 
 def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
@@ -393,10 +396,10 @@ def _runtime_shims(tl: Timeline, pid: int) -> list[str]:
     """The runtimes in PID that are not NVIDIA's: mapped (the snapshot), else preloaded."""
     snap = tl.mapped(pid)
     found = [f["path"] for f in (snap.files if snap else []) if f["role"] == "runtime"
-             and not runtime.is_nvidia_runtime(f["path"])]
+             and not cudafiles.is_nvidia_runtime(f["path"])]
     if not found:
-        found = [path for path, _ in interpose.preloaded(tl, pid)
-                 if runtime.is_runtime_file(path) and not runtime.is_nvidia_runtime(path)]
+        found = [path for path, _ in loader.preloaded(tl, pid)
+                 if cudafiles.is_runtime_file(path) and not cudafiles.is_nvidia_runtime(path)]
     return list(dict.fromkeys(found))
 
 
@@ -421,7 +424,7 @@ def _runtime_shim_missing(tl: Timeline, load, symbol: str, ev: list[str]) -> Fin
             f"libggml-cuda failed to load: the runtime shim {shim} lacks {symbol}"
             + (f" and {len(check.missing) - 1} more" if len(check.missing) > 1 else "")
             + f" (libggml-cuda imports {check.imported} symbols from {check.version or 'libcudart'})",
-            ev + [f"{shim} ({runtime.kind(shim, None)}) answers for {check.version or 'libcudart'}: {check.summary()}"]
+            ev + [f"{shim} ({cudafiles.runtime_kind(shim, None)}) answers for {check.version or 'libcudart'}: {check.summary()}"]
             + lines + ([f"the loader resolved every import at dlopen (RTLD_NOW), so the load failed although "
                         f"{symbol} is first called {runtime.WHEN[first.stage]}"]
                        if first.stage != "registration" else []),
@@ -439,24 +442,21 @@ def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
             continue
         mapped = {os.path.basename(f["path"]): f["path"] for f in snap.files if f["role"] == "runtime"}
         ggml = [f["path"] for f in snap.files if f["role"] == "ggml-cuda"]
-        preloaded = interpose.preloaded_files(tl, snap.pid)
-        for d in (start.env.get("LD_LIBRARY_PATH") or "").split(":"):
-            if not d:
-                continue
-            d = d if os.path.isabs(d) else os.path.join(start.cwd or "", d)
+        preloaded = loader.preloaded_files(tl, snap.pid)
+        for d in loader.library_path(start.env, start.cwd):
             for name, used in mapped.items():
                 cand = os.path.join(d, name)
                 if not os.path.isfile(cand) or os.path.realpath(cand) == os.path.realpath(used) \
-                        or runtime.is_nvidia_runtime(cand) or not runtime.is_runtime_file(cand):
+                        or cudafiles.is_nvidia_runtime(cand) or not cudafiles.is_runtime_file(cand):
                     continue  # NVIDIA's own copy, or junk by that name (empty, truncated, 32-bit)
-                if not runtime.is_nvidia_runtime(used) and os.path.realpath(used) in preloaded:
+                if not cudafiles.is_nvidia_runtime(used) and os.path.realpath(used) in preloaded:
                     continue  # the user's replacement is preloaded and in use: nothing was bypassed
-                why = _search_step(name, ggml, start.env, used)
+                why = _search_step(name, ggml, start.env, start.cwd, used)
                 out.append(Finding(
                     "runtime-shim-bypassed",
                     f"the runtime shim {cand} on LD_LIBRARY_PATH is never loaded: {name} came from {used} "
-                    f"({runtime.kind(used, None)})",
-                    [f"LD_LIBRARY_PATH={start.env.get('LD_LIBRARY_PATH')} holds {cand} ({runtime.kind(cand, None)})",
+                    f"({cudafiles.runtime_kind(used, None)})",
+                    [f"LD_LIBRARY_PATH={start.env.get('LD_LIBRARY_PATH')} holds {cand} ({cudafiles.runtime_kind(cand, None)})",
                      f"the process mapped {used} for {name} instead" + (f": {why}" if why else "")]
                     + _error_evidence(tl),
                     (f"preload it: LD_PRELOAD={cand} (under the same soname it satisfies every DT_NEEDED {name} "
@@ -465,9 +465,8 @@ def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
     return out
 
 
-def _search_step(soname: str, ggml: list[str], env: dict, used: str) -> str | None:
+def _search_step(soname: str, ggml: list[str], env: dict, cwd: str | None, used: str) -> str | None:
     """Which step of ld.so's search found USED for libggml-cuda's DT_NEEDED SONAME."""
-    from .audit import resolve
     from .elf import ElfProblem, read_elf_cached
 
     for g in ggml:
@@ -477,11 +476,11 @@ def _search_step(soname: str, ggml: list[str], env: dict, used: str) -> str | No
             continue
         if soname not in info.needed:
             continue
-        chosen = next((c for c in resolve(soname, info, env) if c["satisfies"]), None)
+        chosen = loader.first(loader.search(soname, info, env, cwd))
         if chosen is not None and os.path.realpath(chosen["path"]) == os.path.realpath(used):
-            if chosen["how"] in ("DT_RPATH", "DT_RUNPATH"):
-                paths = info.rpath if chosen["how"] == "DT_RPATH" else info.runpath
-                order = "before" if chosen["how"] == "DT_RPATH" else "after"
+            if chosen["how"] in (loader.RPATH, loader.RUNPATH):
+                paths = info.rpath if chosen["how"] == loader.RPATH else info.runpath
+                order = "before" if chosen["how"] == loader.RPATH else "after"
                 return (f"{_base(g)}'s {chosen['how']} {paths} is searched {order} LD_LIBRARY_PATH and holds "
                         f"{chosen['path']}")
             return f"{_base(g)}'s DT_NEEDED {soname} was found via {chosen['how']} first"
@@ -495,9 +494,9 @@ def rule_shared_globals(tl: Timeline) -> list[Finding]:
 
     out = []
     for snap in tl.libraries:
-        preloaded = interpose.preloaded_files(tl, snap.pid)
+        preloaded = loader.preloaded_files(tl, snap.pid)
         shims = [f["path"] for f in snap.files if f["role"] in ("driver", "runtime", "nvml")
-                 and not runtime.made_by_nvidia(f["path"], f["role"])]
+                 and not cudafiles.made_by_nvidia(f["path"], f["role"])]
         exported = {}
         for path in shims:
             try:
@@ -533,8 +532,8 @@ def rule_two_runtimes(tl: Timeline) -> list[Finding]:
     out = []
     for snap in tl.libraries:
         runtimes = [f["path"] for f in snap.files if f["role"] == "runtime"]
-        nvidia = [p for p in runtimes if runtime.is_nvidia_runtime(p)]
-        preloaded = interpose.preloaded_files(tl, snap.pid)
+        nvidia = [p for p in runtimes if cudafiles.is_nvidia_runtime(p)]
+        preloaded = loader.preloaded_files(tl, snap.pid)
         # only a preload comes before libggml-cuda's own DT_NEEDED in the search for its imports
         shims = [p for p in runtimes if p not in nvidia and os.path.realpath(p) in preloaded
                  and runtime.forwarded_to(tl, snap.pid, p) is None]
@@ -547,7 +546,7 @@ def rule_two_runtimes(tl: Timeline) -> list[Finding]:
         unbound = [m.symbol for c in checks for m in c.missing]
         if not landed and not unbound:
             continue
-        ev = [f"{p} ({runtime.kind(p, None)}) and {nvidia[0]} (NVIDIA runtime) are both mapped" for p in shims]
+        ev = [f"{p} ({cudafiles.runtime_kind(p, None)}) and {nvidia[0]} (NVIDIA runtime) are both mapped" for p in shims]
         if unbound:
             ev.append(f"libggml-cuda's imports the shim lacks bind to NVIDIA's: {', '.join(unbound[:8])}"
                       + (f" (+{len(unbound) - 8})" if len(unbound) > 8 else ""))
@@ -570,7 +569,7 @@ def _preloaded_drivers(tl: Timeline, pid: int) -> list[tuple[str, str | None]]:
     from .dynsym import DynsymError, read_cached  # the dynamic symbols only: no pyelftools
 
     out = []
-    for path, _ in interpose.preloaded(tl, pid):
+    for path, _ in loader.preloaded(tl, pid):
         try:
             info = read_cached(path)
         except DynsymError:
@@ -695,7 +694,7 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
 def _from_nvidia_driver(tl: Timeline, c: Call) -> bool:
     """C was answered by NVIDIA's driver: itself, or at the end of a shim's forwarding chain."""
     end = _forwarded_chain(tl, c)[-1]
-    return bool(runtime.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(end.library or ""))))
+    return bool(cudafiles.NVIDIA_DRIVER_FILE.search(os.path.basename(os.path.realpath(end.library or ""))))
 
 
 def _table(c: Call) -> str:
@@ -715,7 +714,7 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
     snap = tl.mapped(crash.pid)  # a shim under a name of its own (libfakert.so) has its role there
     lib_role = next((f["role"] for f in (snap.files if snap else [])
                      if lib and os.path.realpath(f["path"]) == os.path.realpath(lib)), None) or role_of(lib)
-    nvidia_runtime = lib_role == "runtime" and runtime.is_nvidia_runtime(lib or "")
+    nvidia_runtime = lib_role == "runtime" and cudafiles.is_nvidia_runtime(lib or "")
     tables = [c for c in calls if c.function == "cuGetExportTable" and c.returned and not c.failed
               and c.args.get("ppExportTable") and not _from_nvidia_driver(tl, c)]
     if nvidia_runtime and tables:
@@ -729,7 +728,7 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
             "cuGetExportTable with CUDA_SUCCESS for a table it does not implement (NVIDIA's layout): return "
             "CUDA_ERROR_NOT_FOUND (cudart then fails cleanly) or forward cuGetExportTable to the real driver",
             crash.pid)
-    if lib and lib_role in ("driver", "runtime", "nvml") and not runtime.made_by_nvidia(lib, lib_role):
+    if lib and lib_role in ("driver", "runtime", "nvml") and not cudafiles.made_by_nvidia(lib, lib_role):
         at = f" at {owner.where}" if owner.where else ""
         return Finding(
             "crash-in-shim", f"{prog} (pid {crash.pid}) died of {what} inside the shim {_base(lib)}, in "

@@ -12,7 +12,7 @@ import glob
 import os
 
 from .calls import role_of
-from .rules import Finding, _base
+from .finding import Finding, base as _base
 from .timeline import Timeline
 
 # The rules whose findings mean "nothing to diagnose", not "a failure caught": run's exit 4.
@@ -235,7 +235,7 @@ def rule_hang_since_attach(tl: Timeline) -> list[Finding]:
 def rule_init_before_watch(tl: Timeline) -> list[Finding]:
     """An attach after CUDA was loaded (and its init ran): say so, and read what it left (the files
     mapped, the shims' globals); never a clean bill for an init nobody watched."""
-    from .state import format_value
+    from .text import format_value
 
     out = []
     for snap in tl.libraries:

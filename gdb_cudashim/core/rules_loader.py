@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .interpose import preloaded
+from .loader import preloaded
 from .timeline import Timeline
 
 EM_X86_64 = 62
@@ -35,7 +35,7 @@ def rule_preload_ignored(tl: Timeline) -> list:
     """An LD_PRELOAD (or /etc/ld.so.preload) entry ld.so could not load: it prints "ERROR: ld.so:
     object '...' from LD_PRELOAD cannot be preloaded (...): ignored." before main, where the tool
     sees no write, and runs the program without the shim the user meant it to have."""
-    from .rules import Finding
+    from .finding import Finding
 
     seen: dict[tuple[str, str], list] = {}
     for start in tl.processes:

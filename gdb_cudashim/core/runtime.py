@@ -8,20 +8,9 @@ Pure: never imports gdb.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
-RUNTIME_SONAME = re.compile(r"libcudart\.so\.(\d+)$")
-# NVIDIA's cudart asks the driver for its private tables by UUID (cuGetExportTable), so it carries
-# their bytes; CUDART_INTERFACE, 6bd5fb6c-5bf4-e74a-8987-d93912fd9df9 (see DOMAIN.md, ZLUDA's dark_api).
-CUDART_INTERFACE_UUID = bytes.fromhex("6bd5fb6c5bf4e74a8987d93912fd9df9")
-
-NVIDIA_RUNTIME = "NVIDIA runtime"
-REPLACEMENT = "runtime replacement"
-OWN_SONAME = "runtime shim under its own soname"
-INTERPOSER = "runtime interposer"
-DRIVER_INTERPOSER = "interposer"  # a driver-role file under its own soname that hooks dlsym (HAMi-core's libvgpu.so)
+from . import cudafiles, loader
 
 # When libggml-cuda first needs each import: what fails, and when, if the runtime lacks it.
 REGISTRATION = ("__cudaRegisterFatBinary", "__cudaRegisterFatBinaryEnd", "__cudaRegisterFunction",
@@ -51,68 +40,6 @@ def stage(name: str) -> str:
     if name in INIT_PATH:
         return "init"
     return "later"
-
-
-def is_runtime_soname(name: str | None) -> bool:
-    return bool(name and RUNTIME_SONAME.fullmatch(os.path.basename(name)))
-
-
-@lru_cache(maxsize=64)
-def _carries_interface(path: str, mtime: float, size: int) -> bool:
-    from .files import map_regular
-
-    try:
-        with map_regular(path) as m:
-            return m.find(CUDART_INTERFACE_UUID) >= 0 and m.find(b"libcuda.so.1\0") >= 0
-    except (OSError, ValueError):
-        return False
-
-
-def is_nvidia_runtime(path: str) -> bool:
-    """NVIDIA's libcudart: it dlopen()s libcuda.so.1 and asks it for CUDART_INTERFACE, so it
-    carries both the name and the table's UUID; and it is the shared runtime, with NVIDIA's soname
-    and its hundreds of exports. A fake or forwarding runtime carries neither pair; a shim built by
-    nvcc carries both (the static cudart is linked in) but not the shape."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if not _carries_interface(os.path.realpath(path), st.st_mtime, st.st_size):
-        return False
-    dyn = _dyn(path)
-    return dyn is not None and is_runtime_soname(dyn.soname) and len(dyn.definitions) >= NVIDIA_EXPORTS
-
-
-NVIDIA_EXPORTS = 300  # cudart 12.9 exports 436 names, 13.5 459; a stand-in exports what it implements
-
-
-RUNTIME_MARKERS = ("cudaGetDeviceCount", "__cudaRegisterFatBinary")  # a file exporting either is a runtime
-
-
-def exports_runtime(exports) -> bool:
-    """EXPORTS (names) hold the runtime's entry points."""
-    return any(name in exports for name in RUNTIME_MARKERS)
-
-
-def is_runtime_file(path: str) -> bool:
-    """PATH is something ld.so could load as a runtime: a regular 64-bit ELF whose dynamic symbols
-    hold the runtime's entry points (not an empty file, a truncated copy or a 32-bit build)."""
-    from .dynsym import DynsymError, read_cached
-
-    try:
-        dyn = read_cached(path)
-        return any(dyn.dlsym_finds(n) for n in RUNTIME_MARKERS)
-    except (DynsymError, OSError, ValueError):
-        return False
-
-
-def kind(path: str, soname: str | None) -> str:
-    """What a file in the runtime role is."""
-    if is_nvidia_runtime(path):
-        return NVIDIA_RUNTIME
-    if is_runtime_soname(soname or os.path.basename(path)):
-        return REPLACEMENT
-    return OWN_SONAME
 
 
 @dataclass
@@ -153,7 +80,7 @@ class ImportCheck:
 
 def runtime_imports(consumer) -> list:
     """What CONSUMER (ElfInfo) imports from libcudart: versioned from a libcudart.so.N, or unversioned cuda*/__cuda*."""
-    return [i for i in consumer.imports if is_runtime_soname(i.library) or
+    return [i for i in consumer.imports if cudafiles.is_runtime_soname(i.library) or
             (i.library is None and (i.name.startswith("cuda") or i.name.startswith("__cuda")) and not i.weak)]
 
 
@@ -161,7 +88,7 @@ def label(path: str) -> str:
     """A runtime named like NVIDIA's (libcudart.so.12) with its directory, so that a fake and
     NVIDIA's copy are told apart in one line; other files by their base name."""
     base = os.path.basename(path)
-    if is_runtime_soname(base) and os.path.dirname(path):
+    if cudafiles.is_runtime_soname(base) and os.path.dirname(path):
         return os.path.join(os.path.basename(os.path.dirname(path)), base)
     return base
 
@@ -173,7 +100,7 @@ def check_imports(runtime, consumer) -> ImportCheck:
     missing = []
     # A file with no .gnu.version at all: ld.so accepts its unversioned definitions, except in the
     # file the reference names (libcudart.so.12 itself), where check_match asserts.
-    lenient = not runtime.has_versym and runtime.soname is not None and not is_runtime_soname(runtime.soname)
+    lenient = not runtime.has_versym and runtime.soname is not None and not cudafiles.is_runtime_soname(runtime.soname)
     for imp in wanted:
         if runtime.exports_symbol(imp.name, imp.version) or (lenient and None in runtime.exports.get(imp.name, ())):
             continue
@@ -208,8 +135,8 @@ def missing_fix(check: ImportCheck, audit_hint: bool = True) -> str:
 def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: str | None) -> str:
     """One sentence: what loading RUNTIME_PATH this way does to the cudart bundled beside libggml-cuda."""
     base = label(runtime_path)
-    if how in ("LD_PRELOAD", "ld.so.preload"):
-        if is_runtime_soname(soname):
+    if how in (loader.PRELOAD, loader.PRELOAD_FILE):
+        if cudafiles.is_runtime_soname(soname):
             return (f"{base} is preloaded under NVIDIA's soname {soname}: it satisfies libggml-cuda's "
                     f"DT_NEEDED {soname}, so the bundled copy" + (f" ({bundled})" if bundled else "")
                     + " is never loaded")
@@ -220,86 +147,6 @@ def soname_interplay(runtime_path: str, soname: str | None, how: str, bundled: s
 
 
 # ------------------------------------------------- a process's CUDA files --
-NVIDIA_DRIVER_FILE = re.compile(r"lib(cuda|nvidia-ml)\.so\.\d{3}\.\d+(\.\d+)?$")
-# a name only shim/cudashim.c exports: a user's shim with the seeds' g_in_init_phase / g_gpu_info
-# globals is the user's own shim, not ours
-BUNDLED_SHIM_MARKER = "gdb_cudashim_bundled_shim"
-
-
-def _dyn(path: str):
-    from .dynsym import DynsymError, read_cached
-
-    try:
-        return read_cached(path)
-    except (DynsymError, OSError):
-        return None
-
-
-def mapped_role(path: str, preloaded: set[str]) -> str | None:
-    """driver | runtime | nvml | ggml-cuda for a file mapped into a process: by its name, or, for a
-    preloaded file under a name of its own (an interposer, libfakert.so), by what it exports."""
-    from .calls import role_of
-
-    role = role_of(path)
-    if role in ("driver", "runtime", "nvml", "ggml-cuda"):
-        return role
-    if role is None and os.path.realpath(path) in preloaded:
-        dyn = _dyn(path)
-        if dyn is not None:
-            for name, what in (("cuInit", "driver"), ("cudaGetDeviceCount", "runtime"), ("nvmlInit_v2", "nvml")):
-                if dyn.dlsym_finds(name):
-                    return what
-    return None
-
-
-def file_kind(path: str, role: str) -> str:
-    """What a mapped CUDA file is, from its dynamic section alone (cheap: no pyelftools)."""
-    real = os.path.realpath(path)
-    dyn = _dyn(path)
-    soname = dyn.soname if dyn is not None else None
-    if role == "runtime":
-        return kind(path, soname)
-    if role == "ggml-cuda":
-        return "ggml CUDA backend"
-    if "/stubs/" in real or "/stubs/" in path:
-        return "CUDA stub library"
-    if NVIDIA_DRIVER_FILE.search(os.path.basename(real)):
-        return "NVIDIA driver" if role == "driver" else "NVIDIA NVML"
-    if dyn is not None and dyn.dlsym_finds(BUNDLED_SHIM_MARKER):
-        return "bundled cudashim"
-    if role == "driver" and soname != "libcuda.so.1" and dyn is not None and dyn.dlsym_finds("dlsym"):
-        return DRIVER_INTERPOSER
-    return "driver shim" if role == "driver" else "NVML shim"
-
-
-NOT_SHIM_KINDS = ("NVIDIA driver", "NVIDIA NVML", NVIDIA_RUNTIME, "ggml CUDA backend", "CUDA stub library")
-
-
-def made_by_nvidia(path: str, role: str) -> bool:
-    """NVIDIA's own files, a stub, or libggml-cuda: never a shim, and their globals are never read
-    (stripped, and libggml-cuda's symbol table is huge). One answer, from file_kind."""
-    return file_kind(path, role) in NOT_SHIM_KINDS
-
-
-def how_loaded(path: str, preloaded: dict[str, str], loads, mapped: list[str]) -> str:
-    """LD_PRELOAD, /etc/ld.so.preload, dlopen("X") by Y, or DT_NEEDED of the file that needs its soname."""
-    real = os.path.realpath(path)
-    if real in preloaded:
-        return preloaded[real]
-    for l in loads:
-        if l.ok and l.resolved and os.path.realpath(l.resolved) == real:
-            return f"dlopen(\"{os.path.basename(l.path)}\") by {os.path.basename(l.caller or '?')}"
-    dyn = _dyn(path)
-    soname = (dyn.soname if dyn is not None else None) or os.path.basename(path)
-    for other in mapped:
-        if other == path:
-            continue
-        od = _dyn(other)
-        if od is not None and soname in od.needed:
-            return f"DT_NEEDED of {os.path.basename(other)}"
-    return "loaded"
-
-
 def _elf(path: str):
     from .elf import ElfProblem, read_elf_cached
 
@@ -320,13 +167,6 @@ def _ggml_paths(tl, pid: int, files: list[dict]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def is_preload(how: str | None) -> bool:
-    """HOW (a how_loaded answer) says LD_PRELOAD or the ld.so.preload file in use."""
-    from . import interpose
-
-    return how in ("LD_PRELOAD", interpose.ld_so_preload_path())
-
-
 def forwarded_to(tl, pid: int, shim: str) -> str | None:
     """The runtime a runtime shim passes its calls on to (calls landing in another libcudart,
     called from the shim): an interposer in front of that runtime."""
@@ -340,7 +180,7 @@ def forwarded_to(tl, pid: int, shim: str) -> str | None:
 def import_checks(tl, pid: int, files: list[dict]) -> list[ImportCheck]:
     """Each non-NVIDIA runtime in PID against the libggml-cuda it serves (pyelftools: only when
     such a runtime is there)."""
-    shims = [f["path"] for f in files if f["role"] == "runtime" and not is_nvidia_runtime(f["path"])]
+    shims = [f["path"] for f in files if f["role"] == "runtime" and not cudafiles.is_nvidia_runtime(f["path"])]
     out = []
     for shim in shims:
         info = _elf(shim)
@@ -355,26 +195,32 @@ def describe(tl) -> list[dict]:
     """The report's "libraries": for each process snapshot, every CUDA file with what it is and
     how it got there, the runtime shims' exports against libggml-cuda's imports, the soname
     interplay with the bundled cudart, and the shims' g_* globals."""
-    from . import interpose
-
     out = []
     for snap in tl.libraries:
         pid = snap.pid
-        preloaded = {os.path.realpath(p): how for p, how in interpose.preloaded(tl, pid)}
+        preloaded = {os.path.realpath(p): how for p, how in loader.preloaded(tl, pid)}
         loads = [l for l in tl.loads if l.pid == pid]
         paths = [f["path"] for f in snap.files]
+        env, cwd = loader.process_env(tl, pid)
+        needers = [d for d in map(cudafiles.dynamic, paths) if d is not None]
         files = []
         for f in snap.files:
-            kind_ = file_kind(f["path"], f["role"])
-            d = {"path": f["path"], "role": f["role"], "kind": kind_,
-                 "how": how_loaded(f["path"], preloaded, loads, paths)}
-            if f["role"] == "runtime" and kind_ != NVIDIA_RUNTIME:
+            kind_ = cudafiles.file_kind(f["path"], f["role"])
+            how = loader.brought_in_by(f["path"], preloaded, loads, paths)
+            d = {"path": f["path"], "role": f["role"], "kind": kind_, "how": how}
+            if not loader.is_preload(how) and tl.process_start(pid) is not None:
+                # which step of ld.so's search found it, with the process's own environment (the
+                # same answer cuda-state gives); a file named by path is found by no step
+                dyn = cudafiles.dynamic(f["path"])
+                d["found"] = loader.found_by(f["path"], dyn.soname if dyn else None, needers, env, cwd,
+                                             []) or loader.BY_PATH
+            if f["role"] == "runtime" and kind_ != cudafiles.NVIDIA_RUNTIME:
                 target = forwarded_to(tl, pid, f["path"])
                 if target is not None:
-                    d["kind"], d["forwards_to"] = INTERPOSER, target
+                    d["kind"], d["forwards_to"] = cudafiles.INTERPOSER, target
             files.append(d)
         checks = import_checks(tl, pid, snap.files)
-        files.sort(key=lambda f: 0 if is_preload(f["how"]) else 1)
+        files.sort(key=lambda f: 0 if loader.is_preload(f["how"]) else 1)
         out.append({"pid": pid, "when": snap.when, "files": files,
                     "notes": interplay_notes(files, snap.files, tl, pid, checks),
                     "imports": [c.to_dict() | {"summary": c.summary()} for c in checks], "shims": snap.shims})
@@ -387,14 +233,14 @@ def interplay_notes(files: list[dict], raw: list[dict], tl, pid: int, checks=())
     runtimes = [f for f in files if f["role"] == "runtime"]
     ggml = _ggml_paths(tl, pid, raw)
     for f in runtimes:
-        if f["kind"] == NVIDIA_RUNTIME:
+        if f["kind"] == cudafiles.NVIDIA_RUNTIME:
             continue
-        dyn = _dyn(f["path"])
+        dyn = cudafiles.dynamic(f["path"])
         soname = dyn.soname if dyn is not None else None
-        how = "LD_PRELOAD" if f["how"] == "LD_PRELOAD" else ("ld.so.preload" if is_preload(f["how"]) else f["how"])
+        how = f["how"] if f["how"] == loader.PRELOAD else (loader.PRELOAD_FILE if loader.is_preload(f["how"]) else f["how"])
         bundled = None
         for g in ggml:
-            for name in (soname, *(n for n in (_dyn(g).needed if _dyn(g) else []) if is_runtime_soname(n))):
+            for name in (soname, *(n for n in (cudafiles.dynamic(g).needed if cudafiles.dynamic(g) else []) if cudafiles.is_runtime_soname(n))):
                 cand = os.path.join(os.path.dirname(g), name or "")
                 if name and os.path.isfile(cand) and os.path.realpath(cand) != os.path.realpath(f["path"]):
                     bundled = bundled or cand
@@ -403,11 +249,11 @@ def interplay_notes(files: list[dict], raw: list[dict], tl, pid: int, checks=())
                          "a runtime interposer")
         else:
             notes.append(soname_interplay(f["path"], soname, how, bundled))
-    nvidia = [f for f in runtimes if f["kind"] == NVIDIA_RUNTIME]
-    others = [f for f in runtimes if f["kind"] != NVIDIA_RUNTIME and not f.get("forwards_to")]
+    nvidia = [f for f in runtimes if f["kind"] == cudafiles.NVIDIA_RUNTIME]
+    others = [f for f in runtimes if f["kind"] != cudafiles.NVIDIA_RUNTIME and not f.get("forwards_to")]
     if nvidia and others:
         real_nvidia = {os.path.realpath(f["path"]) for f in nvidia}
-        unused = not any(c.missing for c in checks) and all(is_preload(f["how"]) for f in others) and not any(
+        unused = not any(c.missing for c in checks) and all(loader.is_preload(f["how"]) for f in others) and not any(
             c.pid == pid and c.library and os.path.realpath(c.library) in real_nvidia and c.caller
             and "ggml-cuda" in c.caller for c in tl.calls)
         notes.append("two runtimes in one process: " + ", ".join(

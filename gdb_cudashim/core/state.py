@@ -5,134 +5,24 @@ Pure: never imports gdb.
 from __future__ import annotations
 
 import os
-import re
 
-from . import runtime
-from .calls import role_of
-from .elf import ElfInfo
+from . import cudafiles, loader, runtime
+from .text import Style, cell, format_value
 
-
-
-def role_for(path: str) -> str | None:
-    role = role_of(path)
-    return role if role in ("driver", "runtime", "ggml-cuda", "nvml") else None
-
-
-def role_from_exports(info: ElfInfo) -> str | None:
-    """A file with another name that acts as a driver (e.g. an LD_PRELOADed shim)."""
-    if "cuInit" in info.exports:
-        return "driver"
-    if "nvmlInit_v2" in info.exports:
-        return "nvml"
-    if runtime.exports_runtime(info.exports):
-        return "runtime"  # a runtime shim preloaded under its own soname
-    return None
-
-
-def classify(path: str, info: ElfInfo | None) -> str:
-    """What a file in a CUDA role is, in the one vocabulary run, cuda-state and audit share
-    (core/runtime.file_kind)."""
-    role = role_of(path) or (role_from_exports(info) if info else None)
-    if role in ("driver", "runtime", "nvml", "ggml-cuda"):
-        return runtime.file_kind(path, role)
-    return "other"
-
-
-def identify(path: str) -> tuple[str, str, ElfInfo | None] | None:
-    """(role, what it is, ELF info) of a loaded file that plays a CUDA role, else None.
-    A file named otherwise that exports cuInit (an LD_PRELOADed shim) is a driver too."""
-    from .elf import ElfProblem, read_elf_cached
-
-    try:
-        info = read_elf_cached(path)
-    except (ElfProblem, OSError):
-        info = None
-    role = role_for(path) or (role_from_exports(info) if info is not None else None)
-    if role is None:
-        return None
-    return role, classify(path, info), info
-
-
-def cudart_version(path: str) -> str | None:
-    real = os.path.basename(os.path.realpath(path))
-    m = re.search(r"\.so\.(\d+(?:\.\d+)*)$", real)
-    return m.group(1) if m else None
 
 
 # ------------------------------------------------------------ runtime shims --
-# Kinds that are NVIDIA's own files or libggml-cuda: their globals are never read (stripped,
-# and libggml-cuda's symbol table is huge).
-NOT_SHIMS = (*runtime.NOT_SHIM_KINDS, "other")
-
-
-def is_shim(role: dict) -> bool:
-    """A file in a CUDA role that is not NVIDIA's (a runtime replacement or shim, a driver or NVML
-    shim): its g_* globals are worth reading."""
-    return role["role"] in ("driver", "runtime", "nvml") and role["kind"] not in NOT_SHIMS
-
-
 def cudart_version_entry(role: dict) -> tuple[str, str | None]:
     """(key, value) for the versions line: NVIDIA's file name carries its CUDA version; a shim's
     name is only the soname it answers to."""
     key = f"cudart file ({os.path.basename(role['path'])})"
-    if role["kind"] == runtime.NVIDIA_RUNTIME:
-        return key, cudart_version(role["path"])
+    if role["kind"] == cudafiles.NVIDIA_RUNTIME:
+        return key, cudafiles.cudart_version(role["path"])
     return key, f"{role.get('soname') or os.path.basename(role['path'])} is the shim's soname, not a CUDA version"
 
 
-def _split_path_list(value: str | None) -> list[str]:
-    return (value or "").replace(":", " ").split()
-
-
-def _abs(item: str, cwd: str | None) -> str:
-    return item if os.path.isabs(item) or not cwd else os.path.join(cwd, item)
-
-
-def preload_entries(env: dict, cwd: str | None, ld_so_preload: list[str],
-                    ld_so_preload_path: str) -> list[tuple[str, str]]:
-    """(entry, where it came from) of each preload, the loader's order: LD_PRELOAD, then /etc/ld.so.preload.
-    A name without a '/' stays a name (ld.so searches for it)."""
-    out = [(item if "/" not in item else _abs(item, cwd), "LD_PRELOAD")
-           for item in _split_path_list(env.get("LD_PRELOAD"))]
-    out += [(item, ld_so_preload_path) for item in ld_so_preload]
-    return out
-
-
-def _same_file(a: str, b: str) -> bool:
+def _same(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _origin_dirs(entries: list[str], info_path: str) -> list[str]:
-    origin = os.path.dirname(os.path.realpath(info_path))
-    return [os.path.realpath(e.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)) for e in entries]
-
-
-def loaded_via(role: dict, preloads: list[tuple[str, str]], env: dict, cwd: str | None, consumers: list) -> str:
-    """How ROLE's file got into the process, where the process tells: a preload (LD_PRELOAD or the
-    ld.so.preload file), the DT_RPATH of a mapped file that needs its soname, LD_LIBRARY_PATH,
-    a DT_RUNPATH (ld.so's order), else the search path. CONSUMERS: ElfInfo of the mapped CUDA files."""
-    path = role["path"]
-    name = role.get("soname") or os.path.basename(path)
-    for entry, source in preloads:
-        if ("/" in entry and _same_file(entry, path)) or ("/" not in entry and entry in (name, os.path.basename(path))):
-            return source
-    here = os.path.dirname(os.path.realpath(path))
-    needing = [c for c in consumers if name in c.needed and not _same_file(c.path, path)]
-    for c in needing:
-        if c.rpath and not c.runpath and here in _origin_dirs(c.rpath, c.path):
-            return f"DT_RPATH of {os.path.basename(c.path)}"
-    if here in [os.path.realpath(_abs(d, cwd)) for d in (env.get("LD_LIBRARY_PATH") or "").split(":") if d]:
-        return "LD_LIBRARY_PATH"
-    for c in needing:
-        if here in _origin_dirs(c.runpath, c.path):
-            return f"DT_RUNPATH of {os.path.basename(c.path)}"
-    if role["role"] == "ggml-cuda":
-        return "dlopen or DT_NEEDED"
-    return "search path"
-
-
-def is_preload(via: str | None) -> bool:
-    return runtime.is_preload(via)
 
 
 def import_checks(roles: list[dict], infos: dict) -> list:
@@ -142,14 +32,14 @@ def import_checks(roles: list[dict], infos: dict) -> list:
     if ggml is None:
         return []
     return [runtime.check_imports(infos[r["path"]], ggml) for r in roles
-            if r["role"] == "runtime" and r["kind"] != runtime.NVIDIA_RUNTIME and infos.get(r["path"]) is not None]
+            if r["role"] == "runtime" and r["kind"] != cudafiles.NVIDIA_RUNTIME and infos.get(r["path"]) is not None]
 
 
 def _bundled(soname: str | None, ggml) -> str | None:
     """The libcudart.so.N beside libggml-cuda: in a directory of its DT_RPATH/DT_RUNPATH."""
     if not soname or ggml is None:
         return None
-    for d in _origin_dirs(ggml.rpath + ggml.runpath, ggml.path):
+    for d in loader.origin_dirs(ggml.rpath + ggml.runpath, ggml.path):
         candidate = os.path.join(d, soname)
         if os.path.isfile(candidate):
             return candidate
@@ -170,13 +60,13 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
     runtimes = [r for r in roles if r["role"] == "runtime"]
     ggml_role = next((r for r in roles if r["role"] == "ggml-cuda"), None)
     ggml = infos.get(ggml_role["path"]) if ggml_role else None
-    nvidia = [r for r in runtimes if r["kind"] == runtime.NVIDIA_RUNTIME]
-    shims = [r for r in runtimes if r["kind"] != runtime.NVIDIA_RUNTIME]
+    nvidia = [r for r in runtimes if r["kind"] == cudafiles.NVIDIA_RUNTIME]
+    shims = [r for r in runtimes if r["kind"] != cudafiles.NVIDIA_RUNTIME]
 
     # (a) two runtimes in one process
     if len({os.path.realpath(r["path"]) for r in runtimes}) > 1:
         for shim in shims:
-            others = [r for r in runtimes if not _same_file(r["path"], shim["path"])]
+            others = [r for r in runtimes if not _same(r["path"], shim["path"])]
             other = next((r for r in others if r in nvidia), others[0])
             whose = "NVIDIA's " if other in nvidia else ""
             head = (f"two runtimes in one process: {shim['path']} ({shim['kind']}, {shim.get('loaded_via') or '?'}) "
@@ -185,7 +75,7 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
             if ggml is None or info is None:
                 warns.append(head + ("; libggml-cuda is not loaded yet" if ggml is None else ""))
                 continue
-            if not is_preload(shim.get("loaded_via")):
+            if not loader.is_preload(shim.get("loaded_via")):
                 warns.append(head + ": libggml-cuda's cuda* imports bind to whichever comes first in its lookup scope "
                              "(the program and its preloads, then its own dependencies); this one was not preloaded, "
                              "so which it is cannot be told from here")
@@ -206,28 +96,28 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
             warns.append("more than one runtime in one process: " + ", ".join(r["path"] for r in runtimes))
 
     # (b) a non-NVIDIA libcudart.so.N in LD_LIBRARY_PATH that the loader did not use
-    dirs = [_abs(d, cwd) for d in (env.get("LD_LIBRARY_PATH") or "").split(":") if d]
+    dirs = loader.library_path(env, cwd)
     seen = set()
     for mapped in runtimes:
         soname = mapped.get("soname") or base(mapped["path"])
-        if not runtime.is_runtime_soname(soname):
+        if not cudafiles.is_runtime_soname(soname):
             continue
         for d in dirs:
             candidate = os.path.join(d, soname)
-            if (candidate in seen or not os.path.isfile(candidate) or _same_file(candidate, mapped["path"])
-                    or any(_same_file(candidate, r["path"]) for r in runtimes) or runtime.is_nvidia_runtime(candidate)
-                    or not runtime.is_runtime_file(candidate)):  # junk by that name: ld.so would skip it too
+            if (candidate in seen or not os.path.isfile(candidate) or _same(candidate, mapped["path"])
+                    or any(_same(candidate, r["path"]) for r in runtimes) or cudafiles.is_nvidia_runtime(candidate)
+                    or not cudafiles.is_runtime_file(candidate)):  # junk by that name: ld.so would skip it too
                 continue
             seen.add(candidate)
             via = mapped.get("loaded_via") or ""
-            if is_preload(via) and mapped.get("kind") != runtime.NVIDIA_RUNTIME:
+            if loader.is_preload(via) and mapped.get("kind") != cudafiles.NVIDIA_RUNTIME:
                 continue  # the user's own replacement is preloaded and in use: nothing was bypassed
             if via.startswith("DT_RPATH of "):
                 why = (f"{via[len('DT_RPATH of '):]}'s DT_RPATH, searched before LD_LIBRARY_PATH, "
                        f"found {mapped['path']} first")
             elif via == "LD_LIBRARY_PATH":
                 why = f"an earlier LD_LIBRARY_PATH directory held {mapped['path']}"
-            elif is_preload(via):
+            elif loader.is_preload(via):
                 why = f"{mapped['path']} is preloaded ({via})"
             else:
                 why = f"libggml-cuda's DT_RPATH/DT_RUNPATH or an earlier directory found {mapped['path']} first"
@@ -237,14 +127,14 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
     # (c) what a preloaded runtime shim does to the bundled libcudart
     for shim in shims:
         via = shim.get("loaded_via")
-        if not is_preload(via):
+        if not loader.is_preload(via):
             continue
-        if shim["kind"] == runtime.REPLACEMENT:
+        if shim["kind"] == cudafiles.REPLACEMENT:
             bundled = _bundled(shim.get("soname"), ggml)
-            notes.append(runtime.soname_interplay(shim["path"], shim.get("soname"), "LD_PRELOAD" if via == "LD_PRELOAD"
-                                                  else "ld.so.preload", bundled))
+            notes.append(runtime.soname_interplay(shim["path"], shim.get("soname"), loader.PRELOAD if via == loader.PRELOAD
+                                                  else loader.PRELOAD_FILE, bundled))
         elif len(runtimes) == 1:  # its own soname and nothing else yet: say what will happen
-            notes.append(runtime.soname_interplay(shim["path"], shim.get("soname"), "LD_PRELOAD", None))
+            notes.append(runtime.soname_interplay(shim["path"], shim.get("soname"), loader.PRELOAD, None))
     return warns, notes
 
 
@@ -252,7 +142,7 @@ def warnings(roles: list[dict]) -> list[str]:
     out = []
     # an interposer (HAMi-core's libvgpu.so: its own soname, a dlsym hook) is a link of the driver
     # chain by design: neither a second driver nor a file cudart's dlopen should find
-    drivers = [r for r in roles if r["role"] == "driver" and r.get("kind") != runtime.DRIVER_INTERPOSER]
+    drivers = [r for r in roles if r["role"] == "driver" and r.get("kind") != cudafiles.DRIVER_INTERPOSER]
     if len({os.path.realpath(r["path"]) for r in drivers}) > 1:
         out.append("more than one file acts as libcuda in this process: " + ", ".join(r["path"] for r in drivers)
                    + "; cudart uses the one named libcuda.so.1 it dlopen()s, libggml-cuda's direct imports bind "
@@ -263,42 +153,6 @@ def warnings(roles: list[dict]) -> list[str]:
         if r["kind"] == "CUDA stub library":
             out.append(f"{r['path']} is a CUDA stub library: cuInit returns CUDA_ERROR_STUB_LIBRARY (34)")
     return out
-
-
-class More:
-    """Stands at the end of an array cut short: how many elements were left out.
-    JSON (default=str) and the table both show it as "(N more)"."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __str__(self):
-        return f"({self.count} more)"
-
-    __repr__ = __str__
-
-
-CELL_WIDTH = 100  # a table cell longer than this is cut, with a marker saying how much
-
-
-def _cell(text: str, width: int = CELL_WIDTH) -> str:
-    text = str(text)
-    if len(text) <= width:
-        return text
-    return f"{text[:width]}... ({len(text) - width} more characters)"
-
-
-def format_value(value) -> str:
-    """A global's value as the text report shows it (cuda-state and the run report's shim state)."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    if isinstance(value, More):
-        return f"... {value}"
-    if isinstance(value, str):
-        return repr(value) if not value.startswith("0x") else value
-    return str(value)
 
 
 MISSING_SHOWN = 20  # missing imports named per stage; the rest are counted
@@ -336,13 +190,12 @@ def render_imports(entries, s) -> list[str]:
 def render(result: dict, color: bool = False) -> list[str]:
     from tabulate import tabulate
 
-    from .report import Style
 
     s = Style(color)
     out = [s("bold", f"process {result['pid']} (inferior {result['inferior']})")]
     if result["roles"]:
         rows = [[r["role"], r["kind"], r["soname"] or "", r.get("loaded_via") or "", "yes" if r["debug_info"] else "no",
-                 _cell(r["path"])] for r in result["roles"]]
+                 cell(r["path"])] for r in result["roles"]]
         out += tabulate(rows, headers=["role", "what it is", "soname", "loaded via", "DWARF", "file"],
                         tablefmt="simple").splitlines()
     else:
@@ -362,10 +215,10 @@ def render(result: dict, color: bool = False) -> list[str]:
         if st["globals"]:
             rows = []
             for name, v in st["globals"].items():
-                value = _cell(format_value(v.get("value")) if v.get("error") is None else f"<{v['error']}>")
+                value = cell(format_value(v.get("value")) if v.get("error") is None else f"<{v['error']}>")
                 if v.get("more_bytes"):
                     value += f" (+{v['more_bytes']} bytes not read)"
-                rows.append([name, _cell(v.get("type") or f"{v.get('size')} bytes"), value])
+                rows.append([name, cell(v.get("type") or f"{v.get('size')} bytes"), value])
             out += tabulate(rows, headers=["global", "type", "value"], tablefmt="simple").splitlines()
         elif not st["missing"]:
             out.append("  no g_* global variables in its symbol table")

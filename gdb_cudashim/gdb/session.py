@@ -29,16 +29,14 @@ def active() -> tracer_mod.Tracer | None:
 def explain_load(load):
     """Evidence for a failed libggml-cuda dlopen, from the files alone (audit core)."""
     try:
-        from ..core import audit
+        from ..core import audit, loader
 
-        # the traced process's own LD_LIBRARY_PATH / LD_PRELOAD, not gdb's
-        start = State.tracer.timeline.process_start(load.pid) if State.tracer is not None else None
-        env = dict(start.env) if start is not None and start.env else dict(os.environ)
-        if start is not None:
-            for name in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
-                if name not in start.env:
-                    env.pop(name, None)
-        return audit.explain_failed_load(load.path, env)
+        # the traced process's own environment and working directory, never gdb's
+        tl = State.tracer.timeline if State.tracer is not None else None
+        if tl is None or tl.process_start(load.pid) is None:
+            return []  # whose environment it was is unknown: no answer beats gdb's own
+        env, cwd = loader.process_env(tl, load.pid)
+        return audit.explain_failed_load(load.path, env, cwd)
     except Exception as exc:  # the audit is a bonus; the loader's text is the evidence
         return [f"(could not audit {load.path}: {exc})"]
 
@@ -72,18 +70,16 @@ def thread_snapshot(inferior, limit=48) -> list[dict]:
 
 
 def _shim_files(pid: int) -> set[str]:
-    """The names of PID's files in a driver or NVML role that their names do not tell: a preloaded
+    """The names of PID's files in a driver or NVML role, those their names do not tell included: an
     interposer under its own soname (HAMi-core's libvgpu.so), whose lock waits are shim waits."""
-    from ..core import interpose, runtime
+    from ..core import cudafiles
     from ..core.procfs import ProcError, mapped_files
 
-    tl = State.tracer.timeline if State.tracer is not None else None
-    preloaded = interpose.preloaded_files(tl, pid) if tl is not None else set()
     try:
         paths = mapped_files(pid)
     except (OSError, ProcError):
         return set()
-    return {os.path.basename(p) for p in paths if runtime.mapped_role(p, preloaded) in ("driver", "nvml")}
+    return {os.path.basename(p) for p in paths if cudafiles.role(p) in ("driver", "nvml")}
 
 
 def _blocked(pid: int, tid: int) -> str | None:

@@ -6,7 +6,7 @@ import os
 
 import gdb
 
-from ..core import state as core_state
+from ..core.text import More
 from ..core.elf import read_symtab_objects
 from . import memory
 
@@ -45,7 +45,7 @@ def _value_to_py(value: gdb.Value, depth=0):
         low, high = t.range()
         shown = [_value_to_py(value[i], depth + 1) for i in range(low, min(high, low + ARRAY_SHOWN - 1) + 1)]
         if high - low + 1 > len(shown):
-            shown.append(core_state.More(high - low + 1 - len(shown)))
+            shown.append(More(high - low + 1 - len(shown)))
         return shown
     if t.code == gdb.TYPE_CODE_PTR:
         if int(value) and _is_char(t.target()):
@@ -184,7 +184,7 @@ def snapshot(tracer, pid: int, when: str) -> None:
 
 
 def _snapshot(tl, inferior, pid: int, when: str) -> None:
-    from ..core import interpose, runtime
+    from ..core import cudafiles
     from ..core.procfs import ProcError, mapped_files
     from ..core.timeline import Libraries
 
@@ -192,14 +192,13 @@ def _snapshot(tl, inferior, pid: int, when: str) -> None:
         mapped = mapped_files(pid)
     except (OSError, ProcError):
         return
-    preloaded = interpose.preloaded_files(tl, pid)
     files, shims = [], []
     for path, base in mapped.items():
-        role = runtime.mapped_role(path, preloaded)
+        role = cudafiles.role(path)
         if role is None:
             continue
         files.append({"path": path, "role": role, "base": base})
-        if base is not None and not runtime.made_by_nvidia(path, role):
+        if base is not None and not cudafiles.made_by_nvidia(path, role):
             try:
                 state = read_globals(path, base, True, inferior)
             except Exception as exc:  # a damaged symbol table: the rest of the snapshot stands

@@ -7,7 +7,7 @@ import os
 import gdb
 
 from ...core import audit as core_audit
-from ...core import state as core_state
+from ...core import cudafiles
 from ...core.procfs import ProcError, mapped_files, read_environ
 from ..command import Command, register
 from ..output import write_lines
@@ -38,7 +38,7 @@ class CudaAudit(Command):
             except (ProcError, OSError) as exc:
                 raise gdb.GdbError(f"cuda-audit: {exc}")
             for path in loaded:
-                found = core_state.identify(path)
+                found = cudafiles.identify(path)
                 if found is None or found[2] is None:
                     continue
                 role, kind, _ = found

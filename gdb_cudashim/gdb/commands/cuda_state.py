@@ -6,7 +6,7 @@ import os
 
 import gdb
 
-from ...core import interpose
+from ...core import cudafiles, loader
 from ...core import state as core_state
 from ...core.procfs import ProcError, mapped_files, read_environ
 from ...core.timeline import relevant_env
@@ -38,7 +38,7 @@ def collect(inferior, wanted: list[str]) -> dict:
     infos = {}
     bases = {}
     for path, base in mapped_files(pid).items():
-        found = core_state.identify(path)
+        found = cudafiles.identify(path)
         if found is None:
             continue
         role, kind, info = found
@@ -47,13 +47,14 @@ def collect(inferior, wanted: list[str]) -> dict:
         if info is not None:
             infos[path] = info
         bases[path] = base
-    preloads = core_state.preload_entries(environ, cwd, interpose.ld_so_preload(), interpose.ld_so_preload_path())
+    preloads = loader.preload_entries(environ, cwd)
     for r in roles:
-        r["loaded_via"] = core_state.loaded_via(r, preloads, environ, cwd, list(infos.values()))
+        r["loaded_via"] = loader.found_by(r["path"], r["soname"], list(infos.values()), environ, cwd,
+                                          preloads) or loader.BY_PATH
     state = []
     for r in roles:  # never NVIDIA's files or libggml-cuda: stripped, and a huge symbol table
         info = infos.get(r["path"])
-        if core_state.is_shim(r) and info is not None and bases[r["path"]] is not None:
+        if cudafiles.is_shim(r) and info is not None and bases[r["path"]] is not None:
             state.append(read_globals(r["path"], bases[r["path"]], info.has_debug_info, inferior, wanted))
     versions = {}
     tracer = session.active()
