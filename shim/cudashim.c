@@ -95,25 +95,108 @@ static long env_long(const char *name, long fallback)
     return (end && *end == '\0') ? x : fallback;
 }
 
-/* CUDA_VISIBLE_DEVICES is the driver's job: count the listed ordinals that exist. */
+/* Device DEV's UUID (CUDASHIM_UUID): unset, "cudashim" and the ordinal; "zero", sixteen zero
+ * bytes (ollama drops such a device); "per-process", different in each process (ollama's second
+ * pass then cannot find the device it saw in the first); "GPU-xxxxxxxx-xxxx-...", that UUID, its
+ * last byte plus the ordinal. */
+static void shim_uuid(int dev, unsigned char out[16])
+{
+    const char *how = getenv("CUDASHIM_UUID");
+    memset(out, 0, 16);
+    if (how && strcmp(how, "zero") == 0)
+        return;
+    if (how && strcmp(how, "per-process") == 0) {
+        unsigned pid = (unsigned)getpid();
+        memcpy(out, "cudashim", 8);
+        memcpy(out + 8, &pid, sizeof pid);
+        out[15] = (unsigned char)dev;
+        return;
+    }
+    if (how && strncmp(how, "GPU-", 4) == 0) {
+        int n = 0;
+        for (const char *p = how + 4; *p && n < 32; p++) {
+            int v = (*p >= '0' && *p <= '9') ? *p - '0' : (*p >= 'a' && *p <= 'f') ? *p - 'a' + 10
+                  : (*p >= 'A' && *p <= 'F') ? *p - 'A' + 10 : -1;
+            if (v < 0)
+                continue; /* the dashes */
+            out[n / 2] |= (unsigned char)(n % 2 ? v : v << 4);
+            n++;
+        }
+        out[15] = (unsigned char)(out[15] + dev);
+        return;
+    }
+    memcpy(out, "cudashim", 8);
+    out[15] = (unsigned char)dev;
+}
+
+/* "GPU-" and the UUID as 8-4-4-4-12 lowercase hex: nvidia-smi's form, and CUDA_VISIBLE_DEVICES's. */
+static void shim_uuid_text(int dev, char out[41])
+{
+    unsigned char u[16];
+    shim_uuid(dev, u);
+    char *p = out + sprintf(out, "GPU-");
+    for (int i = 0; i < 16; i++)
+        p += sprintf(p, (i == 4 || i == 6 || i == 8 || i == 10) ? "-%02x" : "%02x", u[i]);
+}
+
+/* CUDA_VISIBLE_DEVICES is the driver's job: count the listed devices that exist, given as
+ * ordinals or as GPU-<uuid> (a unique prefix is enough), and stop at the first invalid entry,
+ * as the driver does. CUDASHIM_VISIBLE reproduces two shim bugs: "ordinals-only" (a GPU-
+ * token is invalid: no device) and "ignore" (the variable is not read: every device). */
 static int visible_device_count(int present)
 {
     const char *v = getenv("CUDA_VISIBLE_DEVICES");
-    if (!v)
+    const char *bug = getenv("CUDASHIM_VISIBLE");
+    if (!v || (bug && strcmp(bug, "ignore") == 0))
         return present;
+    int ordinals_only = bug && strcmp(bug, "ordinals-only") == 0;
     int count = 0;
     const char *p = v;
     while (*p) {
-        char *end = NULL;
-        long idx = strtol(p, &end, 10);
-        if (end == p || idx < 0 || idx >= present)
-            break; /* the driver stops at the first invalid entry */
+        size_t len = strcspn(p, ", ");
+        if (!ordinals_only && len > 4 && strncmp(p, "GPU-", 4) == 0) {
+            int match = -1;
+            for (int d = 0; d < present; d++) {
+                char text[41];
+                shim_uuid_text(d, text);
+                if (len <= strlen(text) && strncmp(text, p, len) == 0) {
+                    if (match >= 0) {
+                        match = -2; /* a prefix of two UUIDs: ambiguous, invalid */
+                        break;
+                    }
+                    match = d;
+                }
+            }
+            if (match < 0)
+                break;
+        } else {
+            char *end = NULL;
+            long idx = strtol(p, &end, 10);
+            if (end == p || (size_t)(end - p) != len || idx < 0 || idx >= present)
+                break;
+        }
         count++;
-        p = end;
+        p += len;
         while (*p == ',' || *p == ' ')
             p++;
     }
     return count;
+}
+
+/* CUDASHIM_FAIL="cuMemGetInfo_v2=2,cuDevicePrimaryCtxRetain=201": the named entry points return
+ * that code (a shim that fails past init). 0: FN is not named. */
+static int shim_fail(const char *fn)
+{
+    const char *v = getenv("CUDASHIM_FAIL");
+    size_t n = strlen(fn);
+    for (const char *p = v; p && *p;) {
+        if (strncmp(p, fn, n) == 0 && p[n] == '=')
+            return (int)strtol(p + n + 1, NULL, 0);
+        p = strchr(p, ',');
+        if (p)
+            p++;
+    }
+    return 0;
 }
 
 /* True when this very file is the one CUDASHIM_REAL_DRIVER names: a copy of the
@@ -306,6 +389,8 @@ static void *real_sym(const char *name)
 
 #define ENTER(name)                             \
     shim_enter(#name);                          \
+    if (shim_fail(#name))                       \
+        return (CUresult)shim_fail(#name);      \
     if (g_mode == SHIM_MODE_FORWARD)
 
 /* --------------------------------------------------------- driver API -- */
@@ -403,7 +488,7 @@ SHIM_EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev)
     return CUDA_SUCCESS;
 }
 
-/* Both cuDeviceGetUuid ABIs answer the same in fake mode: "cudashim" + the ordinal. */
+/* Both cuDeviceGetUuid ABIs answer the same in fake mode (shim_uuid: CUDASHIM_UUID). */
 static CUresult fake_uuid(CUuuid *uuid, CUdevice dev)
 {
     CUresult rc = fake_check_device(dev);
@@ -411,9 +496,7 @@ static CUresult fake_uuid(CUuuid *uuid, CUdevice dev)
         return rc;
     if (!uuid)
         return CUDA_ERROR_INVALID_VALUE;
-    memset(uuid->bytes, 0, sizeof uuid->bytes);
-    memcpy(uuid->bytes, "cudashim", 8);
-    uuid->bytes[15] = (char)dev;
+    shim_uuid(dev, (unsigned char *)uuid->bytes);
     return CUDA_SUCCESS;
 }
 
