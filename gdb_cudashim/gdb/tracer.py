@@ -64,6 +64,7 @@ class Tracer:
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
+        self.exec_pending: set[int] = set()  # processes whose program space emptied: an exec (or a re-run)
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
         self.call_counts: dict[tuple[int, str], int] = {}
@@ -365,6 +366,7 @@ class Tracer:
         for inferior in gdb.inferiors():
             if inferior.pid and inferior.progspace == event.progspace:
                 self.recording.exec_seen(inferior.pid)
+                self.exec_pending.add(inferior.pid)  # the same program again counts: ollama re-executes itself
 
     def _on_new_objfile(self, event):
         self.handle_names.clear()
@@ -408,7 +410,9 @@ class Tracer:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             return
-        if self.exes.get(pid) not in (None, exe):
+        pending = pid in self.exec_pending
+        self.exec_pending.discard(pid)
+        if self.exes.get(pid) is not None and (pending or self.exes[pid] != exe):
             self.recording.exec_seen(pid)
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exec", detail=exe))
             start = self.timeline.process_start(pid)
