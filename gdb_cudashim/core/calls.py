@@ -51,6 +51,15 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("cuDeviceGetAttribute", _D, _CU, ("pi", "out_i32"), ("attrib", "int"), ("dev", "int")),
     _s("cuDevicePrimaryCtxRetain", _D, _CU, ("pctx", "out_ptr"), ("dev", "int")),
     _s("cuMemGetAllocationGranularity", _D, _CU, ("granularity", "out_u64"), ("prop", "ptr"), ("option", "int")),
+    # the road past init (#19): what ollama's probe and ggml's first use ask of the driver
+    _s("cuMemGetInfo_v2", _D, _CU, ("free", "out_u64"), ("total", "out_u64")),
+    _s("cuDeviceGetPCIBusId", _D, _CU, ("pciBusId", "out_str"), ("len", "int"), ("dev", "int")),
+    _s("cuDeviceGetUuid_v2", _D, _CU, ("uuid", "out_struct:CUuuid"), ("dev", "int")),
+    _s("cuDeviceGetUuid", _D, _CU, ("uuid", "out_struct:CUuuid"), ("dev", "int")),
+    _s("cuMemAddressReserve", _D, _CU, ("ptr", "out_u64"), ("size", "u64"), ("alignment", "u64"), ("addr", "u64"),
+       ("flags", "u64")),
+    _s("cuMemCreate", _D, _CU, ("handle", "out_u64"), ("size", "u64"), ("prop", "ptr"), ("flags", "u64")),
+    _s("cuMemMap", _D, _CU, ("ptr", "u64"), ("size", "u64"), ("offset", "u64"), ("handle", "u64"), ("flags", "u64")),
     _s("cudaGetDeviceCount", _R, _RT, ("count", "out_i32")),
     _s("cudaGetDevice", _R, _RT, ("device", "out_i32")),
     _s("cudaSetDevice", _R, _RT, ("device", "int")),
@@ -67,6 +76,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("nvmlDeviceGetHandleByIndex_v2", _N, _NV, ("index", "uint"), ("device", "out_ptr")),
     _s("nvmlDeviceGetHandleByUUID", _N, _NV, ("uuid", "str"), ("device", "out_ptr")),
     _s("nvmlDeviceGetMemoryInfo", _N, _NV, ("device", "ptr"), ("memory", "out_struct:nvmlMemory")),
+    _s("nvmlSystemGetDriverVersion", _N, _NV, ("version", "out_str"), ("length", "uint")),
 )}
 
 def struct_size(kind: str) -> int | None:

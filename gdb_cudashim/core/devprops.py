@@ -23,7 +23,13 @@ ATTRIBUTES = {16: "MultiProcessorCount", 75: "ComputeCapabilityMajor", 76: "Comp
 
 NVML_MEMORY = (("total", 0), ("free", 8), ("used", 16))  # nvmlMemory_t (nvml.h): three unsigned long long
 
-STRUCTS = {"cudaDeviceProp": SIZE, "nvmlMemory": 24}
+STRUCTS = {"cudaDeviceProp": SIZE, "nvmlMemory": 24, "CUuuid": 16}
+
+
+def uuid_text(data: bytes) -> str:
+    """16 bytes as nvidia-smi and CUDA_VISIBLE_DEVICES write a GPU's UUID: GPU-8-4-4-4-12 lowercase hex."""
+    h = data.hex()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 def _value(data: bytes, name: str):
@@ -59,6 +65,8 @@ def nonzero_runs(data: bytes) -> list[list]:
 def decode(struct_name: str, data: bytes) -> dict:
     """The named struct as a JSON-ready dict; a cudaDeviceProp keeps its non-zero bytes under
     'nonzero' so that the rules can say where a shim wrote."""
+    if struct_name == "CUuuid":
+        return {"uuid": uuid_text(data), "zero": not any(data)}
     if struct_name == "nvmlMemory":
         return {k: int.from_bytes(data[o:o + 8], "little") for k, o in NVML_MEMORY}
     out = {name: _value(data, name) for name in SHOWN}
