@@ -36,7 +36,7 @@ stack: venv
 shim: stack
 	@$(MAKE) -s -C shim CUDA_INCLUDE="$$($(GCS) stack path include)"
 
-programs: build/libvgpu.so build/probe build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter build/forkn build/rt_probe build/threaded_looper build/dlsym_semantics
+programs: build/libvgpu.so build/probe build/discover build/spawner build/dlsym_oracle build/forward_check build/unload build/static_child build/threaded_init build/looper build/sigwaiter build/forkn build/rt_probe build/threaded_looper build/dlsym_semantics
 
 # the test interposer (HAMi-core's shape: LD_PRELOADed under its own soname, hooks dlsym, cu* and nvml*)
 build/libvgpu.so: tests/programs/lib/interposer.c | system-deps

@@ -66,7 +66,8 @@ def build_variant(stack, outdir: Path, name: str, hide=(), soname="libcuda.so.1"
 def env_with(**extra) -> dict:
     env = dict(os.environ)
     for k in ("LD_LIBRARY_PATH", "LD_PRELOAD", "CUDASHIM_MODE", "CUDASHIM_INIT_RESULT", "CUDASHIM_DRIVER_VERSION",
-              "CUDASHIM_HANG", "CUDA_VISIBLE_DEVICES", "NO_COLOR", "GDB_CUDASHIM_NO_RECORDER"):
+              "CUDASHIM_HANG", "CUDA_VISIBLE_DEVICES", "NO_COLOR", "GDB_CUDASHIM_NO_RECORDER", "CUDASHIM_VISIBLE",
+              "CUDASHIM_UUID", "CUDASHIM_FAIL", "CUDASHIM_NVML_DRIVER_VERSION", "CUDASHIM_GPA_BAD"):
         env.pop(k, None)
     env.update({k: str(v) for k, v in extra.items() if v is not None})
     return env

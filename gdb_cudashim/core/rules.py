@@ -1131,9 +1131,11 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
-    from . import rules_absent, rules_loader  # families in modules of their own
+    from . import rules_absent, rules_loader, rules_road  # families in modules of their own
 
     findings += rules_loader.rule_preload_ignored(tl)
+    for rule in rules_road.RULES:
+        findings += rule(tl)
     findings += rules_absent.extra(tl, findings)
     code = _run_error_code(tl)
     if code is None:  # nothing printed: a process that died in its init is what the user saw

@@ -1,0 +1,102 @@
+"""The road past init (#19): each wall a shim meets after cuInit succeeds, named with the calls that
+show it. The program is build/discover (tests/programs/discover.c: ollama's probe calls, its drops
+and its verifying second pass in children), the goserver's two-pass flow and the real probe; the
+shim is the bundled one with the knob that reproduces each defect."""
+import pytest
+
+from conftest import BUILD, SHIM_BUILD, env_with, run_report
+
+ROAD = ("nvml-driver-version", "memory-query-failed", "visible-devices", "device-uuid-zero", "proc-address-target")
+
+
+def discover(tmp_path, **knobs):
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, **knobs)
+    proc, report = run_report(tmp_path, [BUILD / "discover"], env)
+    assert report is not None, proc.stderr
+    return proc, report, [f for f in report["findings"] if f["rule"] in ROAD]
+
+
+def test_a_healthy_two_pass_discovery_meets_no_wall(tmp_path):
+    """The control: two devices, verified by UUID, through a shim that does it right."""
+    proc, report, road = discover(tmp_path, DISCOVER_VERIFY="uuid", CUDASHIM_DEVICE_COUNT=2)
+    assert road == [] and proc.returncode == 0, (road, proc.stdout)
+    assert proc.stdout.count('msg="inference compute" id=GPU-') == 2, proc.stdout  # the program kept both
+    children = [p for p in report["processes"] if p["what"] == "start" and p.get("parent")
+                and (p.get("env") or {}).get("CUDA_VISIBLE_DEVICES", "").startswith("GPU-")]
+    assert len(children) == 2, report["processes"]  # each re-exec of itself carries its own environment
+
+
+@pytest.mark.parametrize("bug,words", [
+    ("ordinals-only", "does not accept GPU- tokens"),
+    ("ignore", "the shim ignores CUDA_VISIBLE_DEVICES in 2 children"),
+])
+def test_the_verifying_pass_with_a_shim_that_mishandles_visible_devices(tmp_path, bug, words):
+    proc, report, road = discover(tmp_path, DISCOVER_VERIFY="uuid", CUDASHIM_DEVICE_COUNT=2, CUDASHIM_VISIBLE=bug)
+    (f,) = [f for f in road if f["rule"] == "visible-devices"]
+    assert words in f["summary"], f["summary"]
+    assert report["findings"][0]["rule"] == "visible-devices", [x["rule"] for x in report["findings"]]
+    # the children of one parent are one finding, each with its token and what the shim answered
+    assert sum("started with CUDA_VISIBLE_DEVICES='GPU-" in e for e in f["evidence"]) == 2, f["evidence"]
+    assert any("cuDeviceGetUuid answered device 0: GPU-" in e for e in f["evidence"]), f["evidence"]
+
+
+def test_a_uuid_that_changes_between_processes(tmp_path):
+    """Two first passes (ollama runs llama-server and its own probe) saw two UUIDs for device 0."""
+    script = f"{BUILD / 'discover'} >/dev/null; DISCOVER_VERIFY=uuid {BUILD / 'discover'}"
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_UUID="per-process")
+    proc, report = run_report(tmp_path, ["/bin/sh", "-c", script], env)
+    (f,) = [f for f in report["findings"] if f["rule"] == "visible-devices"]
+    assert "UUID differs between processes" in f["summary"] and "fixed UUID" in f["fix"], f
+    assert any(e.startswith("the same device, two UUIDs: device 0: GPU-") for e in f["evidence"]), f["evidence"]
+
+
+def test_an_all_zero_uuid(tmp_path):
+    _, _, road = discover(tmp_path, CUDASHIM_UUID="zero")
+    (f,) = road
+    assert f["rule"] == "device-uuid-zero" and "GPU-00000000-0000-0000-0000-000000000000" in f["evidence"][0], f
+
+
+@pytest.mark.parametrize("version,words", [
+    ("12.4", "not a driver version in NVIDIA's form"),
+    ("535.104.05", "branch 535, older than ollama's CUDA libraries accept"),
+])
+def test_nvml_driver_version_ollama_cannot_take(tmp_path, version, words):
+    proc, report, road = discover(tmp_path, CUDASHIM_NVML_DRIVER_VERSION=version)
+    (f,) = road
+    assert f["rule"] == "nvml-driver-version" and words in f["summary"], f
+    assert any("cuDriverGetVersion answered 12090" in e for e in f["evidence"]), f["evidence"]
+
+
+def test_memory_queries_that_fail(tmp_path):
+    _, _, road = discover(tmp_path, CUDASHIM_FAIL="cuDevicePrimaryCtxRetain=201,cuMemGetInfo_v2=201")
+    (f,) = road
+    assert f["rule"] == "memory-query-failed" and f["summary"].startswith("cuDevicePrimaryCtxRetain fails with "
+                                                                          "CUDA_ERROR_INVALID_CONTEXT"), f
+    assert "(0 MiB, 0 MiB free)" in f["summary"]
+    assert any("cuMemGetInfo_v2() in libcuda.so.1" in e for e in f["evidence"]), f["evidence"]
+    assert any("primary context" in e for e in f["evidence"]), f["evidence"]
+
+
+@pytest.mark.parametrize("bad,words", [("cuDeviceGetCount=unmapped", "which lies in no mapped file"),
+                                       ("cuDeviceGetName=libc", "libc.so.6")])
+def test_cugetprocaddress_handing_back_the_wrong_thing(stack, tmp_path, bad, words):
+    """The real cudart asks the shim for its entry points; one answer points elsewhere."""
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda, CUDASHIM_GPA_BAD=bad)
+    proc, report = run_report(tmp_path, [BUILD / "probe"], env)
+    (f,) = [f for f in report["findings"] if f["rule"] == "proc-address-target"]
+    assert bad.split("=")[0] in f["summary"] and words in f["summary"], f
+    assert "libcudart.so.12" in f["evidence"][0], f["evidence"]
+
+
+def test_goservers_two_pass_flow_under_the_tool(goserver, ggml_cuda_backend, tmp_path):
+    """ollama's flow (goserver --flow two-pass, UUID tokens as 0.13-0.24) with a shim that cannot
+    parse them: the runner children of the verifying pass are named, with the probe's UUID."""
+    from test_goserver_flow import flow_env  # the healthy set-up its own tests use
+
+    env = flow_env(ggml_cuda_backend, GOSERVER_VISIBLE="uuid", CUDASHIM_VISIBLE="ordinals-only")
+    proc, report = run_report(tmp_path, [goserver, "serve", "--flow", "two-pass", "--exit-after-discovery"], env,
+                              timeout=300)
+    assert report is not None, proc.stderr
+    (f,) = [f for f in report["findings"] if f["rule"] == "visible-devices"]
+    assert "does not accept GPU- tokens" in f["summary"], f
+    assert any("(goserver)" in e and "CUDA_VISIBLE_DEVICES='GPU-" in e for e in f["evidence"]), f["evidence"]
