@@ -100,3 +100,25 @@ def test_goservers_two_pass_flow_under_the_tool(goserver, ggml_cuda_backend, tmp
     (f,) = [f for f in report["findings"] if f["rule"] == "visible-devices"]
     assert "does not accept GPU- tokens" in f["summary"], f
     assert any("(goserver)" in e and "CUDA_VISIBLE_DEVICES='GPU-" in e for e in f["evidence"]), f["evidence"]
+
+
+def test_the_devices_each_process_was_told_are_in_the_report(tmp_path):
+    proc, report, road = discover(tmp_path, CUDASHIM_DEVICE_COUNT=2)
+    rows = [d for d in report["devices"] if d["uuid"]]
+    assert [(d["device"], d["cc"], d["total"], d["free"]) for d in rows] == [(0, "9.0", 80 << 30, 80 << 30),
+                                                                           (1, "9.0", 80 << 30, 80 << 30)], rows
+    assert rows[1]["uuid"] == "GPU-63756461-7368-696d-0000-000000000001"
+    assert "Devices as each process was told" in proc.stdout
+
+
+def test_llama_server_list_devices_decoded(llama_server, ggml_cuda_backend, tmp_path):
+    """What llama-server --list-devices prints ("CUDA0: NAME (TOTAL MiB, FREE MiB free)", the figures
+    ollama's first pass reads) is in the report from the calls behind it, beside the program's line."""
+    from conftest import FAKERT
+
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_BACKEND_PATH=ggml_cuda_backend, LD_PRELOAD=FAKERT,
+                   FAKERT_LAYOUT="good", CUDASHIM_CC="7.5")
+    proc, report = run_report(tmp_path, [llama_server, "--list-devices"], env)
+    (printed,) = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("CUDA0: ")]
+    (dev,) = [d for d in report["devices"] if d["device"] == 0]
+    assert printed == f"CUDA0: {dev['name']} ({dev['total'] >> 20} MiB, {dev['free'] >> 20} MiB free)", (printed, dev)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from . import cudafiles, interpose, loader, runtime
+from . import cudafiles, devices, interpose, loader, runtime
 from .calls import KEY_LOOKUPS
 from .record import as_dict
 from .finding import Finding
@@ -51,6 +51,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "notes": list(tl.notes),
         "chains": interpose.chains(tl),
         "libraries": runtime.describe(tl),
+        "devices": devices.devices(tl),
         "ld_so_preload": {"file": loader.ld_so_preload_path(), "entries": loader.ld_so_preload()},
     }
 
@@ -200,6 +201,7 @@ def render(report: dict, color: bool = False, verbose: bool = False) -> list[str
         out += tabulate(rows, headers=["pid", "dlopen", "loaded", "result", "loader error"], tablefmt="simple").splitlines()
 
     out += _render_libraries(report, s)
+    out += devices.render(report.get("devices") or [])
 
     if report.get("hang"):
         out.append("")
