@@ -157,7 +157,48 @@ def test_a_breakpoint_placed_in_an_unloaded_library_stays_off():
     (an int3 in the middle of someone else's code), while the second library's are."""
     from gdb_cudashim.gdb import session
 
-    first, second = f"{SHIM}/libcuda.so.1", f"{SHIM}/libnvidia-ml.so.1"
+    import shutil
+    import tempfile
+
+    first = f"{SHIM}/libcuda.so.1"
+    work = tempfile.mkdtemp(prefix="gdb-cudashim-unload-")
+    try:
+        second = _nvml_as_large_as(first, work)
+        _unloaded_library_case(session, first, second)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pages(path):
+    """How many pages ld.so reserves for PATH (its PT_LOAD segments' extent)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        end = max(s["p_vaddr"] + s["p_memsz"] for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD")
+    return (end + 4095) // 4096
+
+
+def _nvml_as_large_as(first, work):
+    """The NVML shim rebuilt with padding to the size of FIRST: mmap fills the hole dlclose(FIRST) left
+    from its top, so only a library of the same extent lies over all of FIRST's code, whatever the
+    two shims' sizes are this week (the case must be exercised, not left to their sizes)."""
+    import subprocess
+
+    target, pad = _pages(first), 1
+    out = os.path.join(work, "libnvidia-ml.so.1")
+    for _ in range(6):
+        with open(os.path.join(work, "pad.c"), "w") as f:
+            f.write(f"__attribute__((used)) const char gdb_cudashim_pad[{pad}] = {{1}};\n")
+        subprocess.run(["cc", "-g", "-O0", "-fPIC", "-shared", "-Wl,-soname,libnvidia-ml.so.1", "-o", out,
+                        os.path.join(ROOT, "shim", "nvmlshim.c"), os.path.join(work, "pad.c"), "-ldl"], check=True)
+        got = _pages(out)
+        if got == target:
+            return out
+        pad = max(1, pad + (target - got) * 4096)
+    raise AssertionError(f"could not build an NVML shim of {target} pages")
+
+
+def _unloaded_library_case(session, first, second):
     gdb.execute(f"file {ROOT}/build/unload")
     gdb.execute("set cudashim recorder off")  # where breakpoints are placed is what is tested
     _out("catch-init-error")
