@@ -113,6 +113,29 @@ def state(pid: int) -> str | None:
         return None
 
 
+def ended_status(pid: int) -> int | None:
+    """The wait status of PID if every one of its threads has ended (zombies a tracer has not
+    collected yet: the process is over), from the thread group leader's stat (field 52,
+    exit_code, in waitpid's form; Linux 3.5+). None while any thread lives, or if it is gone."""
+    import os
+
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        if not tasks or any(state_of_task(pid, int(t)) not in ("Z", "X") for t in tasks):
+            return None
+        return int(_stat(pid)[49])  # fields after "(comm)": state is [0], exit_code (field 52) is [49]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def state_of_task(pid: int, tid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def age(pid: int) -> float | None:
     """Seconds since PID started (its start time against the system's uptime)."""
     import os

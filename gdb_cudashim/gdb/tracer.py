@@ -64,6 +64,7 @@ class Tracer:
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
+        self.collected: dict[int, int] = {}  # pid -> wait status of a process cuda-run reaped (see _collect_ended)
         self.exec_pending: set[int] = set()  # processes whose program space emptied: an exec (or a re-run)
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
@@ -431,11 +432,22 @@ class Tracer:
         pid = next((p for p, n in self.pids.items() if n == num and p in self.live_pids), None)
         if pid is None:
             return
+        self.record_exit(pid, getattr(event, "exit_code", None))
+
+    def record_exit(self, pid, code=None):
+        """PID ended: its last records, its exit event, and the run ends with the last process."""
         self.live_pids.discard(pid)
         memory.forget_maps(pid)
         self.recording.drain(pid, final=True)  # its last records, before its exit
-        code = getattr(event, "exit_code", None)
-        if self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
+        status = self.collected.pop(pid, None)
+        if status is not None:  # ended on its own; cuda-run collected it (its wait status from /proc)
+            import signal as signals
+
+            sig = status & 0x7F
+            name = signals.Signals(sig).name if sig and sig in signals.Signals._value2member_map_ else None
+            self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
+                                           exit_code=None if sig else status >> 8, signal=name))
+        elif self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
                                            detail=f"ended by gdb-cudashim ({self.ending})"))
         else:

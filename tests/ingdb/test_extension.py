@@ -218,3 +218,37 @@ def _unloaded_library_case(session, first, second):
     _out("cuda-run --no-report")  # the rest runs to its end: no stray trap
     exits = [p.exit_code for p in session.State.tracer.timeline.processes if p.what == "exit"]
     assert exits == [0], exits
+
+
+def test_a_process_killed_while_gdb_holds_it_is_collected_before_the_continue():
+    """A parent's SIGKILL lands while gdb holds every process stopped for another's event: the
+    killed process's threads are zombies gdb has not collected, whose registers cannot be read.
+    'continue' used to fail on them ("Couldn't get registers: No such process") and the run ended
+    partial. Here the kill is sent from gdb's own process at such a stop, so the case is certain."""
+    import signal
+
+    from gdb_cudashim.gdb import session
+
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}/variants/seed")
+    gdb.execute(f"file {ROOT}/build/forkn")
+    gdb.execute("set cudashim recorder off")  # a real stop in the child at cuInit, the parent held too
+    _out("catch-init-error")
+    bp = gdb.Breakpoint("cuInit", internal=True)
+    _out(f"run 1 {PROBE}")
+    tracer = session.State.tracer
+    parent = next(p.pid for p in tracer.timeline.processes if p.what == "start" and p.detail.endswith("forkn"))
+    child = gdb.selected_inferior().pid
+    assert child != parent and bp.hit_count == 1, (parent, child)
+    bp.delete()
+    os.kill(parent, signal.SIGKILL)  # the parent dies while gdb holds it stopped
+    for _ in range(100):
+        if open(f"/proc/{parent}/stat").read().rpartition(")")[2].split()[0] == "Z":
+            break
+        import time
+
+        time.sleep(0.01)
+    _out("cuda-run --no-report")
+    assert not any("continue failed" in n for n in tracer.timeline.notes), tracer.timeline.notes
+    ends = {p.pid: p for p in tracer.timeline.processes if p.what == "exit"}
+    assert ends[parent].signal == "SIGKILL" and not ends[parent].detail, ends[parent]
+    assert child in ends and tracer.stop_reason is None, (ends, tracer.stop_reason)

@@ -158,6 +158,9 @@ class CudaRun(Command):
                 return None
             if not _live():
                 return None
+            _collect_ended(t)
+            if not _live():
+                return None
             _select_a_live_thread()
             _cache_registers()
             try:
@@ -217,6 +220,29 @@ def _cache_registers() -> None:
             here.switch()
         except (gdb.error, RuntimeError):
             pass
+
+
+def _collect_ended(tracer) -> None:
+    """A process whose threads have all ended while gdb held it (SIGKILLed by its parent while
+    gdb stopped everything for another process's event) is a zombie gdb has not collected yet:
+    none of its threads' registers can be read, so the next 'continue' would fail on them (see
+    above). Collected here first: its wait status from /proc, then gdb's kill, which reaps it
+    (the exit event says what the kernel said, not that we ended it)."""
+    from ...core.procfs import ended_status
+
+    for inferior in _live():
+        status = ended_status(inferior.pid)
+        if status is None:
+            continue
+        tracer.collected[inferior.pid] = status
+        pid = inferior.pid
+        try:
+            # 'kill inferiors N': no confirmation query, and no frame printed (that reads registers)
+            gdb.execute(f"kill inferiors {inferior.num}", to_string=True)
+            if pid in tracer.live_pids:  # gdb's kill is no exit event: recorded here
+                tracer.record_exit(pid)
+        except (gdb.error, RuntimeError) as exc:
+            tracer.note_internal(f"collecting ended process {inferior.pid}: {exc}")
 
 
 def _select_a_live_thread() -> None:
