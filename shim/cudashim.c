@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "knobs.h"
 #include <unistd.h>
 
 #define SHIM_EXPORT __attribute__((visibility("default")))
@@ -183,21 +185,6 @@ static int visible_device_count(int present)
     return count;
 }
 
-/* CUDASHIM_FAIL="cuMemGetInfo_v2=2,cuDevicePrimaryCtxRetain=201": the named entry points return
- * that code (a shim that fails past init). 0: FN is not named. */
-static int shim_fail(const char *fn)
-{
-    const char *v = getenv("CUDASHIM_FAIL");
-    size_t n = strlen(fn);
-    for (const char *p = v; p && *p;) {
-        if (strncmp(p, fn, n) == 0 && p[n] == '=')
-            return (int)strtol(p + n + 1, NULL, 0);
-        p = strchr(p, ',');
-        if (p)
-            p++;
-    }
-    return 0;
-}
 
 /* True when this very file is the one CUDASHIM_REAL_DRIVER names: a copy of the
  * shim standing in for the real driver must answer, not forward to itself. */

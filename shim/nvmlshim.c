@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "knobs.h"
+
 #define SHIM_EXPORT __attribute__((visibility("default")))
 
 typedef int nvmlReturn_t; /* NVML_SUCCESS = 0 */
@@ -57,20 +59,6 @@ static void *real_nvml_sym(const char *name)
     return dlsym(g_real_nvml, name);
 }
 
-/* CUDASHIM_FAIL="nvmlDeviceGetMemoryInfo=3,...": the named entry points return that code. */
-static int shim_fail(const char *fn)
-{
-    const char *v = getenv("CUDASHIM_FAIL");
-    size_t n = strlen(fn);
-    for (const char *p = v; p && *p;) {
-        if (strncmp(p, fn, n) == 0 && p[n] == '=')
-            return (int)strtol(p + n + 1, NULL, 0);
-        p = strchr(p, ',');
-        if (p)
-            p++;
-    }
-    return 0;
-}
 
 #define NVML_FORWARD(type, name, ...)                                       \
     if (shim_fail(#name))                                                   \
