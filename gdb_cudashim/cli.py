@@ -713,6 +713,13 @@ def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[di
                 return walls, round(time.monotonic() - started, 1)  # the chain cannot go past it
             print(f"gdb-cudashim: what-if {wall['wall']}: cuda-patch {' '.join(sim)}", file=sys.stderr)
             after = _gdb_report(make_cmd_with(patches + [sim], end_server=True), env, no_report, timeout=args.timeout)
+            calls = [c for c in after.get("calls") or [] if c.get("function") == sim[0]]
+            if calls and not any(c.get("patched_from") is not None for c in calls):
+                # the call was made again but its result was not replaced (cuda-patch refused the
+                # arguments, or could not reach the call): no verdict from a run that simulated nothing
+                wall.update(verdict="cannot simulate", simulation=["cuda-patch", *sim],
+                            why=f"cuda-patch {sim[0]} did not change its result in the re-run")
+                return walls, round(time.monotonic() - started, 1)
             verdict, why = walls_mod.verdict(current, after)
             wall.update(verdict=verdict, why=why, simulation=["cuda-patch", *sim],
                         error_after=walls_mod.error_text(after))

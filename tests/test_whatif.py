@@ -29,3 +29,29 @@ def test_the_seed_shims_first_wall_cannot_be_simulated_and_says_why(stack, probe
     assert (wall["rule"], wall["verdict"]) == ("missing-cuGetExportTable", "cannot simulate")
     assert "private export tables" in wall["why"] and wall["simulation"] is None
     assert "cannot simulate: NVIDIA's private export tables" in proc.stdout
+
+
+def test_memory_queries_past_init_are_two_proven_walls(tmp_path):
+    """The road past init (#19): the context first, then the memory query, each proven by its re-run;
+    with both answered the discovery meets no wall. The runs' pids differ: that alone is no change."""
+    from conftest import BUILD
+
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_FAIL="cuDevicePrimaryCtxRetain=201,cuMemGetInfo_v2=2")
+    proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
+    w1, w2 = report["walls"]
+    assert (w1["rule"], w1["verdict"], w1["simulation"][1]) == ("memory-query-failed", "proven",
+                                                                "cuDevicePrimaryCtxRetain"), w1
+    assert "cuMemGetInfo_v2 fails" in w1["why"], w1["why"]
+    assert (w2["rule"], w2["verdict"], w2["simulation"][1:]) == (
+        "memory-query-failed", "proven", ["cuMemGetInfo_v2", "--return", "SUCCESS", "--out", "0=8589934592:8",
+                                          "--out", "1=8589934592:8"]), w2
+    assert w2["why"] == "the run went further (no finding is left)", w2["why"]
+
+
+def test_a_wall_that_is_a_string_says_it_cannot_be_simulated(tmp_path):
+    from conftest import BUILD
+
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_NVML_DRIVER_VERSION="12.4")
+    proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
+    (wall,) = report["walls"]
+    assert (wall["rule"], wall["verdict"]) == ("nvml-driver-version", "cannot simulate") and "string" in wall["why"]

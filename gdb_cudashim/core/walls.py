@@ -17,7 +17,19 @@ _SUCCESS_OUTS = {
     "nvmlInit": [],
 }
 
+# memory queries past init (rules_road): a success with a device's figures (8 GiB free and total)
+_MEMORY_OUTS = {
+    "cuDevicePrimaryCtxRetain": [],
+    "cuMemGetInfo_v2": ["0=8589934592:8", "1=8589934592:8"],  # size_t out-parameters
+    "cudaMemGetInfo": ["0=8589934592:8", "1=8589934592:8"],
+}
+
 _CANNOT = {
+    "nvml-driver-version": "the answer is a string (cuda-patch sets results and integer out-parameters): answer "
+                           "NVIDIA's form in the shim and run again",
+    "device-uuid-zero": "the answer is a 16-byte UUID (cuda-patch sets results and integer out-parameters)",
+    "proc-address-target": "the fix is the pointer itself: the shim's own implementation of that entry point",
+    "visible-devices": "the fix is how the shim reads CUDA_VISIBLE_DEVICES in each child, not one call's result",
     "missing-cuGetExportTable": "NVIDIA's private export tables (CUDART_INTERFACE...) exist only in NVIDIA's driver: "
                                 "no stand-in can answer for them without one",
     "export-table-failed": "NVIDIA's private export tables (CUDART_INTERFACE...) exist only in NVIDIA's driver: "
@@ -46,6 +58,15 @@ def simulation(finding: dict, report: dict) -> tuple[list[str] | None, str | Non
         for out in _SUCCESS_OUTS[call["function"]]:
             args += ["--out", out]
         return args, None
+    if rule == "memory-query-failed":  # the first memory query that failed, answered with a device's figures
+        call = next((c for c in report.get("calls") or [] if c.get("pid") == pid and c.get("returned")
+                     and c.get("function") in _MEMORY_OUTS and c.get("result") not in (0, None)), None)
+        if call is None:
+            return None, "the failing call is not in the report"
+        args = [call["function"], "--return", "SUCCESS"]
+        for out in _MEMORY_OUTS[call["function"]]:
+            args += ["--out", out]
+        return args, None
     if rule in _CANNOT:
         return None, _CANNOT[rule]
     return None, "no stand-in for this finding's fix yet (cuda-patch sets results and integer out-parameters)"
@@ -68,15 +89,25 @@ def error_text(report: dict) -> str | None:
 def verdict(before: dict, after: dict) -> tuple[str, str]:
     """(proven | not the cause, the evidence in words) from the runs before and after a simulation."""
     was, now = error_text(before), error_text(after)
-    first_before = (before.get("findings") or [{}])[0].get("rule")
-    first_after = (after.get("findings") or [{}])[0].get("rule") if after.get("findings") else None
+    first_before = (before.get("findings") or [{}])[0]
+    first_after = (after.get("findings") or [{}])[0] if after.get("findings") else {}
     if was and not now:
         return "proven", f"the error {was!r} is gone"
     if was != now:
         return "proven", f"the error changed from {was!r} to {now!r}"
-    if first_before != first_after:
-        return "proven", f"the same text, but the run went further (its first finding is now {first_after})"
-    return "not the cause", f"the run failed the same way ({now!r})"
+    if _same_words(first_before) != _same_words(first_after):
+        went = (f"its first finding is now {first_after.get('rule')}: {first_after.get('summary')}"
+                if first_after else "no finding is left")
+        return "proven", ("the same text, but " if now else "") + f"the run went further ({went})"
+    return "not the cause", (f"the run failed the same way ({now!r})" if now else
+                             "the run failed the same way (the same first finding, no error text)")
+
+
+def _same_words(finding: dict) -> tuple:
+    """A finding as two runs can compare it: its rule and summary without process ids."""
+    import re
+
+    return finding.get("rule"), re.sub(r"\bpids? \d+", "pid N", finding.get("summary") or "")
 
 
 def render(walls: list[dict], seconds: float) -> list[str]:
