@@ -128,6 +128,17 @@ def ended_status(pid: int) -> int | None:
         return None
 
 
+def thread_states(pid: int) -> dict[int, str]:
+    """tid -> one-letter state of each thread of PID ({} if gone)."""
+    import os
+
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return {}
+    return {t: st for t in tids if (st := state_of_task(pid, t)) is not None}
+
+
 def state_of_task(pid: int, tid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/task/{tid}/stat") as f:

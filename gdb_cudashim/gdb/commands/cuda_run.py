@@ -170,6 +170,11 @@ class CudaRun(Command):
                 # believes running and no wait to collect them (see _cache_registers)
                 gdb.write(f"{exc}\n", gdb.STDERR)
                 t.note(f"continue failed: {exc}")
+                from ...core.procfs import thread_states
+
+                t.note_internal("threads at the failed continue: " + "; ".join(
+                    f"pid {i.pid}: " + " ".join(f"{tid}={st}" for tid, st in sorted(thread_states(i.pid).items()))
+                    for i in _live()))
                 t.stop_reason = "gdb could not continue"  # the report is partial, never a clean bill
                 return None
 
@@ -228,9 +233,20 @@ def _collect_ended(tracer) -> None:
     none of its threads' registers can be read, so the next 'continue' would fail on them (see
     above). Collected here first: its wait status from /proc, then gdb's kill, which reaps it
     (the exit event says what the kernel said, not that we ended it)."""
-    from ...core.procfs import ended_status
+    import time
+
+    from ...core.procfs import ended_status, thread_states
 
     for inferior in _live():
+        states = thread_states(inferior.pid)
+        if any(st in ("Z", "X") for st in states.values()) and not all(st in ("Z", "X") for st in states.values()):
+            # some threads ended, others not yet: an exit_group (a Go program's end) or a SIGKILL
+            # still tearing the process down; give it a moment to finish (a thread that ended on its
+            # own while the rest live on is collected by gdb as it goes, and never waits here long)
+            deadline = time.monotonic() + 0.25
+            while time.monotonic() < deadline and not all(st in ("Z", "X") for st in states.values()):
+                time.sleep(0.005)
+                states = thread_states(inferior.pid)
         status = ended_status(inferior.pid)
         if status is None:
             continue
