@@ -704,7 +704,6 @@ def _table(c: Call) -> str:
 def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Finding:
     """A fatal signal seen at the faulting instruction: in whose code, and what the shim handed
     that code last (a private table of zeros makes NVIDIA's cudart jump to 0)."""
-    frames = crash.backtrace
     if crash.sender is not None:
         return None  # sent (kill, abort): no faulting code to blame; the plain finding says who
     owner, how = _fault(crash)
