@@ -122,3 +122,23 @@ def test_llama_server_list_devices_decoded(llama_server, ggml_cuda_backend, tmp_
     (printed,) = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("CUDA0: ")]
     (dev,) = [d for d in report["devices"] if d["device"] == 0]
     assert printed == f"CUDA0: {dev['name']} ({dev['total'] >> 20} MiB, {dev['free'] >> 20} MiB free)", (printed, dev)
+
+
+def test_the_probes_compute_capability_against_the_runs_libggml_cuda(goserver, ggml_cuda_backend, tmp_path):
+    """ollama's probe reads the capability from the driver (attributes 75/76), not from cudaDeviceProp:
+    5.0 there is below the sm_75 the run's libggml-cuda carries, whatever ggml's own path said."""
+    from test_goserver_flow import flow_env
+
+    env = flow_env(ggml_cuda_backend, CUDASHIM_CC="5.0")
+    proc, report = run_report(tmp_path, [goserver, "serve", "--flow", "two-pass", "--exit-after-discovery"], env,
+                              timeout=300)
+    (f,) = [f for f in report["findings"] if f["rule"] == "device-compute-capability"]
+    assert "compute capability 5.0 for device 0" in f["summary"] and "sm_75" in f["summary"], f
+    assert "ComputeCapabilityMajor (75) = 5" in f["evidence"][0], f["evidence"]
+
+
+def test_a_probe_told_compute_capability_0_0(tmp_path):
+    """No libggml-cuda in this run: only 0.0 is known to be wrong."""
+    proc, report, _ = discover(tmp_path, CUDASHIM_CC="0.0")
+    (f,) = [f for f in report["findings"] if f["rule"] == "device-compute-capability"]
+    assert "compute capability 0.0" in f["summary"], f

@@ -262,4 +262,59 @@ def rule_proc_address_target(tl: Timeline) -> list[Finding]:
     return out
 
 
-RULES = (rule_nvml_driver_version, rule_memory_query_failed, rule_visible_devices, rule_proc_address_target)
+# ------------------------------------- the probe's compute capability (attributes 75/76) --
+def _ggml_in_run(tl: Timeline) -> str | None:
+    """The libggml-cuda some process of the run loaded: the architectures it carries code for."""
+    for load in tl.loads:
+        path = load.resolved or load.path
+        if load.ok and cudafiles.role(path) == cudafiles.GGML_CUDA:
+            return path
+    return None
+
+
+def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
+    """The compute capability a probe reads from the driver (cuDeviceGetAttribute 75/76, ollama's
+    gpu-discover) that ggml cannot use: 0.0, or below every architecture the run's libggml-cuda
+    carries. ggml's own path (cudaDeviceProp) is device-compute-capability's."""
+    from .devprops import fatbin_targets, runs_on
+
+    ggml = _ggml_in_run(tl)
+    targets = fatbin_targets(ggml) if ggml else None
+    out = []
+    for pid in sorted({c.pid for c in tl.calls}):
+        if any(c.pid == pid and c.function == "cudaGetDeviceProperties_v2" for c in tl.calls):
+            continue  # ggml's init in this process: its struct is read by the other rule
+        got: dict[object, dict[int, Call]] = {}
+        for c in tl.calls:
+            if c.pid == pid and c.function == "cuDeviceGetAttribute" and _ok(c) and c.args.get("attrib") in (75, 76):
+                got.setdefault(c.args.get("dev"), {})[c.args["attrib"]] = c
+        for dev, calls in sorted(got.items(), key=lambda x: str(x[0])):
+            if 75 not in calls or 76 not in calls:
+                continue
+            major, minor = calls[75].args.get("pi"), calls[76].args.get("pi")
+            if not isinstance(major, int) or not isinstance(minor, int):
+                continue
+            low = targets is not None and major > 0 and not runs_on(targets, major, minor)
+            if major > 0 and not low:
+                continue
+            built = (f"sm_{', sm_'.join(map(str, targets['sm']))}"
+                     + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else "")
+                     ) if targets else None
+            ev = [f"{_call(calls[75])}: ComputeCapabilityMajor (75) = {major}, ComputeCapabilityMinor (76) = {minor}"]
+            if built:
+                ev.append(f"{_base(ggml)}, loaded in this run, carries GPU code for {built} only")
+            out.append(Finding(
+                rule="device-compute-capability", pid=pid,
+                summary=(f"the driver answers compute capability {major}.{minor} for device {dev} in {_prog(tl, pid)}"
+                         + (f", below what {_base(ggml)} was built for ({built})" if low else "")
+                         + ": ollama skips the device ('compute capability not in compiled architectures'), and "
+                           "ggml's kernels could not run there ('no kernel image is available')"),
+                evidence=ev,
+                fix=("answer cuDeviceGetAttribute(75/76) with the device's real compute capability, the same as "
+                     "cudaDeviceProp.major/minor" + (f"; this libggml-cuda needs {min(targets['sm'] + targets['ptx']) // 10}."
+                                                     f"{min(targets['sm'] + targets['ptx']) % 10} or newer" if targets else ""))))
+    return out
+
+
+RULES = (rule_nvml_driver_version, rule_memory_query_failed, rule_visible_devices, rule_proc_address_target,
+         rule_probe_compute_capability)
