@@ -293,10 +293,6 @@ def audit(shims: list[str], consumers: list[str], env: dict, cwd: str | None = N
     return res
 
 
-def _same(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _file_what(path: str) -> str:
     try:
         return cudafiles.classify(path)
@@ -329,9 +325,9 @@ def _replaced(consumers: list[ElfInfo], runtimes: list[ElfInfo], env: dict, cwd:
         if cudafiles.consumer_kind(c) != "cudart" or not cudafiles.is_runtime_soname(c.soname):
             continue
         first = next((x for x in loader.search(c.soname, None, env, cwd, cache) if loader.is_preload(x["how"]) and x["satisfies"]), None)
-        if first is None or _same(first["path"], c.path):
+        if first is None or loader.same_file(first["path"], c.path):
             continue
-        shim = next((r.path for r in runtimes if _same(r.path, first["path"])), None)
+        shim = next((r.path for r in runtimes if loader.same_file(r.path, first["path"])), None)
         if shim is not None:
             out[c.path] = shim
     return out
@@ -413,12 +409,12 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cwd: str
     cands = loader.search(soname, c, env, cwd, cache)
     chosen = next((x for x in cands if x["satisfies"]), None)
     bundled = next((x for x in cands if x["satisfies"] and not loader.is_preload(x["how"])), None)
-    pre = next((x for x in cands if loader.is_preload(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
-    listed = next((x for x in cands if not loader.is_preload(x["how"]) and x["exists"] and _same(x["path"], s.path)), None)
+    pre = next((x for x in cands if loader.is_preload(x["how"]) and x["exists"] and loader.same_file(x["path"], s.path)), None)
+    listed = next((x for x in cands if not loader.is_preload(x["how"]) and x["exists"] and loader.same_file(x["path"], s.path)), None)
     winner = f"{chosen['path']} ({_file_what(chosen['path'])}, via {loader.step_text(chosen, c)})" if chosen else "nothing"
     entry.update(chosen=chosen["path"] if chosen else None, how=chosen["how"] if chosen else None)
     preload_how = loader.PRELOAD_FILE if pre and pre["how"] != loader.PRELOAD else loader.PRELOAD
-    if pre and replaces and chosen is not None and _same(chosen["path"], s.path):
+    if pre and replaces and chosen is not None and loader.same_file(chosen["path"], s.path):
         entry.update(loaded=pre["how"], interplay=runtime.soname_interplay(
             s.path, s.soname, preload_how, bundled["path"] if bundled else None))
     elif pre and replaces:  # another file preloaded under the same soname, earlier in the list
@@ -446,7 +442,7 @@ def _audit_runtime(res: AuditResult, s: ElfInfo, c: ElfInfo, env: dict, cwd: str
                 f"{cname}'s imports bind to it, but {winner} is still loaded for the DT_NEEDED {soname}",
                 f"{interplay}; that copy is mapped (its constructors run) but none of ggml's calls reach it",
                 f"build it under the soname {soname} so that it replaces the bundled one"))
-    elif listed and chosen is not None and _same(chosen["path"], s.path):
+    elif listed and chosen is not None and loader.same_file(chosen["path"], s.path):
         entry.update(loaded=listed["how"], interplay=f"{sname} is the {soname} {cname} finds first, via "
                                                      f"{loader.step_text(listed, c)}")
     elif listed and replaces:

@@ -7,13 +7,8 @@ Pure: never imports gdb.
 """
 from __future__ import annotations
 
-import os
-
+from .finding import base as _lib
 from .timeline import Timeline
-
-
-def _lib(path: str | None) -> str:
-    return os.path.basename(path) if path else "?"
 
 
 def devices(tl: Timeline) -> list[dict]:

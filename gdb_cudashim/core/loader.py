@@ -275,7 +275,8 @@ def defining(symbol: str, env: dict, cwd: str | None, near: tuple[str, ...] = ()
 
 
 # ------------------------------------------- how a mapped file got there --
-def _same(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
+    """A and B name one file (through symlinks)."""
     return os.path.realpath(a) == os.path.realpath(b)
 
 
@@ -288,12 +289,12 @@ def found_by(path: str, soname: str | None, needers: list, env: dict, cwd: str |
     (a dlopen by full path, or a search the model does not cover)."""
     name = soname or os.path.basename(path)
     for entry, how in (preload_entries(env, cwd) if preload_list is None else preload_list):
-        if ("/" in entry and _same(entry, path)) or ("/" not in entry and entry in (name, os.path.basename(path))):
+        if ("/" in entry and same_file(entry, path)) or ("/" not in entry and entry in (name, os.path.basename(path))):
             return how
-    needing = [c for c in needers if name in (c.needed or ()) and not _same(c.path, path)]
+    needing = [c for c in needers if name in (c.needed or ()) and not same_file(c.path, path)]
     for c in needing or [None]:
         for cand in search(name, c, env, cwd, with_preloads=False):
-            if cand["exists"] and _same(cand["path"], path):
+            if cand["exists"] and same_file(cand["path"], path):
                 if cand["how"] in (RPATH, RUNPATH):
                     return f"{cand['how']} of {os.path.basename(c.path)}"
                 return cand["how"]
@@ -305,13 +306,7 @@ def found_by(path: str, soname: str | None, needers: list, env: dict, cwd: str |
 def brought_in_by(path: str, preloaded: dict[str, str], loads, mapped: list[str]) -> str:
     """Who asked for PATH: a preload (its how), dlopen("X") by Y, or the DT_NEEDED of the mapped file
     that needs its soname. PRELOADED: real path -> how; LOADS: the process's dlopen()s."""
-    from .dynsym import DynsymError, read_cached
-
-    def dyn(p):
-        try:
-            return read_cached(p)
-        except (DynsymError, OSError, ValueError):
-            return None
+    from .cudafiles import dynamic as dyn
 
     real = os.path.realpath(path)
     if real in preloaded:

@@ -21,10 +21,6 @@ def cudart_version_entry(role: dict) -> tuple[str, str | None]:
     return key, f"{role.get('soname') or os.path.basename(role['path'])} is the shim's soname, not a CUDA version"
 
 
-def _same(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def import_checks(roles: list[dict], infos: dict) -> list:
     """runtime.check_imports of each runtime shim against libggml-cuda, when both are mapped.
     INFOS: path -> ElfInfo of the mapped CUDA files."""
@@ -66,7 +62,7 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
     # (a) two runtimes in one process
     if len({os.path.realpath(r["path"]) for r in runtimes}) > 1:
         for shim in shims:
-            others = [r for r in runtimes if not _same(r["path"], shim["path"])]
+            others = [r for r in runtimes if not loader.same_file(r["path"], shim["path"])]
             other = next((r for r in others if r in nvidia), others[0])
             whose = "NVIDIA's " if other in nvidia else ""
             head = (f"two runtimes in one process: {shim['path']} ({shim['kind']}, {shim.get('loaded_via') or '?'}) "
@@ -104,8 +100,8 @@ def runtime_findings(roles: list[dict], infos: dict, env: dict, cwd: str | None 
             continue
         for d in dirs:
             candidate = os.path.join(d, soname)
-            if (candidate in seen or not os.path.isfile(candidate) or _same(candidate, mapped["path"])
-                    or any(_same(candidate, r["path"]) for r in runtimes) or cudafiles.is_nvidia_runtime(candidate)
+            if (candidate in seen or not os.path.isfile(candidate) or loader.same_file(candidate, mapped["path"])
+                    or any(loader.same_file(candidate, r["path"]) for r in runtimes) or cudafiles.is_nvidia_runtime(candidate)
                     or not cudafiles.is_runtime_file(candidate)):  # junk by that name: ld.so would skip it too
                 continue
             seen.add(candidate)

@@ -49,27 +49,25 @@ def simulation(finding: dict, report: dict) -> tuple[list[str] | None, str | Non
     if rule == "driver-version":
         return ["cuDriverGetVersion", "--return", "SUCCESS", "--out", f"0={_version_wanted(finding)}"], None
     if rule in ("driver-error-passed-through", "init-call-failed"):
-        call = next((c for c in report.get("calls") or [] if (pid is None or c.get("pid") == pid)
-                     and c.get("function") in _SUCCESS_OUTS and c.get("returned") and c.get("result") not in (0, None)),
-                    None)
-        if call is None:
-            return None, "the failing call is not in the report"
-        args = [call["function"], "--return", "SUCCESS"]
-        for out in _SUCCESS_OUTS[call["function"]]:
-            args += ["--out", out]
-        return args, None
+        return _success_for_first_failure(report, pid, _SUCCESS_OUTS)
     if rule == "memory-query-failed":  # the first memory query that failed, answered with a device's figures
-        call = next((c for c in report.get("calls") or [] if c.get("pid") == pid and c.get("returned")
-                     and c.get("function") in _MEMORY_OUTS and c.get("result") not in (0, None)), None)
-        if call is None:
-            return None, "the failing call is not in the report"
-        args = [call["function"], "--return", "SUCCESS"]
-        for out in _MEMORY_OUTS[call["function"]]:
-            args += ["--out", out]
-        return args, None
+        return _success_for_first_failure(report, pid, _MEMORY_OUTS)
     if rule in _CANNOT:
         return None, _CANNOT[rule]
     return None, "no stand-in for this finding's fix yet (cuda-patch sets results and integer out-parameters)"
+
+
+def _success_for_first_failure(report: dict, pid, outs: dict) -> tuple[list[str] | None, str | None]:
+    """cuda-patch arguments that make PID's first failing call among OUTS's functions succeed, with
+    the out-parameters OUTS gives it."""
+    call = next((c for c in report.get("calls") or [] if (pid is None or c.get("pid") == pid)
+                 and c.get("function") in outs and c.get("returned") and c.get("result") not in (0, None)), None)
+    if call is None:
+        return None, "the failing call is not in the report"
+    args = [call["function"], "--return", "SUCCESS"]
+    for out in outs[call["function"]]:
+        args += ["--out", out]
+    return args, None
 
 
 def _version_wanted(finding: dict) -> int:
