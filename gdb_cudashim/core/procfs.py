@@ -113,16 +113,24 @@ def state(pid: int) -> str | None:
         return None
 
 
-def ended_status(pid: int) -> int | None:
-    """The wait status of PID if every one of its threads has ended (zombies a tracer has not
-    collected yet: the process is over), from the thread group leader's stat (field 52,
-    exit_code, in waitpid's form; Linux 3.5+). None while any thread lives, or if it is gone."""
-    import os
+ENDED = ("Z", "X")  # a thread that has ended: a zombie its tracer has not collected, or dead
 
+
+def all_ended(states: dict[int, str]) -> bool:
+    """Every thread in STATES (thread_states) has ended: the process is over."""
+    return bool(states) and all(st in ENDED for st in states.values())
+
+
+def settled(states: dict[int, str]) -> bool:
+    """Every thread in STATES has ended or sits in a tracer's stop ('t'): none is still on its way
+    out (a thread woken from its tracing stop by SIGKILL runs its exit before it is a zombie)."""
+    return all(st in ENDED or st == "t" for st in states.values())
+
+
+def exit_status(pid: int) -> int | None:
+    """The wait status of an ended PID, from the thread group leader's stat (field 52, exit_code,
+    in waitpid's form; Linux 3.5+); None if it cannot be read."""
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        if not tasks or any(state_of_task(pid, int(t)) not in ("Z", "X") for t in tasks):
-            return None
         return int(_stat(pid)[49])  # fields after "(comm)": state is [0], exit_code (field 52) is [49]
     except (OSError, IndexError, ValueError):
         return None

@@ -64,7 +64,7 @@ class Tracer:
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
-        self.collected: dict[int, int] = {}  # pid -> wait status of a process cuda-run reaped (see _collect_ended)
+        self.collected: dict[int, int | None] = {}  # pid -> wait status (None: unknown) of a process cuda-run reaped
         self.exec_pending: set[int] = set()  # processes whose program space emptied: an exec (or a re-run)
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
@@ -439,14 +439,12 @@ class Tracer:
         self.live_pids.discard(pid)
         memory.forget_maps(pid)
         self.recording.drain(pid, final=True)  # its last records, before its exit
-        status = self.collected.pop(pid, None)
-        if status is not None:  # ended on its own; cuda-run collected it (its wait status from /proc)
-            import signal as signals
-
-            sig = status & 0x7F
-            name = signals.Signals(sig).name if sig and sig in signals.Signals._value2member_map_ else None
+        if pid in self.collected:  # ended on its own; cuda-run collected it (its wait status from /proc)
+            status = self.collected.pop(pid)
+            sig = status & 0x7F if status is not None else 0
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
-                                           exit_code=None if sig else status >> 8, signal=name))
+                                           exit_code=status >> 8 if status is not None and not sig else None,
+                                           signal=_signal_name(sig) if sig else None))
         elif self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
                                            detail=f"ended by gdb-cudashim ({self.ending})"))
@@ -497,6 +495,11 @@ def _exit_signal() -> str | None:
         number = int(value)
     except (gdb.error, ValueError):
         return None
+    return _signal_name(number)
+
+
+def _signal_name(number: int) -> str:
+    """SIGKILL for 9; "signal N" for a number Python has no name for."""
     import signal
 
     try:

@@ -156,8 +156,6 @@ class CudaRun(Command):
             if t.stop_reason is not None:
                 dog.ack()
                 return None
-            if not _live():
-                return None
             _collect_ended(t)
             if not _live():
                 return None
@@ -235,22 +233,24 @@ def _collect_ended(tracer) -> None:
     (the exit event says what the kernel said, not that we ended it)."""
     import time
 
-    from ...core.procfs import ended_status, thread_states
+    from ...core.procfs import ENDED, all_ended, exit_status, settled, thread_states
 
     for inferior in _live():
         states = thread_states(inferior.pid)
-        if any(st in ("Z", "X") for st in states.values()) and not all(st in ("Z", "X") for st in states.values()):
-            # some threads ended, others not yet: an exit_group (a Go program's end) or a SIGKILL
-            # still tearing the process down; give it a moment to finish (a thread that ended on its
-            # own while the rest live on is collected by gdb as it goes, and never waits here long)
-            deadline = time.monotonic() + 0.25
-            while time.monotonic() < deadline and not all(st in ("Z", "X") for st in states.values()):
+        if any(st in ENDED for st in states.values()):
+            # some threads ended: an exit_group (a Go program's end) or a SIGKILL may still be tearing
+            # the process down, its last threads running their exit (state R or D, not a tracing stop
+            # 't': gdb holds every thread). Wait until each thread has ended or sits stopped; a thread
+            # that ended on its own while the rest live on leaves the others in 't' and costs no wait
+            deadline = time.monotonic() + 2.0
+            while not settled(states) and time.monotonic() < deadline:
                 time.sleep(0.005)
                 states = thread_states(inferior.pid)
-        status = ended_status(inferior.pid)
-        if status is None:
+        if states and not all_ended(states):
             continue
-        tracer.collected[inferior.pid] = status
+        # every thread ended, or the process is gone from /proc altogether: gdb's own wait took it
+        # and holds its exit unreported (seen under load); its status is then unknown
+        tracer.collected[inferior.pid] = exit_status(inferior.pid) if states else None
         pid = inferior.pid
         try:
             # 'kill inferiors N': no confirmation query, and no frame printed (that reads registers)
