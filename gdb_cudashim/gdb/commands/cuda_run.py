@@ -246,11 +246,13 @@ def _collect_ended(tracer) -> None:
             while not settled(states) and time.monotonic() < deadline:
                 time.sleep(0.005)
                 states = thread_states(inferior.pid)
-        if states and not all_ended(states):
+        if not all_ended(states):
+            # threads live on; or the process is gone from /proc altogether: then gdb's own wait
+            # took its exit and holds it as a pending event, with the status, and the continue
+            # reports it without touching the process (collecting it here lost that status: 20
+            # children that exited 0 came out "exit code unknown")
             continue
-        # every thread ended, or the process is gone from /proc altogether: gdb's own wait took it
-        # and holds its exit unreported (seen under load); its status is then unknown
-        tracer.collected[inferior.pid] = exit_status(inferior.pid) if states else None
+        tracer.collected[inferior.pid] = exit_status(inferior.pid)
         pid = inferior.pid
         try:
             # 'kill inferiors N': no confirmation query, and no frame printed (that reads registers)
