@@ -707,29 +707,36 @@ def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[di
             wall = {"wall": len(walls) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
                     "error_before": walls_mod.error_text(current)}
             walls.append(wall)
-            sim, why = walls_mod.simulation(f, current)
-            if sim is None:
+            sims, why = walls_mod.simulation(f, current)
+            if sims is None:
                 wall.update(verdict="cannot simulate", why=why, simulation=None)
                 return walls, round(time.monotonic() - started, 1)  # the chain cannot go past it
-            print(f"gdb-cudashim: what-if {wall['wall']}: cuda-patch {' '.join(sim)}", file=sys.stderr)
-            after = _gdb_report(make_cmd_with(patches + [sim], end_server=True), env, no_report, timeout=args.timeout)
-            calls = [c for c in after.get("calls") or [] if c.get("function") == sim[0]]
-            if calls and not any(c.get("patched_from") is not None for c in calls):
+            words = walls_mod.as_words(sims)
+            print(f"gdb-cudashim: what-if {wall['wall']}: {walls_mod.shown(words)}", file=sys.stderr)
+            after = _gdb_report(make_cmd_with(walls_mod.merged(patches + sims), end_server=True), env, no_report,
+                                timeout=args.timeout)
+            untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
+            if untouched:
                 # the call was made again but its result was not replaced (cuda-patch refused the
                 # arguments, or could not reach the call): no verdict from a run that simulated nothing
-                wall.update(verdict="cannot simulate", simulation=["cuda-patch", *sim],
-                            why=f"cuda-patch {sim[0]} did not change its result in the re-run")
+                wall.update(verdict="cannot simulate", simulation=words,
+                            why=f"cuda-patch {untouched[0]} did not change its result in the re-run")
                 return walls, round(time.monotonic() - started, 1)
             verdict, why = walls_mod.verdict(current, after)
-            wall.update(verdict=verdict, why=why, simulation=["cuda-patch", *sim],
-                        error_after=walls_mod.error_text(after))
+            wall.update(verdict=verdict, why=why, simulation=words, error_after=walls_mod.error_text(after),
+                        status_after=after.get("status"), rules_after=[x.get("rule") for x in after.get("findings") or []])
             if verdict == "proven":
-                patches.append(sim)
+                patches += sims
                 current, progressed = after, True
                 break
         if not progressed:
             break
     return walls, round(time.monotonic() - started, 1)
+
+
+def _made_but_not_patched(report: dict, function: str) -> bool:
+    calls = [c for c in report.get("calls") or [] if c.get("function") == function]
+    return bool(calls) and not any(c.get("patched_from") is not None for c in calls)
 
 
 def _load_reference(path: str) -> dict:

@@ -48,10 +48,80 @@ def test_memory_queries_past_init_are_two_proven_walls(tmp_path):
     assert w2["why"] == "the run went further (no finding is left)", w2["why"]
 
 
-def test_a_wall_that_is_a_string_says_it_cannot_be_simulated(tmp_path):
+def test_a_wall_that_is_a_string_is_answered_in_nvidias_form_and_proven(tmp_path):
+    """The NVML driver version '12.4' (a CUDA version where a driver branch belongs): cuda-patch
+    writes a string answer through the out-parameter, and the re-run meets no wall."""
     from conftest import BUILD
 
     env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_NVML_DRIVER_VERSION="12.4")
     proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
     (wall,) = report["walls"]
-    assert (wall["rule"], wall["verdict"]) == ("nvml-driver-version", "cannot simulate") and "string" in wall["why"]
+    assert (wall["rule"], wall["verdict"]) == ("nvml-driver-version", "proven"), wall
+    assert wall["simulation"] == ["cuda-patch", "nvmlSystemGetDriverVersion", "--return", "SUCCESS",
+                                  "--out", "0=str:570.133.20"]
+    assert wall["status_after"] == 0 and wall["rules_after"] == []
+    assert "no wall left: with the simulated fix above, CUDA initialised" in proc.stdout
+
+
+def test_an_all_zero_uuid_is_answered_for_that_device_and_proven(tmp_path):
+    from conftest import BUILD
+
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_UUID="zero")
+    proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
+    (wall,) = report["walls"]
+    assert (wall["rule"], wall["verdict"]) == ("device-uuid-zero", "proven"), wall
+    assert wall["simulation"][1] == "cuDeviceGetUuid_v2" and "--if" in wall["simulation"]
+    assert any(a.startswith("0=hex:GPU-") for a in wall["simulation"]), wall["simulation"]
+
+
+def test_the_fake_runtimes_bad_properties_are_walls_until_none_is_left(tmp_path):
+    """Real llama-server --list-devices over the bundled fake runtime, whose cudaDeviceProp is laid
+    out by hand (CUDA 12's fields 32 bytes early): compute capability 0.0, proven by answering the
+    capability the run's libggml-cuda was built for in prop.major/minor; then 0 MiB, from two places
+    (prop.totalGlobalMem and cudaMemGetInfo), both answered in one wall; then no wall left. The
+    second wall's answer for cudaGetDeviceProperties_v2 joins the first's (one patch per function)."""
+    from gdb_cudashim import realprogs
+    from gdb_cudashim.core.devprops import fatbin_targets
+
+    from conftest import FAKERT, VARIANTS
+
+    server, backend = realprogs.path("llama-server"), realprogs.path("ggml-cuda")
+    env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=VARIANTS / "seed", GGML_BACKEND_PATH=backend)
+    proc, report = run_report(tmp_path, [server, "--list-devices"], env, extra=["--what-if"], timeout=300)
+    assert "CUDA0: Fake GPU (fakert) (0 MiB, 0 MiB free)" in proc.stdout
+    w1, w2 = report["walls"]
+    low = min(fatbin_targets(str(backend))["sm"])
+    assert (w1["rule"], w1["verdict"]) == ("device-compute-capability", "proven"), w1
+    assert w1["simulation"][:4] == ["cuda-patch", "cudaGetDeviceProperties_v2", "--return", "SUCCESS"]
+    assert f"0.major={low // 10}" in w1["simulation"] and f"0.minor={low % 10}" in w1["simulation"]
+    assert w1["rules_after"] == ["device-no-memory"], w1
+    assert (w2["rule"], w2["verdict"]) == ("device-no-memory", "proven"), w2
+    commands = " ".join(w2["simulation"]).split(" ; ")
+    assert commands == ["cuda-patch cudaGetDeviceProperties_v2 --return SUCCESS --out 0.totalGlobalMem=8589934592",
+                        "cuda-patch cudaMemGetInfo --return SUCCESS --out 0=8589934592:8 --out 1=8589934592:8"]
+    assert w2["status_after"] == 0 and w2["rules_after"] == []
+    assert "no wall left: with the 2 simulated fixes above" in proc.stdout
+
+
+def test_what_if_chains_are_compared_by_diff(tmp_path):
+    """Two reports' walls, wall by wall, after their events (the same program: one run's shim
+    answers the driver version wrong, the other's a zero UUID)."""
+    import json
+
+    from conftest import BUILD, run_cli
+
+    runs = {}
+    for name, extra in (("a", {"CUDASHIM_NVML_DRIVER_VERSION": "12.4"}), ("b", {"CUDASHIM_UUID": "zero"})):
+        d = tmp_path / name
+        d.mkdir()
+        env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, **extra)
+        proc, report = run_report(d, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
+        assert report["walls"], proc.stdout
+        runs[name] = d / "report.json"
+    proc = run_cli(["diff", "--json", str(runs["a"]), str(runs["b"])])
+    divergences = json.loads(proc.stdout)["divergences"]
+    (wall,) = [d for d in divergences if d["event"] == "wall"]
+    assert wall["subject"] == "wall 1" and wall["ref"] == "nvml-driver-version: proven", wall
+    assert wall["run"] == "device-uuid-zero: proven", wall
+    assert divergences[-1]["event"] == "wall"  # a conclusion of re-runs: after every event of the run
+    assert "what-if    wall 1" in run_cli(["diff", str(runs["a"]), str(runs["b"])]).stdout

@@ -26,6 +26,18 @@ NVML_MEMORY = (("total", 0), ("free", 8), ("used", 16))  # nvmlMemory_t (nvml.h)
 STRUCTS = {"cudaDeviceProp": SIZE, "nvmlMemory": 24, "CUuuid": 16}
 
 
+def slot(struct_name: str, field: str) -> tuple[int, int, str] | None:
+    """(offset, size, C type) of FIELD in the struct STRUCT_NAME (STRUCTS), or None: what
+    cuda-patch --out INDEX.FIELD writes."""
+    if struct_name == "cudaDeviceProp" and field in _FIELD:
+        return _FIELD[field][1:]
+    if struct_name == "nvmlMemory":
+        return next(((o, 8, "unsigned long long") for k, o in NVML_MEMORY if k == field), None)
+    if struct_name == "CUuuid" and field == "bytes":
+        return 0, 16, "unsigned char[16]"
+    return None
+
+
 def uuid_text(data: bytes) -> str:
     """16 bytes as nvidia-smi and CUDA_VISIBLE_DEVICES write a GPU's UUID: GPU-8-4-4-4-12 lowercase hex."""
     h = data.hex()

@@ -101,6 +101,14 @@ def check(report, label: str) -> dict:
     left = report.get("left_running")
     if not _is(left, _LIST) or not all(_is(p, _INT) for p in left or []):
         bad("left_running")
+    walls = report.get("walls")
+    if not _is(walls, _LIST):
+        bad("walls")
+    for i, w in enumerate(walls or []):
+        if not isinstance(w, dict) or not _is(w.get("wall"), _INT) or not all(
+                _is(w.get(k), _STR) for k in ("rule", "summary", "verdict", "why")) \
+                or not _is(w.get("simulation"), _LIST):
+            bad(f"walls[{i}]")
     libraries = report.get("libraries")
     if not _is(libraries, _LIST):
         bad("libraries")
@@ -401,7 +409,28 @@ def compare(ref: dict, run: dict) -> list[Divergence]:
                                     name=role, position=rb))
     found += _library_divergences(ref, run, run_streams)
     found.sort(key=lambda d: d.position)
-    return fold(found)
+    last = max([d.position for d in found] + [last_run_seq])
+    return fold(found) + _wall_divergences(ref, run, last + 1)
+
+
+def _wall_divergences(ref: dict, run: dict, position: float) -> list[Divergence]:
+    """run --what-if's chains, wall by wall (after every event: a wall is a re-run's conclusion,
+    not a moment of this run): a wall that is another finding, or the same finding with another
+    verdict. Reports without walls (no --what-if on one side) are not compared here."""
+    ref_walls, run_walls = ref.get("walls"), run.get("walls")
+    if ref_walls is None or run_walls is None:
+        return []
+    out = []
+    for n in range(max(len(ref_walls), len(run_walls))):
+        a = ref_walls[n] if n < len(ref_walls) else None
+        b = run_walls[n] if n < len(run_walls) else None
+        said = [f"{w['rule']}: {w['verdict']}" if w else None for w in (a, b)]
+        if said[0] == said[1]:
+            continue
+        kind = "differs" if a and b else "only-in-ref" if a else "only-in-run"
+        out.append(Divergence(kind, "what-if", "wall", f"wall {n + 1}", said[0], said[1],
+                              name=(b or a)["rule"], position=position + n))
+    return out
 
 
 def _files_by_role(report: dict) -> dict[str, dict[str, str]]:
@@ -512,7 +541,7 @@ def _value(d: Divergence, side: str) -> str:
     value = d.ref if side == "ref" else d.run
     if value is None:
         return {"process": "not started", "call": "not called", "lookup": "not looked up", "load": "not loaded",
-                "error": "not written"}.get(d.event, "absent")
+                "error": "not written", "wall": "no such wall"}.get(d.event, "absent")
     return value
 
 

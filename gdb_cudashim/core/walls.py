@@ -24,10 +24,15 @@ _MEMORY_OUTS = {
     "cudaMemGetInfo": ["0=8589934592:8", "1=8589934592:8"],
 }
 
+# what a simulated fix answers in place of a shim's wrong one: a driver branch in NVIDIA's form
+# (570: what ollama's cuda_v13 libraries need, 550 enough for cuda_v12), a device's memory, a
+# UUID (fixed: the same in every re-run and process), a name
+DRIVER_VERSION_TEXT = "570.133.20"
+DEVICE_BYTES = 8 << 30
+DEVICE_UUID = "GPU-5a1e0c4d-9b7f-4e21-8c3a-2f6d1b0e7a95"
+DEVICE_NAME = "NVIDIA simulated device (what-if)"
+
 _CANNOT = {
-    "nvml-driver-version": "the answer is a string (cuda-patch sets results and integer out-parameters): answer "
-                           "NVIDIA's form in the shim and run again",
-    "device-uuid-zero": "the answer is a 16-byte UUID (cuda-patch sets results and integer out-parameters)",
     "proc-address-target": "the fix is the pointer itself: the shim's own implementation of that entry point",
     "visible-devices": "the fix is how the shim reads CUDA_VISIBLE_DEVICES in each child, not one call's result",
     "missing-cuGetExportTable": "NVIDIA's private export tables (CUDART_INTERFACE...) exist only in NVIDIA's driver: "
@@ -41,23 +46,147 @@ _CANNOT = {
     "preload-ignored": "a file problem (what ld.so could not preload), not a call's result: fix the path",
 }
 
+Patch = list  # one cuda-patch command's arguments: [FUNCTION, --return, VALUE, --out, ...]
 
-def simulation(finding: dict, report: dict) -> tuple[list[str] | None, str | None]:
-    """(the cuda-patch arguments that simulate FINDING's fix, None) or (None, why it cannot be)."""
+
+def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | None]:
+    """(the cuda-patch commands that simulate FINDING's fix, None) or (None, why it cannot be)."""
     rule = finding.get("rule")
     pid = finding.get("pid")
     if rule == "driver-version":
-        return ["cuDriverGetVersion", "--return", "SUCCESS", "--out", f"0={_version_wanted(finding)}"], None
+        return [["cuDriverGetVersion", "--return", "SUCCESS", "--out", f"0={_version_wanted(finding)}"]], None
     if rule in ("driver-error-passed-through", "init-call-failed"):
-        return _success_for_first_failure(report, pid, _SUCCESS_OUTS)
+        return _one(_success_for_first_failure(report, pid, _SUCCESS_OUTS))
     if rule == "memory-query-failed":  # the first memory query that failed, answered with a device's figures
-        return _success_for_first_failure(report, pid, _MEMORY_OUTS)
+        return _one(_success_for_first_failure(report, pid, _MEMORY_OUTS))
+    if rule == "nvml-driver-version":
+        return [["nvmlSystemGetDriverVersion", "--return", "SUCCESS", "--out", f"0=str:{DRIVER_VERSION_TEXT}"]], None
+    if rule == "device-uuid-zero":
+        return _uuid(report, pid)
+    if rule == "device-compute-capability":
+        return _capability(finding, report, pid)
+    if rule == "device-no-memory":
+        return _memory(report, pid)
+    if rule == "device-empty-name":
+        return _name(report, pid)
     if rule in _CANNOT:
         return None, _CANNOT[rule]
-    return None, "no stand-in for this finding's fix yet (cuda-patch sets results and integer out-parameters)"
+    return None, "no stand-in for this finding's fix yet (cuda-patch sets results and out-parameters)"
 
 
-def _success_for_first_failure(report: dict, pid, outs: dict) -> tuple[list[str] | None, str | None]:
+def _one(result):
+    args, why = result
+    return ([args] if args is not None else None), why
+
+
+def _calls(report: dict, pid, functions) -> list[dict]:
+    return [c for c in report.get("calls") or [] if (pid is None or c.get("pid") == pid)
+            and c.get("function") in functions and c.get("returned")]
+
+
+def _uuid(report: dict, pid):
+    zero = next((c for c in _calls(report, pid, ("cuDeviceGetUuid_v2", "cuDeviceGetUuid"))
+                 if (c.get("args") or {}).get("uuid", {}).get("zero")), None)
+    if zero is None:
+        return None, "the call that answered the all-zero UUID is not in the report"
+    dev = (zero.get("args") or {}).get("dev")
+    cond = ["--if", f"$rsi == {dev}"] if isinstance(dev, int) else []
+    return [[zero["function"], "--return", "SUCCESS", "--out", f"0=hex:{DEVICE_UUID}", *cond]], None
+
+
+def _needed(finding: dict) -> tuple[int, int]:
+    """The compute capability the run's libggml-cuda needs (from the finding's fix), else 8.9."""
+    import re
+
+    m = re.search(r"needs (\d+)\.(\d+) or newer", finding.get("fix") or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (8, 9)
+
+
+def _capability(finding: dict, report: dict, pid):
+    major, minor = _needed(finding)
+    props = _calls(report, pid, ("cudaGetDeviceProperties_v2",))
+    if props:
+        dev = (props[0].get("args") or {}).get("device")
+        cond = ["--if", f"$rsi == {dev}"] if isinstance(dev, int) else []
+        return [["cudaGetDeviceProperties_v2", "--return", "SUCCESS", "--out", f"0.major={major}",
+                 "--out", f"0.minor={minor}", *cond]], None
+    if _calls(report, pid, ("cuDeviceGetAttribute",)):
+        # one patch per function: the major (attribute 75) is answered, the minor stays what the shim says
+        return [["cuDeviceGetAttribute", "--return", "SUCCESS", "--out", f"0={major}", "--if", "$rsi == 75"]], None
+    return None, "the call that answered the compute capability is not in the report"
+
+
+def _memory(report: dict, pid):
+    """Every place that answered 0 bytes, answered with a device's memory (ggml and ollama read
+    several: fixing one leaves the others at 0)."""
+    patches = []
+    for c in _calls(report, pid, ("cudaGetDeviceProperties_v2", "cudaMemGetInfo", "cuMemGetInfo_v2",
+                                  "cuDeviceTotalMem_v2", "nvmlDeviceGetMemoryInfo")):
+        args, fn = c.get("args") or {}, c["function"]
+        if c.get("result") not in (0, None) or any(p[0] == fn for p in patches):
+            continue
+        if fn == "cudaGetDeviceProperties_v2" and isinstance(args.get("prop"), dict) and not args["prop"].get("totalGlobalMem"):
+            patches.append([fn, "--return", "SUCCESS", "--out", f"0.totalGlobalMem={DEVICE_BYTES}"])
+        elif fn in ("cudaMemGetInfo", "cuMemGetInfo_v2") and not args.get("total"):
+            patches.append([fn, "--return", "SUCCESS", "--out", f"0={DEVICE_BYTES}:8", "--out", f"1={DEVICE_BYTES}:8"])
+        elif fn == "cuDeviceTotalMem_v2" and not args.get("bytes"):
+            patches.append([fn, "--return", "SUCCESS", "--out", f"0={DEVICE_BYTES}:8"])
+        elif fn == "nvmlDeviceGetMemoryInfo" and isinstance(args.get("memory"), dict) and not args["memory"].get("total"):
+            patches.append([fn, "--return", "SUCCESS", "--out", f"1.total={DEVICE_BYTES}",
+                            "--out", f"1.free={DEVICE_BYTES}", "--out", "1.used=0"])
+    return (patches, None) if patches else (None, "the calls that answered 0 bytes are not in the report")
+
+
+def _name(report: dict, pid):
+    for c in _calls(report, pid, ("cudaGetDeviceProperties_v2", "cuDeviceGetName")):
+        args = c.get("args") or {}
+        if c["function"] == "cudaGetDeviceProperties_v2" and isinstance(args.get("prop"), dict) \
+                and not args["prop"].get("name"):
+            return [[c["function"], "--return", "SUCCESS", "--out", f"0.name=str:{DEVICE_NAME}"]], None
+        if c["function"] == "cuDeviceGetName" and args.get("name") == "":
+            return [[c["function"], "--return", "SUCCESS", "--out", f"0=str:{DEVICE_NAME}"]], None
+    return None, "the call that answered the empty name is not in the report"
+
+
+def merged(patches: list[Patch]) -> list[Patch]:
+    """PATCHES with those of one function made one (cuda-patch holds one patch per function: a
+    second wall's answer for cudaGetDeviceProperties_v2 joins the first's). The later --return
+    and --out of the same place win; an --if is kept only where the two agree."""
+    out: dict[str, dict] = {}
+    for p in patches:
+        fn, opts = p[0], _options(p[1:])
+        if fn not in out:
+            out[fn] = opts
+            continue
+        have = out[fn]
+        have["--return"] = opts.get("--return", have.get("--return"))
+        outs = {o.split("=", 1)[0]: o for o in have.get("--out", []) + opts.get("--out", [])}
+        have["--out"] = list(outs.values())
+        if have.get("--if") != opts.get("--if"):
+            have.pop("--if", None)
+    result = []
+    for fn, opts in out.items():
+        args = [fn]
+        for key in ("--return", "--if"):
+            if key in opts:
+                args += [key, opts[key]]
+        for o in opts.get("--out", []):
+            args += ["--out", o]
+        result.append(args)
+    return result
+
+
+def _options(args: list[str]) -> dict:
+    opts: dict = {}
+    for key, value in zip(args[::2], args[1::2]):
+        if key == "--out":
+            opts.setdefault("--out", []).append(value)
+        else:
+            opts[key] = value
+    return opts
+
+
+def _success_for_first_failure(report: dict, pid, outs: dict) -> tuple[Patch | None, str | None]:
     """cuda-patch arguments that make PID's first failing call among OUTS's functions succeed, with
     the out-parameters OUTS gives it."""
     call = next((c for c in report.get("calls") or [] if (pid is None or c.get("pid") == pid)
@@ -116,5 +245,28 @@ def render(walls: list[dict], seconds: float) -> list[str]:
         if w["verdict"] == "cannot simulate":
             out.append(f"{head} -- cannot simulate: {w['why']}")
         else:
-            out.append(f"{head} -- {w['verdict']} (with {' '.join(w['simulation'])}: {w['why']})")
+            out.append(f"{head} -- {w['verdict']} (with {shown(w['simulation'])}: {w['why']})")
+    last = walls[-1] if walls else None
+    if last and last["verdict"] == "proven" and last.get("status_after") == 0 and not last.get("rules_after"):
+        proven = sum(w["verdict"] == "proven" for w in walls)
+        fixes = f"the {proven} simulated fixes" if proven > 1 else "the simulated fix"
+        out.append(f"no wall left: with {fixes} above, CUDA initialised and the run met no finding (make "
+                   f"{'them' if proven > 1 else 'it'} in the shim, then run again to see it for real)")
     return out
+
+
+def shown(simulation: list[str]) -> str:
+    """A wall's simulation as a person would type it: each cuda-patch command, its arguments quoted
+    where they hold spaces or shell characters, commands joined by ';'."""
+    import shlex
+
+    return " ".join(a if a == ";" else shlex.quote(a) for a in simulation)
+
+
+def as_words(patches: list[Patch]) -> list[str]:
+    """The JSON form of a wall's simulation: 'cuda-patch' and the arguments of each command, ';'
+    between commands (one command: exactly its words, as schema 2 has them)."""
+    words: list[str] = []
+    for p in patches:
+        words += ([";"] if words else []) + ["cuda-patch", *p]
+    return words

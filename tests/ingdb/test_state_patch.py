@@ -102,6 +102,38 @@ def test_cuda_patch_on_the_real_stack():
     assert not [b for b in gdb.breakpoints() if b.is_valid() and b.location == "cuInit"]
 
 
+def test_cuda_patch_writes_strings_bytes_and_fields_within_the_callers_buffer():
+    """--out str: into nvmlSystemGetDriverVersion's buffer is cut to its length argument (the
+    discovery passes 80 bytes: 79 characters and the NUL), hex: writes a UUID's 16 bytes, and
+    INDEX.FIELD one struct field; the recorded calls show what the program then read."""
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute(f"file {os.path.join(ROOT, 'build', 'discover')}")
+    long = "570." + "1" * 196  # ollama's reading (the text before the first '.') still sees 570
+    _out(f"cuda-patch nvmlSystemGetDriverVersion --return SUCCESS --out 0=str:{long}")
+    _out("cuda-patch cuDeviceGetUuid_v2 --return SUCCESS --out 0=hex:GPU-00112233-4455-6677-8899-aabbccddeeff")
+    _out("cuda-patch nvmlDeviceGetMemoryInfo --return SUCCESS --out 1.total=4096")
+    assert "--out 0=hex:GPU-00112233" in _out("cuda-patch list")
+    out = tempfile.mktemp(suffix=".json")
+    gdb.execute(f"cuda-run --no-report --json {out}", to_string=True)
+    calls = json.load(open(out))["calls"]
+    (version,) = [c["args"]["version"] for c in calls if c["function"] == "nvmlSystemGetDriverVersion"
+                  and c["args"].get("version")]
+    assert version == long[:79], len(version)
+    uuids = [c["args"]["uuid"]["uuid"] for c in calls if c["function"] == "cuDeviceGetUuid_v2" and "uuid" in c["args"]]
+    assert uuids == ["GPU-00112233-4455-6677-8899-aabbccddeeff"], uuids
+    _out("cuda-patch delete all")
+    for cmd, words in (("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.major=8:8", "4 bytes (int), not 8"),
+                       ("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.nope=1", "has no field 'nope'"),
+                       ("cuda-patch cuDeviceGetUuid_v2 --return 0 --out 0=hex:" + "00" * 17, "do not fit in CUuuid"),
+                       ("cuda-patch cuInit --return 0 --out 0.x=1", "not a struct I know")):
+        try:
+            gdb.execute(cmd, to_string=True)
+        except gdb.error as exc:
+            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
+        else:
+            raise AssertionError(cmd)
+
+
 def test_cuda_patch_skip_does_not_run_the_function():
     gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
     gdb.execute(f"file {PROBE}")

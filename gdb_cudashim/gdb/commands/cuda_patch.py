@@ -7,6 +7,8 @@ import gdb
 
 from ...core.calls import ARG_REGISTERS, SPECS, is_cuda_symbol
 from ...core.codes import UnknownValue, parse_value
+from ...core.patchout import OutError, capped, fits
+from ...core.patchout import parse as parse_out
 from ...core.timeline import Call
 from .. import memory, session
 from ..command import Command, register
@@ -18,7 +20,7 @@ class Patch:
         self.id = pid
         self.function = function
         self.value = value
-        self.outs = outs  # [(index, value, size)]
+        self.outs = outs  # [patchout.Out]
         self.skip = skip
         self.count = count
         self.cond = cond
@@ -32,7 +34,7 @@ class Patch:
         self.finishes: list = []
 
     def describe(self) -> str:
-        parts = [f"--return {self.value}"] + [f"--out {i}={v}" + (f":{s}" if s != 4 else "") for i, v, s in self.outs]
+        parts = [f"--return {self.value}"] + [f"--out {o.shown}" for o in self.outs]
         if self.skip:
             parts.append("--skip")
         if self.count is not None:
@@ -74,9 +76,16 @@ def _record(patch: Patch, original, pid, tid, library):
 
 
 def _write_outs(patch: Patch, inferior, pointers):
-    for (index, value, size), ptr in zip(patch.outs, pointers):
-        if ptr:
-            inferior.write_memory(ptr, int(value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+    """POINTERS: (the pointer, its buffer's length or None) per --out, read at the call's entry."""
+    for out, (ptr, cap) in zip(patch.outs, pointers):
+        data = capped(out, cap)
+        if ptr and data:
+            inferior.write_memory(ptr + out.offset, data)
+
+
+def _entry_pointers(patch: Patch, frame) -> list[tuple[int, int | None]]:
+    return [(memory.reg(frame, ARG_REGISTERS[o.index]),
+             memory.reg(frame, ARG_REGISTERS[o.cap_arg]) if o.cap_arg is not None else None) for o in patch.outs]
 
 
 class _PatchReturn(gdb.FinishBreakpoint):
@@ -133,7 +142,7 @@ class _PatchBreakpoint(gdb.Breakpoint):
                 return False
         patch.hits += 1
         frame = gdb.newest_frame()
-        pointers = [memory.reg(frame, ARG_REGISTERS[i]) for i, _, _ in patch.outs]
+        pointers = _entry_pointers(patch, frame)
         pid, tid = memory.ptid()
         library = memory.solib(frame.pc())
         if patch.skip:
@@ -193,11 +202,6 @@ def _check_function(name: str) -> None:
     if declared is False:
         raise gdb.GdbError(f"cuda-patch: no function {name!r} is loaded, and it is not a CUDA function I know "
                            f"(not declared in cuda.h or cuda_runtime_api.h; check the spelling)")
-
-
-def _fits(value: int, size: int) -> bool:
-    """VALUE fits SIZE bytes as a signed or an unsigned number."""
-    return -(1 << (8 * size - 1)) <= value < (1 << (8 * size))
 
 
 def _holds(cond: str) -> bool:
@@ -281,25 +285,11 @@ def _check_condition(cond: str) -> None:
                            f"must only read (compare registers, arguments, globals)")
 
 
-def _parse_out(text: str, function: str) -> tuple[int, int, int]:
-    m = re.fullmatch(r"(\d+)=([^:]+)(?::(1|2|4|8))?", text)
-    if not m:
-        raise gdb.GdbError(f"cuda-patch: --out takes INDEX=VALUE[:SIZE], not {text!r}")
-    index = int(m.group(1))
-    spec = SPECS.get(function)
-    limit = len(spec.args) if spec else len(ARG_REGISTERS)
-    if index >= limit:
-        what = f"{function}'s {limit} argument(s)" if spec else f"the {limit} register arguments"
-        raise gdb.GdbError(f"cuda-patch: --out index {index} is beyond {what}")
+def _parse_out(text: str, function: str):
     try:
-        value = parse_value(m.group(2))
-    except UnknownValue as exc:
-        raise gdb.GdbError(f"cuda-patch: --out {text}: {exc}")
-    size = int(m.group(3) or 4)
-    if not _fits(value, size):
-        raise gdb.GdbError(f"cuda-patch: --out {text}: {value} does not fit in {size} byte{'s' if size > 1 else ''} "
-                           f"(give :8 for a 64-bit out-parameter)")
-    return index, value, size
+        return parse_out(text, function)
+    except OutError as exc:
+        raise gdb.GdbError(f"cuda-patch: {exc}") from None
 
 
 @register
@@ -312,14 +302,19 @@ class CudaPatch(Command):
         p.epilog = ("VALUE: a number or a name (CUDA_ERROR_NO_DEVICE, cudaErrorNoDevice, NVML_ERROR_NOT_FOUND, SUCCESS).\n"
                     "Examples:  cuda-patch cuInit --return CUDA_ERROR_NO_DEVICE\n"
                     "           cuda-patch cuDriverGetVersion --return SUCCESS --out 0=11080\n"
+                    "           cuda-patch nvmlSystemGetDriverVersion --return SUCCESS --out 0=str:570.133.20\n"
+                    "           cuda-patch cudaGetDeviceProperties_v2 --return SUCCESS --out 0.major=8 --out 0.minor=9\n"
                     "           cuda-patch list      cuda-patch delete 2      cuda-patch delete all\n"
                     "One patch per function: a second one on the same function is refused, naming the patch that\n"
                     "holds it (each call then has one patched result); delete that one first.")
         p.add_argument("function", metavar="FUNCTION|list|delete", help="the function to patch, or list / delete")
         p.add_argument("ids", nargs="*", metavar="ID|all", help="with delete: patch numbers, or all")
         p.add_argument("--return", dest="ret", metavar="VALUE", help="the result to return")
-        p.add_argument("--out", action="append", default=[], metavar="INDEX=VALUE[:SIZE]",
-                       help="also write VALUE (SIZE bytes, default 4) through pointer argument INDEX (0-based)")
+        p.add_argument("--out", action="append", default=[], metavar="INDEX[.FIELD]=VALUE",
+                       help="also write through pointer argument INDEX (0-based): a number (VALUE[:SIZE], SIZE bytes, "
+                            "default 4), str:TEXT (NUL added; cut to the buffer's length argument), hex:BYTES (a "
+                            "UUID), or one FIELD of the struct it points to (0.major=8, 0.totalGlobalMem=8589934592, "
+                            "0.name=str:NAME)")
         p.add_argument("--skip", action="store_true", help="return at entry without running the function")
         p.add_argument("--count", type=int, metavar="N", help="patch only the first N calls")
         p.add_argument("--if", dest="cond", metavar="EXPR",
@@ -341,7 +336,7 @@ class CudaPatch(Command):
         except UnknownValue as exc:
             raise gdb.GdbError(f"cuda-patch: {exc}")
         spec = SPECS.get(args.function)
-        if not _fits(value, 4 if spec and spec.result != "str" else 8):
+        if not fits(value, 4 if spec and spec.result != "str" else 8):
             what = f"{args.function}'s {spec.result} (32 bits)" if spec and spec.result != "str" else "a 64-bit register"
             raise gdb.GdbError(f"cuda-patch: --return {args.ret} does not fit in {what}")
         if args.count is not None and args.count <= 0:
