@@ -278,8 +278,7 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
     carries. ggml's own path (cudaDeviceProp) is device-compute-capability's."""
     from .devprops import fatbin_targets, runs_on
 
-    ggml = _ggml_in_run(tl)
-    targets = fatbin_targets(ggml) if ggml else None
+    ggml, targets, read = None, None, False  # the backend's fat binary is read once a device needs it (~50 ms)
     out = []
     for pid in sorted({c.pid for c in tl.calls}):
         if any(c.pid == pid and c.function == "cudaGetDeviceProperties_v2" for c in tl.calls):
@@ -294,6 +293,9 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
             major, minor = calls[75].args.get("pi"), calls[76].args.get("pi")
             if not isinstance(major, int) or not isinstance(minor, int):
                 continue
+            if not read:
+                ggml = _ggml_in_run(tl)
+                targets, read = (fatbin_targets(ggml) if ggml else None), True
             low = targets is not None and major > 0 and not runs_on(targets, major, minor)
             if major > 0 and not low:
                 continue

@@ -47,15 +47,35 @@ def printable(text: str) -> str:
 def printable_tree(value):
     """VALUE (a report: dicts, lists, strings) with every string, keys included, made
     printable; the parts with nothing to escape are the same objects, not copies."""
+    if isinstance(value, (dict, list)) and _clean(value):
+        return value  # the common case, checked in one pass of C code instead of ~13,000 calls
+    return _printable_tree(value)
+
+
+def _clean(value) -> bool:
+    """Nothing in VALUE needs escaping, judged from its JSON text: json writes the C0 controls as
+    \\u00XX or \\b \\f \\r (a literal backslash before one of those letters only costs the slow
+    path) and leaves DEL, the C1 controls and the bidi marks as they are."""
+    import json
+    import re
+
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return False
+    return not re.search("\\\\(?:u00[01]|[bfr])|[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]", text)
+
+
+def _printable_tree(value):
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, dict):
-        items = [(printable_tree(k), printable_tree(v)) for k, v in value.items()]
+        items = [(_printable_tree(k), _printable_tree(v)) for k, v in value.items()]
         if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items())):
             return value
         return dict(items)
     if isinstance(value, (list, tuple)):
-        items = [printable_tree(v) for v in value]
+        items = [_printable_tree(v) for v in value]
         if all(a is b for a, b in zip(items, value)):
             return value
         return type(value)(items)

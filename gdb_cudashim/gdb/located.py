@@ -104,7 +104,7 @@ class Placer:
                           f"traced (catch-init-error --by-name places breakpoints by name instead)")
                 continue
             changed |= self._place_file(progspace, known_as, functions, biases, placed, valid)
-        changed |= self._place_deleted(progspace, pid, placed, valid)
+        changed |= self._place_deleted(progspace, pid, placed, valid, maps)
         if changed:
             self.reconcile()
 
@@ -129,14 +129,17 @@ class Placer:
                 changed = True
         return changed
 
-    def _place_deleted(self, progspace, pid, placed, valid) -> bool:
+    def _place_deleted(self, progspace, pid, placed, valid, maps: str | None = None) -> bool:
         """A library deleted after it was loaded (a package upgrade under a running server) has no
         file for gdb to read, so no objfile: its code is read from the process's own mapping
         (/proc/PID/map_files), and its entry points are traced all the same."""
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                maps = f.read()
-        except OSError:
+        if maps is None:  # place() read them for this same objfile event: read once a new file
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    maps = f.read()
+            except OSError:
+                return False
+        if " (deleted)" not in maps:
             return False
         changed = False
         for line in maps.splitlines():
