@@ -685,58 +685,22 @@ def cmd_run(args) -> int:
 
 
 def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[dict], float]:
-    """run --what-if (core/walls.py): simulate the first finding's fix, run again, and say whether the
-    error went away or changed (proven) or stayed (not the cause, and the next finding is tried);
-    from a proven wall on, the next run's findings are the next wall. Re-runs are ordinary runs:
+    """run --what-if (core/walls.py's chain): each re-run is an ordinary run in a gdb of its own,
     the same timeout, children followed, a server ended rather than left running."""
     import time
 
     from .core import walls as walls_mod
 
     started = time.monotonic()
-    walls: list[dict] = []
-    patches: list[list[str]] = []
-    current, tried = report, set()
-    while len(walls) < args.max_walls:
-        progressed = False
-        for f in current.get("findings") or []:
-            key = (f.get("rule"), f.get("summary"))
-            if key in tried or len(walls) >= args.max_walls:
-                continue
-            tried.add(key)
-            wall = {"wall": len(walls) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
-                    "error_before": walls_mod.error_text(current)}
-            walls.append(wall)
-            sims, why = walls_mod.simulation(f, current)
-            if sims is None:
-                wall.update(verdict="cannot simulate", why=why, simulation=None)
-                return walls, round(time.monotonic() - started, 1)  # the chain cannot go past it
-            words = walls_mod.as_words(sims)
-            print(f"gdb-cudashim: what-if {wall['wall']}: {walls_mod.shown(words)}", file=sys.stderr)
-            after = _gdb_report(make_cmd_with(walls_mod.merged(patches + sims), end_server=True), env, no_report,
-                                timeout=args.timeout)
-            untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
-            if untouched:
-                # the call was made again but its result was not replaced (cuda-patch refused the
-                # arguments, or could not reach the call): no verdict from a run that simulated nothing
-                wall.update(verdict="cannot simulate", simulation=words,
-                            why=f"cuda-patch {untouched[0]} did not change its result in the re-run")
-                return walls, round(time.monotonic() - started, 1)
-            verdict, why = walls_mod.verdict(current, after)
-            wall.update(verdict=verdict, why=why, simulation=words, error_after=walls_mod.error_text(after),
-                        status_after=after.get("status"), rules_after=[x.get("rule") for x in after.get("findings") or []])
-            if verdict == "proven":
-                patches += sims
-                current, progressed = after, True
-                break
-        if not progressed:
-            break
+
+    def rerun(patches):
+        return _gdb_report(make_cmd_with(patches, end_server=True), env, no_report, timeout=args.timeout)
+
+    def announce(number, words):
+        print(f"gdb-cudashim: what-if {number}: {words}", file=sys.stderr)
+
+    walls = walls_mod.chain(report, rerun, args.max_walls, announce)
     return walls, round(time.monotonic() - started, 1)
-
-
-def _made_but_not_patched(report: dict, function: str) -> bool:
-    calls = [c for c in report.get("calls") or [] if c.get("function") == function]
-    return bool(calls) and not any(c.get("patched_from") is not None for c in calls)
 
 
 def _load_reference(path: str) -> dict:

@@ -207,6 +207,61 @@ def _version_wanted(finding: dict) -> int:
     return 13000 if m and m.group(1).startswith("13") else 12090
 
 
+def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
+    """The walls of REPORT's run: simulate the first finding's fix, run again (RERUN(patches) ->
+    the re-run's report, or a string: why it could not run with them), and judge. Proven: the
+    next run's findings are the next wall. Not the cause: the next finding is tried, and the
+    simulation is dropped. A finding that cannot be simulated ends the chain (nothing past it
+    can be seen). ANNOUNCE(wall number, the simulation in words) says what is about to run.
+    One loop for both drivers: the CLI (a gdb per run) and cuda-whatif (runs in the same gdb)."""
+    walls: list[dict] = []
+    patches: list[Patch] = []
+    current, tried = report, set()
+    while len(walls) < max_walls:
+        progressed = False
+        for f in current.get("findings") or []:
+            key = (f.get("rule"), f.get("summary"))
+            if key in tried or len(walls) >= max_walls:
+                continue
+            tried.add(key)
+            wall = {"wall": len(walls) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
+                    "error_before": error_text(current)}
+            walls.append(wall)
+            sims, why = simulation(f, current)
+            if sims is None:
+                wall.update(verdict="cannot simulate", why=why, simulation=None)
+                return walls
+            words = as_words(sims)
+            if announce is not None:
+                announce(wall["wall"], shown(words))
+            after = rerun(merged(patches + sims))
+            if isinstance(after, str):
+                wall.update(verdict="cannot simulate", simulation=words, why=after)
+                return walls
+            untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
+            if untouched:
+                # the call was made again but its result was not replaced (cuda-patch refused the
+                # arguments, or could not reach the call): no verdict from a run that simulated nothing
+                wall.update(verdict="cannot simulate", simulation=words,
+                            why=f"cuda-patch {untouched[0]} did not change its result in the re-run")
+                return walls
+            judged, why = verdict(current, after)
+            wall.update(verdict=judged, why=why, simulation=words, error_after=error_text(after),
+                        status_after=after.get("status"), rules_after=[x.get("rule") for x in after.get("findings") or []])
+            if judged == "proven":
+                patches += sims
+                current, progressed = after, True
+                break
+        if not progressed:
+            break
+    return walls
+
+
+def _made_but_not_patched(report: dict, function: str) -> bool:
+    calls = [c for c in report.get("calls") or [] if c.get("function") == function]
+    return bool(calls) and not any(c.get("patched_from") is not None for c in calls)
+
+
 def error_text(report: dict) -> str | None:
     """What the run printed as its CUDA init error (the first one), or None."""
     errors = report.get("errors") or []

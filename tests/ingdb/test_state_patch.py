@@ -165,3 +165,43 @@ def test_cuda_patch_bad_input_leaves_nothing_armed():
             raise AssertionError(cmd)
     assert len(gdb.breakpoints()) == before
     assert "no patches" in _out("cuda-patch list")
+
+
+def test_cuda_whatif_proves_each_wall_in_this_gdb_and_leaves_the_users_patches():
+    """The what-if chain from inside gdb: two walls (the NVML version string, then the all-zero
+    UUID), each proven by a run in this same gdb; the user's own patch stays (it applied to every
+    run), ours are gone, nothing is left armed; and its refusals are one line each."""
+    gdb.execute(f"set environment LD_LIBRARY_PATH={SHIM}")
+    gdb.execute("set environment CUDASHIM_UUID=zero")
+    gdb.execute("set environment CUDASHIM_NVML_DRIVER_VERSION=12.4")
+    gdb.execute(f"file {os.path.join(ROOT, 'build', 'discover')}")
+    _out("cuda-patch cuDeviceGetCount --return SUCCESS --out 0=1")  # the user's: one device, as the shim says
+    out = tempfile.mktemp(suffix=".json")
+    text = _out(f"cuda-whatif --json {out}")
+    report = json.load(open(out))
+    w1, w2 = report["walls"]
+    assert (w1["rule"], w1["verdict"], w2["rule"], w2["verdict"]) == (
+        "nvml-driver-version", "proven", "device-uuid-zero", "proven"), report["walls"]
+    assert "no wall left" in text and "wall 2: the shim answers an all-zero UUID" in text
+    listing = _out("cuda-patch list")
+    assert "cuDeviceGetCount" in listing and "nvmlSystemGetDriverVersion" not in listing and "Uuid" not in listing
+    assert not any(b.is_valid() and b.number > 0 for b in gdb.breakpoints())
+    _out("cuda-patch delete all")
+    for env in ("CUDASHIM_UUID", "CUDASHIM_NVML_DRIVER_VERSION"):
+        gdb.execute(f"unset environment {env}")
+    for cmd, words in (("cuda-whatif --max-walls 0", "--max-walls must be 1 or more"),
+                       ("cuda-whatif --timeout -1", "--timeout")):
+        try:
+            gdb.execute(cmd, to_string=True)
+        except gdb.error as exc:
+            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
+        else:
+            raise AssertionError(cmd)
+    gdb.execute("catch-init-error", to_string=True)
+    try:
+        gdb.execute("cuda-whatif", to_string=True)
+    except gdb.error as exc:
+        assert "catch-init-error is armed" in str(exc)
+    else:
+        raise AssertionError("cuda-whatif ran over an armed catch-init-error")
+    gdb.execute("catch-init-error --disarm", to_string=True)
