@@ -23,6 +23,17 @@ def _stop_in(function, libdir=SHIM):
     bp.delete()
 
 
+def _refused(pairs):
+    """Each (command, words): gdb refuses it with one line holding WORDS."""
+    for cmd, words in pairs:
+        try:
+            gdb.execute(cmd, to_string=True)
+        except gdb.error as exc:
+            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
+        else:
+            raise AssertionError(cmd)
+
+
 def _error_of_run():
     """Run the probe to its end; return ggml's error line (captured by catch-init-error)."""
     gdb.execute("catch-init-error --no-follow-children", to_string=True)
@@ -122,16 +133,10 @@ def test_cuda_patch_writes_strings_bytes_and_fields_within_the_callers_buffer():
     uuids = [c["args"]["uuid"]["uuid"] for c in calls if c["function"] == "cuDeviceGetUuid_v2" and "uuid" in c["args"]]
     assert uuids == ["GPU-00112233-4455-6677-8899-aabbccddeeff"], uuids
     _out("cuda-patch delete all")
-    for cmd, words in (("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.major=8:8", "4 bytes (int), not 8"),
-                       ("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.nope=1", "has no field 'nope'"),
-                       ("cuda-patch cuDeviceGetUuid_v2 --return 0 --out 0=hex:" + "00" * 17, "do not fit in CUuuid"),
-                       ("cuda-patch cuInit --return 0 --out 0.x=1", "not a struct I know")):
-        try:
-            gdb.execute(cmd, to_string=True)
-        except gdb.error as exc:
-            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
-        else:
-            raise AssertionError(cmd)
+    _refused((("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.major=8:8", "4 bytes (int), not 8"),
+              ("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.nope=1", "has no field 'nope'"),
+              ("cuda-patch cuDeviceGetUuid_v2 --return 0 --out 0=hex:" + "00" * 17, "do not fit in CUuuid"),
+              ("cuda-patch cuInit --return 0 --out 0.x=1", "not a struct I know")))
 
 
 def test_cuda_patch_skip_does_not_run_the_function():
@@ -151,18 +156,12 @@ def test_cuda_patch_skip_does_not_run_the_function():
 
 def test_cuda_patch_bad_input_leaves_nothing_armed():
     before = len(gdb.breakpoints())
-    for cmd, words in (("cuda-patch frobnicate --return 1", "no function 'frobnicate'"),
-                       ("cuda-patch cuInit --return BANANA", "neither a number nor a known"),
-                       ("cuda-patch cuDeviceGetCount --return 0 --out 1=1", "beyond cuDeviceGetCount's 1 argument"),
-                       ("cuda-patch cuInit", "give --return VALUE"),
-                       ("cuda-patch delete 7", "no patch #7"),
-                       ("cuda-patch cuInit --return 0 --count 0", "--count must be")):
-        try:
-            gdb.execute(cmd, to_string=True)
-        except gdb.error as exc:
-            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
-        else:
-            raise AssertionError(cmd)
+    _refused((("cuda-patch frobnicate --return 1", "no function 'frobnicate'"),
+              ("cuda-patch cuInit --return BANANA", "neither a number nor a known"),
+              ("cuda-patch cuDeviceGetCount --return 0 --out 1=1", "beyond cuDeviceGetCount's 1 argument"),
+              ("cuda-patch cuInit", "give --return VALUE"),
+              ("cuda-patch delete 7", "no patch #7"),
+              ("cuda-patch cuInit --return 0 --count 0", "--count must be")))
     assert len(gdb.breakpoints()) == before
     assert "no patches" in _out("cuda-patch list")
 
@@ -189,19 +188,8 @@ def test_cuda_whatif_proves_each_wall_in_this_gdb_and_leaves_the_users_patches()
     _out("cuda-patch delete all")
     for env in ("CUDASHIM_UUID", "CUDASHIM_NVML_DRIVER_VERSION"):
         gdb.execute(f"unset environment {env}")
-    for cmd, words in (("cuda-whatif --max-walls 0", "--max-walls must be 1 or more"),
-                       ("cuda-whatif --timeout -1", "--timeout")):
-        try:
-            gdb.execute(cmd, to_string=True)
-        except gdb.error as exc:
-            assert words in str(exc) and "\n" not in str(exc), (cmd, str(exc))
-        else:
-            raise AssertionError(cmd)
+    _refused((("cuda-whatif --max-walls 0", "--max-walls must be 1 or more"),
+              ("cuda-whatif --timeout -1", "--timeout")))
     gdb.execute("catch-init-error", to_string=True)
-    try:
-        gdb.execute("cuda-whatif", to_string=True)
-    except gdb.error as exc:
-        assert "catch-init-error is armed" in str(exc)
-    else:
-        raise AssertionError("cuda-whatif ran over an armed catch-init-error")
+    _refused([("cuda-whatif", "catch-init-error is armed")])
     gdb.execute("catch-init-error --disarm", to_string=True)

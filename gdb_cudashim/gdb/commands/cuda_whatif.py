@@ -20,10 +20,7 @@ import gdb
 from ...core import walls as walls_mod
 from .. import session
 from ..command import Command, check_seconds, register
-
-
-def _live():
-    return [i for i in gdb.inferiors() if i.pid]
+from .cuda_run import _live
 
 
 @register
