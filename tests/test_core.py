@@ -157,3 +157,44 @@ def test_entry_point_lookups_fold_into_one_row_but_a_failing_one_keeps_its_own()
     assert [r.get("summary_args") or r["args"]["symbol"] for r in rows] == [
         "3 entry points asked for, 2 not found (e.g. cuMemMap)", "cuCtxCreate", "cuStreamCreate"]
     assert rows[1]["result"] == 3
+
+
+def test_what_if_patches_of_one_function_merge_only_under_one_condition():
+    """core/walls.merged: two walls' answers for cudaGetDeviceProperties_v2 on one device are one
+    patch (the later --out of the same place wins); under two different --if they cannot be one
+    (dropping the conditions would answer every device), and the wall is told why."""
+    import pytest
+
+    from gdb_cudashim.core.walls import Unmergeable, merged
+
+    cc = ["cudaGetDeviceProperties_v2", "--return", "SUCCESS", "--out", "0.major=7", "--out", "0.minor=5",
+          "--if", "$rsi == 0"]
+    mem = ["cudaGetDeviceProperties_v2", "--return", "SUCCESS", "--out", "0.totalGlobalMem=1", "--out", "0.major=8",
+           "--if", "$rsi == 0"]
+    info = ["cudaMemGetInfo", "--return", "SUCCESS", "--out", "0=1:8"]
+    assert merged([cc, info, mem]) == [
+        ["cudaGetDeviceProperties_v2", "--return", "SUCCESS", "--if", "$rsi == 0", "--out", "0.major=8",
+         "--out", "0.minor=5", "--out", "0.totalGlobalMem=1"], info]
+    with pytest.raises(Unmergeable, match="different conditions"):
+        merged([cc, mem[:-1] + ["$rsi == 1"]])
+    assert merged([["cuInit", "--out", "0=1"]]) == [["cuInit", "--out", "0=1"]]  # no --return None
+
+
+def test_an_out_value_never_exceeds_its_out_parameter():
+    """core/patchout: a string only into a string buffer, no value wider than the parameter, nothing
+    written through an argument passed by value; each refusal is one line."""
+    import pytest
+
+    from gdb_cudashim.core.patchout import OutError, capped, parse
+
+    assert parse("0=0123", "cuDriverGetVersion").data == (123).to_bytes(4, "little")
+    assert capped(parse("0=str:570.133.20", "nvmlSystemGetDriverVersion"), 5) == b"570.\0"
+    for text, function, words in (("0=str:long text", "cuDriverGetVersion", "is an int, not a string buffer"),
+                                  ("0=1:8", "cuDriverGetVersion", "8 bytes do not fit"),
+                                  ("0=hex:" + "00" * 17, "cuDeviceGetUuid_v2", "17 bytes do not fit"),
+                                  ("0=1", "cuInit", "passed by value"),
+                                  ("0.major=8:8", "cudaGetDeviceProperties_v2", "is 4 bytes (int), not 8"),
+                                  ("0=str:\udcff", "nvmlSystemGetDriverVersion", "UTF-8")):
+        with pytest.raises(OutError) as exc:
+            parse(text, function)
+        assert words in str(exc.value) and "\n" not in str(exc.value), str(exc.value)

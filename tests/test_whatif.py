@@ -97,7 +97,8 @@ def test_the_fake_runtimes_bad_properties_are_walls_until_none_is_left(tmp_path)
     assert w1["rules_after"] == ["device-no-memory"], w1
     assert (w2["rule"], w2["verdict"]) == ("device-no-memory", "proven"), w2
     commands = " ".join(w2["simulation"]).split(" ; ")
-    assert commands == ["cuda-patch cudaGetDeviceProperties_v2 --return SUCCESS --out 0.totalGlobalMem=8589934592",
+    assert commands == ["cuda-patch cudaGetDeviceProperties_v2 --return SUCCESS --out 0.totalGlobalMem=8589934592 "
+                        "--if $rsi == 0",
                         "cuda-patch cudaMemGetInfo --return SUCCESS --out 0=8589934592:8 --out 1=8589934592:8"]
     assert w2["status_after"] == 0 and w2["rules_after"] == []
     assert "no wall left: with the 2 simulated fixes above" in proc.stdout

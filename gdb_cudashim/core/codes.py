@@ -148,8 +148,10 @@ def parse_value(text: str) -> int:
     """A number (decimal, 0x...) or a symbolic code: CUDA_ERROR_NO_DEVICE, cudaErrorNoDevice,
     NVML_ERROR_NOT_FOUND, SUCCESS."""
     t = text.strip()
-    if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", t):
-        return int(t, 0)
+    if re.fullmatch(r"[-+]?0[xX][0-9a-fA-F]+", t):
+        return int(t, 16)
+    if re.fullmatch(r"[-+]?[0-9]+", t):
+        return int(t, 10)  # "0123" is 123 (int(t, 0) refuses a leading zero)
     low = t.lower()
     if low in ("success", "cuda_success", "cudasuccess", "nvml_success"):
         return 0

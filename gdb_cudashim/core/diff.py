@@ -106,7 +106,8 @@ def check(report, label: str) -> dict:
         bad("walls")
     for i, w in enumerate(walls or []):
         if not isinstance(w, dict) or not _is(w.get("wall"), _INT) or not all(
-                _is(w.get(k), _STR) for k in ("rule", "summary", "verdict", "why")) \
+                isinstance(w.get(k), str) for k in ("rule", "verdict")) or not all(
+                _is(w.get(k), _STR) for k in ("summary", "why")) \
                 or not _is(w.get("simulation"), _LIST):
             bad(f"walls[{i}]")
     libraries = report.get("libraries")

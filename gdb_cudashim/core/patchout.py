@@ -46,7 +46,7 @@ def fits(value: int, size: int) -> bool:
 
 
 def parse(text: str, function: str) -> Out:
-    m = re.fullmatch(r"(\d+)(?:\.(\w+))?=(.*)", text, re.S)
+    m = re.fullmatch(r"([0-9]+)(?:\.([A-Za-z_][A-Za-z0-9_]*))?=(.*)", text, re.S)
     if not m:
         raise OutError(f"--out takes INDEX=VALUE[:SIZE], INDEX=str:TEXT, INDEX=hex:BYTES or INDEX.FIELD=VALUE, "
                        f"not {text!r}")
@@ -58,18 +58,50 @@ def parse(text: str, function: str) -> Out:
         raise OutError(f"--out index {index} is beyond {what}")
     if field is not None:
         return _field_out(text, function, spec, index, field, value)
-    cap = _length_arg(spec, index)
+    kind = spec.args[index][1] if spec else None
+    room, what = _room(kind, spec.args[index][0] if spec else "")
     if value.startswith("str:"):
-        return Out(index, 0, value[4:].encode() + b"\0", text, cap_arg=cap)
+        if kind is not None and kind != "out_str":
+            raise OutError(f"--out {text}: argument {index} of {function} is {what}, not a string buffer")
+        # a string buffer's size is its length argument at the call (capped there), else unknown
+        return Out(index, 0, _text(text, value[4:]) + b"\0", text, cap_arg=_length_arg(spec, index))
     if value.startswith("hex:"):
         data = _hex(text, value[4:])
-        kind = spec.args[index][1] if spec else ""
-        size = STRUCTS.get(kind.partition(":")[2]) if kind.startswith("out_struct:") else None
-        if size is not None and len(data) > size:
-            raise OutError(f"--out {text}: {len(data)} bytes do not fit in {kind.partition(':')[2]} ({size} bytes)")
-        return Out(index, 0, data, text)
-    number, size = _number(text, value)
-    return Out(index, 0, _encode(number, size), text)
+    else:
+        number, size = _number(text, value)
+        data = _encode(number, size)
+    if room is not None and len(data) > room:
+        raise OutError(f"--out {text}: {len(data)} bytes do not fit in argument {index} of {function} ({what})")
+    if kind is not None and not kind.startswith("out_"):
+        raise OutError(f"--out {text}: argument {index} of {function} is {what}, passed by value: nothing to write "
+                       f"through")
+    return Out(index, 0, data, text)
+
+
+# an out-parameter's size in bytes, by its kind (calls.SPECS)
+_ROOM = {"out_i32": (4, "an int"), "out_u32": (4, "an unsigned int"), "out_u64": (8, "a 64-bit integer"),
+         "out_ptr": (8, "a pointer")}
+
+
+def _room(kind: str | None, name: str) -> tuple[int | None, str]:
+    """(how many bytes the out-parameter KIND holds, or None: unknown; what it is, in words)."""
+    if kind is None:
+        return None, "an argument of a function I have no description of"
+    if kind in _ROOM:
+        return _ROOM[kind]
+    if kind.startswith("out_struct:"):
+        struct = kind.partition(":")[2]
+        return STRUCTS.get(struct), f"a {struct} of {STRUCTS.get(struct)} bytes"
+    if kind == "out_str":
+        return None, "a string buffer"
+    return None, f"'{name}' ({kind})"
+
+
+def _text(text: str, value: str) -> bytes:
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise OutError(f"--out {text.split('=', 1)[0]}=str:...: not text that can be written as UTF-8") from None
 
 
 def _field_out(text, function, spec, index, field, value) -> Out:
@@ -85,7 +117,7 @@ def _field_out(text, function, spec, index, field, value) -> Out:
     if value.startswith("str:"):
         if not ctype.startswith("char["):
             raise OutError(f"--out {text}: {struct}.{field} is {ctype}, not a string")
-        data = value[4:].encode()[:size - 1] + b"\0"
+        data = _text(text, value[4:])[:size - 1] + b"\0"
         return Out(index, offset, data, text, field=field)
     if value.startswith("hex:"):
         data = _hex(text, value[4:])

@@ -94,6 +94,11 @@ def _uuid(report: dict, pid):
     return [[zero["function"], "--return", "SUCCESS", "--out", f"0=hex:{DEVICE_UUID}", *cond]], None
 
 
+def _for_device(dev) -> list[str]:
+    """cudaGetDeviceProperties_v2(prop, device): the answer for DEV only (its second argument)."""
+    return ["--if", f"$rsi == {dev}"] if isinstance(dev, int) else []
+
+
 def _needed(finding: dict) -> tuple[int, int]:
     """The compute capability the run's libggml-cuda needs (from the finding's fix), else 8.9."""
     import re
@@ -106,12 +111,18 @@ def _capability(finding: dict, report: dict, pid):
     major, minor = _needed(finding)
     props = _calls(report, pid, ("cudaGetDeviceProperties_v2",))
     if props:
-        dev = (props[0].get("args") or {}).get("device")
-        cond = ["--if", f"$rsi == {dev}"] if isinstance(dev, int) else []
         return [["cudaGetDeviceProperties_v2", "--return", "SUCCESS", "--out", f"0.major={major}",
-                 "--out", f"0.minor={minor}", *cond]], None
-    if _calls(report, pid, ("cuDeviceGetAttribute",)):
-        # one patch per function: the major (attribute 75) is answered, the minor stays what the shim says
+                 "--out", f"0.minor={minor}", *_for_device((props[0].get("args") or {}).get("device"))]], None
+    attrs = _calls(report, pid, ("cuDeviceGetAttribute",))
+    if attrs:
+        # one patch per function: the major (attribute 75) is answered, the minor stays what the
+        # shim says; that is a simulation of the fix only where the shim's minor is enough
+        shim_minor = next(((c.get("args") or {}).get("pi") for c in attrs
+                           if (c.get("args") or {}).get("attrib") == 76), None)
+        if not isinstance(shim_minor, int) or shim_minor < minor:
+            return None, (f"the probe reads major and minor from two calls of cuDeviceGetAttribute and one patch per "
+                          f"function answers only the major (75): the shim's minor ({shim_minor}) is below the "
+                          f"{major}.{minor} needed")
         return [["cuDeviceGetAttribute", "--return", "SUCCESS", "--out", f"0={major}", "--if", "$rsi == 75"]], None
     return None, "the call that answered the compute capability is not in the report"
 
@@ -126,7 +137,8 @@ def _memory(report: dict, pid):
         if c.get("result") not in (0, None) or any(p[0] == fn for p in patches):
             continue
         if fn == "cudaGetDeviceProperties_v2" and isinstance(args.get("prop"), dict) and not args["prop"].get("totalGlobalMem"):
-            patches.append([fn, "--return", "SUCCESS", "--out", f"0.totalGlobalMem={DEVICE_BYTES}"])
+            patches.append([fn, "--return", "SUCCESS", "--out", f"0.totalGlobalMem={DEVICE_BYTES}",
+                            *_for_device(args.get("device"))])
         elif fn in ("cudaMemGetInfo", "cuMemGetInfo_v2") and not args.get("total"):
             patches.append([fn, "--return", "SUCCESS", "--out", f"0={DEVICE_BYTES}:8", "--out", f"1={DEVICE_BYTES}:8"])
         elif fn == "cuDeviceTotalMem_v2" and not args.get("bytes"):
@@ -142,16 +154,22 @@ def _name(report: dict, pid):
         args = c.get("args") or {}
         if c["function"] == "cudaGetDeviceProperties_v2" and isinstance(args.get("prop"), dict) \
                 and not args["prop"].get("name"):
-            return [[c["function"], "--return", "SUCCESS", "--out", f"0.name=str:{DEVICE_NAME}"]], None
+            return [[c["function"], "--return", "SUCCESS", "--out", f"0.name=str:{DEVICE_NAME}",
+                     *_for_device(args.get("device"))]], None
         if c["function"] == "cuDeviceGetName" and args.get("name") == "":
             return [[c["function"], "--return", "SUCCESS", "--out", f"0=str:{DEVICE_NAME}"]], None
     return None, "the call that answered the empty name is not in the report"
 
 
+class Unmergeable(ValueError):
+    """Two walls' answers for one function that one patch cannot give: the line says why."""
+
+
 def merged(patches: list[Patch]) -> list[Patch]:
     """PATCHES with those of one function made one (cuda-patch holds one patch per function: a
     second wall's answer for cudaGetDeviceProperties_v2 joins the first's). The later --return
-    and --out of the same place win; an --if is kept only where the two agree."""
+    and --out of the same place win. Two different --if conditions cannot be one patch (dropping
+    them would write one device's answer into every call): Unmergeable."""
     out: dict[str, dict] = {}
     for p in patches:
         fn, opts = p[0], _options(p[1:])
@@ -159,16 +177,18 @@ def merged(patches: list[Patch]) -> list[Patch]:
             out[fn] = opts
             continue
         have = out[fn]
-        have["--return"] = opts.get("--return", have.get("--return"))
+        if have.get("--if") != opts.get("--if"):
+            raise Unmergeable(f"two walls answer {fn} under different conditions ({have.get('--if') or 'every call'} "
+                              f"and {opts.get('--if') or 'every call'}); cuda-patch holds one patch per function")
+        if "--return" in opts:
+            have["--return"] = opts["--return"]
         outs = {o.split("=", 1)[0]: o for o in have.get("--out", []) + opts.get("--out", [])}
         have["--out"] = list(outs.values())
-        if have.get("--if") != opts.get("--if"):
-            have.pop("--if", None)
     result = []
     for fn, opts in out.items():
         args = [fn]
         for key in ("--return", "--if"):
-            if key in opts:
+            if opts.get(key) is not None:
                 args += [key, opts[key]]
         for o in opts.get("--out", []):
             args += ["--out", o]
@@ -234,7 +254,10 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
             words = as_words(sims)
             if announce is not None:
                 announce(wall["wall"], shown(words))
-            after = rerun(merged(patches + sims))
+            try:
+                after = rerun(merged(patches + sims))
+            except Unmergeable as exc:
+                after = str(exc)
             if isinstance(after, str):
                 wall.update(verdict="cannot simulate", simulation=words, why=after)
                 return walls

@@ -135,7 +135,7 @@ def test_cuda_patch_writes_strings_bytes_and_fields_within_the_callers_buffer():
     _out("cuda-patch delete all")
     _refused((("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.major=8:8", "4 bytes (int), not 8"),
               ("cuda-patch cudaGetDeviceProperties_v2 --return 0 --out 0.nope=1", "has no field 'nope'"),
-              ("cuda-patch cuDeviceGetUuid_v2 --return 0 --out 0=hex:" + "00" * 17, "do not fit in CUuuid"),
+              ("cuda-patch cuDeviceGetUuid_v2 --return 0 --out 0=hex:" + "00" * 17, "do not fit in argument 0 of cuDeviceGetUuid_v2"),
               ("cuda-patch cuInit --return 0 --out 0.x=1", "not a struct I know")))
 
 

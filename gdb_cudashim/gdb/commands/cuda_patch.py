@@ -33,6 +33,12 @@ class Patch:
         self.bp: _PatchBreakpoint | None = None
         self.finishes: list = []
 
+    def reset_counts(self) -> None:
+        """A new run of the program (cuda-whatif): --count and the notes count from zero again."""
+        self.hits = self.calls = self.cond_errors = 0
+        self.cond_failed = False
+        self.cond_error = ""
+
     def describe(self) -> str:
         parts = [f"--return {self.value}"] + [f"--out {o.shown}" for o in self.outs]
         if self.skip:

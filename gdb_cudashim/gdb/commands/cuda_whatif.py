@@ -10,6 +10,7 @@ needs a function the user already patched cannot be made, and its wall says so.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -50,7 +51,7 @@ class CudaWhatif(Command):
                                "'catch-init-error --disarm' first")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="gdb-cudashim-whatif-") as tmp:
-            runs = iter(range(1, 1000))
+            runs = itertools.count(1)
             report = _one_run(os.path.join(tmp, f"run-{next(runs)}.json"), [], args.timeout)
             if not isinstance(report, dict):
                 raise gdb.GdbError(f"cuda-whatif: the first run could not be made: {report}")
@@ -83,6 +84,8 @@ def _one_run(path: str, patches: list[list[str]], timeout: float | None):
     import shlex
 
     made: list[int] = []
+    for held in session.State.patches.values():
+        held.reset_counts()  # the user's --count and its notes count each run afresh
     try:
         for patch in patches:
             before = set(session.State.patches)
@@ -98,6 +101,8 @@ def _one_run(path: str, patches: list[list[str]], timeout: float | None):
             return json.load(f)
     except (OSError, ValueError) as exc:
         return f"the run wrote no report ({exc})"
+    except gdb.error as exc:  # the walls proven so far stand; this one says why it has no verdict
+        return f"the run could not be made: {exc}"
     finally:
         if session.State.tracer is not None:
             gdb.execute("catch-init-error --disarm", to_string=True)
