@@ -137,6 +137,22 @@ def test_the_probes_compute_capability_against_the_runs_libggml_cuda(goserver, g
     assert "ComputeCapabilityMajor (75) = 5" in f["evidence"][0], f["evidence"]
 
 
+def test_a_capability_ggml_could_jit_but_ollama_does_not_list(goserver, ggml_cuda_backend, tmp_path):
+    """ollama 0.30+ keeps a device only if its capability is exactly one of the backend's ARCHS: 9.0
+    against a libggml-cuda built for 7.5 (sm_75 and PTX compute_75) is skipped by the Go server, though
+    ggml alone would JIT the PTX. The tool names that rule, with the list, beside the server's line."""
+    from test_goserver_flow import flow_env
+
+    env = flow_env(ggml_cuda_backend, CUDASHIM_CC="9.0")
+    proc, report = run_report(tmp_path, [goserver, "serve", "--flow", "two-pass", "--exit-after-discovery"], env,
+                              timeout=300)
+    assert 'msg="compute capability not in compiled architectures"' in proc.stdout + proc.stderr
+    (f,) = [f for f in report["findings"] if f["rule"] == "device-compute-capability"]
+    assert "compute capability 9.0 for device 0" in f["summary"] and "not one of the architectures" in f["summary"]
+    assert "JIT" in f["summary"] and any("ARCHS = 750" in e for e in f["evidence"]), f
+    assert "one of 750" in f["fix"], f["fix"]
+
+
 def test_a_probe_told_compute_capability_0_0(tmp_path):
     """No libggml-cuda in this run: only 0.0 is known to be wrong."""
     proc, report, _ = discover(tmp_path, CUDASHIM_CC="0.0")

@@ -297,7 +297,11 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
                 ggml = _ggml_in_run(tl)
                 targets, read = (fatbin_targets(ggml) if ggml else None), True
             low = targets is not None and major > 0 and not runs_on(targets, major, minor)
-            if major > 0 and not low:
+            archs = sorted(set(targets["sm"]) | set(targets["ptx"])) if targets else []
+            # ollama 0.30+ keeps a device only if its capability is one of the ARCHS llama-server
+            # prints (the backend's own list), where ggml alone would JIT-compile the PTX for it
+            exact_miss = bool(archs) and major > 0 and not low and major * 10 + minor not in archs
+            if major > 0 and not low and not exact_miss:
                 continue
             built = (f"sm_{', sm_'.join(map(str, targets['sm']))}"
                      + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else "")
@@ -305,6 +309,21 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
             ev = [f"{_call(calls[75])}: ComputeCapabilityMajor (75) = {major}, ComputeCapabilityMinor (76) = {minor}"]
             if built:
                 ev.append(f"{_base(ggml)}, loaded in this run, carries GPU code for {built} only")
+            if exact_miss:
+                listed = ",".join(str(a * 10) for a in archs)
+                ev.append(f"llama-server prints 'CUDA : ARCHS = {listed}' for it; ollama 0.30+ matches the device's "
+                          f"capability ({major}{minor}0) against that list exactly")
+                out.append(Finding(
+                    rule="device-compute-capability", pid=pid,
+                    summary=(f"the driver answers compute capability {major}.{minor} for device {dev} in "
+                             f"{_prog(tl, pid)}, which is not one of the architectures {_base(ggml)} was built for "
+                             f"({built}): ollama 0.30+ skips the device ('compute capability not in compiled "
+                             f"architectures') though ggml alone would JIT-compile its PTX for it"),
+                    evidence=ev,
+                    fix=(f"report the device's real compute capability (a fake device: one of {listed}, e.g. "
+                         f"{archs[-1] // 10}.{archs[-1] % 10}); or give ollama a libggml-cuda built for this one "
+                         f"(CMAKE_CUDA_ARCHITECTURES={major}{minor})")))
+                continue
             out.append(Finding(
                 rule="device-compute-capability", pid=pid,
                 summary=(f"the driver answers compute capability {major}.{minor} for device {dev} in {_prog(tl, pid)}"

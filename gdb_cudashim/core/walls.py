@@ -103,8 +103,15 @@ def _needed(finding: dict) -> tuple[int, int]:
     """The compute capability the run's libggml-cuda needs (from the finding's fix), else 8.9."""
     import re
 
-    m = re.search(r"needs (\d+)\.(\d+) or newer", finding.get("fix") or "")
-    return (int(m.group(1)), int(m.group(2))) if m else (8, 9)
+    fix = finding.get("fix") or ""
+    m = re.search(r"needs (\d+)\.(\d+) or newer", fix)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    m = re.search(r"one of ([0-9,]+)", fix)  # ollama's exact match: one of the backend's ARCHS
+    if m:
+        arch = int(m.group(1).split(",")[-1]) // 10
+        return arch // 10, arch % 10
+    return 8, 9
 
 
 def _capability(finding: dict, report: dict, pid):
