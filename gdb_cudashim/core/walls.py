@@ -109,7 +109,7 @@ def _needed(finding: dict) -> tuple[int, int]:
         return int(m.group(1)), int(m.group(2))
     m = re.search(r"one of ([0-9,]+)", fix)  # ollama's exact match: one of the backend's ARCHS
     if m:
-        arch = int(m.group(1).split(",")[-1]) // 10
+        arch = int(m.group(1).strip(",").split(",")[-1]) // 10
         return arch // 10, arch % 10
     return 8, 9
 
