@@ -2,7 +2,7 @@
 CUDASHIM_DEADLOCK / CUDASHIM_SPIN modes, and the rule on hand-made hang evidence."""
 from conftest import SHIM_BUILD, env_with, run_report
 from gdb_cudashim.core import report as core_report
-from gdb_cudashim.core.rules import rule_deadlock_or_spin
+from gdb_cudashim.core.rules_hang import rule_deadlock_or_spin
 from gdb_cudashim.core.timeline import Timeline
 
 

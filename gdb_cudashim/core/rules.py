@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes, cudafiles, interpose, ldmsg, loader, runtime
+from . import codes, cudafiles, interpose, ldmsg, loader, rules_device, rules_hang, runtime
 from .calls import role_of
 from .finding import Finding, base as _base  # noqa: F401  (Finding: rules build it; importers read it here)
 from .timeline import Call, Timeline
@@ -238,22 +238,22 @@ def rule_driver_version(tl: Timeline) -> list[Finding]:
         needed = major * 1000
         version = c.args.get("driverVersion")
         if c.failed:
-            out.append(Finding("driver-version", f"cuDriverGetVersion failed in {_base(c.library)} ({c.result_name}); "
+            out.append(Finding(rule="driver-version", summary=f"cuDriverGetVersion failed in {_base(c.library)} ({c.result_name}); "
                                "cudart treats that as an insufficient driver",
-                               [f"cuDriverGetVersion() returned {c.result} ({c.result_name})"] + _error_evidence(tl),
-                               f"return CUDA_SUCCESS and a version >= {needed} from cuDriverGetVersion", c.pid,
+                               evidence=[f"cuDriverGetVersion() returned {c.result} ({c.result_name})"] + _error_evidence(tl),
+                               fix=f"return CUDA_SUCCESS and a version >= {needed} from cuDriverGetVersion", pid=c.pid,
                                explains=35))
             break
         if isinstance(version, int) and version < needed and failed35:
-            out.append(Finding("driver-version",
-                               f"the driver reports version {version}, older than the CUDA {major} runtime needs "
+            out.append(Finding(rule="driver-version",
+                               summary=f"the driver reports version {version}, older than the CUDA {major} runtime needs "
                                f"({needed}); cudart stops before cuInit with cudaErrorInsufficientDriver (35)",
-                               [f"cuDriverGetVersion() in {_base(c.library)}, called from {_base(c.caller)}, set "
+                               evidence=[f"cuDriverGetVersion() in {_base(c.library)}, called from {_base(c.caller)}, set "
                                 f"*driverVersion = {version} ({version // 1000}.{version % 1000 // 10})"]
                                + _error_evidence(tl),
-                               f"report a driver version of at least {needed} ({major}.0) to this {_base(c.caller)}, or "
+                               fix=f"report a driver version of at least {needed} ({major}.0) to this {_base(c.caller)}, or "
                                f"use a build of ggml for CUDA {version // 1000} (its libcudart.so.{version // 1000})",
-                               c.pid, explains=35))
+                               pid=c.pid, explains=35))
             break
     return out
 
@@ -266,20 +266,20 @@ def rule_driver_not_found(tl: Timeline) -> list[Finding]:
 
             who, has_runtime = driver_load_words(tl, l)  # a program's own dlopen is not cudart's
             out.append(Finding(
-                "driver-not-found",
-                f"{who} could not load {l.path}" + (": it reports cudaErrorInsufficientDriver (35)" if who == "cudart"
+                rule="driver-not-found",
+                summary=f"{who} could not load {l.path}" + (": it reports cudaErrorInsufficientDriver (35)" if who == "cudart"
                                                     else " (no CUDA runtime in this process: the program loads the "
                                                          "driver itself)" if not has_runtime else ""),
-                [f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}"
+                evidence=[f"dlopen(\"{l.path}\") = NULL, called from {_base(l.caller)}"
                  + (f": {l.error}" if l.error else "")] + (_error_evidence(tl) if has_runtime else []),
-                "put the directory holding the shim's libcuda.so.1 on LD_LIBRARY_PATH (or in /etc/ld.so.conf.d and run "
-                "ldconfig); the file must be named libcuda.so.1", l.pid, explains=35 if who == "cudart" else None))
+                fix="put the directory holding the shim's libcuda.so.1 on LD_LIBRARY_PATH (or in /etc/ld.so.conf.d and run "
+                "ldconfig); the file must be named libcuda.so.1", pid=l.pid, explains=35 if who == "cudart" else None))
     for l in tl.loads:
         where = l.resolved or l.path
         if role_of(where) == "driver" and l.ok and "/stubs/" in where:
-            out.append(Finding("stub-driver", f"libcuda.so.1 resolved to a CUDA stub library ({where})",
-                               [f"dlopen(\"{l.path}\") loaded {where}"] + _error_evidence(tl),
-                               "remove the stubs directory from LD_LIBRARY_PATH; stubs are for linking only", l.pid,
+            out.append(Finding(rule="stub-driver", summary=f"libcuda.so.1 resolved to a CUDA stub library ({where})",
+                               evidence=[f"dlopen(\"{l.path}\") loaded {where}"] + _error_evidence(tl),
+                               fix="remove the stubs directory from LD_LIBRARY_PATH; stubs are for linking only", pid=l.pid,
                                explains=34))
     return out
 
@@ -388,7 +388,7 @@ def rule_backend_load_failed(tl: Timeline, explain=None) -> list[Finding]:
         else:
             summary = "libggml-cuda failed to load, before any CUDA call"
             fix = "run 'gdb-cudashim audit --consumer " + l.path + "' to see which dependency is missing"
-        out.append(Finding("backend-load-failed", summary, ev, fix, l.pid))
+        out.append(Finding(rule="backend-load-failed", summary=summary, evidence=ev, fix=fix, pid=l.pid))
     return out
 
 
@@ -420,15 +420,15 @@ def _runtime_shim_missing(tl: Timeline, load, symbol: str, ev: list[str]) -> Fin
         if len(check.missing) > 8:
             lines.append(f"... and {len(check.missing) - 8} more (gdb-cudashim audit --shim {shim})")
         return Finding(
-            "runtime-shim-missing-symbols",
-            f"libggml-cuda failed to load: the runtime shim {shim} lacks {symbol}"
+            rule="runtime-shim-missing-symbols",
+            summary=f"libggml-cuda failed to load: the runtime shim {shim} lacks {symbol}"
             + (f" and {len(check.missing) - 1} more" if len(check.missing) > 1 else "")
             + f" (libggml-cuda imports {check.imported} symbols from {check.version or 'libcudart'})",
-            ev + [f"{shim} ({cudafiles.runtime_kind(shim, None)}) answers for {check.version or 'libcudart'}: {check.summary()}"]
+            evidence=ev + [f"{shim} ({cudafiles.runtime_kind(shim, None)}) answers for {check.version or 'libcudart'}: {check.summary()}"]
             + lines + ([f"the loader resolved every import at dlopen (RTLD_NOW), so the load failed although "
                         f"{symbol} is first called {runtime.WHEN[first.stage]}"]
                        if first.stage != "registration" else []),
-            runtime.missing_fix(check), load.pid)
+            fix=runtime.missing_fix(check), pid=load.pid)
     return None
 
 
@@ -453,14 +453,14 @@ def rule_runtime_bypassed(tl: Timeline) -> list[Finding]:
                     continue  # the user's replacement is preloaded and in use: nothing was bypassed
                 why = _search_step(name, ggml, start.env, start.cwd, used)
                 out.append(Finding(
-                    "runtime-shim-bypassed",
-                    f"the runtime shim {cand} on LD_LIBRARY_PATH is never loaded: {name} came from {used} "
+                    rule="runtime-shim-bypassed",
+                    summary=f"the runtime shim {cand} on LD_LIBRARY_PATH is never loaded: {name} came from {used} "
                     f"({cudafiles.runtime_kind(used, None)})",
-                    [f"LD_LIBRARY_PATH={start.env.get('LD_LIBRARY_PATH')} holds {cand} ({cudafiles.runtime_kind(cand, None)})",
+                    evidence=[f"LD_LIBRARY_PATH={start.env.get('LD_LIBRARY_PATH')} holds {cand} ({cudafiles.runtime_kind(cand, None)})",
                      f"the process mapped {used} for {name} instead" + (f": {why}" if why else "")]
                     + _error_evidence(tl),
-                    (f"preload it: LD_PRELOAD={cand} (under the same soname it satisfies every DT_NEEDED {name} "
-                     "and the bundled copy is never loaded), or replace the bundled file"), snap.pid))
+                    fix=(f"preload it: LD_PRELOAD={cand} (under the same soname it satisfies every DT_NEEDED {name} "
+                     "and the bundled copy is never loaded), or replace the bundled file"), pid=snap.pid))
                 break
     return out
 
@@ -514,15 +514,15 @@ def rule_shared_globals(tl: Timeline) -> list[Finding]:
                        "the copies of whichever was loaded first")
                 names = ", ".join(shared[:8]) + (f" (+{len(shared) - 8})" if len(shared) > 8 else "")
                 out.append(Finding(
-                    "shared-globals",
-                    f"{runtime.label(first)} and {runtime.label(other)} both export the global variables {names}: "
+                    rule="shared-globals",
+                    summary=f"{runtime.label(first)} and {runtime.label(other)} both export the global variables {names}: "
                     f"ld.so binds both files' references to {who}, so each shim's code changes the other's state",
-                    [f"{runtime.label(p)} exports {', '.join(sorted(exported[p] & set(shared)))} with default "
+                    evidence=[f"{runtime.label(p)} exports {', '.join(sorted(exported[p] & set(shared)))} with default "
                      "visibility (its own code reaches them through the GOT)" for p in (first, other)]
                     + [f"e.g. {shared[0]} is one variable for both shims, not one each"],
-                    "keep a shim's globals out of its dynamic symbol table (static, -fvisibility=hidden, or a version "
+                    fix="keep a shim's globals out of its dynamic symbol table (static, -fvisibility=hidden, or a version "
                     "script with 'local: *;'), or link it with -Wl,-Bsymbolic; gdb and cuda-state still see them "
-                    "through .symtab and DWARF", snap.pid))
+                    "through .symtab and DWARF", pid=snap.pid))
     return out
 
 
@@ -553,14 +553,14 @@ def rule_two_runtimes(tl: Timeline) -> list[Finding]:
         if landed:
             ev.append("calls that landed in NVIDIA's runtime: " + ", ".join(dict.fromkeys(c.function for c in landed)))
         out.append(Finding(
-            "two-runtimes",
-            f"two CUDA runtimes in one process: {_base(shims[0])} (preloaded under its own soname) takes some of "
+            rule="two-runtimes",
+            summary=f"two CUDA runtimes in one process: {_base(shims[0])} (preloaded under its own soname) takes some of "
             f"libggml-cuda's cuda* calls, NVIDIA's {_base(nvidia[0])} the rest; their devices, memory and errors "
             "are not each other's",
-            ev + _error_evidence(tl),
-            (f"export every symbol libggml-cuda imports from {_base(shims[0])} (gdb-cudashim audit --shim {shims[0]}), "
+            evidence=ev + _error_evidence(tl),
+            fix=(f"export every symbol libggml-cuda imports from {_base(shims[0])} (gdb-cudashim audit --shim {shims[0]}), "
              "or give it NVIDIA's soname (libcudart.so.12) so that it replaces the bundled runtime; an interposer "
-             "must forward what it does not implement to the runtime behind it"), snap.pid))
+             "must forward what it does not implement to the runtime behind it"), pid=snap.pid))
     return out
 
 
@@ -613,13 +613,13 @@ def rule_two_drivers(tl: Timeline) -> list[Finding]:
             continue
         ev = [f"{lib}: {', '.join(dict.fromkeys(what))}" for lib, what in libs.items()]
         out.append(Finding(
-            "two-drivers",
-            "two different files act as the CUDA driver in one process: libggml-cuda's direct imports bind to one, "
+            rule="two-drivers",
+            summary="two different files act as the CUDA driver in one process: libggml-cuda's direct imports bind to one, "
             "cudart's dlopen(\"libcuda.so.1\") loads the other",
-            ev + _error_evidence(tl),
-            ("give the shim the soname libcuda.so.1 and make it the file cudart's dlopen finds (first on "
+            evidence=ev + _error_evidence(tl),
+            fix=("give the shim the soname libcuda.so.1 and make it the file cudart's dlopen finds (first on "
              "LD_LIBRARY_PATH), instead of LD_PRELOADing it under another name"),
-            pid))
+            pid=pid))
     return out
 
 
@@ -629,16 +629,16 @@ def rule_lookup_loop(tl: Timeline) -> list[Finding]:
     for loop in interpose.lookup_loops(tl):
         hook, driver = _base(loop["hook"]), _base(loop["driver"])
         out.append(Finding(
-            "dlsym-loop",
-            f"{hook}'s dlsym hook and {driver} ask each other in a loop: {loop['rounds']} nested rounds on one thread",
-            [f"thread {loop['tid']}: {driver} calls dlsym(\"{loop['symbol']}\"), the hook in {hook} answers by calling "
+            rule="dlsym-loop",
+            summary=f"{hook}'s dlsym hook and {driver} ask each other in a loop: {loop['rounds']} nested rounds on one thread",
+            evidence=[f"thread {loop['tid']}: {driver} calls dlsym(\"{loop['symbol']}\"), the hook in {hook} answers by calling "
              f"{driver}'s {loop['symbol']}, which calls dlsym again ({loop['rounds']} times in a row, events "
              f"{loop['first']}..{loop['last']})",
              "each round nests inside the last: unbounded, it ends in a stack overflow or a hang"] + _error_evidence(tl),
-            (f"in {hook}'s dlsym hook, answer lookups made from inside the driver (or from inside the hook itself: a "
+            fix=(f"in {hook}'s dlsym hook, answer lookups made from inside the driver (or from inside the hook itself: a "
              "thread-local guard) with the real dlsym (dlvsym(RTLD_NEXT, \"dlsym\", \"GLIBC_2.34\")), never by calling "
              "back into the driver"),
-            loop["pid"]))
+            pid=loop["pid"]))
     return out
 
 
@@ -721,18 +721,18 @@ def _crashed(tl: Timeline, crash, prog: str, evidence: list[str], calls) -> Find
         evidence += [f"{_base(c.library)} answered cuGetExportTable({_table(c)}) "
                      f"with CUDA_SUCCESS and the table at {c.args['ppExportTable']:#x}" for c in tables[-3:]]
         return Finding(
-            "crash-in-runtime", f"{prog} (pid {crash.pid}) died of {what} inside NVIDIA's {_base(lib)} ({how}) after "
-            f"{_base(tables[-1].library)} handed it the private table(s) {', '.join(names)}", evidence,
-            "cudart calls through the slots of the private tables the driver returns: a fake driver must not answer "
+            rule="crash-in-runtime", summary=f"{prog} (pid {crash.pid}) died of {what} inside NVIDIA's {_base(lib)} ({how}) after "
+            f"{_base(tables[-1].library)} handed it the private table(s) {', '.join(names)}", evidence=evidence,
+            fix="cudart calls through the slots of the private tables the driver returns: a fake driver must not answer "
             "cuGetExportTable with CUDA_SUCCESS for a table it does not implement (NVIDIA's layout): return "
             "CUDA_ERROR_NOT_FOUND (cudart then fails cleanly) or forward cuGetExportTable to the real driver",
-            crash.pid)
+            pid=crash.pid)
     if lib and lib_role in ("driver", "runtime", "nvml") and not cudafiles.made_by_nvidia(lib, lib_role):
         at = f" at {owner.where}" if owner.where else ""
         return Finding(
-            "crash-in-shim", f"{prog} (pid {crash.pid}) died of {what} inside the shim {_base(lib)}, in "
-            f"{owner.function}{at}", evidence,
-            f"the fault is in the shim's own code: {owner.function}{at} ({how})", crash.pid)
+            rule="crash-in-shim", summary=f"{prog} (pid {crash.pid}) died of {what} inside the shim {_base(lib)}, in "
+            f"{owner.function}{at}", evidence=evidence,
+            fix=f"the fault is in the shim's own code: {owner.function}{at} ({how})", pid=crash.pid)
     return None  # not in CUDA's code: the plain killed-by-signal finding, with the frames
 
 
@@ -807,298 +807,6 @@ def _killed_by_another(tl: Timeline, kill, prog: str, calls) -> Finding:
               "the parent ended it on purpose; look at the parent's own log for why")))
 
 
-# -- past init: the device a shim reports (issue #11) -------------------------------------------
-
-PROP_FIX = ("fill the caller's struct cudaDeviceProp as CUDA 12's driver_types.h declares it (include NVIDIA's header, "
-            "do not declare a struct of your own): 1032 bytes, name at 0, totalGlobalMem at 288, major at 360, "
-            "minor at 364, multiProcessorCount at 388")
-
-
-def _ok_calls(tl: Timeline, pid: int, function: str) -> list[Call]:
-    return [c for c in tl.calls if c.pid == pid and c.function == function and c.returned and not c.failed]
-
-
-def _props(tl: Timeline, pid: int) -> list[Call]:
-    """The successful cudaGetDeviceProperties_v2 calls of PID whose struct was read, the last per device."""
-    last = {}
-    for c in _ok_calls(tl, pid, "cudaGetDeviceProperties_v2"):
-        if isinstance(c.args.get("prop"), dict):
-            last[c.args.get("device")] = c
-    return list(last.values())
-
-
-def _prop_call(c: Call) -> str:
-    return f"cudaGetDeviceProperties_v2(device={c.args.get('device')}) in {_base(c.library)}, called from {_base(c.caller)}"
-
-
-def _mib(n: int) -> str:
-    return f"{n} bytes" + (f" ({n / (1 << 20):.0f} MiB)" if n else "")
-
-
-def _ggml_device_lines(tl: Timeline, pid: int) -> list[str]:
-    return [f"ggml printed: {w.text.strip()!r}" for w in tl.writes
-            if w.pid == pid and ("compute capability" in w.text or "CUDA devices" in w.text)][:2]
-
-
-def _cuda_count(tl: Timeline, pid: int) -> tuple[Call | None, int | None]:
-    for fn, arg in (("cudaGetDeviceCount", "count"), ("cuDeviceGetCount", "count")):
-        for c in _ok_calls(tl, pid, fn):
-            if isinstance(c.args.get(arg), int):
-                return c, c.args[arg]
-    return None, None
-
-
-def _pids(tl: Timeline) -> list[int]:
-    return sorted({c.pid for c in tl.calls})
-
-
-def _layout_evidence(prop: dict, about: str) -> list[str]:
-    """Where a struct filled in another layout put its values: ABOUT is 'compute capability' or 'bytes'."""
-    from . import devprops
-
-    fields = devprops.written_fields(prop)
-    out = [f"the struct's non-zero bytes lie in {', '.join(fields) or 'no field'} (as CUDA 12 lays it out)"]
-    if prop.get("major") or prop.get("totalGlobalMem"):
-        return out  # a struct in CUDA 12's layout with one field wrong: no layout to guess
-    return out + [f"looks like another layout: {m}" for m in devprops.misplaced(prop) if about in m or "early" in m]
-
-
-def rule_device_without_properties(tl: Timeline) -> list[Finding]:
-    """A device count above 0, and cudaGetDeviceProperties_v2 failing or filling nothing in."""
-    from .devprops import SIZE, is_blank
-
-    out = []
-    for pid in _pids(tl):
-        counted, count = _cuda_count(tl, pid)
-        if not count or count <= 0:
-            continue
-        failed = [c for c in tl.calls if c.pid == pid and c.function == "cudaGetDeviceProperties_v2" and c.failed]
-        blank = [c for c in _props(tl, pid) if is_blank(c.args["prop"])]
-        for c in failed[:1] + blank[:1]:
-            how = (f"returned {c.result} ({c.result_name})" if c.failed else
-                   f"returned cudaSuccess and left all {SIZE} bytes of cudaDeviceProp zero")
-            out.append(Finding(
-                "device-without-properties",
-                f"{counted.function} says {count} device(s), but {c.function}(device={c.args.get('device')}) in "
-                f"{_base(c.library)} {'failed' if c.failed else 'described nothing'}: no name, compute capability "
-                "0.0, 0 bytes of memory",
-                [f"{counted.function}() in {_base(counted.library)} set *count = {count}", f"{_prop_call(c)} {how}"]
-                + _ggml_device_lines(tl, pid)
-                + [("ggml aborts its init with 'CUDA error' when this call fails" if c.failed else
-                    "ggml registers the device as it is: an empty name, compute capability 0.0, VRAM: 0 MiB; ollama "
-                    "filters it ('didn't fully initialize') and reports library=cpu, total_vram=\"0 B\"")],
-                "implement cudaGetDeviceProperties_v2 for every device the count admits: " + PROP_FIX, pid))
-    return out
-
-
-def rule_device_compute_capability(tl: Timeline) -> list[Finding]:
-    """Compute capability 0.0, or below every architecture this libggml-cuda carries code for."""
-    from .devprops import fatbin_targets, is_blank, runs_on
-
-    out = []
-    for pid in _pids(tl):
-        for c in _props(tl, pid):
-            prop = c.args["prop"]
-            if is_blank(prop):
-                continue  # device-without-properties says it
-            major, minor = prop.get("major"), prop.get("minor")
-            ggml = c.caller if role_of(c.caller) == "ggml-cuda" else next(
-                (l.resolved or l.path for l in tl.loads if l.pid == pid and role_of(l.path) == "ggml-cuda"), None)
-            targets = fatbin_targets(ggml) if ggml else None
-            built = (f"sm_{', sm_'.join(map(str, targets['sm']))}" + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}"
-                     if targets["ptx"] else "")) if targets else None
-            if major and not (targets and not runs_on(targets, major, minor)):
-                continue
-            ev = [f"{_prop_call(c)} set prop.major = {major}, prop.minor = {minor} (offsets 360/364)"]
-            for a in _ok_calls(tl, pid, "cudaDeviceGetAttribute") + _ok_calls(tl, pid, "cuDeviceGetAttribute"):
-                attr = a.args.get("attr", a.args.get("attrib"))
-                value = a.args.get("value", a.args.get("pi"))
-                if attr in (75, 76):
-                    ev.append(f"{a.function}({'ComputeCapabilityMajor' if attr == 75 else 'ComputeCapabilityMinor'}) "
-                              f"in {_base(a.library)} = {value}" + (": the two answers disagree" if value != (major if attr == 75 else minor) else ""))
-            if built:
-                ev.append(f"{_base(ggml)} carries GPU code for {built} only (its .nv_fatbin)")
-            if not major:
-                ev += _layout_evidence(prop, "compute capability")
-            ev += _ggml_device_lines(tl, pid)
-            ev.append("ggml takes the device as compute capability %d.%d: none of its kernels can run there ('no kernel "
-                      "image is available for execution on the device' at the first launch); ollama filters it ('didn't "
-                      "fully initialize') and reports compute=%d.%d, library=cpu" % (major, minor, major, minor))
-            need = f" (this libggml-cuda needs {min(targets['sm'] + targets['ptx']) // 10}.{min(targets['sm'] + targets['ptx']) % 10} or newer)" if targets else ""
-            out.append(Finding(
-                "device-compute-capability",
-                f"cudaGetDeviceProperties_v2 in {_base(c.library)} reports compute capability {major}.{minor} for device "
-                f"{c.args.get('device')}" + (f", below what {_base(ggml)} was built for ({built})" if built else ""),
-                ev,
-                (PROP_FIX + ", and report the real device's compute capability" + need) if not major else
-                f"report the device's real compute capability{need}, or use a libggml-cuda built for this one "
-                f"(CMAKE_CUDA_ARCHITECTURES={major}{minor})", pid))
-    return out
-
-
-def rule_device_memory(tl: Timeline) -> list[Finding]:
-    """0 bytes of device memory, from any of the places ggml and ollama read it."""
-    from .devprops import is_blank
-
-    out = []
-    for pid in _pids(tl):
-        seen = []  # (what, bytes, call)
-        for c in _props(tl, pid):
-            if not is_blank(c.args["prop"]):
-                seen.append((f"{_prop_call(c)}: prop.totalGlobalMem (offset 288)", c.args["prop"].get("totalGlobalMem"), c))
-        for fn, arg in (("cudaMemGetInfo", "total"), ("cuDeviceTotalMem_v2", "bytes")):
-            for c in _ok_calls(tl, pid, fn):
-                seen.append((f"{fn}() in {_base(c.library)}: *{arg}", c.args.get(arg), c))
-        for c in _ok_calls(tl, pid, "nvmlDeviceGetMemoryInfo"):
-            mem = c.args.get("memory")
-            if isinstance(mem, dict):
-                seen.append((f"nvmlDeviceGetMemoryInfo() in {_base(c.library)}: memory.total", mem.get("total"), c))
-        zero = [s for s in seen if s[1] == 0]
-        if not zero:
-            continue
-        ev = [f"{what} = {_mib(n)}" for what, n, _ in seen if isinstance(n, int)]
-        prop = next((c.args["prop"] for what, n, c in zero if c.function == "cudaGetDeviceProperties_v2"), None)
-        if prop is not None:
-            ev += _layout_evidence(prop, "bytes (")
-        ev += _ggml_device_lines(tl, pid)
-        ev.append("ggml reports the device with 'VRAM: 0 MiB' and gives it no share of the tensor split; ollama reports "
-                  "total_vram=\"0 B\" and schedules nothing on it")
-        out.append(Finding(
-            "device-no-memory",
-            f"the device has 0 bytes of memory according to {', '.join(dict.fromkeys(z[2].function for z in zero))}",
-            ev,
-            "report the device's memory, the same total everywhere: cudaDeviceProp.totalGlobalMem (offset 288), "
-            "cudaMemGetInfo(free, total), cuDeviceTotalMem_v2 and nvmlDeviceGetMemoryInfo"
-            + ("; " + PROP_FIX if prop is not None else ""), pid))
-    return out
-
-
-def rule_device_name(tl: Timeline) -> list[Finding]:
-    from .devprops import is_blank
-
-    out = []
-    for pid in _pids(tl):
-        empty = [(f"{_prop_call(c)}: prop.name (char[256] at offset 0)", c) for c in _props(tl, pid)
-                 if not is_blank(c.args["prop"]) and not c.args["prop"].get("name")]
-        empty += [(f"cuDeviceGetName(dev={c.args.get('dev')}) in {_base(c.library)}: *name", c)
-                  for c in _ok_calls(tl, pid, "cuDeviceGetName") if c.args.get("name") == ""]
-        if empty:
-            out.append(Finding(
-                "device-empty-name", f"the device's name is empty ({empty[0][1].function} in {_base(empty[0][1].library)})",
-                [f"{what} = ''" for what, _ in empty] + _ggml_device_lines(tl, pid)
-                + ["ggml prints 'Device 0: , compute capability ...' and ollama shows a device with no name"],
-                "write the device's name, NUL-terminated, into prop.name / cuDeviceGetName's buffer (e.g. the real "
-                "device's 'NVIDIA ...' name)", pid))
-    return out
-
-
-def rule_nvml_cuda_disagree(tl: Timeline) -> list[Finding]:
-    """NVML and CUDA describing a different number of devices, or a different amount of memory."""
-    from .devprops import is_blank
-
-    out = []
-    for pid in _pids(tl):
-        ev, what = [], []
-        counted, count = _cuda_count(tl, pid)
-        nvml_count = next((c for c in _ok_calls(tl, pid, "nvmlDeviceGetCount_v2")
-                           if isinstance(c.args.get("deviceCount"), int)), None)
-        if counted and nvml_count and nvml_count.args["deviceCount"] != count:
-            ev.append(f"{counted.function}() in {_base(counted.library)} = {count} devices, nvmlDeviceGetCount_v2() in "
-                      f"{_base(nvml_count.library)} = {nvml_count.args['deviceCount']}")
-            what.append("count")
-        cuda_mem = [(f"{_prop_call(c)}: totalGlobalMem", c.args["prop"].get("totalGlobalMem")) for c in _props(tl, pid)
-                    if not is_blank(c.args["prop"])]
-        cuda_mem += [(f"cuDeviceTotalMem_v2() in {_base(c.library)}", c.args.get("bytes"))
-                     for c in _ok_calls(tl, pid, "cuDeviceTotalMem_v2")]
-        nvml_mem = [(f"nvmlDeviceGetMemoryInfo() in {_base(c.library)}: memory.total", c.args["memory"].get("total"))
-                    for c in _ok_calls(tl, pid, "nvmlDeviceGetMemoryInfo") if isinstance(c.args.get("memory"), dict)]
-        if cuda_mem and nvml_mem:
-            (cw, cn), (nw, nn) = cuda_mem[0], nvml_mem[0]
-            if cn and nn and abs(cn - nn) > max(cn, nn) // 10:
-                ev.append(f"{cw} = {_mib(cn)}, {nw} = {_mib(nn)}")
-                what.append("memory")
-        if ev:
-            out.append(Finding(
-                "nvml-cuda-disagree", "NVML and CUDA disagree about the device " + " and ".join(what),
-                ev + ["ollama looks each CUDA device up in NVML (by its UUID) and reports NVML's memory as its VRAM: "
-                      "devices NVML does not know, or memory it reports differently, make ollama's plan wrong or drop "
-                      "the device"],
-                "make libnvidia-ml.so.1 and libcuda.so.1 describe the same devices: the same count (after "
-                "CUDA_VISIBLE_DEVICES), the same UUIDs, the same total memory", pid))
-    return out
-
-
-def _lock_name(w: dict) -> str:
-    name = w.get("symbol") or f"the mutex at {w['mutex']}"
-    return f"{name} ({w['library']})" if w.get("symbol") and w.get("library") else name
-
-
-def rule_deadlock_or_spin(tl: Timeline) -> list[Finding]:
-    """At a hang: a thread waiting on a mutex (its owner read from the mutex: itself, gone, a
-    constructor, a cycle, another thread) and a thread spinning out of any syscall."""
-    hang = tl.hang or {}
-    out, seen_cycles = [], set()
-    for w in hang.get("locks") or []:
-        lock, waiter, owner = _lock_name(w), w["waiter"], w.get("owner")
-        entry = w.get("entry") or w.get("waiter_where") or "?"
-        ev = [f"thread {waiter} waits in {w.get('waiter_where') or '?'} (entered through {entry}) on {lock} at "
-              f"{w['mutex']}; its __owner field says thread {owner}"]
-        kind = w.get("kind")
-        if kind == "self":
-            ev.append(f"this same thread took it in {w.get('taken_in') or 'a caller on its stack'}, and then called "
-                      f"down into code that locks it again: a plain (non-recursive) mutex never wakes")
-            out.append(Finding(
-                "self-deadlock", f"{entry} waits on {lock}, which this same thread already holds", ev,
-                f"do not take {w.get('symbol') or 'the lock'} again while holding it (a helper that expects it held, "
-                "or no lock in the helper), or make it a recursive mutex (PTHREAD_MUTEX_RECURSIVE)", w["pid"]))
-        elif kind == "never-unlocked":
-            if not w.get("owner_alive", True):
-                ev.append(f"thread {owner} no longer exists: it returned or exited holding the lock")
-                by = f"thread {owner}, which has exited"
-            elif w.get("taken_in"):
-                ev.append(f"no frame on thread {owner}'s stack took it: {w['taken_in']} refers to it, and ran when the "
-                          f"library was loaded, on this thread")
-                by = w["taken_in"]
-            else:
-                ev.append(f"no frame on thread {owner}'s stack took it: a call that already returned left it locked")
-                by = f"thread {owner} earlier"
-            out.append(Finding(
-                "lock-never-unlocked", f"{entry} waits on {lock}, locked by {by} and never unlocked", ev,
-                f"unlock {w.get('symbol') or 'it'} on every path out of the function that takes it"
-                + (" (a constructor must not return holding a lock)" if w.get("taken_in") else ""), w["pid"]))
-        elif kind == "cycle":
-            key = (w["pid"], frozenset(w.get("cycle") or ()))
-            if key in seen_cycles:
-                continue
-            seen_cycles.add(key)
-            ring = [x for x in hang["locks"] if x["pid"] == w["pid"] and x["waiter"] in key[1]]
-            ev = [f"thread {x['waiter']} at {x.get('waiter_where') or '?'} waits on {_lock_name(x)}, held by thread "
-                  f"{x['owner']}" for x in ring]
-            names = sorted({_lock_name(x) for x in ring})
-            out.append(Finding(
-                "lock-cycle", f"threads {', '.join(str(x['waiter']) for x in ring)} deadlock: each waits on a lock "
-                f"the other holds ({' and '.join(names)})", ev,
-                f"take {' and '.join(sorted({x.get('symbol') or x['mutex'] for x in ring}))} in one order in every "
-                "thread (or hold only one at a time)", w["pid"]))
-        elif w.get("locked") and owner:
-            ev.append(f"thread {owner} holds it and is at {w.get('owner_where') or '?'}")
-            out.append(Finding(
-                "lock-held", f"{entry} waits on {lock}, held by thread {owner} at {w.get('owner_where') or '?'}", ev,
-                f"see why thread {owner} does not release it (its backtrace is in the hang section)", w["pid"]))
-    for sp in hang.get("spins") or []:
-        where = sp.get("lines") or sp.get("where") or "?"
-        fns = ", ".join(sp.get("functions") or []) or "?"
-        ev = [f"thread {sp['tid']}: {round(100 * sp.get('cpu', 0))}% CPU, not in a syscall; {sp.get('samples')} pc "
-              f"samples ({', '.join(sorted(set(sp.get('pcs') or [])))}) all in {fns} ({sp.get('library') or '?'})"]
-        if sp.get("entry"):
-            ev.append(f"entered through {sp['entry']}")
-        out.append(Finding(
-            "spin", f"thread {sp['tid']} spins in {fns} at {where}" + (f", inside {sp['entry']}" if sp.get("entry") else ""),
-            ev, "a busy loop that never ends: wait on a condition variable or futex instead, or bound the loop; if "
-            "it waits for state another thread sets, see why that thread never sets it", sp["pid"]))
-    return out
-
-
 RULES = (
     rule_backend_load_failed,
     rule_runtime_bypassed,
@@ -1111,13 +819,9 @@ RULES = (
     rule_two_drivers,
     rule_lookup_loop,
     rule_killed_by_signal,
-    rule_device_without_properties,
-    rule_device_compute_capability,
-    rule_device_memory,
-    rule_device_name,
-    rule_nvml_cuda_disagree,
+    *rules_device.RULES,  # past init: the device a shim reports
     rule_shared_globals,
-    rule_deadlock_or_spin,
+    rules_hang.rule_deadlock_or_spin,
 )
 
 
@@ -1130,7 +834,7 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
-    from . import rules_absent, rules_loader, rules_road  # families in modules of their own
+    from . import rules_absent, rules_loader, rules_road  # families in modules of their own (device and hang: RULES)
 
     findings += rules_loader.rule_preload_ignored(tl)
     for rule in rules_road.RULES:

@@ -97,10 +97,10 @@ def rule_no_cuda(tl: Timeline) -> list[Finding]:
         return []
     if not starts:
         why = [" ".join(n.split()) for n in tl.notes if n.startswith("could not run")]
-        return [Finding("program-never-ran", "the program never ran: no process started, so no CUDA library was loaded "
+        return [Finding(rule="program-never-ran", summary="the program never ran: no process started, so no CUDA library was loaded "
                         "and nothing could be diagnosed",
-                        why or ["no process was seen"],
-                        "check the program: it must be an executable file (a complete ELF, or a script with a #! line "
+                        evidence=why or ["no process was seen"],
+                        fix="check the program: it must be an executable file (a complete ELF, or a script with a #! line "
                         "naming an interpreter that exists)")]
     evidence = []
     for p in starts:
@@ -126,7 +126,7 @@ def rule_no_cuda(tl: Timeline) -> list[Finding]:
     if not tried and any(tl.process_start(p.pid) and _ended(tl, p.pid) and _ended(tl, p.pid).exit_code in (126, 127)
                          for p in starts):
         fix = "the program could not be executed (status 126/127): check the #! line and the path; " + fix
-    return [Finding("no-cuda-loaded", summary, evidence, fix, starts[0].pid)]
+    return [Finding(rule="no-cuda-loaded", summary=summary, evidence=evidence, fix=fix, pid=starts[0].pid)]
 
 
 FIXES = {
@@ -159,11 +159,11 @@ def rule_init_call_failed(tl: Timeline) -> list[Finding]:
         if c.result == 100 and c.spec and c.spec.layer == "driver":
             fix += f" (the process has CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else " (unset in the process)"
         out.append(Finding(
-            "init-call-failed",
-            f"{c.function}() in {_base(c.library)} returned {c.result_name} ({c.result}): {prog}'s CUDA init failed"
+            rule="init-call-failed",
+            summary=f"{c.function}() in {_base(c.library)} returned {c.result_name} ({c.result}): {prog}'s CUDA init failed"
             + ("" if any(tl.matches_error(w.text) for w in tl.writes if w.pid == c.pid) else
                " (no ggml message: the program checked the result itself)"),
-            ev, fix, c.pid, explains=c.result if isinstance(c.result, int) else None))
+            evidence=ev, fix=fix, pid=c.pid, explains=c.result if isinstance(c.result, int) else None))
     return out
 
 
@@ -200,7 +200,7 @@ def rule_device_count(tl: Timeline) -> list[Finding]:
                    if w.pid == c.pid and "CUDA devices" in w.text][:1]
             fix = (f"return the number of devices (0 or more) from {c.function}, or an error (cudaErrorNoDevice, 100) "
                    "when there is none")
-        out.append(Finding("device-count", summary, ev, fix, c.pid))
+        out.append(Finding(rule="device-count", summary=summary, evidence=ev, fix=fix, pid=c.pid))
     return out
 
 
@@ -223,12 +223,12 @@ def rule_hang_since_attach(tl: Timeline) -> list[Finding]:
               f"at the end ({after} s later) it was in the same place"
               + (f", blocked in {end['blocked']}" if end.get("blocked") else ", running (not blocked)")]
         out.append(Finding(
-            "hang-since-attach",
-            f"{prog} (pid {th['pid']}) thread {th['tid']} was already inside {th['waiting_in']} when the watch began and "
+            rule="hang-since-attach",
+            summary=f"{prog} (pid {th['pid']}) thread {th['tid']} was already inside {th['waiting_in']} when the watch began and "
             f"never left it{f' in {after} s' if after is not None else ''}: its CUDA init hangs",
-            ev, "the call never returns from the driver/shim: see where the thread waits (the frames above); a lock, a "
+            evidence=ev, fix="the call never returns from the driver/shim: see where the thread waits (the frames above); a lock, a "
             "wait on a device or on a daemon that never answers; run the program under 'gdb-cudashim run' to see what "
-            "it did before", th["pid"]))
+            "it did before", pid=th["pid"]))
     return out
 
 
@@ -253,11 +253,11 @@ def rule_init_before_watch(tl: Timeline) -> list[Finding]:
             if values:
                 ev.append(f"what the init left in {_base(shim['library'])}: " + ", ".join(values[:8]))
         out.append(Finding(
-            "init-before-watch",
-            f"CUDA init in {prog} (pid {pid}) ran before the watch began ({', '.join(_base(f['path']) for f in snap.files)} "
+            rule="init-before-watch",
+            summary=f"CUDA init in {prog} (pid {pid}) ran before the watch began ({', '.join(_base(f['path']) for f in snap.files)} "
             "already mapped): it was not watched, so nothing here says whether it failed",
-            ev, "run the program under 'gdb-cudashim run -- ...', or attach before it loads CUDA (ollama: attach to the "
-            "server before a model load: each runner child is watched from its start)", pid))
+            evidence=ev, fix="run the program under 'gdb-cudashim run -- ...', or attach before it loads CUDA (ollama: attach to the "
+            "server before a model load: each runner child is watched from its start)", pid=pid))
     return out
 
 
