@@ -76,7 +76,9 @@ def test_decode_blank_and_nvml_memory(fakert):
 
 def test_fatbin_targets_of_the_real_libggml_cuda(stack):
     t = devprops.fatbin_targets(str(stack.ggml_cuda))
-    assert t == {"sm": [75], "ptx": [75]}
+    assert t == {"sm": [75], "ptx": [75], "compressed_sm": [], "compressed_ptx": [75]}  # its PTX is compressed
+    assert devprops.code_for(t, 7, 5) == ("sm", 75) and devprops.code_for(t, 8, 9) == ("ptx", 75)
+    assert devprops.code_for(t, 6, 1) is None
     assert not devprops.runs_on(t, 0, 0) and not devprops.runs_on(t, 6, 1)
     assert devprops.runs_on(t, 7, 5) and devprops.runs_on(t, 8, 9)
     assert devprops.fatbin_targets(str(FAKERT)) is None

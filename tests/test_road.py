@@ -153,6 +153,25 @@ def test_a_capability_ggml_could_jit_but_ollama_does_not_list(goserver, ggml_cud
     assert "one of 750" in f["fix"], f["fix"]
 
 
+def test_compressed_code_under_a_driver_older_than_cuda_12_4(goserver, ggml_cuda_backend, tmp_path):
+    """The run's libggml-cuda carries sm_75 cubins and compressed compute_75 PTX: a device of 8.9 needs
+    the PTX, and the driver the shim reports (CUDA 12.2) predates compressed code. Read from the fat
+    binary's entry flags, against the probe's own answers (attributes 75/76, cuDriverGetVersion)."""
+    from test_goserver_flow import flow_env
+
+    env = flow_env(ggml_cuda_backend, CUDASHIM_CC="8.9", CUDASHIM_DRIVER_VERSION="12020")
+    proc, report = run_report(tmp_path, [goserver, "serve", "--flow", "two-pass", "--exit-after-discovery"], env,
+                              timeout=300)
+    (f,) = [f for f in report["findings"] if f["rule"] == "compressed-fatbin"]
+    assert "(PTX compute_75) compressed" in f["summary"] and "CUDA 12.2" in f["summary"], f["summary"]
+    assert any("flags hold 0x2000" in e for e in f["evidence"]) and "CMAKE_CUDA_ARCHITECTURES=89" in f["fix"]
+    # the same device under a driver that reads compressed code: no such finding
+    env = flow_env(ggml_cuda_backend, CUDASHIM_CC="8.9", CUDASHIM_DRIVER_VERSION="12040")
+    proc, report = run_report(tmp_path, [goserver, "serve", "--flow", "two-pass", "--exit-after-discovery"], env,
+                              timeout=300)
+    assert not [f for f in report["findings"] if f["rule"] == "compressed-fatbin"], report["findings"]
+
+
 def test_a_probe_told_compute_capability_0_0(tmp_path):
     """No libggml-cuda in this run: only 0.0 is known to be wrong."""
     proc, report, _ = discover(tmp_path, CUDASHIM_CC="0.0")

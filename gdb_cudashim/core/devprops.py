@@ -157,11 +157,17 @@ def misplaced(prop: dict) -> list[str]:
 
 FATBIN_MAGIC = 0xBA55ED50
 _PTX, _ELF = 1, 2
+# An entry's flags (the 64-bit field at offset 40 of its header): its payload is compressed
+# (nvcc -Xfatbin -compress-all, the default of recent toolkits). A driver older than the one of
+# CUDA 12.4 (r550) cannot load compressed code: "device kernel image is invalid" / "no kernel image".
+FATBIN_FLAG_COMPRESS = 0x2000
+COMPRESSED_NEEDS_DRIVER = 12040
 
 
 def fatbin_targets(path: str) -> dict | None:
-    """{'sm': [75, ...], 'ptx': [75, ...]}: the cubin (SASS) and PTX architectures in the
-    .nv_fatbin section of PATH, read from the fat binary headers; None when it has none."""
+    """{'sm': [75, ...], 'ptx': [75, ...], 'compressed_sm': [...], 'compressed_ptx': [...]}: the
+    cubin (SASS) and PTX architectures in the .nv_fatbin section of PATH, and those stored
+    compressed, read from the fat binary headers; None when it has none."""
     try:
         st = os.stat(path)
     except OSError:
@@ -176,7 +182,7 @@ def _fatbin_targets(path: str, mtime: float, size: int) -> dict | None:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
-    sm, ptx = set(), set()
+    sm, ptx, compressed = set(), set(), set()
     try:
         with open(path, "rb") as f:
             section = ELFFile(f).get_section_by_name(".nv_fatbin")
@@ -192,10 +198,13 @@ def _fatbin_targets(path: str, mtime: float, size: int) -> dict | None:
                     while p + 32 <= q:
                         kind, _, entry_header, payload = struct.unpack_from("<HHIQ", m, p)
                         arch = struct.unpack_from("<I", m, p + 28)[0]
+                        flags = struct.unpack_from("<Q", m, p + 40)[0] if p + 48 <= q else 0
                         if kind == _PTX:
                             ptx.add(arch)
                         elif kind == _ELF:
                             sm.add(arch)
+                        if flags & FATBIN_FLAG_COMPRESS and kind in (_PTX, _ELF):
+                            compressed.add(("ptx" if kind == _PTX else "sm", arch))
                         if entry_header == 0:
                             break
                         p += entry_header + payload
@@ -204,7 +213,8 @@ def _fatbin_targets(path: str, mtime: float, size: int) -> dict | None:
         return None
     if not sm and not ptx:
         return None
-    return {"sm": sorted(sm), "ptx": sorted(ptx)}
+    return {"sm": sorted(sm), "ptx": sorted(ptx), "compressed_sm": sorted(a for k, a in compressed if k == "sm"),
+            "compressed_ptx": sorted(a for k, a in compressed if k == "ptx")}
 
 
 def runs_on(targets: dict, major: int, minor: int) -> bool:
@@ -213,3 +223,15 @@ def runs_on(targets: dict, major: int, minor: int) -> bool:
     cc = major * 10 + minor
     return (any(t // 10 == major and t <= cc for t in targets["sm"])
             or any(t <= cc for t in targets["ptx"]))
+
+
+def code_for(targets: dict, major: int, minor: int) -> tuple[str, int] | None:
+    """What a device of compute capability major.minor loads from TARGETS: ('sm', arch), the
+    best cubin of its own major, else ('ptx', arch), the newest PTX at or below it, which the
+    driver compiles; None when nothing runs there."""
+    cc = major * 10 + minor
+    cubins = [t for t in targets["sm"] if t // 10 == major and t <= cc]
+    if cubins:
+        return "sm", max(cubins)
+    ptx = [t for t in targets["ptx"] if t <= cc]
+    return ("ptx", max(ptx)) if ptx else None

@@ -230,10 +230,82 @@ def rule_nvml_cuda_disagree(tl: Timeline) -> list[Finding]:
 
 
 
+def ggml_in_run(tl: Timeline) -> str | None:
+    """The libggml-cuda some process of the run loaded: the architectures it carries code for."""
+    from . import cudafiles
+
+    for load in tl.loads:
+        path = load.resolved or load.path
+        if load.ok and cudafiles.role(path) == cudafiles.GGML_CUDA:
+            return path
+    return None
+
+
+def _capabilities(tl: Timeline, pid: int) -> list[tuple[object, int, int, str]]:
+    """(device, major, minor, where it was read) for each device PID was told about: ggml's
+    cudaDeviceProp, else a probe's cuDeviceGetAttribute 75/76."""
+    from .devprops import is_blank
+
+    out = [(c.args.get("device"), c.args["prop"].get("major"), c.args["prop"].get("minor"), _prop_call(c))
+           for c in _props(tl, pid) if not is_blank(c.args["prop"])]
+    if out:
+        return out
+    attrs: dict[object, dict[int, Call]] = {}
+    for c in _ok_calls(tl, pid, "cuDeviceGetAttribute"):
+        if c.args.get("attrib") in (75, 76):
+            attrs.setdefault(c.args.get("dev"), {})[c.args["attrib"]] = c
+    return [(dev, got[75].args.get("pi"), got[76].args.get("pi"), f"cuDeviceGetAttribute(75/76, dev={dev}) in "
+             f"{_base(got[75].library)}") for dev, got in attrs.items() if 75 in got and 76 in got]
+
+
+def rule_compressed_fatbin(tl: Timeline) -> list[Finding]:
+    """The code a device would run from the run's libggml-cuda is stored compressed in its fat
+    binary, and the driver the shim reports is older than the first that loads compressed code
+    (CUDA 12.4, r550): the first kernel launch fails where that driver is the real one."""
+    from .devprops import COMPRESSED_NEEDS_DRIVER, code_for, fatbin_targets
+
+    ggml, targets, out = None, None, []
+    for pid in _pids(tl):
+        version = next((c for c in _ok_calls(tl, pid, "cuDriverGetVersion") + _ok_calls(tl, pid, "cudaDriverGetVersion")
+                        if isinstance(c.args.get("driverVersion"), int)), None)
+        if version is None or version.args["driverVersion"] >= COMPRESSED_NEEDS_DRIVER:
+            continue
+        for dev, major, minor, where in _capabilities(tl, pid):
+            if not isinstance(major, int) or not isinstance(minor, int) or major <= 0:
+                continue
+            if targets is None:
+                ggml = ggml_in_run(tl)
+                targets = (fatbin_targets(ggml) if ggml else None) or {}
+            code = code_for(targets, major, minor) if targets else None
+            if code is None or code[1] not in targets.get(f"compressed_{code[0]}", ()):
+                continue
+            kind, arch = code
+            v = version.args["driverVersion"]
+            what = f"{'PTX compute' if kind == 'ptx' else 'cubin sm'}_{arch}"
+            ev = [f"{where}: compute capability {major}.{minor}",
+                  f"{_base(ggml)} carries {what} for it" + (", which the driver JIT-compiles (no cubin of its major)"
+                                                             if kind == "ptx" else "")
+                  + "; that entry's fat binary flags hold 0x2000: compressed",
+                  f"{version.function}() in {_base(version.library)} answered {v} (CUDA {v // 1000}.{v % 1000 // 10}); "
+                  "compressed code needs the driver of CUDA 12.4 (r550) or newer"]
+            out.append(Finding(
+                rule="compressed-fatbin", pid=pid,
+                summary=(f"{_base(ggml)} stores the code for device {dev} ({what}) compressed, and the driver reports "
+                         f"CUDA {v // 1000}.{v % 1000 // 10}: a driver older than CUDA 12.4 cannot load it, so where that "
+                         f"is the real driver behind the shim the first kernel launch fails ('no kernel image is "
+                         f"available for execution on the device')"),
+                evidence=ev,
+                fix=("report the version of the driver that really loads the modules (forward cuDriverGetVersion); "
+                     "with a driver older than r550, use a libggml-cuda built without fat binary compression or with a "
+                     f"cubin for this device (CMAKE_CUDA_ARCHITECTURES={major}{minor})")))
+    return out
+
+
 RULES = (
     rule_device_without_properties,
     rule_device_compute_capability,
     rule_device_memory,
     rule_device_name,
     rule_nvml_cuda_disagree,
+    rule_compressed_fatbin,
 )

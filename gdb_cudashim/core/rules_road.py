@@ -11,6 +11,7 @@ import re
 
 from . import cudafiles
 from .finding import Finding, base as _base
+from .rules_device import ggml_in_run
 from .timeline import Call, Timeline
 
 NVIDIA_DRIVER_FORM = re.compile(r"\d{3}\.\d+(\.\d+)?")  # nvidia-smi's "575.57.08"
@@ -263,15 +264,6 @@ def rule_proc_address_target(tl: Timeline) -> list[Finding]:
 
 
 # ------------------------------------- the probe's compute capability (attributes 75/76) --
-def _ggml_in_run(tl: Timeline) -> str | None:
-    """The libggml-cuda some process of the run loaded: the architectures it carries code for."""
-    for load in tl.loads:
-        path = load.resolved or load.path
-        if load.ok and cudafiles.role(path) == cudafiles.GGML_CUDA:
-            return path
-    return None
-
-
 def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
     """The compute capability a probe reads from the driver (cuDeviceGetAttribute 75/76, ollama's
     gpu-discover) that ggml cannot use: 0.0, or below every architecture the run's libggml-cuda
@@ -294,7 +286,7 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
             if not isinstance(major, int) or not isinstance(minor, int):
                 continue
             if not read:
-                ggml = _ggml_in_run(tl)
+                ggml = ggml_in_run(tl)
                 targets, read = (fatbin_targets(ggml) if ggml else None), True
             low = targets is not None and major > 0 and not runs_on(targets, major, minor)
             archs = sorted(set(targets["sm"]) | set(targets["ptx"])) if targets else []
