@@ -41,6 +41,8 @@ _CANNOT = {
                            "no stand-in can answer for them without one",
     "missing-cuGetProcAddress_v2": "a cuGetProcAddress_v2 that answers for the shim needs a stand-in library; "
                                    "none is bundled yet",
+    "compressed-fatbin": "the wall is which driver loads the modules (the file's compressed code against its age), "
+                         "not a call's answer: a run on the shim cannot show the first launch",
     "crash-in-runtime": "the crash is NVIDIA's cudart using a table the shim handed it: only the real table fixes it",
     "backend-load-failed": "a file problem (what ld.so could not load), not a call's result: fix the file",
     "preload-ignored": "a file problem (what ld.so could not preload), not a call's result: fix the path",
