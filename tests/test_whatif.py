@@ -126,3 +126,21 @@ def test_what_if_chains_are_compared_by_diff(tmp_path):
     assert wall["run"] == "device-uuid-zero: proven", wall
     assert divergences[-1]["event"] == "wall"  # a conclusion of re-runs: after every event of the run
     assert "what-if    wall 1" in run_cli(["diff", str(runs["a"]), str(runs["b"])]).stdout
+
+
+def test_an_answer_that_is_not_enough_says_so_and_ggmls_own_driver_check_ranks_first(stack, probe, tmp_path):
+    """The fake runtime over the driver shim whose cuInit fails: ggml calls the driver itself
+    (cuDeviceGet, CU_CHECK) and aborts with 'CUDA error: CUDA_ERROR_NO_DEVICE'. The cause (cuInit's
+    100) ranks before the abort it leads to. Answering cuInit with success is not enough (the shim
+    never set itself up, so cuDeviceGet fails the same way): the wall says that, never 'proven' on
+    the strength of its own finding having gone, nor 'not the cause'."""
+    from conftest import FAKERT
+
+    env = env_with(LD_PRELOAD=FAKERT, FAKERT_LAYOUT="good", LD_LIBRARY_PATH=SHIM_BUILD, CUDASHIM_INIT_RESULT=100,
+                   GGML_CUDA_LIB=stack.ggml_cuda)
+    proc, report = run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
+    assert "CUDA error: CUDA_ERROR_NO_DEVICE" in report["errors"][0]["text"]
+    assert [f["rule"] for f in report["findings"]][:2] == ["init-call-failed", "killed-by-signal"], report["findings"]
+    (wall,) = report["walls"]
+    assert (wall["rule"], wall["verdict"]) == ("init-call-failed", "cannot simulate"), wall
+    assert "answering cuInit alone is not enough: the next call, cuDeviceGet, fails the same way" in wall["why"]

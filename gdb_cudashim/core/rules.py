@@ -23,6 +23,20 @@ def _ggml_error_code(tl: Timeline) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _ggml_driver_error(tl: Timeline) -> int | None:
+    """The CUresult of ggml's own failed driver call: ggml checks the driver calls it makes itself
+    (cuDeviceGet, cuDeviceGetAttribute for VMM, cuMemCreate...) with CU_CHECK, which prints
+    "CUDA error: CUDA_ERROR_NAME" and aborts."""
+    for w in tl.errors:
+        m = re.search(r"CUDA error: (CUDA_ERROR_[A-Z_]+)", w.text)
+        if m:
+            try:
+                return codes.parse_value(m.group(1))
+            except codes.UnknownValue:
+                return None
+    return None
+
+
 def _runtime_failure(tl: Timeline) -> Call | None:
     for c in tl.calls:
         if c.spec and c.spec.layer == "runtime" and c.failed:
@@ -841,6 +855,11 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
         findings += rule(tl)
     findings += rules_absent.extra(tl, findings)
     code = _run_error_code(tl)
+    driver = _ggml_driver_error(tl) if code is None else None
+    if driver is not None:
+        # ggml's own driver call failed (CU_CHECK: "CUDA error: CUDA_ERROR_..."), and ggml_abort
+        # ended the process: the call's cause comes first, the abort (killed-by-signal) follows
+        return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == driver else 2)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
         return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in (
             "killed-by-signal", "crash-in-runtime", "crash-in-shim", *FIRST) else 2)

@@ -277,13 +277,15 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
                 wall.update(verdict="cannot simulate", simulation=words,
                             why=f"cuda-patch {untouched[0]} did not change its result in the re-run")
                 return walls
-            judged, why = verdict(current, after)
+            judged, why = verdict(current, after, [sim[0] for sim in sims])
             wall.update(verdict=judged, why=why, simulation=words, error_after=error_text(after),
                         status_after=after.get("status"), rules_after=[x.get("rule") for x in after.get("findings") or []])
             if judged == "proven":
                 patches += sims
                 current, progressed = after, True
                 break
+            if judged == "cannot simulate":
+                return walls
         if not progressed:
             break
     return walls
@@ -300,8 +302,9 @@ def error_text(report: dict) -> str | None:
     return errors[0]["text"].strip() if errors else None
 
 
-def verdict(before: dict, after: dict) -> tuple[str, str]:
-    """(proven | not the cause, the evidence in words) from the runs before and after a simulation."""
+def verdict(before: dict, after: dict, functions: list[str] | None = None) -> tuple[str, str]:
+    """(proven | not the cause | cannot simulate, the evidence in words) from the runs before and
+    after a simulation of FUNCTIONS' answers."""
     was, now = error_text(before), error_text(after)
     first_before = (before.get("findings") or [{}])[0]
     first_after = (after.get("findings") or [{}])[0] if after.get("findings") else {}
@@ -309,12 +312,43 @@ def verdict(before: dict, after: dict) -> tuple[str, str]:
         return "proven", f"the error {was!r} is gone"
     if was != now:
         return "proven", f"the error changed from {was!r} to {now!r}"
+    if was and _texts(before) == _texts(after):
+        follow = _same_failure_next(before, after, functions or [])
+        if follow:
+            return "cannot simulate", follow
+        # the program printed the same failure: whatever its own finding says now (the simulated
+        # call answers success), the program did not get past it; the shim's state behind the
+        # answer (an init that never ran) may be part of the cause, not simulated by an answer
+        return "not the cause", (f"the run failed the same way ({now!r}): the simulated answer alone does not get "
+                                 "the program past it")
     if _same_words(first_before) != _same_words(first_after):
         went = (f"its first finding is now {first_after.get('rule')}: {first_after.get('summary')}"
                 if first_after else "no finding is left")
         return "proven", ("the same text, but " if now else "") + f"the run went further ({went})"
     return "not the cause", (f"the run failed the same way ({now!r})" if now else
                              "the run failed the same way (the same first finding, no error text)")
+
+
+def _same_failure_next(before: dict, after: dict, functions: list[str]) -> str | None:
+    """The simulated call answered success, and the next call of the same process now fails with
+    the very result it had: the shim's state behind the answer (an init that never ran) is the
+    cause, which no answer simulates. None when that is not what the re-run shows."""
+    for fn in functions:
+        was = next((c for c in before.get("calls") or [] if c.get("function") == fn and c.get("returned")
+                    and c.get("result") not in (0, None) and c.get("patched_from") is None), None)
+        if was is None:
+            continue
+        nxt = next((c for c in after.get("calls") or [] if c.get("function") not in functions and c.get("returned")
+                    and c.get("result") == was["result"] and c.get("patched_from") is None), None)
+        if nxt is not None:
+            name = was.get("result_name") or was["result"]
+            return (f"answering {fn} alone is not enough: the next call, {nxt['function']}, fails the same way ({name}); "
+                    f"the shim's state behind {fn} (what its success would have set up) is what the fix must change")
+    return None
+
+
+def _texts(report: dict) -> list[str]:
+    return [e.get("text", "").strip() for e in report.get("errors") or []]
 
 
 def _same_words(finding: dict) -> tuple:
