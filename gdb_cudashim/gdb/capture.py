@@ -60,7 +60,7 @@ class Capture:
         self.maybe_close()
 
     def delete(self):
-        from .handlers import delete_quietly
+        from .quiet import delete_quietly
 
         delete_quietly(self.catches.values())
         self.catches.clear()
@@ -223,7 +223,7 @@ class Capture:
         thread of a process the kill is about to end, made multi-process runs fail to continue."""
         import os
 
-        from .session import _blocked
+        from .threads import blocked_in
 
         k, self.pending_kill = self.pending_kill, None
         rec = self.tracer.recording
@@ -247,13 +247,13 @@ class Capture:
             calls = inside.get(tid) or []
             where = (f"{calls[-1].function} ({os.path.basename(calls[-1].library or '?')})" if calls else None)
             threads.append({"pid": k["victim"], "tid": tid, "name": name, "waiting_in": where,
-                            "blocked": _blocked(k["victim"], tid), "frames": []})
+                            "blocked": blocked_in(k["victim"], tid), "frames": []})
         tl = self.tracer.timeline
         tl.add(Kill(seq=tl.next_seq(), victim_age_s=age(k["victim"]), threads=threads, **k))
 
     def record_kill(self):
         """From the catchpoint's commands: the pending kill, with the victim's threads as they are."""
-        from .session import thread_snapshot
+        from .threads import thread_snapshot
 
         k, self.pending_kill = self.pending_kill, None
         self.tracer.recording.drain(k["pid"])
@@ -321,6 +321,6 @@ def syscall_stop():
 
 def _active():
     """The armed tracer, from the session's one root object."""
-    from .session import State
+    from .state import State
 
     return State.tracer

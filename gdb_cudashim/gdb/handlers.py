@@ -7,7 +7,6 @@ gdb/capture.py, the dlsym model in core/lookups.py.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import gdb
 
@@ -16,26 +15,13 @@ from ..core.codes import uuid_str
 from ..core.timeline import Call, Load, Lookup
 from . import memory
 
-if TYPE_CHECKING:
-    from .tracer import Tracer
-
 LOOKUP_CAP = 20000  # stop tracing lookups after this many (a pathological program)
-
-
-def delete_quietly(breakpoints) -> None:
-    """Delete each breakpoint still valid; one gdb already dropped (its program gone) is no error."""
-    for bp in breakpoints:
-        try:
-            if bp.is_valid():
-                bp.delete()
-        except (RuntimeError, gdb.error):
-            pass
 
 
 class Handler:
     """Mix-in: count the stop, never let an exception escape into gdb."""
 
-    tracer: "Tracer"
+    tracer: object  # the Tracer (gdb/tracer.py) that made this handler; it is not imported here: it imports us
 
     def stop(self):  # noqa: D401 - gdb's API
         tracer = self.tracer

@@ -23,3 +23,13 @@ def quietly(fn):
     if box[2] is not None:
         raise box[2]
     return box[1]
+
+
+def delete_quietly(breakpoints) -> None:
+    """Delete each breakpoint still valid; one gdb already dropped (its program gone) is no error."""
+    for bp in breakpoints:
+        try:
+            if bp.is_valid():
+                bp.delete()
+        except (RuntimeError, gdb.error):
+            pass

@@ -22,6 +22,12 @@ import gdb
 from ..core import recorder
 from ..core.procfs import ProcError, read_environ
 
+# Calls of one CUDA function by one process after its init that are recorded; later ones are not
+# traced there (ggml's memory fitting asks cudaMemGetInfo and the device properties thousands
+# of times: a stop each, with every thread of a server stopped). Inside an init window, and for
+# cudart's own entry-point lookups (~440 per init, bounded), every call counts.
+CALLS_KEPT = 64
+UNCAPPED = ("cuGetProcAddress_v2", "cuGetProcAddress")
 IN_PROCESS = "in-process"
 LIBRARY_ENV = "GDB_CUDASHIM_AUDIT_LIB"  # another build of the recorder (tests)
 PARENT_ENV = "GDB_CUDASHIM_RING_PARENT"  # where the CLI wants the rings (its own temporary directory)
@@ -249,7 +255,6 @@ class Recording:
     def _past_cap(self, call, t_ns: int) -> bool:
         """The tracer's rule for calls after init (tracer.CALLS_KEPT): ggml's memory fitting asks
         the same device queries thousands of times; the first are kept, the rest counted."""
-        from .tracer import CALLS_KEPT, UNCAPPED
 
         key = (call.pid, call.function)
         count = self.counts[key] = self.counts.get(key, 0) + 1

@@ -1,28 +1,17 @@
 """The one armed catch-init-error of this gdb, and what turns its timeline into a report."""
 from __future__ import annotations
 
-import os
-
 import gdb
 
 from ..core import report as core_report
 from ..core import rules
-from ..core.timeline import Frame
-from . import memory, tracer as tracer_mod
 from .output import color_enabled, write_lines
+from .state import State
+from .threads import thread_snapshot
 
 
-class State:
-    """The one root object of this gdb's gdb-cudashim (GEF's way): the armed tracer, the live
-    cuda-patch patches, and how the report is delivered. Nothing else holds module state."""
-    tracer: tracer_mod.Tracer | None = None
-    patches: dict = {}  # cuda-patch id -> Patch
-    json_path: str | None = None
-    auto_report = True
-    driving = False  # cuda-run prints the report itself
-
-
-def active() -> tracer_mod.Tracer | None:
+def active():
+    """The armed tracer (gdb.tracer.Tracer), or None."""
     return State.tracer
 
 
@@ -43,56 +32,6 @@ def explain_load(load):
 
 WHY = {"timeout": "still running at the timeout", "SIGINT": "stopped by SIGINT (Ctrl-C)",
        "SIGTERM": "stopped by SIGTERM", "SIGHUP": "stopped by SIGHUP"}
-
-
-def thread_snapshot(inferior, limit=48) -> list[dict]:
-    """Each thread of INFERIOR: its backtrace and the CUDA driver/shim frame it waits in. The
-    selected thread is restored afterwards."""
-    from ..core.timeline import waiting_in
-
-    here = gdb.selected_thread()
-    threads = []
-    shims = _shim_files(inferior.pid)
-    try:
-        for thread in inferior.threads():
-            try:
-                thread.switch()
-            except gdb.error:
-                continue
-            frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace(limit)]
-            threads.append({"pid": inferior.pid, "tid": thread.ptid[1], "name": thread.name,
-                            "waiting_in": waiting_in(frames, shims), "blocked": _blocked(inferior.pid, thread.ptid[1]),
-                            "frames": [f.__dict__ for f in frames]})
-    finally:
-        if here is not None and here.is_valid():
-            here.switch()
-    return threads
-
-
-def _shim_files(pid: int) -> set[str]:
-    """The names of PID's files in a driver or NVML role, those their names do not tell included: an
-    interposer under its own soname (HAMi-core's libvgpu.so), whose lock waits are shim waits."""
-    from ..core import cudafiles
-    from ..core.procfs import ProcError, mapped_files
-
-    try:
-        paths = mapped_files(pid)
-    except (OSError, ProcError):
-        return set()
-    return {os.path.basename(p) for p in paths if cudafiles.role(p) in ("driver", "nvml")}
-
-
-def _blocked(pid: int, tid: int) -> str | None:
-    """The system call TID sat in when it was stopped (a thread that waits: futex, poll...),
-    None when it was running its own code (runnable: slowed down, or spinning)."""
-    from ..core.procfs import syscall_name
-
-    try:
-        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
-            number = f.read().split()[0]
-    except (OSError, IndexError):
-        return None
-    return None if number in ("-1", "running") else syscall_name(int(number))
 
 
 def collect_hang(reason: str = "timeout") -> dict:

@@ -24,17 +24,12 @@ from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Load, ProcessEvent, Timeline, relevant_env
 from . import located, memory
 from .capture import KILL_FUNCTIONS, Capture
-from .recording import Recording
+from .quiet import delete_quietly
+from .recording import CALLS_KEPT, UNCAPPED, Recording
 from .events import Subscriptions
 from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, KillBreakpoint,
-                       LookupBreakpoint, Return, WindowBreakpoint, delete_quietly)
+                       LookupBreakpoint, Return, WindowBreakpoint)
 
-# Calls of one CUDA function by one process after its init that are recorded; later ones are not
-# traced there (ggml's memory fitting asks cudaMemGetInfo and the device properties thousands
-# of times: a stop each, with every thread of a server stopped). Inside an init window, and for
-# cudart's own entry-point lookups (~440 per init, bounded), every call counts.
-CALLS_KEPT = 64
-UNCAPPED = ("cuGetProcAddress_v2", "cuGetProcAddress")
 FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS,
