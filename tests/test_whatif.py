@@ -144,3 +144,16 @@ def test_an_answer_that_is_not_enough_says_so_and_ggmls_own_driver_check_ranks_f
     (wall,) = report["walls"]
     assert (wall["rule"], wall["verdict"]) == ("init-call-failed", "cannot simulate"), wall
     assert "answering cuInit alone is not enough: the next call, cuDeviceGet, fails the same way" in wall["why"]
+
+
+def test_a_wall_that_claims_no_error_and_cannot_be_simulated_does_not_end_the_chain(stack, probe, tmp_path):
+    """A preload ld.so ignored (a typo in LD_PRELOAD, a decoy here: CUDA never needed it) ranks
+    first and cannot be simulated; it claims none of the errors the run printed, so the chain goes
+    on to the findings that do, and does not come back to it in the re-runs (another pid, the
+    same finding)."""
+    env = env_with(LD_PRELOAD=tmp_path / "libdecoy.so", LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda,
+                   CUDASHIM_INIT_RESULT=100, CUDASHIM_DRIVER_VERSION=11080)
+    proc, report = run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
+    assert [(w["rule"], w["verdict"]) for w in report["walls"]] == [
+        ("preload-ignored", "cannot simulate"), ("driver-version", "proven"),
+        ("driver-error-passed-through", "proven"), ("export-table-failed", "cannot simulate")], report["walls"]

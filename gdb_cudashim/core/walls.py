@@ -240,8 +240,10 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
     """The walls of REPORT's run: simulate the first finding's fix, run again (RERUN(patches) ->
     the re-run's report, or a string: why it could not run with them), and judge. Proven: the
     next run's findings are the next wall. Not the cause: the next finding is tried, and the
-    simulation is dropped. A finding that cannot be simulated ends the chain (nothing past it
-    can be seen). ANNOUNCE(wall number, the simulation in words) says what is about to run.
+    simulation is dropped. A finding that cannot be simulated ends the chain when it claims the
+    error the run printed (nothing past it can be seen); one that claims none (a preload ld.so
+    ignored, an abort that follows) is passed, and the next finding of the same run is tried.
+    ANNOUNCE(wall number, the simulation in words) says what is about to run.
     One loop for both drivers: the CLI (a gdb per run) and cuda-whatif (runs in the same gdb)."""
     walls: list[dict] = []
     patches: list[Patch] = []
@@ -249,7 +251,7 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
     while len(walls) < max_walls:
         progressed = False
         for f in current.get("findings") or []:
-            key = (f.get("rule"), f.get("summary"))
+            key = _same_words(f)  # the same finding in a re-run (another pid) is not a new wall
             if key in tried or len(walls) >= max_walls:
                 continue
             tried.add(key)
@@ -259,7 +261,9 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
             sims, why = simulation(f, current)
             if sims is None:
                 wall.update(verdict="cannot simulate", why=why, simulation=None)
-                return walls
+                if _claims_the_error(f):
+                    return walls
+                continue
             words = as_words(sims)
             if announce is not None:
                 announce(wall["wall"], shown(words))
@@ -269,14 +273,18 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
                 after = str(exc)
             if isinstance(after, str):
                 wall.update(verdict="cannot simulate", simulation=words, why=after)
-                return walls
+                if _claims_the_error(f):
+                    return walls
+                continue
             untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
             if untouched:
                 # the call was made again but its result was not replaced (cuda-patch refused the
                 # arguments, or could not reach the call): no verdict from a run that simulated nothing
                 wall.update(verdict="cannot simulate", simulation=words,
                             why=f"cuda-patch {untouched[0]} did not change its result in the re-run")
-                return walls
+                if _claims_the_error(f):
+                    return walls
+                continue
             judged, why = verdict(current, after, [sim[0] for sim in sims])
             wall.update(verdict=judged, why=why, simulation=words, error_after=error_text(after),
                         status_after=after.get("status"), rules_after=[x.get("rule") for x in after.get("findings") or []])
@@ -284,11 +292,17 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
                 patches += sims
                 current, progressed = after, True
                 break
-            if judged == "cannot simulate":
+            if judged == "cannot simulate" and _claims_the_error(f):
                 return walls
         if not progressed:
             break
     return walls
+
+
+def _claims_the_error(finding: dict) -> bool:
+    """FINDING says which error the run printed (its cudaError or CUresult): past a wall that is
+    the error's own cause and cannot be simulated, nothing further can be seen."""
+    return finding.get("explains") is not None
 
 
 def _made_but_not_patched(report: dict, function: str) -> bool:
