@@ -858,12 +858,15 @@ SHIM_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVe
     if (!symbol || !pfn)
         return CUDA_ERROR_INVALID_VALUE;
     *pfn = symbol[0] ? fake_proc_address(symbol, cudaVersion) : NULL;
-    /* CUDASHIM_GPA_BAD=<symbol>=libc|unmapped: hand back the wrong thing for that symbol (a
-     * function of the C library, or an address nothing is mapped at), with CUDA_SUCCESS */
+    /* CUDASHIM_GPA_BAD=<symbol>=libc|unmapped|legacy: hand back the wrong thing for that symbol
+     * (a function of the C library, an address nothing is mapped at, or the unversioned legacy
+     * entry point whatever cudaVersion asked for), with CUDA_SUCCESS */
     const char *bad = getenv("CUDASHIM_GPA_BAD");
     size_t n = strlen(symbol);
     if (bad && strncmp(bad, symbol, n) == 0 && bad[n] == '=')
-        *pfn = strcmp(bad + n + 1, "libc") == 0 ? (void *)&getpid : (void *)(uintptr_t)0x10;
+        *pfn = strcmp(bad + n + 1, "libc") == 0     ? (void *)&getpid
+               : strcmp(bad + n + 1, "legacy") == 0 ? own_symbol(symbol)
+                                                    : (void *)(uintptr_t)0x10;
     if (symbolStatus)
         *symbolStatus = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;

@@ -78,7 +78,13 @@ def test_memory_queries_that_fail(tmp_path):
 
 
 @pytest.mark.parametrize("bad,words", [("cuDeviceGetCount=unmapped", "which lies in no mapped file"),
-                                       ("cuDeviceGetName=libc", "libc.so.6")])
+                                       ("cuDeviceGetName=libc", "libc.so.6"),
+                                       # the legacy ABI where cudart's cudaVersion (12090) needs the v2
+                                       # the legacy ABI where the cudaVersion cudart asks with (12000) needs the
+                                       # v2 (without symbolStatus); cudart's own v1 query (11030) is no finding
+                                       ("cuGetProcAddress=legacy", "which is cuGetProcAddress in libcuda.so.1: the "
+                                                                   "legacy ABI, where cudaVersion 12000 needs "
+                                                                   "cuGetProcAddress_v2")])
 def test_cugetprocaddress_handing_back_the_wrong_thing(stack, tmp_path, bad, words):
     """The real cudart asks the shim for its entry points; one answer points elsewhere."""
     env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda, CUDASHIM_GPA_BAD=bad)

@@ -98,6 +98,27 @@ def decode_struct(kind: str, data: bytes | None) -> dict | None:
 
 # Entry points whose first call runs ggml's CUDA init: the window in which write
 # capture and lookup tracing are armed. The first is exported by every libggml-cuda.
+# Driver entry points with a newer ABI under a versioned name (cuda.h's "#define cuX cuX_v2"):
+# name -> (the cudaVersion from which cuGetProcAddress must hand back that variant, its name).
+# The 3.2 variants take 64-bit sizes (cuMemGetInfo's v1 writes 32-bit ones), the 4.0 ones the
+# context-stack semantics, 11.0 the primary-context release, 11.4 the MIG-aware UUID.
+VERSIONED_ENTRY_POINTS = {
+    "cuDeviceTotalMem": (3020, "cuDeviceTotalMem_v2"), "cuMemGetInfo": (3020, "cuMemGetInfo_v2"),
+    "cuMemAlloc": (3020, "cuMemAlloc_v2"), "cuMemFree": (3020, "cuMemFree_v2"),
+    "cuMemAllocHost": (3020, "cuMemAllocHost_v2"), "cuMemAllocPitch": (3020, "cuMemAllocPitch_v2"),
+    "cuMemGetAddressRange": (3020, "cuMemGetAddressRange_v2"), "cuMemcpyHtoD": (3020, "cuMemcpyHtoD_v2"),
+    "cuMemcpyDtoH": (3020, "cuMemcpyDtoH_v2"), "cuMemcpyDtoD": (3020, "cuMemcpyDtoD_v2"),
+    "cuMemsetD8": (3020, "cuMemsetD8_v2"), "cuMemsetD32": (3020, "cuMemsetD32_v2"),
+    "cuModuleGetGlobal": (3020, "cuModuleGetGlobal_v2"), "cuMemHostGetDevicePointer": (3020, "cuMemHostGetDevicePointer_v2"),
+    "cuCtxCreate": (3020, "cuCtxCreate_v2"), "cuCtxDestroy": (4000, "cuCtxDestroy_v2"),
+    "cuCtxPopCurrent": (4000, "cuCtxPopCurrent_v2"), "cuCtxPushCurrent": (4000, "cuCtxPushCurrent_v2"),
+    "cuStreamDestroy": (4000, "cuStreamDestroy_v2"), "cuEventDestroy": (4000, "cuEventDestroy_v2"),
+    "cuDevicePrimaryCtxRelease": (11000, "cuDevicePrimaryCtxRelease_v2"),
+    "cuDevicePrimaryCtxReset": (11000, "cuDevicePrimaryCtxReset_v2"),
+    "cuDevicePrimaryCtxSetFlags": (11000, "cuDevicePrimaryCtxSetFlags_v2"),
+    "cuDeviceGetUuid": (11040, "cuDeviceGetUuid_v2"), "cuGetProcAddress": (12000, "cuGetProcAddress_v2"),
+}
+
 WINDOW_FUNCTIONS = ("_Z14ggml_cuda_infov", "ggml_backend_cuda_reg", "cudaGetDeviceCount")
 
 # Lookups the rules and the report's table read: their returns are always watched.

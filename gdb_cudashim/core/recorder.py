@@ -189,7 +189,7 @@ class Objects:
     def __init__(self, exe: str | None, cwd: str | None = None):
         self.exe, self.cwd = exe, cwd
         self.by_id: dict[int, str] = {}
-        self.ranges: list[tuple[int, int, str]] = []
+        self.ranges: list[tuple[int, int, str, int]] = []  # (low, high, path, its load base)
 
     def opened(self, ident: int, base: int, name: str) -> None:
         path = name or self.exe or "?"
@@ -197,7 +197,7 @@ class Objects:
         real = path if path.startswith("/") or not self.cwd else os.path.join(self.cwd, path)
         extent = load_extent(real) if real.startswith("/") else None
         if extent is not None:
-            self.ranges.append((base + extent[0], base + extent[1], path))
+            self.ranges.append((base + extent[0], base + extent[1], path, base))
 
     def closed(self, ident: int) -> None:
         path = self.by_id.pop(ident, None)
@@ -208,9 +208,14 @@ class Objects:
         return self.by_id.get(ident)
 
     def at(self, address: int) -> str | None:
-        for low, high, path in reversed(self.ranges):  # the latest mapping of a reused range
+        found = self.locate(address)
+        return found[0] if found else None
+
+    def locate(self, address: int) -> tuple[str, int] | None:
+        """(the file ADDRESS lies in, its offset from the file's load base: a symbol's st_value)."""
+        for low, high, path, base in reversed(self.ranges):  # the latest mapping of a reused range
             if low <= address < high:
-                return path
+                return path, address - base
         return None
 
 
@@ -354,7 +359,8 @@ class Reader:
                 call.args[name] = decode_struct(kind, raw)
         pfn = call.args.get("pfn")
         if pfn and call.function.startswith("cuGetProcAddress"):
-            call.lands_in = self.objects.at(pfn) or "unmapped memory"  # where the entry point handed back lies
+            found = self.objects.locate(pfn)  # where the entry point handed back lies
+            call.lands_in, call.lands_offset = found if found else ("unmapped memory", None)
 
     def _lookup(self, rec: Record, p: _Payload) -> Lookup | None:
         target, handle, caller = p.u64(), p.u64(), p.u64()

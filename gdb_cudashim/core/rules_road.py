@@ -239,12 +239,19 @@ def rule_proc_address_target(tl: Timeline) -> list[Finding]:
         where = c.lands_in
         if where is None and pfn != 0:
             continue  # not recorded where it lies (a debugger-stop run): no verdict
+        fix = ("hand back the address of the shim's own implementation of that entry point (or the real driver's), "
+               "or CUDA_ERROR_NOT_FOUND with *pfn = NULL and symbolStatus CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND")
         if pfn == 0:
             what = "a NULL pointer"
         elif where == "unmapped memory":
             what = f"{pfn:#x}, which lies in no mapped file"
         elif cudafiles.role(where) == cudafiles.DRIVER:
-            continue
+            legacy = _legacy_variant(c)
+            if legacy is None:
+                continue
+            what = legacy
+            fix = (f"hand back the variant the cudaVersion asks for: the versioned name cuda.h maps "
+                   f"{c.args.get('symbol')} to, from the version it appeared in on")
         else:
             what = f"{pfn:#x}, inside {where} ({cudafiles.classify(where)}), not a driver"
         key = (c.pid, c.args.get("symbol"))
@@ -258,9 +265,31 @@ def rule_proc_address_target(tl: Timeline) -> list[Finding]:
             evidence=[f"{_call(c)}: symbol={c.args.get('symbol')!r} cudaVersion={c.args.get('cudaVersion')} "
                       f"flags={c.args.get('flags')} -> {c.result_name}, *pfn="
                       + (f"{pfn:#x}" if isinstance(pfn, int) else repr(pfn))],
-            fix=("hand back the address of the shim's own implementation of that entry point (or the real driver's), "
-                 "or CUDA_ERROR_NOT_FOUND with *pfn = NULL and symbolStatus CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND")))
+            fix=fix))
     return out
+
+
+def _legacy_variant(c: Call) -> str | None:
+    """cuGetProcAddress handed back the unversioned entry point where the cudaVersion asked for
+    needs its newer ABI (cuDeviceGetUuid for 12090: cuDeviceGetUuid_v2), told from the driver
+    file's own symbols at the offset the pointer lies at."""
+    from .calls import VERSIONED_ENTRY_POINTS
+    from .dynsym import DynsymError, read_cached
+
+    symbol, version, offset = c.args.get("symbol"), c.args.get("cudaVersion"), c.lands_offset
+    if symbol not in VERSIONED_ENTRY_POINTS or not isinstance(version, int) or offset is None:
+        return None
+    since, newer = VERSIONED_ENTRY_POINTS[symbol]
+    if version < since:
+        return None
+    try:
+        values = read_cached(c.lands_in).function_values([symbol, newer])
+    except (OSError, DynsymError):
+        return None
+    if offset not in values.get(symbol, ()) or not values.get(newer) or offset in values[newer]:
+        return None
+    return (f"{c.args['pfn']:#x}, which is {symbol} in {_base(c.lands_in)}: the legacy ABI, where cudaVersion "
+            f"{version} needs {newer} (its ABI since {since // 1000}.{since % 1000 // 10}), which the file exports too")
 
 
 # ------------------------------------- the probe's compute capability (attributes 75/76) --

@@ -46,6 +46,7 @@ class Call:
     returned: bool = False
     patched_from: int | None = None  # cuda-patch: the original result
     lands_in: str | None = None  # cuGetProcAddress*: the file the pointer handed back lies in (recorded in-process)
+    lands_offset: int | None = None  # and its offset there (a symbol's value): which entry point it is
     kind: str = "call"
 
     @property
