@@ -95,6 +95,7 @@ def test_interactive_catch_then_run_reports_once():
     assert str(gdb.parameter("detach-on-fork")) in ("False", "off")
     out = _out("catch-init-error --disarm")
     assert "restored detach-on-fork on" in out and "restored schedule-multiple off" in out
+    assert "restored displaced-stepping auto" in out
     assert gdb.parameter("detach-on-fork") in (True, "on")
     assert not [b for b in gdb.breakpoints() if b.type == gdb.BP_CATCHPOINT]
 

@@ -172,7 +172,7 @@ class CudaRun(Command):
 
                 t.note_internal("threads at the failed continue: " + "; ".join(
                     f"pid {i.pid}: " + " ".join(f"{tid}={st}" for tid, st in sorted(thread_states(i.pid).items()))
-                    for i in _live()))
+                    for i in _live()) + "; gdb's view: " + _gdb_thread_view())
                 t.stop_reason = "gdb could not continue"  # the report is partial, never a clean bill
                 return None
 
@@ -225,6 +225,24 @@ def _cache_registers() -> None:
             pass
 
 
+def _gdb_thread_view() -> str:
+    """Each thread as gdb holds it (running, stopped, exited, selected), for the note of a failed
+    continue: which one gdb could not read is the one it holds as stopped that /proc has ended."""
+    out = []
+    try:
+        here = gdb.selected_thread()
+        for inferior in _live():
+            for th in inferior.threads():
+                try:
+                    state = "running" if th.is_running() else "exited" if th.is_exited() else "stopped"
+                    out.append(f"{th.ptid[1]}={state}" + ("*" if th == here else ""))
+                except (gdb.error, RuntimeError):
+                    out.append(f"{th.ptid[1]}=?")
+    except (gdb.error, RuntimeError) as exc:
+        out.append(f"({exc})")
+    return " ".join(out)
+
+
 def _collect_ended(tracer) -> None:
     """A process whose threads have all ended while gdb held it (SIGKILLed by its parent while
     gdb stopped everything for another process's event) is a zombie gdb has not collected yet:
@@ -266,15 +284,18 @@ def _collect_ended(tracer) -> None:
 def _select_a_live_thread() -> None:
     """The continue starts from the selected thread: it must belong to a process gdb still
     holds (after an exit gdb selects none, or one of a process that has gone), not be running,
-    and preferably be one the kernel still runs (not a zombie: a finished Go runtime thread). A
-    process whose threads are all gone still has its exit to report: one of its threads then."""
+    and be one the kernel still runs (not a zombie: a finished Go runtime thread). Of those, one
+    of the oldest process gdb holds (the root of the tree): gdb resumes the selected thread last
+    and reads its registers anew, and a child is what a parent resumed earlier in the same
+    continue kills (a discovery runner ended at its timeout or at the end of the pass: "Couldn't
+    get registers: No such process" with the child's leader selected, 1 run in ~150 of the Go
+    server under load). A process whose threads are all gone still has its exit to report: one
+    of its threads then."""
     try:
         here = gdb.selected_thread()
-        if here is not None and here.inferior.pid and not here.is_running() and _thread_alive(here):
-            return
-        candidates = [th for inferior in sorted(_live(), key=lambda i: i.num != gdb.selected_inferior().num)
+        candidates = [th for inferior in sorted(_live(), key=lambda i: i.num)
                       for th in inferior.threads() if th.is_valid() and not th.is_running()]
-        if here is not None and here.inferior.pid and not here.is_running():
+        if here is not None and here.inferior.pid and not here.is_running() and here not in candidates:
             candidates.append(here)
         best = next((th for th in candidates if _thread_alive(th)), candidates[0] if candidates else None)
         if best is not None and best != here:
