@@ -11,6 +11,11 @@ from ..core.timeline import Frame
 from . import memory
 
 
+def live_inferiors() -> list:
+    """The inferiors with a process (gdb keeps one without a pid after its process ended)."""
+    return [i for i in gdb.inferiors() if i.pid]
+
+
 def thread_snapshot(inferior, limit=48) -> list[dict]:
     """Each thread of INFERIOR: its backtrace and the CUDA driver/shim frame it waits in. The
     selected thread is restored afterwards."""

@@ -17,10 +17,9 @@ from ...core.procfs import state as proc_state
 from ...core.report import EXIT_USAGE
 from .. import control, session
 from ..command import Command, check_json, check_seconds, register
+from ..threads import live_inferiors as _live
 
 
-def _live():
-    return [i for i in gdb.inferiors() if i.pid]
 
 
 @register

@@ -21,7 +21,7 @@ import gdb
 from ...core import walls as walls_mod
 from .. import session
 from ..command import Command, check_seconds, register
-from .cuda_run import _live
+from ..threads import live_inferiors
 
 
 @register
@@ -41,7 +41,7 @@ class CudaWhatif(Command):
         if args.max_walls < 1:
             raise gdb.GdbError("cuda-whatif: --max-walls must be 1 or more")
         check_seconds(self.name, "--timeout", args.timeout)
-        if _live():
+        if live_inferiors():
             raise gdb.GdbError("cuda-whatif: a process is running; it runs the program from the start, several times: "
                                "'kill' it first (or use cuda-run for this run)")
         if not gdb.current_progspace().filename:
