@@ -188,6 +188,11 @@ def test_cuda_whatif_proves_each_wall_in_this_gdb_and_leaves_the_users_patches()
     _out("cuda-patch delete all")
     for env in ("CUDASHIM_UUID", "CUDASHIM_NVML_DRIVER_VERSION"):
         gdb.execute(f"unset environment {env}")
+    mine = tempfile.mktemp(suffix=".txt")
+    with open(mine, "w") as f:
+        f.write("the user's own notes\n")
+    _refused([(f"cuda-whatif --json {mine}", "not a gdb-cudashim report; not replacing it")])  # before any run
+    assert open(mine).read() == "the user's own notes\n"
     _refused((("cuda-whatif --max-walls 0", "--max-walls must be 1 or more"),
               ("cuda-whatif --timeout -1", "--timeout")))
     gdb.execute("catch-init-error", to_string=True)

@@ -20,7 +20,7 @@ import gdb
 
 from ...core import walls as walls_mod
 from .. import session
-from ..command import Command, check_seconds, register
+from ..command import Command, check_json, check_seconds, register
 from ..threads import live_inferiors
 
 
@@ -41,6 +41,7 @@ class CudaWhatif(Command):
         if args.max_walls < 1:
             raise gdb.GdbError("cuda-whatif: --max-walls must be 1 or more")
         check_seconds(self.name, "--timeout", args.timeout)
+        check_json(self.name, args.json)  # before the runs, as cuda-run: never the user's own file
         if live_inferiors():
             raise gdb.GdbError("cuda-whatif: a process is running; it runs the program from the start, several times: "
                                "'kill' it first (or use cuda-run for this run)")
@@ -61,8 +62,7 @@ class CudaWhatif(Command):
                 return
 
             def rerun(patches):
-                after = _one_run(os.path.join(tmp, f"run-{next(runs)}.json"), patches, args.timeout)
-                return after
+                return _one_run(os.path.join(tmp, f"run-{next(runs)}.json"), patches, args.timeout)
 
             def announce(number, words):
                 gdb.write(f"cuda-whatif: wall {number}: {words}\n")
