@@ -250,12 +250,20 @@ def _capabilities(tl: Timeline, pid: int) -> list[tuple[object, int, int, str]]:
            for c in _props(tl, pid) if not is_blank(c.args["prop"])]
     if out:
         return out
+    return [(dev, major.args.get("pi"), minor.args.get("pi"), f"cuDeviceGetAttribute(75/76, dev={dev}) in "
+             f"{_base(major.library)}") for dev, major, minor in probe_attributes(tl, pid)]
+
+
+def probe_attributes(tl: Timeline, pid: int) -> list[tuple[object, Call, Call]]:
+    """(device, its ComputeCapabilityMajor call, its ComputeCapabilityMinor call) for each device
+    PID asked the driver both about with cuDeviceGetAttribute 75/76 (ollama's probe), the last
+    answer of each; devices in order."""
     attrs: dict[object, dict[int, Call]] = {}
     for c in _ok_calls(tl, pid, "cuDeviceGetAttribute"):
         if c.args.get("attrib") in (75, 76):
             attrs.setdefault(c.args.get("dev"), {})[c.args["attrib"]] = c
-    return [(dev, got[75].args.get("pi"), got[76].args.get("pi"), f"cuDeviceGetAttribute(75/76, dev={dev}) in "
-             f"{_base(got[75].library)}") for dev, got in attrs.items() if 75 in got and 76 in got]
+    return [(dev, got[75], got[76]) for dev, got in sorted(attrs.items(), key=lambda x: str(x[0]))
+            if 75 in got and 76 in got]
 
 
 def rule_compressed_fatbin(tl: Timeline) -> list[Finding]:

@@ -11,7 +11,7 @@ import re
 
 from . import cudafiles
 from .finding import Finding, base as _base
-from .rules_device import ggml_in_run
+from .rules_device import ggml_in_run, probe_attributes
 from .timeline import Call, Timeline
 
 NVIDIA_DRIVER_FORM = re.compile(r"\d{3}\.\d+(\.\d+)?")  # nvidia-smi's "575.57.08"
@@ -304,14 +304,8 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
     for pid in sorted({c.pid for c in tl.calls}):
         if any(c.pid == pid and c.function == "cudaGetDeviceProperties_v2" for c in tl.calls):
             continue  # ggml's init in this process: its struct is read by the other rule
-        got: dict[object, dict[int, Call]] = {}
-        for c in tl.calls:
-            if c.pid == pid and c.function == "cuDeviceGetAttribute" and _ok(c) and c.args.get("attrib") in (75, 76):
-                got.setdefault(c.args.get("dev"), {})[c.args["attrib"]] = c
-        for dev, calls in sorted(got.items(), key=lambda x: str(x[0])):
-            if 75 not in calls or 76 not in calls:
-                continue
-            major, minor = calls[75].args.get("pi"), calls[76].args.get("pi")
+        for dev, asked_major, asked_minor in probe_attributes(tl, pid):
+            major, minor = asked_major.args.get("pi"), asked_minor.args.get("pi")
             if not isinstance(major, int) or not isinstance(minor, int):
                 continue
             if not read:
@@ -327,7 +321,7 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
             built = (f"sm_{', sm_'.join(map(str, targets['sm']))}"
                      + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else "")
                      ) if targets else None
-            ev = [f"{_call(calls[75])}: ComputeCapabilityMajor (75) = {major}, ComputeCapabilityMinor (76) = {minor}"]
+            ev = [f"{_call(asked_major)}: ComputeCapabilityMajor (75) = {major}, ComputeCapabilityMinor (76) = {minor}"]
             if built:
                 ev.append(f"{_base(ggml)}, loaded in this run, carries GPU code for {built} only")
             if exact_miss:

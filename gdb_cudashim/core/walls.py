@@ -91,13 +91,13 @@ def _uuid(report: dict, pid):
                  if (c.get("args") or {}).get("uuid", {}).get("zero")), None)
     if zero is None:
         return None, "the call that answered the all-zero UUID is not in the report"
-    dev = (zero.get("args") or {}).get("dev")
-    cond = ["--if", f"$rsi == {dev}"] if isinstance(dev, int) else []
-    return [[zero["function"], "--return", "SUCCESS", "--out", f"0=hex:{DEVICE_UUID}", *cond]], None
+    return [[zero["function"], "--return", "SUCCESS", "--out", f"0=hex:{DEVICE_UUID}",
+             *_for_device((zero.get("args") or {}).get("dev"))]], None
 
 
 def _for_device(dev) -> list[str]:
-    """cudaGetDeviceProperties_v2(prop, device): the answer for DEV only (its second argument)."""
+    """The answer for device DEV only, in a call whose second argument is the device
+    (cudaGetDeviceProperties_v2(prop, device), cuDeviceGetUuid(uuid, dev))."""
     return ["--if", f"$rsi == {dev}"] if isinstance(dev, int) else []
 
 
@@ -218,8 +218,7 @@ def _options(args: list[str]) -> dict:
 def _success_for_first_failure(report: dict, pid, outs: dict) -> tuple[Patch | None, str | None]:
     """cuda-patch arguments that make PID's first failing call among OUTS's functions succeed, with
     the out-parameters OUTS gives it."""
-    call = next((c for c in report.get("calls") or [] if (pid is None or c.get("pid") == pid)
-                 and c.get("function") in outs and c.get("returned") and c.get("result") not in (0, None)), None)
+    call = next((c for c in _calls(report, pid, outs) if c.get("result") not in (0, None)), None)
     if call is None:
         return None, "the failing call is not in the report"
     args = [call["function"], "--return", "SUCCESS"]
@@ -258,45 +257,43 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
             wall = {"wall": len(walls) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
                     "error_before": error_text(current)}
             walls.append(wall)
-            sims, why = simulation(f, current)
-            if sims is None:
-                wall.update(verdict="cannot simulate", why=why, simulation=None)
-                if _claims_the_error(f):
-                    return walls
-                continue
-            words = as_words(sims)
-            if announce is not None:
-                announce(wall["wall"], shown(words))
-            try:
-                after = rerun(merged(patches + sims))
-            except Unmergeable as exc:
-                after = str(exc)
-            if isinstance(after, str):
-                wall.update(verdict="cannot simulate", simulation=words, why=after)
-                if _claims_the_error(f):
-                    return walls
-                continue
-            untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
-            if untouched:
-                # the call was made again but its result was not replaced (cuda-patch refused the
-                # arguments, or could not reach the call): no verdict from a run that simulated nothing
-                wall.update(verdict="cannot simulate", simulation=words,
-                            why=f"cuda-patch {untouched[0]} did not change its result in the re-run")
-                if _claims_the_error(f):
-                    return walls
-                continue
-            judged, why = verdict(current, after, [sim[0] for sim in sims])
-            wall.update(verdict=judged, why=why, simulation=words, error_after=error_text(after),
-                        status_after=after.get("status"), rules_after=[x.get("rule") for x in after.get("findings") or []])
-            if judged == "proven":
+            fields, after, sims = _try(f, current, patches, rerun, announce, wall["wall"])
+            wall.update(fields)
+            if fields["verdict"] == "proven":
                 patches += sims
                 current, progressed = after, True
                 break
-            if judged == "cannot simulate" and _claims_the_error(f):
+            if fields["verdict"] == "cannot simulate" and _claims_the_error(f):
                 return walls
         if not progressed:
             break
     return walls
+
+
+def _try(finding: dict, current: dict, patches: list[Patch], rerun, announce, number: int):
+    """One wall: (its verdict fields, the re-run's report or None, the simulation's patches)."""
+    sims, why = simulation(finding, current)
+    if sims is None:
+        return {"verdict": "cannot simulate", "why": why, "simulation": None}, None, []
+    words = as_words(sims)
+    if announce is not None:
+        announce(number, shown(words))
+    try:
+        after = rerun(merged(patches + sims))
+    except Unmergeable as exc:
+        after = str(exc)
+    if isinstance(after, str):
+        return {"verdict": "cannot simulate", "simulation": words, "why": after}, None, sims
+    untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
+    if untouched:
+        # the call was made again but its result was not replaced (cuda-patch refused the
+        # arguments, or could not reach the call): no verdict from a run that simulated nothing
+        return {"verdict": "cannot simulate", "simulation": words,
+                "why": f"cuda-patch {untouched[0]} did not change its result in the re-run"}, None, sims
+    judged, why = verdict(current, after, [sim[0] for sim in sims])
+    return {"verdict": judged, "why": why, "simulation": words, "error_after": error_text(after),
+            "status_after": after.get("status"),
+            "rules_after": [x.get("rule") for x in after.get("findings") or []]}, after, sims
 
 
 def _claims_the_error(finding: dict) -> bool:
