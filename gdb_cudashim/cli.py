@@ -647,6 +647,8 @@ def cmd_run(args) -> int:
         except re.error as exc:
             raise CliError(f"bad --pattern {pattern!r}: {exc}")
     _check_report_args(args)
+    if args.max_walls < 1:  # as cuda-whatif: a chain of no wall is a run that proves nothing
+        raise CliError("--max-walls must be 1 or more")
     ref = _load_reference(args.compare) if args.compare else None
     base, env, gdb = _gdb_base(_gdb_env())
     arm = ["catch-init-error"] + [f"--pattern={shlex.quote(p)}" for p in args.pattern]

@@ -198,3 +198,9 @@ def test_end_server_says_the_tool_ended_it(stack, tmp_path):
     table = proc.stdout[proc.stdout.index("Processes"):].split("\n\n", 1)[0]
     row = next(line for line in table.splitlines() if line.lstrip().startswith(str(end["pid"])))
     assert "SIGKILL, ended by gdb-cudashim (--end-server)" in row, table
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_max_walls_that_is_not_a_positive_number_is_one_line(value):
+    """As cuda-whatif refuses it in gdb: before anything runs, one line, status 2."""
+    one_line(run_cli(["run", "--what-if", "--max-walls", value, "--", "true"]), "--max-walls")
