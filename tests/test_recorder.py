@@ -158,6 +158,10 @@ def test_a_discovery_child_killed_in_cuinit_is_killed_there_under_the_tool(stack
     assert not init["returned"]
     child = [o for o in report["observed"] if o["pid"] == kill["pid"]]
     assert child and child[0]["how"] == "in-process"
+    # gdb lands the SIGKILL itself (capture.land_kill): the parent reaps what it would without the tool
+    assert "pyparent: child exited with -9" in proc.stdout, proc.stdout[-2000:]
+    (end,) = [p for p in report["processes"] if p["pid"] == kill["pid"] and p["what"] == "exit"]
+    assert end["signal"] == "SIGKILL" and end["exit_code"] is None, end
 
 
 def test_no_ring_is_left_behind_by_a_run_in_gdb(stack, probe, tmp_path):

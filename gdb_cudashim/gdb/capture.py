@@ -46,6 +46,7 @@ class Capture:
         self.windows_done: set = set()  # (pid, function): each window opens once
         self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
         self.pending_kill: dict | None = None  # a fatal signal caught on its way (see on_kill)
+        self.landing: int | None = None  # the victim of the pending kill, when gdb lands it (land_kill)
         self.kills_seen: set[tuple[int, int, int]] = set()  # (sender, victim, signal) already recorded
         self.closed_at: dict[int, int] = {}  # pid -> when its first init window closed (CLOCK_MONOTONIC ns)
 
@@ -214,6 +215,9 @@ class Capture:
             return False  # the C library's kill() seen at its entry (KillBreakpoint), now its system call
         self.kills_seen.add((pid, victim, sig))
         self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
+        # a SIGKILL of the whole process (not of one of its threads): gdb lands it itself (land_kill)
+        whole = via in ("kill", "pidfd_send_signal") or memory.as_int32(rsi if via == "tgkill" else rdi) == victim
+        self.landing = victim if sig == 9 and whole else None
         return True
 
     def record_kill_recorded(self) -> None:
@@ -250,6 +254,33 @@ class Capture:
                             "blocked": blocked_in(k["victim"], tid), "frames": []})
         tl = self.tracer.timeline
         tl.add(Kill(seq=tl.next_seq(), victim_age_s=age(k["victim"]), threads=threads, **k))
+
+    # Why gdb lands a SIGKILL itself. Left to the kernel, the victim dies while gdb runs every
+    # process: its threads end one by one while gdb resumes, stops or steps them, or reads their
+    # registers. gdb (13 and 18 alike) then loses track now and then (about 1 run in 200 of a
+    # discovery parent killing its child on a loaded machine): a continue ends with the sender
+    # marked running though stopped ("Cannot execute this command while the selected thread is
+    # running"), or gdb waits forever for a stop of the sender that it already took. Here every
+    # thread is stopped, at the sender's kill: gdb kills the victim the way it kills a program
+    # ('kill inferiors'), which waits for each of its threads to end. The sender then sends its
+    # SIGKILL to a zombie, which succeeds as it would have; the victim's parent reaps the same
+    # status (killed by SIGKILL). Only SIGKILL, which nothing can catch, and only to a whole process.
+    def land_kill(self):
+        """From the commands of a real stop at a SIGKILL's sender: end the victim (see above)."""
+        victim, self.landing = self.landing, None
+        tracer = self.tracer
+        inferior = next((i for i in gdb.inferiors() if i.pid == victim), None)
+        if inferior is None or victim not in tracer.live_pids:
+            return
+        tracer.collected[victim] = 9  # its wait status: killed by SIGKILL
+        try:
+            gdb.execute(f"kill inferiors {inferior.num}", to_string=True)
+        except gdb.error as exc:
+            tracer.collected.pop(victim, None)
+            tracer.note_internal(f"landing the SIGKILL of {victim}: {exc}")  # the kernel lands it then
+            return
+        if victim in tracer.live_pids:  # gdb's kill is no exit event: recorded here
+            tracer.record_exit(victim)
 
     def record_kill(self):
         """From the catchpoint's commands: the pending kill, with the victim's threads as they are."""
@@ -310,11 +341,17 @@ def syscall_stop():
         return
     capture = tracer.capture
     if capture.pending_kill is not None:
+        victim = capture.pending_kill["victim"]
         try:
-            capture.record_kill()
+            if tracer.recorded(victim):
+                capture.record_kill_recorded()  # its ring says where it is: no thread of it is read
+            else:
+                capture.record_kill()
         except Exception as exc:  # never leave the program stopped because of us
             capture.pending_kill = None
             tracer.note_internal(f"record_kill: {type(exc).__name__}: {exc}")
+    if capture.landing is not None:
+        capture.land_kill()
     if not capture.window_open():
         capture.set_enabled(False)
 

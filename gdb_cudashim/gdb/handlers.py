@@ -344,6 +344,8 @@ class KillBreakpoint(FunctionBreakpoint):
         rdi, rsi, rdx = memory.regs("rdi", "rsi", "rdx")
         if not tracer.capture.on_kill(pid, tid, KILL_NUMBERS[self.function], rdi, rsi, rdx):
             return False
+        if tracer.capture.landing is not None:
+            return True  # a SIGKILL: gdb lands it at a real stop (capture.land_kill), after recording it
         if tracer.recorded(tracer.capture.pending_kill["victim"]):
             tracer.capture.record_kill_recorded()  # no real stop: its ring says where it is
             return False
