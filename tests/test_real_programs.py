@@ -336,3 +336,16 @@ def test_the_cached_model_is_the_pinned_one(gemma_model):
     assert manifest["sha256"] == realprogs.MODEL_SHA256
     with open(gemma_model, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def test_a_go_runner_let_go_at_its_exit_keeps_its_exit_code(goserver, tmp_path):
+    """A process with several threads is let go at Go's runtime.exit (handlers.ExitBreakpoint): its
+    exit_group then runs with no debugger in between. The code in the report is the one it passed,
+    and the one its parent reaped (the runner's 2: GGML_CUDA_LIB is empty)."""
+    rc, output, report, _ = run_tool(tmp_path, [goserver, "serve", "--exit-after-discovery"], go_env(""))
+    assert 'msg="runner failed"' in output and 'status="exit status 2"' in output, output[-2000:]
+    server = next(p for p in report["processes"] if p["what"] == "start")
+    (end,) = [p for p in report["processes"] if p["what"] == "exit" and p["pid"] != server["pid"]]
+    assert end["exit_code"] == 2 and end["signal"] is None, end
+    assert end["detail"].startswith("let go at its exit call"), end
+    assert not report.get("partial"), report["notes"]

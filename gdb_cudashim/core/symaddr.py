@@ -30,6 +30,8 @@ SHT_SYMTAB, SHT_DYNSYM, SHT_GNU_HASH = 2, 11, 0x6FFFFFF6
 PT_LOAD = 1
 STT_FUNC = 2
 FUNCTION_BINDS = {1, 2, 10}  # GLOBAL WEAK GNU_UNIQUE
+# Go's exit (gdb/handlers.ExitBreakpoint) is a local symbol of the program's own symbol table
+LOCAL_FUNCTIONS = frozenset({"runtime.exit.abi0", "runtime.exit"})
 SYM_SIZE = 24
 PAGE = 0xFFF
 
@@ -115,7 +117,7 @@ def _via_dynamic(path, data, names, load) -> FileFunctions:
 
 def _take(data, pos, found, name) -> None:
     _st_name, info, _other, shndx, value, _size = struct.unpack_from("<IBBHQQ", data, pos)
-    if shndx != 0 and value and info & 0xF == STT_FUNC and info >> 4 in FUNCTION_BINDS:
+    if shndx != 0 and value and info & 0xF == STT_FUNC and (info >> 4 in FUNCTION_BINDS or name in LOCAL_FUNCTIONS):
         found.setdefault(name, set()).add(value)
 
 

@@ -23,6 +23,8 @@ SYS_WRITE, SYS_WRITEV = 1, 20
 KILL_SYSCALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
 KILL_NUMBERS = {name: nr for nr, name in KILL_SYSCALLS.items()}
 KILL_FUNCTIONS = ("kill", "tgkill", "pidfd_send_signal")  # the C library's, broken at (handlers.KillBreakpoint)
+GO_EXITS = ("runtime.exit.abi0", "runtime.exit")  # Go's exit_group (ABI0 assembly; .abi0 since Go 1.17)
+EXIT_FUNCTIONS = ("_exit", *GO_EXITS)  # a process's end (handlers.ExitBreakpoint)
 FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 15: "SIGTERM"}
 ENOSYS = 38
 WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
@@ -47,6 +49,7 @@ class Capture:
         self.pending_writes: dict[int, Write] = {}  # tid -> the recorded write whose return is due
         self.pending_kill: dict | None = None  # a fatal signal caught on its way (see on_kill)
         self.landing: int | None = None  # the victim of the pending kill, when gdb lands it (land_kill)
+        self.exiting: tuple[int, int] | None = None  # (pid, exit code) of a process let go at its exit
         self.kills_seen: set[tuple[int, int, int]] = set()  # (sender, victim, signal) already recorded
         self.closed_at: dict[int, int] = {}  # pid -> when its first init window closed (CLOCK_MONOTONIC ns)
 
@@ -354,6 +357,32 @@ def syscall_stop():
         capture.land_kill()
     if not capture.window_open():
         capture.set_enabled(False)
+
+
+def let_go_exiting(tracer) -> None:
+    """From cuda-run's loop, after the continue that ExitBreakpoint's real stop ended: let the
+    exiting process go (gdb detaches it, every thread stopped) and record its exit with the code
+    it passed, which is the status its parent reaps. Never from the breakpoint's own commands:
+    gdb 13 runs them from the stopped thread's list of breakpoint hits, and detaching deletes that
+    thread under it (gdb died of SIGSEGV)."""
+    if tracer.capture.exiting is None:
+        return
+    (pid, code), tracer.capture.exiting = tracer.capture.exiting, None
+    inferior = next((i for i in gdb.inferiors() if i.pid == pid), None)
+    if inferior is None or pid not in tracer.live_pids:
+        return
+    # gdb reports a detach as the inferior's exit, with no code: the status is given first
+    tracer.collected[pid] = code << 8
+    tracer.exit_details[pid] = "let go at its exit call; the code is the one it passed"
+    try:
+        gdb.execute(f"detach inferiors {inferior.num}", to_string=True)
+    except gdb.error as exc:
+        tracer.collected.pop(pid, None)
+        tracer.exit_details.pop(pid, None)
+        tracer.note_internal(f"letting {pid} go at its exit: {exc}")  # followed to its end then
+        return
+    if pid in tracer.live_pids:
+        tracer.record_exit(pid)
 
 
 def _active():

@@ -321,6 +321,47 @@ class WindowBreakpoint(FunctionBreakpoint):
 _CATCH_ARCH: dict[int, str] = {}  # syscall catchpoint number -> the architecture that named its syscalls
 
 
+class ExitBreakpoint(FunctionBreakpoint):
+    """_exit in the C library, runtime.exit in a Go program: a process about to end, every one of
+    its threads still there. While cuda-run drives, a process with more than one thread stops here
+    for real and is let go (capture.let_go_exiting): its exit_group then ends its other threads with no
+    debugger in between. Traced to the end, those threads die one by one while gdb resumes and
+    reads them, and gdb now and then lost the run ("Couldn't get registers: No such process", the
+    Go server's exiting runner, about 1 run in 1,000 under load). A single thread races nothing:
+    it goes on, at the cost of this hidden stop."""
+
+    def __init__(self, tracer, function, address=None):
+        self.function = function
+        super().__init__(tracer, function, address=address)
+        from .capture import RESUME
+
+        self.commands = "silent\n" + RESUME  # cuda-run's loop lets it go (capture.let_go_exiting)
+
+    def handle(self):
+        import os
+
+        from .capture import GO_EXITS
+        from .state import State
+
+        if not State.driving:
+            return False  # a gdb the user drives keeps every process to its end
+        pid, _tid = memory.ptid()
+        try:
+            if len(os.listdir(f"/proc/{pid}/task")) < 2:
+                return False
+        except OSError:
+            return False
+        if self.function in GO_EXITS:  # ABI0: the code is the argument on the stack
+            (rsp,) = memory.regs("rsp")
+            code = memory.read_u64(gdb.selected_inferior(), rsp + 8)
+            if code is None:
+                return False
+        else:
+            (code,) = memory.regs("rdi")
+        self.tracer.capture.exiting = (pid, code & 0xFF)  # what the kernel keeps of it
+        return True
+
+
 class KillBreakpoint(FunctionBreakpoint):
     """kill / tgkill / pidfd_send_signal in the C library: a traced process sending a fatal signal
     to another (a discovery parent giving up on its child). Always armed, since a program calls

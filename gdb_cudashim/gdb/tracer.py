@@ -23,17 +23,17 @@ from ..core.lookups import LookupModel
 from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Load, ProcessEvent, Timeline, relevant_env
 from . import located, memory
-from .capture import KILL_FUNCTIONS, Capture
+from .capture import EXIT_FUNCTIONS, KILL_FUNCTIONS, Capture
 from .quiet import delete_quietly
 from .recording import CALLS_KEPT, UNCAPPED, Recording
 from .events import Subscriptions
-from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, KillBreakpoint,
-                       LookupBreakpoint, Return, WindowBreakpoint)
+from .handlers import (LOOKUP_CAP, CallBreakpoint, DlerrorBreakpoint, DlopenBreakpoint, ExitBreakpoint,
+                       KillBreakpoint, LookupBreakpoint, Return, WindowBreakpoint)
 
 FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS,
-                                        *KILL_FUNCTIONS]))
+                                        *KILL_FUNCTIONS, *EXIT_FUNCTIONS]))
 
 
 class Tracer:
@@ -60,6 +60,7 @@ class Tracer:
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
         self.collected: dict[int, int | None] = {}  # pid -> wait status (None: unknown) of a process cuda-run reaped
+        self.exit_details: dict[int, str] = {}  # pid -> how its collected status is known
         self.exec_pending: set[int] = set()  # processes whose program space emptied: an exec (or a re-run)
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
@@ -118,6 +119,8 @@ class Tracer:
                 self.dlerror_bps.append(made[-1])
             elif name in KILL_FUNCTIONS:
                 made.append(KillBreakpoint(self, name, address))
+            elif name in EXIT_FUNCTIONS:
+                made.append(ExitBreakpoint(self, name, address))
         self.breakpoints.extend(made)
         return made
 
@@ -447,7 +450,8 @@ class Tracer:
             sig = status & 0x7F if status is not None else 0
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
                                            exit_code=status >> 8 if status is not None and not sig else None,
-                                           signal=_signal_name(sig) if sig else None))
+                                           signal=_signal_name(sig) if sig else None,
+                                           detail=self.exit_details.pop(pid, "")))
         elif self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
                                            detail=f"ended by gdb-cudashim ({self.ending})"))

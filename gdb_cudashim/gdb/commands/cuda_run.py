@@ -17,6 +17,7 @@ from ...core.procfs import state as proc_state
 from ...core.report import EXIT_USAGE
 from .. import control, session
 from ..command import Command, check_json, check_seconds, register
+from ..capture import let_go_exiting
 from ..threads import live_inferiors as _live
 
 
@@ -155,6 +156,7 @@ class CudaRun(Command):
             if t.stop_reason is not None:
                 dog.ack()
                 return None
+            let_go_exiting(t)
             _collect_ended(t)
             if not _live():
                 return None
