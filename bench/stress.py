@@ -125,6 +125,7 @@ def run_case(name, argv, env, repeat, work) -> int:
     cli = [str(ROOT / ".venv" / "bin" / "gdb-cudashim"), "run", "--timeout", "20", "--json", str(report_path), "--"]
     times, codes, hangs, partial, left = [], collections.Counter(), 0, 0, 0
     why = collections.Counter()
+    detail = []
     for _ in range(repeat):
         report_path.unlink(missing_ok=True)
         start = time.monotonic()
@@ -146,6 +147,9 @@ def run_case(name, argv, env, repeat, work) -> int:
             notes = (report or {}).get("notes") or []
             why[next((n for n in notes if "continue" in n or "gdb" in n), (report or {}).get("interrupted")
                      or "no report")] += 1
+            for n in notes:  # what gdb and /proc held at the failure: the first thing to read in a CI log
+                if n.startswith("internal:"):
+                    detail.append(n[:1500])
         tmp, procs = leftovers(proc.pid)
         if tmp or procs:
             left += 1
@@ -158,6 +162,8 @@ def run_case(name, argv, env, repeat, work) -> int:
           + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items(), key=str)), flush=True)
     for text, n in why.most_common():
         print(f"    partial {n}x: {text}")
+    for text in detail[:6]:
+        print(f"      {text}")
     return hangs + partial + left
 
 

@@ -259,6 +259,7 @@ class _Supervisor:
                         give_up_at = now + 3.0
                         continue
                     self.notes.append("gdb stopped answering; gdb-cudashim ended it")
+                    self.notes.append(f"internal: the threads gdb was tracing then: {_traced_threads(self.pid)}")
                     return self._hard_stop()
                 wait = max(0.0, min(next_look, give_up_at or next_look) - now)
                 if pidfd is None:
@@ -384,6 +385,15 @@ class _Supervisor:
 
 
 CONTROL_FD = 5  # gdb's descriptor for our control pipe (0-2 its stdio, 3-4 the program's)
+
+
+def _traced_threads(pid: int) -> str:
+    from .core.procfs import traced_threads
+
+    try:
+        return traced_threads(pid)
+    except OSError as exc:
+        return f"(/proc: {exc.strerror})"
 
 
 def _fd_open(fd: int) -> bool:

@@ -424,3 +424,22 @@ def _cmdline(pid):
             return f.read()
     except OSError:
         return b""
+
+
+def test_a_gdb_that_stops_answering_is_ended_and_says_what_it_held(tmp_path):
+    """gdb hangs inside a handler of its own while it traces the program (here: a Python sleep at
+    the C library's load). Past --timeout and the grace, the CLI ends gdb and its program, marks
+    the report partial, and notes every thread gdb was tracing then, with its state."""
+    wrapper = tmp_path / "gdb"
+    wrapper.write_text("#!/bin/sh\nexec /usr/bin/gdb -iex \"python import gdb, time; gdb.events.new_objfile.connect("
+                       "lambda e: time.sleep(600) if 'libc.so' in (e.new_objfile.filename or '') else None)\" \"$@\"\n")
+    wrapper.chmod(0o755)
+    out = tmp_path / "r.json"
+    proc = subprocess.run(CLI + ["run", "--timeout", "1", "--json", str(out), "--", str(BUILD / "probe")], cwd=ROOT,
+                          env=env_with(GDB=str(wrapper)), capture_output=True, text=True, timeout=60)
+    report = json.loads(out.read_text())
+    assert proc.returncode == 3 and report["partial"], proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "gdb stopped answering; gdb-cudashim ended it" in report["notes"], report["notes"]
+    (held,) = [n for n in report["notes"] if n.startswith("internal: the threads gdb was tracing then: ")]
+    assert "=t" in held, held  # the probe, held in gdb's stop while gdb slept
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("gdb-cudashim")]

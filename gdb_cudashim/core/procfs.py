@@ -201,3 +201,24 @@ _WAITS = {0: "read", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep", 43: 
 
 def syscall_name(number: int) -> str:
     return _WAITS.get(number, f"system call {number}")
+
+
+def traced_threads(tracer: int) -> str:
+    """Every thread that TRACER traces, as 'pid/tid=STATE(in syscall N)': what a debugger that
+    stopped answering was holding (a thread in its stop 't' is one it has not resumed, or whose
+    stop it never took)."""
+    import os
+
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or tracer_of(int(name)) != tracer:
+            continue
+        pid = int(name)
+        for tid, st in sorted(thread_states(pid).items()):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                    call = f.read().split()[0]
+            except (OSError, IndexError):
+                call = "?"
+            out.append(f"{pid}/{tid}={st}" + (f"(in syscall {call})" if call.isdigit() else ""))
+    return " ".join(out) or "none"
