@@ -132,8 +132,10 @@ def _ld_cache_text() -> str:
     return ""
 
 
+@lru_cache(maxsize=1)
 def ld_cache() -> dict[str, list[str]]:
-    """soname -> paths, from ld.so.cache (ldconfig -p, read once per run): x86-64 entries only."""
+    """soname -> paths, from ld.so.cache (ldconfig -p, read once per run): x86-64 entries only.
+    Parsed once too (~2 ms a time, and a report asks for each library): callers only read it."""
     cache: dict[str, list[str]] = {}
     for line in _ld_cache_text().splitlines()[1:]:
         line = line.strip()
