@@ -31,7 +31,7 @@ PT_LOAD = 1
 STT_FUNC = 2
 FUNCTION_BINDS = {1, 2, 10}  # GLOBAL WEAK GNU_UNIQUE
 # Go's exit (gdb/handlers.ExitBreakpoint) is a local symbol of the program's own symbol table
-LOCAL_FUNCTIONS = frozenset({"runtime.exit.abi0", "runtime.exit"})
+LOCAL_FUNCTIONS = frozenset({"runtime.exit.abi0"})
 SYM_SIZE = 24
 PAGE = 0xFFF
 

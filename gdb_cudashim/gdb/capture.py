@@ -23,7 +23,9 @@ SYS_WRITE, SYS_WRITEV = 1, 20
 KILL_SYSCALLS = {62: "kill", 200: "tkill", 234: "tgkill", 424: "pidfd_send_signal"}
 KILL_NUMBERS = {name: nr for nr, name in KILL_SYSCALLS.items()}
 KILL_FUNCTIONS = ("kill", "tgkill", "pidfd_send_signal")  # the C library's, broken at (handlers.KillBreakpoint)
-GO_EXITS = ("runtime.exit.abi0", "runtime.exit")  # Go's exit_group (ABI0 assembly; .abi0 since Go 1.17)
+# Go's exit_group: ABI0 assembly, named so since Go 1.17 (a plain runtime.exit beside it is the
+# register-ABI wrapper, whose argument is not on the stack: not broken at)
+GO_EXITS = ("runtime.exit.abi0",)
 EXIT_FUNCTIONS = ("_exit", *GO_EXITS)  # a process's end (handlers.ExitBreakpoint)
 FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 15: "SIGTERM"}
 ENOSYS = 38
@@ -218,10 +220,23 @@ class Capture:
             return False  # the C library's kill() seen at its entry (KillBreakpoint), now its system call
         self.kills_seen.add((pid, victim, sig))
         self.pending_kill = dict(pid=pid, tid=tid, victim=victim, signal=FATAL_SIGNALS[sig], via=via)
-        # a SIGKILL of the whole process (not of one of its threads): gdb lands it itself (land_kill)
-        whole = via in ("kill", "pidfd_send_signal") or memory.as_int32(rsi if via == "tgkill" else rdi) == victim
-        self.landing = victim if sig == 9 and whole else None
+        self.landing = victim if sig == 9 and self._landable(pid, victim, via, rdi, rsi) else None
         return True
+
+    def _landable(self, sender, victim, via, rdi, rsi) -> bool:
+        """gdb lands this SIGKILL itself (land_kill): only while cuda-run drives (a gdb the user
+        drives sees the signal as it comes), only a kill of the whole process (not of one of its
+        threads), and only from its parent: the victim is then a zombie until the sender reaps it,
+        so the sender's own kill still succeeds. A root process (gdb's child: gdb would reap it),
+        a sibling's or a stranger's victim, and one already on its way out are left to the kernel."""
+        from ..core.procfs import all_ended, parent_pid, thread_states
+        from .state import State
+
+        if not State.driving:
+            return False
+        if via not in ("kill", "pidfd_send_signal") and memory.as_int32(rsi if via == "tgkill" else rdi) != victim:
+            return False
+        return parent_pid(victim) == sender and not all_ended(thread_states(victim))
 
     def record_kill_recorded(self) -> None:
         """The pending kill of a process that records in-process, taken where it is caught, with no
@@ -268,9 +283,8 @@ class Capture:
     # ('kill inferiors'), which waits for each of its threads to end. The sender then sends its
     # SIGKILL to a zombie, which succeeds as it would have; the victim's parent reaps the same
     # status (killed by SIGKILL). Only SIGKILL, which nothing can catch, and only to a whole process.
-    def land_kill(self):
-        """From the commands of a real stop at a SIGKILL's sender: end the victim (see above)."""
-        victim, self.landing = self.landing, None
+    def land_kill(self, victim):
+        """From the commands of a real stop at a SIGKILL's sender: end VICTIM (see above)."""
         tracer = self.tracer
         inferior = next((i for i in gdb.inferiors() if i.pid == victim), None)
         if inferior is None or victim not in tracer.live_pids:
@@ -343,6 +357,7 @@ def syscall_stop():
     if tracer is None:
         return
     capture = tracer.capture
+    landing, capture.landing = capture.landing, None  # belongs to this stop's kill only
     if capture.pending_kill is not None:
         victim = capture.pending_kill["victim"]
         try:
@@ -353,8 +368,8 @@ def syscall_stop():
         except Exception as exc:  # never leave the program stopped because of us
             capture.pending_kill = None
             tracer.note_internal(f"record_kill: {type(exc).__name__}: {exc}")
-    if capture.landing is not None:
-        capture.land_kill()
+        if landing == victim:
+            capture.land_kill(victim)
     if not capture.window_open():
         capture.set_enabled(False)
 
@@ -365,17 +380,24 @@ def let_go_exiting(tracer) -> None:
     it passed, which is the status its parent reaps. Never from the breakpoint's own commands:
     gdb 13 runs them from the stopped thread's list of breakpoint hits, and detaching deletes that
     thread under it (gdb died of SIGSEGV)."""
+    import os
+    import signal
+
+    from ..core.procfs import state
+    from . import control
+
     if tracer.capture.exiting is None:
         return
     (pid, code), tracer.capture.exiting = tracer.capture.exiting, None
     inferior = next((i for i in gdb.inferiors() if i.pid == pid), None)
-    if inferior is None or pid not in tracer.live_pids:
-        return
+    if inferior is None or pid not in tracer.live_pids or tracer.stop_reason is not None:
+        return  # the run is ending (a timeout, an interrupt): cuda-run ends it with the rest
     # gdb reports a detach as the inferior's exit, with no code: the status is given first
     tracer.collected[pid] = code << 8
     tracer.exit_details[pid] = "let go at its exit call; the code is the one it passed"
     try:
-        gdb.execute(f"detach inferiors {inferior.num}", to_string=True)
+        with control.sigstop_not_passed():  # the watchdog's SIGSTOP, should it come now, is not handed on
+            gdb.execute(f"detach inferiors {inferior.num}", to_string=True)
     except gdb.error as exc:
         tracer.collected.pop(pid, None)
         tracer.exit_details.pop(pid, None)
@@ -383,6 +405,11 @@ def let_go_exiting(tracer) -> None:
         return
     if pid in tracer.live_pids:
         tracer.record_exit(pid)
+    if state(pid) == "T":  # a SIGSTOP already queued when gdb let go: it would hold it before its exit
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
 
 
 def _active():

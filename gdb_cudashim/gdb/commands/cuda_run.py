@@ -72,6 +72,7 @@ class CudaRun(Command):
         timeout = args.timeout if args.timeout is not None else t.timeout
         started = time.monotonic()
         t.stop_reason = None
+        t.capture.exiting = t.capture.landing = None  # nothing left over from an earlier run's stops
         stopped_before = {i.pid for i in _live() if proc_state(i.pid) == "T"}
         stopped_before |= {int(p) for p in args.was_stopped.split(",") if p.strip().isdigit()}
         _before_watch(t)
@@ -200,6 +201,10 @@ class CudaRun(Command):
 # something gdb's Linux target already tolerates (it finds the thread gone and reports its exit
 # at the wait), so the continue goes through and gdb collects the exit as a normal event. A
 # thread's cache is dropped only when that thread is resumed, so nothing in between undoes it.
+# Where the death can be seen coming, it is taken out of the resume altogether: a SIGKILL from
+# one traced process to another is landed by gdb at the sender's kill (capture.land_kill), and a
+# process with several threads is let go at its exit call (handlers.ExitBreakpoint, then
+# capture.let_go_exiting from this loop).
 
 def _cache_registers() -> None:
     """Read every stopped thread's registers (see above). One PTRACE_GETREGS per thread per
