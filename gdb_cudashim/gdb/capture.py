@@ -289,15 +289,9 @@ class Capture:
         inferior = next((i for i in gdb.inferiors() if i.pid == victim), None)
         if inferior is None or victim not in tracer.live_pids:
             return
-        tracer.collected[victim] = 9  # its wait status: killed by SIGKILL
-        try:
-            gdb.execute(f"kill inferiors {inferior.num}", to_string=True)
-        except gdb.error as exc:
-            tracer.collected.pop(victim, None)
-            tracer.note_internal(f"landing the SIGKILL of {victim}: {exc}")  # the kernel lands it then
-            return
-        if victim in tracer.live_pids:  # gdb's kill is no exit event: recorded here
-            tracer.record_exit(victim)
+        failed = tracer.end_inferior(inferior, "kill", 9)  # its wait status: killed by SIGKILL
+        if failed:
+            tracer.note_internal(f"landing the SIGKILL of {victim}: {failed}")  # the kernel lands it then
 
     def record_kill(self):
         """From the catchpoint's commands: the pending kill, with the victim's threads as they are."""
@@ -380,10 +374,6 @@ def let_go_exiting(tracer) -> None:
     it passed, which is the status its parent reaps. Never from the breakpoint's own commands:
     gdb 13 runs them from the stopped thread's list of breakpoint hits, and detaching deletes that
     thread under it (gdb died of SIGSEGV)."""
-    import os
-    import signal
-
-    from ..core.procfs import state
     from . import control
 
     if tracer.capture.exiting is None:
@@ -392,24 +382,13 @@ def let_go_exiting(tracer) -> None:
     inferior = next((i for i in gdb.inferiors() if i.pid == pid), None)
     if inferior is None or pid not in tracer.live_pids or tracer.stop_reason is not None:
         return  # the run is ending (a timeout, an interrupt): cuda-run ends it with the rest
-    # gdb reports a detach as the inferior's exit, with no code: the status is given first
-    tracer.collected[pid] = code << 8
-    tracer.exit_details[pid] = "let go at its exit call; the code is the one it passed"
-    try:
-        with control.sigstop_not_passed():  # the watchdog's SIGSTOP, should it come now, is not handed on
-            gdb.execute(f"detach inferiors {inferior.num}", to_string=True)
-    except gdb.error as exc:
-        tracer.collected.pop(pid, None)
-        tracer.exit_details.pop(pid, None)
-        tracer.note_internal(f"letting {pid} go at its exit: {exc}")  # followed to its end then
+    with control.sigstop_not_passed():  # the watchdog's SIGSTOP, should it come now, is not handed on
+        failed = tracer.end_inferior(inferior, "detach", code << 8,
+                                     "let go at its exit call; the code is the one it passed")
+    if failed:
+        tracer.note_internal(f"letting {pid} go at its exit: {failed}")  # followed to its end then
         return
-    if pid in tracer.live_pids:
-        tracer.record_exit(pid)
-    if state(pid) == "T":  # a SIGSTOP already queued when gdb let go: it would hold it before its exit
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except OSError:
-            pass
+    control.continue_if_held(pid)  # a SIGSTOP queued before the detach would hold it short of its exit
 
 
 def _active():

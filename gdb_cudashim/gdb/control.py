@@ -229,6 +229,20 @@ class ChildSampler:
             seen["alive"] = False
 
 
+def continue_if_held(pid: int) -> None:
+    """A SIGSTOP still queued when gdb let PID go (the watchdog's) stops it: let it run, as it was."""
+    from ..core.procfs import state
+
+    if state(pid) != "T":
+        return
+    try:
+        time.sleep(0.05)
+        if state(pid) == "T":
+            os.kill(pid, signal.SIGCONT)
+    except OSError:
+        pass
+
+
 class sigstop_not_passed:
     """with sigstop_not_passed(): gdb stops on SIGSTOP and never hands it to the program
     (the watchdog's own stop signal, on a continue or a detach); the user's 'handle SIGSTOP'

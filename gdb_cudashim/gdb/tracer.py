@@ -59,8 +59,8 @@ class Tracer:
         self.saved_settings: dict[str, str] = {}
         self.pids: dict[int, int] = {}  # pid -> inferior num
         self.exes: dict[int, str] = {}
-        self.collected: dict[int, int | None] = {}  # pid -> wait status (None: unknown) of a process cuda-run reaped
-        self.exit_details: dict[int, str] = {}  # pid -> how its collected status is known
+        # pid -> (wait status or None: unknown, how it is known) of a process gdb ended itself (end_inferior)
+        self.collected: dict[int, tuple[int | None, str]] = {}
         self.exec_pending: set[int] = set()  # processes whose program space emptied: an exec (or a re-run)
         self.live_pids: set[int] = set()
         self.internal_errors: list[str] = []
@@ -440,18 +440,34 @@ class Tracer:
             return
         self.record_exit(pid, getattr(event, "exit_code", None))
 
+    def end_inferior(self, inferior, how: str, status: int | None, detail: str = "") -> str | None:
+        """gdb ends INFERIOR itself ('kill' or 'detach' inferiors N), and its exit is recorded with
+        wait STATUS (the one its parent reaps; None: unknown) and DETAIL: gdb reports a kill or a
+        detach as an exit with no code, its exited event possibly first, which reads them here.
+        None, or gdb's error (nothing recorded then: gdb follows the process to its end)."""
+        pid = inferior.pid
+        self.collected[pid] = (status, detail)
+        try:
+            # 'kill|detach inferiors N': no confirmation query, and no frame printed (that reads registers)
+            gdb.execute(f"{how} inferiors {inferior.num}", to_string=True)
+        except (gdb.error, RuntimeError) as exc:
+            self.collected.pop(pid, None)
+            return str(exc)
+        if pid in self.live_pids:  # the exited event did not come: recorded here
+            self.record_exit(pid)
+        return None
+
     def record_exit(self, pid, code=None):
         """PID ended: its last records, its exit event, and the run ends with the last process."""
         self.live_pids.discard(pid)
         memory.forget_maps(pid)
         self.recording.drain(pid, final=True)  # its last records, before its exit
-        if pid in self.collected:  # ended on its own; cuda-run collected it (its wait status from /proc)
-            status = self.collected.pop(pid)
+        if pid in self.collected:  # gdb ended it, knowing the status its parent reaps (end_inferior)
+            status, detail = self.collected.pop(pid)
             sig = status & 0x7F if status is not None else 0
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit",
                                            exit_code=status >> 8 if status is not None and not sig else None,
-                                           signal=_signal_name(sig) if sig else None,
-                                           detail=self.exit_details.pop(pid, "")))
+                                           signal=_signal_name(sig) if sig else None, detail=detail))
         elif self.ending is not None:  # we killed it (a timeout, an interrupt): $_exitsignal is not its
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exit", signal="SIGKILL",
                                            detail=f"ended by gdb-cudashim ({self.ending})"))

@@ -8,7 +8,6 @@ is detached untouched (--detach). Either way the report is written.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import gdb
@@ -276,15 +275,9 @@ def _collect_ended(tracer) -> None:
             # reports it without touching the process (collecting it here lost that status: 20
             # children that exited 0 came out "exit code unknown")
             continue
-        tracer.collected[inferior.pid] = exit_status(inferior.pid)
-        pid = inferior.pid
-        try:
-            # 'kill inferiors N': no confirmation query, and no frame printed (that reads registers)
-            gdb.execute(f"kill inferiors {inferior.num}", to_string=True)
-            if pid in tracer.live_pids:  # gdb's kill is no exit event: recorded here
-                tracer.record_exit(pid)
-        except (gdb.error, RuntimeError) as exc:
-            tracer.note_internal(f"collecting ended process {inferior.pid}: {exc}")
+        failed = tracer.end_inferior(inferior, "kill", exit_status(inferior.pid))  # gdb's kill reaps it
+        if failed:
+            tracer.note_internal(f"collecting ended process {inferior.pid}: {failed}")
 
 
 def _select_a_live_thread() -> None:
@@ -434,14 +427,8 @@ def _detach_all(tracer, stopped_before=()) -> list[int]:
     with control.sigstop_not_passed():
         gdb.execute("detach inferiors " + " ".join(str(i.num) for i in live), to_string=True)
     for pid in pids:
-        # a SIGSTOP still queued when gdb let go stops it: let it run, as it was
-        if pid not in stopped_before and proc_state(pid) == "T":
-            try:
-                time.sleep(0.05)
-                if proc_state(pid) == "T":
-                    os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
+        if pid not in stopped_before:
+            control.continue_if_held(pid)
     # one that was already exiting when gdb let go is gone (or a zombie): never name a pid
     # to kill that may be someone else's by now
     pids = [p for p in pids if proc_state(p) not in (None, "Z", "X")]
