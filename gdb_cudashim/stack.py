@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cachedir
 from .core.elf import read_elf
 
 LAYOUT = "cuda-stack-1"  # bump when the cache layout or pins change
@@ -70,11 +71,7 @@ class StackError(Exception):
 
 
 def cache_root() -> Path:
-    env = os.environ.get("GDB_CUDASHIM_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gdb-cudashim"
+    return Path(cachedir.root())
 
 
 @dataclass(frozen=True)

@@ -426,3 +426,30 @@ def test_twenty_children_at_once_are_all_followed(stack, probe, tmp_path):
     assert all(e["exit_code"] == 0 for e in exits), exits
     assert len(report["errors"]) == 20 and not report.get("partial")
     assert not any("continue failed" in n for n in report["notes"])
+
+
+def test_batch_run_keeps_gdb_index_in_its_own_cache(stack, probe, tmp_path, monkeypatch):
+    """#17: a batch run's gdb indexes the DWARF it reads once, into gdb-cudashim's cache (keyed by
+    build-id), and reads it back on the next run: the same diagnosis, gdb's own setting untouched."""
+    from gdb_cudashim import cachedir
+    from gdb_cudashim.core.elf import read_elf
+
+    cache = tmp_path / "cache"
+    env = dict(probe_env(stack, SEED), GDB_CUDASHIM_CACHE=str(cache))
+    first_proc, first = run_report(tmp_path, [probe], env)
+    index = cache / cachedir.GDB_INDEX / f"{read_elf(str(probe)).build_id}.gdb-index"
+    assert index.is_file() and index.stat().st_size > 0, sorted(p.name for p in cache.rglob("*"))
+    written = index.stat().st_mtime_ns
+    second_proc, second = run_report(tmp_path, [probe], env)
+    assert index.stat().st_mtime_ns == written  # read back, not indexed again
+    assert first_proc.returncode == second_proc.returncode == 1
+    assert [f["rule"] for f in first["findings"]] == [f["rule"] for f in second["findings"]]
+    # old index files beyond the cap go, the newest stay
+    for n in range(cachedir.GDB_INDEX_KEEP + 5):
+        old = cache / cachedir.GDB_INDEX / f"{n:040x}.gdb-index"
+        old.write_bytes(b"x")
+        os.utime(old, ns=(n, n))
+    monkeypatch.setenv("GDB_CUDASHIM_CACHE", str(cache))
+    assert cachedir.gdb_index() == str(cache / cachedir.GDB_INDEX)
+    left = sorted(p.name for p in (cache / cachedir.GDB_INDEX).iterdir())
+    assert len(left) == cachedir.GDB_INDEX_KEEP // 2 and index.name in left

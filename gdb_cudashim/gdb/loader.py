@@ -27,12 +27,30 @@ def _program_env_without_launcher():
             gdb.execute(f"unset environment {name}", to_string=True)
 
 
+def _index_cache():
+    """A batch run's gdb keeps its DWARF index in gdb-cudashim's cache (cachedir.gdb_index, named by
+    the CLI in $gdb_cudashim_index_cache): never the user's own gdb's setting."""
+    where = gdb.convenience_variable("gdb_cudashim_index_cache")
+    if where is None:
+        return
+    try:
+        gdb.execute(f"set index-cache directory {where.string()}", to_string=True)
+        try:
+            gdb.execute("set index-cache enabled on", to_string=True)  # gdb 13 and later
+        except gdb.error:
+            gdb.execute("set index-cache on", to_string=True)
+    except gdb.error:
+        pass  # a gdb without an index cache reads debug info as it always did
+
+
 def load():
     global _loaded
     if _loaded:
         return
     batch = gdb.convenience_variable("gdb_cudashim_batch") is not None
     _program_env_without_launcher()
+    if batch:
+        _index_cache()
     if gdb.convenience_variable("_gdb_cudashim_driving") is None:
         gdb.set_convenience_variable("_gdb_cudashim_driving", 0)  # our breakpoints' commands read it (capture.RESUME)
     if batch and os.environ.get("GDB_CUDASHIM_SITE"):
