@@ -552,7 +552,7 @@ static int fake_attribute(CUdevice_attribute attrib)
     case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: return 5;
     case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: return 0;
     case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: return 0;
-    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: return 1;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: return (int)env_long("CUDASHIM_VMM", 1);
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: return 1;
     case CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS: return 1;
     case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY: return 1;
@@ -609,6 +609,7 @@ static const char *fake_error_name(CUresult error)
     case CUDA_ERROR_INVALID_DEVICE: return "CUDA_ERROR_INVALID_DEVICE";
     case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
     case CUDA_ERROR_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";
+    case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY";
     default: return NULL;
     }
 }
@@ -688,7 +689,7 @@ SHIM_EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity,
         FORWARD(cuMemGetAllocationGranularity, granularity, prop, option);
     if (!granularity)
         return CUDA_ERROR_INVALID_VALUE;
-    *granularity = 2u << 20;
+    *granularity = (size_t)env_long("CUDASHIM_GRANULARITY", 2u << 20); /* 0: the road past init's defect */
     return fake_not_initialized();
 }
 

@@ -19,6 +19,13 @@
  * FAKERT_DEVICES=N changes the device count (default 1). cudaDeviceGetAttribute answers
  * what the shim meant (compute capability 8.9) in handmade and good modes.
  *
+ * The first use, after init (the road past init, issue #19): device memory is host memory
+ * (cudaMalloc & co. allocate, the copies and memsets are memcpy/memset), so a program gets as
+ * far as its first kernel launch. A fake has nothing to run a kernel on: cudaLaunchKernel answers
+ * FAKERT_LAUNCH (default 209, cudaErrorNoKernelImageForDevice; "ok" does nothing and succeeds),
+ * and the error sticks for cudaGetLastError as NVIDIA's runtime keeps it. FAKERT_MALLOC=N makes
+ * every allocation fail with cudaError N (2: out of memory), as a shim with no allocator does.
+ *
  * Built with -g3 -O0 and never stripped, like the driver shim.
  */
 #define _GNU_SOURCE
@@ -48,6 +55,10 @@ EXPORT unsigned long g_call_count = 0;
 EXPORT const char *g_device_name = "Fake GPU (fakert)";
 EXPORT size_t g_vram_bytes = 24ULL << 30;   /* what the shim means to report */
 EXPORT int g_cc_major = 8, g_cc_minor = 9;
+EXPORT int g_launch_result = cudaErrorNoKernelImageForDevice; /* what a kernel launch answers */
+EXPORT int g_malloc_result = cudaSuccess;  /* what an allocation answers */
+EXPORT int g_last_error = cudaSuccess;     /* cudaGetLastError's: a failed launch sticks here */
+EXPORT unsigned long g_launches = 0;
 EXPORT void *g_driver = NULL;          /* dlopen("libcuda.so.1") */
 EXPORT int g_driver_init_result = -1;   /* what its cuInit(0) returned; -1: not called */
 static int g_configured = 0;
@@ -66,6 +77,12 @@ static void configure(void)
     const char *n = getenv("FAKERT_DEVICES");
     if (n && *n)
         g_device_count = atoi(n);
+    const char *launch = getenv("FAKERT_LAUNCH");
+    if (launch && *launch)
+        g_launch_result = strcmp(launch, "ok") == 0 ? cudaSuccess : atoi(launch);
+    const char *malloc_result = getenv("FAKERT_MALLOC");
+    if (malloc_result && *malloc_result)
+        g_malloc_result = atoi(malloc_result);
     g_driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     int (*cu_init)(unsigned) = g_driver ? (int (*)(unsigned))dlsym(g_driver, "cuInit") : NULL;
     g_driver_init_result = cu_init ? cu_init(0) : -1;
@@ -185,23 +202,106 @@ EXPORT int cudaDeviceGetPCIBusId(char *bus, int len, int device)
 
 EXPORT const char *cudaGetErrorString(int error)
 {
-    return error == cudaSuccess ? "no error" : "fakert: this fake runtime does not do that";
+    /* NVIDIA's texts for what this fake answers (ggml prints them, the tool reads them back) */
+    switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
+    case cudaErrorInvalidDeviceFunction: return "invalid device function";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    default: return "fakert: this fake runtime does not do that";
+    }
 }
 
 EXPORT int cudaDriverGetVersion(int *version) { *version = 12090; return cudaSuccess; }
 EXPORT int cudaRuntimeGetVersion(int *version) { *version = 12090; return cudaSuccess; }
 
-EXPORT int cudaGetLastError(void) { return cudaSuccess; }
-EXPORT int cudaPeekAtLastError(void) { return cudaSuccess; }
+EXPORT int cudaGetLastError(void)
+{
+    int e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+EXPORT int cudaPeekAtLastError(void) { return g_last_error; }
+
+/* --------------------------------------------------- the first use: memory -- */
+
+/* Device memory is host memory here: 256-byte aligned, zeroed, as cudaMalloc's alignment is. */
+static int fake_alloc(void **ptr, size_t size)
+{
+    configure();
+    if (!ptr)
+        return cudaErrorInvalidValue;
+    *ptr = NULL;
+    if (g_malloc_result != cudaSuccess)
+        return g_malloc_result;
+    if (posix_memalign(ptr, 256, size ? size : 1) != 0)
+        return cudaErrorMemoryAllocation;
+    memset(*ptr, 0, size);
+    return cudaSuccess;
+}
+
+EXPORT int cudaMalloc(void **ptr, size_t size) { return fake_alloc(ptr, size); }
+EXPORT int cudaMallocHost(void **ptr, size_t size) { return fake_alloc(ptr, size); }
+EXPORT int cudaMallocManaged(void **ptr, size_t size, unsigned flags) { return fake_alloc(ptr, size); }
+EXPORT int cudaHostAlloc(void **ptr, size_t size, unsigned flags) { return fake_alloc(ptr, size); }
+EXPORT int cudaFree(void *ptr) { free(ptr); return cudaSuccess; }
+EXPORT int cudaFreeHost(void *ptr) { free(ptr); return cudaSuccess; }
+
+EXPORT int cudaMemcpyAsync(void *dst, const void *src, size_t count, int kind, void *stream)
+{
+    if (count)
+        memmove(dst, src, count);
+    return cudaSuccess;
+}
+
+EXPORT int cudaMemcpy(void *dst, const void *src, size_t count, int kind)
+{
+    return cudaMemcpyAsync(dst, src, count, kind, NULL);
+}
+
+EXPORT int cudaMemcpyPeerAsync(void *dst, int dst_device, const void *src, int src_device, size_t count,
+                               void *stream)
+{
+    return cudaMemcpyAsync(dst, src, count, 0, stream);
+}
+
+EXPORT int cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                             int kind, void *stream)
+{
+    for (size_t row = 0; row < height; row++)
+        memmove((char *)dst + row * dpitch, (const char *)src + row * spitch, width);
+    return cudaSuccess;
+}
+
+EXPORT int cudaMemsetAsync(void *ptr, int value, size_t count, void *stream)
+{
+    if (count)
+        memset(ptr, value, count);
+    return cudaSuccess;
+}
+
+EXPORT int cudaMemset(void *ptr, int value, size_t count) { return cudaMemsetAsync(ptr, value, count, NULL); }
+
+/* ------------------------------------------------- the first use: launches -- */
+
+/* Nothing to run a kernel on. The launch's answer also sticks for cudaGetLastError, which is where
+ * a <<<...>>> launch's caller finds it (the compiler's stub ignores cudaLaunchKernel's result). */
+static int fake_launch(void)
+{
+    configure();
+    g_launches++;
+    if (g_launch_result != cudaSuccess)
+        g_last_error = g_launch_result;
+    return g_launch_result;
+}
+
+EXPORT int cudaLaunchKernel(void) { return fake_launch(); }
+EXPORT int cudaLaunchKernelExC(void) { return fake_launch(); }  /* ggml 0.27 (llama.cpp's real programs) */
+EXPORT int cudaLaunchCooperativeKernel(void) { return fake_launch(); }
+EXPORT int cudaGraphLaunch(void) { return fake_launch(); }
 
 /* ------------------------------------- everything else libggml-cuda imports -- */
-
-/* Memory: nothing to hand out. */
-#define NO_MEMORY(name) EXPORT int name(void) { configure(); return cudaErrorMemoryAllocation; }
-NO_MEMORY(cudaMalloc)
-NO_MEMORY(cudaMallocHost)
-NO_MEMORY(cudaMallocManaged)
-NO_MEMORY(cudaHostAlloc)
 
 /* The rest succeed without doing anything: ggml never reaches them during init. */
 #define NOTHING(name) EXPORT int name(void) { configure(); return cudaSuccess; }
@@ -212,27 +312,16 @@ NOTHING(cudaEventCreateWithFlags)
 NOTHING(cudaEventDestroy)
 NOTHING(cudaEventRecord)
 NOTHING(cudaEventSynchronize)
-NOTHING(cudaFree)
-NOTHING(cudaFreeHost)
 NOTHING(cudaFuncGetAttributes)
 NOTHING(cudaFuncSetAttribute)
 NOTHING(cudaGraphDestroy)
 NOTHING(cudaGraphExecDestroy)
 NOTHING(cudaGraphExecUpdate)
 NOTHING(cudaGraphInstantiate)
-NOTHING(cudaGraphLaunch)
 NOTHING(cudaHostGetDevicePointer)
 NOTHING(cudaHostRegister)
 NOTHING(cudaHostUnregister)
-NOTHING(cudaLaunchCooperativeKernel)
-NOTHING(cudaLaunchKernel)
-NOTHING(cudaLaunchKernelExC)  /* ggml 0.27 (llama.cpp's real programs) imports it too */
-NOTHING(cudaMemcpy2DAsync)
 NOTHING(cudaMemcpy3DPeerAsync)
-NOTHING(cudaMemcpyAsync)
-NOTHING(cudaMemcpyPeerAsync)
-NOTHING(cudaMemset)
-NOTHING(cudaMemsetAsync)
 NOTHING(cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags)
 NOTHING(cudaSetDeviceFlags)
 NOTHING(cudaStreamBeginCapture)

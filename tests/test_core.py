@@ -198,3 +198,56 @@ def test_an_out_value_never_exceeds_its_out_parameter():
         with pytest.raises(OutError) as exc:
             parse(text, function)
         assert words in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+# -- the first use, after init (core/rules_use.py), on timelines as the recorder gives them ------
+
+def _use_timeline(*calls, checks=(), exit_signal=None):
+    from gdb_cudashim.core.timeline import Call, Check, ProcessEvent, Timeline
+
+    tl = Timeline()
+    tl.add(ProcessEvent(seq=tl.next_seq(), pid=7, what="start", detail="/usr/bin/llama-cli"))
+    tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function="cudaGetDeviceCount", library="libcudart.so.12",
+                caller="libggml-cuda.so", args={"count": 1}, result=0, returned=True))
+    for function, args, result in calls:
+        tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function=function, library="libcudart.so.12",
+                    caller="libggml-cuda.so", args=args, result=result, returned=True))
+    for statement, function, message in checks:
+        tl.add(Check(seq=tl.next_seq(), pid=7, tid=8, statement=statement, function=function, file="ggml-cuda.cu",
+                     line=1, message=message))
+    if exit_signal:
+        tl.add(ProcessEvent(seq=tl.next_seq(), pid=7, what="exit", signal=exit_signal))
+    return tl
+
+
+def test_cublas_handle_creation_failing_after_init():
+    from gdb_cudashim.core.rules import analyze
+
+    tl = _use_timeline(("cublasCreate_v2", {}, 1))
+    (f,) = [f for f in analyze(tl) if f.rule == "cublas-create-failed"]
+    assert "CUBLAS_STATUS_NOT_INITIALIZED" in f.summary and "pid 7 (llama-cli)" in f.summary
+    assert "cublasCreate_v2" in f.fix
+    # with ggml's check: its statement first, the abort after it
+    tl = _use_timeline(("cublasCreate_v2", {}, 3), checks=[("cublasCreate_v2(&cublas_handles[device])",
+                                                            "cublas_handle", "the resource allocation failed")],
+                       exit_signal="SIGABRT")
+    rules = [f.rule for f in analyze(tl)]
+    assert rules[:2] == ["cublas-create-failed", "killed-by-signal"], rules
+
+
+def test_a_failed_check_in_ggml_cuda_init_is_left_to_the_init_rules():
+    from gdb_cudashim.core.rules_use import rule_failed_check
+
+    tl = _use_timeline(checks=[("cuDeviceGet(&device, id)", "ggml_cuda_init", "invalid device ordinal")])
+    assert rule_failed_check(tl) == []
+    tl = _use_timeline(checks=[("cudaStreamCreateWithFlags(&stream, 0x01)", "stream", "invalid argument")])
+    (f,) = rule_failed_check(tl)
+    assert f.rule == "ggml-check-failed" and "'cudaStreamCreateWithFlags(&stream, 0x01)'" in f.summary
+
+
+def test_a_first_use_failure_is_never_the_inits_error():
+    """A failed cudaMalloc after a clean init does not become the run's cudaError (core/rules.py)."""
+    from gdb_cudashim.core.rules import _run_error_code
+
+    tl = _use_timeline(("cudaMalloc", {"size": 1 << 20}, 2))
+    assert _run_error_code(tl) is None

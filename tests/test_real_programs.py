@@ -349,3 +349,87 @@ def test_a_go_runner_let_go_at_its_exit_keeps_its_exit_code(goserver, tmp_path):
     assert end["exit_code"] == 2 and end["signal"] is None, end
     assert end["detail"].startswith("let go at its exit call"), end
     assert not report.get("partial"), report["notes"]
+
+
+# -- the road past init: llama-cli with the model through both bundled fakes (the fake runtime
+# preloaded over the backend's cudart, the driver shim as libcuda.so.1) reaches its first use --
+
+FAKERT = SHIM_BUILD / "variants" / "fakert" / "libcudart.so.12"
+
+
+def first_use(tmp_path, llama_cli, gemma_model, backend, **knobs):
+    env = llama_env(backend, LD_PRELOAD=FAKERT, FAKERT_LAYOUT="good", **knobs)
+    plain = run_plain([llama_cli, "-m", gemma_model, *LLAMA_CLI_ONESHOT], env)
+    rc, output, report, _ = run_tool(tmp_path, [llama_cli, "-m", gemma_model, *LLAMA_CLI_ONESHOT], env,
+                                     extra=["--no-settle"])
+    assert rc == 1, output
+    # init itself was clean: one device, described as the shim meant it
+    assert any(c["function"] == "cudaGetDeviceCount" and c["args"].get("count") == 1 for c in report["calls"])
+    return plain, output, report
+
+
+def test_first_launch_no_kernel_image(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):
+    """The fake runtime answers the first launch with cudaErrorNoKernelImageForDevice; ggml's check
+    after it aborts. The backend has PTX the reported 8.9 device could JIT: the runtime is the wall."""
+    plain, output, report = first_use(tmp_path, llama_cli, gemma_model, ggml_cuda_backend)
+    assert plain.returncode == -signal.SIGABRT and "no kernel image is available" in plain.stderr
+    (check,) = report["checks"]
+    assert check["statement"] == "cudaGetLastError()" and check["message"].startswith("no kernel image")
+    assert rules_of(report)[:2] == ["first-launch-no-kernel-image", "killed-by-signal"]
+    wall = report["findings"][0]
+    assert "carries code the device can run (sm_75 and PTX compute_75)" in wall["summary"]
+    assert "on it the driver would load ptx_75" in "\n".join(wall["evidence"])
+    assert "__cudaRegisterFatBinary" in wall["fix"]
+    assert "No CUDA init failure seen" not in output
+
+
+def test_first_use_vmm_pool(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):
+    """Launches succeed (doing nothing): the next wall is the driver shim's VMM, which says
+    VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 1 and then cannot cuMemCreate."""
+    plain, output, report = first_use(tmp_path, llama_cli, gemma_model, ggml_cuda_backend, FAKERT_LAUNCH="ok")
+    assert plain.returncode == -signal.SIGABRT
+    (check,) = report["checks"]
+    assert check["statement"].startswith("cuMemCreate(") and check["message"] == "CUDA_ERROR_OUT_OF_MEMORY"
+    assert rules_of(report)[0] == "vmm-pool-failed"
+    ev = "\n".join(report["findings"][0]["evidence"])
+    assert "cuMemCreate(size=2097152" in ev and "returned 2 (CUDA_ERROR_OUT_OF_MEMORY)" in ev
+    assert "VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED (102), dev=0) answered 1" in ev
+
+
+def test_first_use_vmm_granularity_zero(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):
+    plain, output, report = first_use(tmp_path, llama_cli, gemma_model, ggml_cuda_backend, FAKERT_LAUNCH="ok",
+                                      CUDASHIM_GRANULARITY=0)
+    assert plain.returncode == -signal.SIGFPE
+    assert rules_of(report)[:2] == ["vmm-pool-failed", "killed-by-signal"]
+    assert "granularity of 0; the process died of SIGFPE" in report["findings"][0]["summary"]
+
+
+def test_first_use_device_memory(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):
+    """An allocator that says no: llama.cpp cannot place the model (not an abort), and the report
+    says the device had room by its own answer."""
+    plain, output, report = first_use(tmp_path, llama_cli, gemma_model, ggml_cuda_backend, FAKERT_MALLOC=2)
+    assert plain.returncode == 1 and "unable to allocate CUDA0 buffer" in plain.stderr
+    assert report["checks"] == []
+    memory = [f for f in report["findings"] if f["rule"] == "first-use-memory"]
+    assert memory[0]["summary"].startswith("cudaMalloc of 235.2 MiB failed with cudaErrorMemoryAllocation")
+    assert "the request fits" in "\n".join(memory[0]["evidence"])
+    assert "not fatal by itself" in memory[1]["summary"]  # the pinned host buffer, after the device's
+
+
+def test_first_use_vmm_wall_proven_by_what_if(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):
+    """#20 on the road past init: the VMM wall's fix (attribute 102 = 0, ggml then uses cudaMalloc)
+    simulated; the re-run gets past it, and the launch wall that cannot be simulated says why."""
+    env = llama_env(ggml_cuda_backend, LD_PRELOAD=FAKERT, FAKERT_LAYOUT="good", FAKERT_LAUNCH="ok")
+    rc, output, report, _ = run_tool(tmp_path, [llama_cli, "-m", gemma_model, *LLAMA_CLI_ONESHOT], env,
+                                     extra=["--no-settle", "--what-if"])
+    (wall,) = report["walls"]
+    assert wall["rule"] == "vmm-pool-failed" and wall["verdict"] == "proven", wall
+    assert wall["simulation"] == ["cuda-patch", "cuDeviceGetAttribute", "--return", "SUCCESS", "--out", "0=0",
+                                  "--if", "$rsi == 102"]
+    assert wall["status_after"] == 0 and wall["rules_after"] == []
+    env.pop("FAKERT_LAUNCH")
+    rc, output, report, _ = run_tool(tmp_path, [llama_cli, "-m", gemma_model, *LLAMA_CLI_ONESHOT], env,
+                                     extra=["--no-settle", "--what-if"])
+    first = report["walls"][0]
+    assert first["rule"] == "first-launch-no-kernel-image" and first["verdict"] == "cannot simulate"
+    assert "no answer stands in for a device" in first["why"]

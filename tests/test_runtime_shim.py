@@ -258,7 +258,8 @@ def test_real_llama_cli_using_the_fake_device_runs_to_its_end(gemma_model, tmp_p
     """llama-cli with the fake runtime goes past init and uses the device: ggml_cuda_info() is
     called by every CUDA operation and the device queries by the memory fitting, tens of thousands
     of times. Each window breakpoint and each over-asked query stops being a stop in that process,
-    so the program ends by itself (it fails to allocate on a 0-byte device) instead of crawling."""
+    so the program ends by itself instead of crawling: the fake runtime now has memory, so llama-cli
+    loads the model and ggml aborts at its first kernel launch, on a device it was told is 0.0."""
     from gdb_cudashim import realprogs
 
     cli, backend = realprogs.path("llama-cli"), realprogs.path("ggml-cuda")
@@ -266,6 +267,8 @@ def test_real_llama_cli_using_the_fake_device_runs_to_its_end(gemma_model, tmp_p
     proc, report = run_report(tmp_path, [cli, "-m", gemma_model, "-p", "Hello", "-n", "8", "--temp", "0",
                                          "--single-turn", "--simple-io", "-t", "2", "-c", "512"], env, timeout=240)
     (end,) = [p for p in report["processes"] if p["what"] == "exit"]
-    assert end["exit_code"] == 1 and not report.get("left_running"), report["notes"]
+    assert end["signal"] == "SIGABRT" and not report.get("left_running"), report["notes"]
     assert report["stops"] < 5000, report["stops"]  # ~130,000 when every call was a stop
-    assert {"device-compute-capability", "device-no-memory"} <= set(rules_of(report))
+    assert {"device-compute-capability", "device-no-memory", "first-launch-no-kernel-image"} <= set(rules_of(report))
+    launch = next(f for f in report["findings"] if f["rule"] == "first-launch-no-kernel-image")
+    assert "the device reports compute capability 0.0" in launch["summary"]

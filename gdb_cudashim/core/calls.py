@@ -19,9 +19,14 @@ ARG_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 @record
 class Spec:
     name: str
-    layer: str  # driver | runtime | nvml
+    layer: str  # driver | runtime | nvml | cublas
     args: tuple[tuple[str, str], ...]
-    result: str  # CUresult | cudaError_t | nvmlReturn_t | str
+    result: str  # CUresult | cudaError_t | nvmlReturn_t | cublasStatus_t | str
+    phase: str = "init"  # init | use: the first use after init (memory, cuBLAS, the VMM pool), never the init's failure
+
+    @property
+    def first_use(self) -> bool:
+        return self.phase == "use"
 
     def arg_index(self, name: str) -> int:
         for i, (n, _) in enumerate(self.args):
@@ -34,8 +39,12 @@ def _s(name, layer, result, *args):
     return Spec(name, layer, tuple(args), result)
 
 
-_D, _R, _N = "driver", "runtime", "nvml"
-_CU, _RT, _NV = "CUresult", "cudaError_t", "nvmlReturn_t"
+def _use(name, layer, result, *args):
+    return Spec(name, layer, tuple(args), result, "use")
+
+
+_D, _R, _N, _B = "driver", "runtime", "nvml", "cublas"
+_CU, _RT, _NV, _BS = "CUresult", "cudaError_t", "nvmlReturn_t", "cublasStatus_t"
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("cuInit", _D, _CU, ("flags", "uint")),
@@ -56,10 +65,12 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("cuDeviceGetPCIBusId", _D, _CU, ("pciBusId", "out_str"), ("len", "int"), ("dev", "int")),
     _s("cuDeviceGetUuid_v2", _D, _CU, ("uuid", "out_struct:CUuuid"), ("dev", "int")),
     _s("cuDeviceGetUuid", _D, _CU, ("uuid", "out_struct:CUuuid"), ("dev", "int")),
-    _s("cuMemAddressReserve", _D, _CU, ("ptr", "out_u64"), ("size", "u64"), ("alignment", "u64"), ("addr", "u64"),
-       ("flags", "u64")),
-    _s("cuMemCreate", _D, _CU, ("handle", "out_u64"), ("size", "u64"), ("prop", "ptr"), ("flags", "u64")),
-    _s("cuMemMap", _D, _CU, ("ptr", "u64"), ("size", "u64"), ("offset", "u64"), ("handle", "u64"), ("flags", "u64")),
+    # ggml's VMM pool, at its first allocation
+    _use("cuMemAddressReserve", _D, _CU, ("ptr", "out_u64"), ("size", "u64"), ("alignment", "u64"), ("addr", "u64"),
+         ("flags", "u64")),
+    _use("cuMemCreate", _D, _CU, ("handle", "out_u64"), ("size", "u64"), ("prop", "ptr"), ("flags", "u64")),
+    _use("cuMemMap", _D, _CU, ("ptr", "u64"), ("size", "u64"), ("offset", "u64"), ("handle", "u64"), ("flags", "u64")),
+    _use("cuMemSetAccess", _D, _CU, ("ptr", "u64"), ("size", "u64"), ("desc", "ptr"), ("count", "u64")),
     _s("cudaGetDeviceCount", _R, _RT, ("count", "out_i32")),
     _s("cudaGetDevice", _R, _RT, ("device", "out_i32")),
     _s("cudaSetDevice", _R, _RT, ("device", "int")),
@@ -69,6 +80,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     _s("cudaMemGetInfo", _R, _RT, ("free", "out_u64"), ("total", "out_u64")),
     _s("cudaDeviceGetAttribute", _R, _RT, ("value", "out_i32"), ("attr", "int"), ("device", "int")),
     _s("cudaGetErrorString", _R, "str", ("error", "int")),
+    # the first use: a model's buffers, and cuBLAS's handle at the first matrix product
+    _use("cudaMalloc", _R, _RT, ("devPtr", "out_ptr"), ("size", "u64")),
+    _use("cudaMallocHost", _R, _RT, ("ptr", "out_ptr"), ("size", "u64")),
+    _use("cublasCreate_v2", _B, _BS, ("handle", "out_ptr")),
     _s("nvmlInit_v2", _N, _NV),
     _s("nvmlInit", _N, _NV),
     _s("nvmlInitWithFlags", _N, _NV, ("flags", "uint")),
@@ -95,6 +110,12 @@ def decode_struct(kind: str, data: bytes | None) -> dict | None:
         return None
     return devprops.decode(kind.partition(":")[2], data)
 
+
+# ggml's CUDA_CHECK / CU_CHECK / CUBLAS_CHECK failure, just before it aborts the process:
+# ggml_cuda_error(stmt, func, file, line, msg) in every libggml-cuda (exported). A rare stop that
+# names the failed statement from its arguments, wherever the log text goes.
+CHECK_FUNCTIONS = ("_Z15ggml_cuda_errorPKcS0_S0_iS0_",)
+CHECK_ARGS = ("statement", "function", "file", "line", "message")
 
 # Entry points whose first call runs ggml's CUDA init: the window in which write
 # capture and lookup tracing are armed. The first is exported by every libggml-cuda.

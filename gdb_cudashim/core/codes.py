@@ -118,8 +118,22 @@ def nvml_name(code: int | None) -> str:
     return NVML_RETURN.get(code, f"nvmlReturn {code}")
 
 
+# cublasStatus_t (cublas_api.h)
+CUBLAS_STATUS = {0: "CUBLAS_STATUS_SUCCESS", 1: "CUBLAS_STATUS_NOT_INITIALIZED", 3: "CUBLAS_STATUS_ALLOC_FAILED",
+                 7: "CUBLAS_STATUS_INVALID_VALUE", 8: "CUBLAS_STATUS_ARCH_MISMATCH", 11: "CUBLAS_STATUS_MAPPING_ERROR",
+                 13: "CUBLAS_STATUS_EXECUTION_FAILED", 14: "CUBLAS_STATUS_INTERNAL_ERROR",
+                 15: "CUBLAS_STATUS_NOT_SUPPORTED", 16: "CUBLAS_STATUS_LICENSE_ERROR"}
+
+
+def cublas_name(code: int | None) -> str:
+    if code is None:
+        return "?"
+    return CUBLAS_STATUS.get(code, f"cublasStatus {code}")
+
+
 def result_name(kind: str, code: int | None) -> str:
-    return {"CUresult": cu_name, "cudaError_t": cuda_name, "nvmlReturn_t": nvml_name}.get(kind, lambda c: str(c))(code)
+    return {"CUresult": cu_name, "cudaError_t": cuda_name, "nvmlReturn_t": nvml_name,
+            "cublasStatus_t": cublas_name}.get(kind, lambda c: str(c))(code)
 
 
 def cuda_error_from_message(message: str) -> int | None:
@@ -139,7 +153,7 @@ class UnknownValue(ValueError):
 
 
 _BY_NAME: dict[str, int] = {}
-for _table in (CU_RESULT, CUDA_ERROR, NVML_RETURN):
+for _table in (CU_RESULT, CUDA_ERROR, NVML_RETURN, CUBLAS_STATUS):
     for _code, _name in _table.items():
         _BY_NAME.setdefault(_name.lower(), _code)
 

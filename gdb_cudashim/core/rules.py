@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes, cudafiles, interpose, ldmsg, loader, rules_device, rules_hang, runtime
+from . import codes, cudafiles, interpose, ldmsg, loader, rules_device, rules_hang, rules_use, runtime
 from .calls import role_of
 from .finding import Finding, base as _base  # noqa: F401  (Finding: rules build it; importers read it here)
 from .timeline import Call, Timeline
@@ -38,8 +38,10 @@ def _ggml_driver_error(tl: Timeline) -> int | None:
 
 
 def _runtime_failure(tl: Timeline) -> Call | None:
+    """The runtime call that failed the init; a failed first use (a cudaMalloc after init) is a
+    wall of its own (core/rules_use.py), never the init's cudaError."""
     for c in tl.calls:
-        if c.spec and c.spec.layer == "runtime" and c.failed:
+        if c.spec and c.spec.layer == "runtime" and not c.spec.first_use and c.failed:
             return c
     return None
 
@@ -204,7 +206,7 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
     if not target:
         return out
     for c in tl.calls:
-        if c.spec is None or c.spec.layer != "driver" or not c.failed:
+        if c.spec is None or c.spec.layer != "driver" or c.spec.first_use or not c.failed:
             continue
         if c.function in ("cuGetExportTable", "cuGetProcAddress_v2", "cuGetProcAddress"):
             continue
@@ -694,11 +696,18 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
             where = "before any CUDA call"
         else:
             where = "before CUDA init: the program never loaded CUDA (no CUDA library was loaded)"
+        check = next((c for c in reversed(tl.checks) if c.pid == pid), None)
+        if check is not None:  # ggml_cuda_error aborted it: the check says why (core/rules_use.py)
+            evidence.append(f"ggml's check of {check.statement.strip()!r} in {check.function} had failed just before: "
+                            f"{check.message!r}")
         out.append(Finding(
             rule="killed-by-signal", pid=pid,
             summary=f"{prog} (pid {pid}) died of {SIGNAL_WORDS.get(end.signal, end.signal)} {where}",
             evidence=evidence,
-            fix=(_crash_fix(crash) if crash is not None and crash.backtrace else
+            fix=(f"ggml aborted because its check of {check.statement.strip()!r} failed ({check.message!r}): the "
+                 "finding on that check says why and what to change" if check is not None and rules_use.past_init(check)
+                 else
+                 _crash_fix(crash) if crash is not None and crash.backtrace else
                  "run it under 'gdb-cudashim gdb --args ...' and 'bt' at the signal to see the faulting frame; "
                  "a crash inside the shim is the shim's bug" if end.signal != "SIGKILL" else
                  "something outside the program killed it (a parent's timeout, the OOM killer: dmesg)")))
@@ -848,21 +857,27 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
-    from . import rules_absent, rules_loader, rules_road  # families in modules of their own (device and hang: RULES)
+    from . import rules_absent, rules_loader, rules_road  # families of their own (device, hang, use: imported above)
 
     findings += rules_loader.rule_preload_ignored(tl)
-    for rule in rules_road.RULES:
+    for rule in rules_road.RULES + rules_use.RULES:
         findings += rule(tl)
     findings += rules_absent.extra(tl, findings)
     code = _run_error_code(tl)
+    if code is None and any(rules_use.past_init(c) for c in tl.checks):
+        # ggml's failed check aborted a process past its init: the wall at that check comes first,
+        # the abort (killed-by-signal) follows it
+        use = {f.rule for f in findings if f.rule in rules_use.RULE_NAMES}
+        return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.rule in use else 2)
     driver = _ggml_driver_error(tl) if code is None else None
     if driver is not None:
         # ggml's own driver call failed (CU_CHECK: "CUDA error: CUDA_ERROR_..."), and ggml_abort
         # ended the process: the call's cause comes first, the abort (killed-by-signal) follows
         return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == driver else 2)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
-        return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in (
-            "killed-by-signal", "crash-in-runtime", "crash-in-shim", *FIRST) else 2)
+        # (a wall past init, such as a VMM granularity of 0 that ggml divides by, before the crash it causes)
+        return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in rules_use.RULE_NAMES
+                      else 2 if f.rule in ("killed-by-signal", "crash-in-runtime", "crash-in-shim", *FIRST) else 3)
     return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == code else 2)
 
 

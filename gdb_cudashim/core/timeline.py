@@ -76,7 +76,8 @@ class Call:
                 parts.append(f"flags={value}")
             elif isinstance(value, str):
                 parts.append(f"{key}={value!r}" if key not in ("symbol",) else repr(value))
-            elif isinstance(value, int) and key in ("pfn", "ppExportTable", "pctx", "device") and value > 4096:
+            elif isinstance(value, int) and key in ("pfn", "ppExportTable", "pctx", "device", "prop", "desc", "devPtr",
+                                                    "ptr", "handle") and value > 4096:
                 parts.append(f"{key}={value:#x}")
             else:
                 parts.append(f"{key}={value}")
@@ -180,6 +181,28 @@ class Crash:
     code: int | None = None  # si_code: 0x80 (SI_KERNEL) for a general protection fault, which has no address
     backtrace: list[Frame] = factory(list)
     kind: str = "crash"
+
+
+@record
+class Check:
+    """ggml's CUDA_CHECK / CU_CHECK / CUBLAS_CHECK failing (calls.CHECK_FUNCTIONS, read from the
+    arguments of ggml_cuda_error, which prints them and aborts): the statement that failed, where,
+    and the error text ggml was given. Wherever the log goes (a log thread, /dev/null), this is seen."""
+    seq: int
+    pid: int
+    tid: int
+    statement: str  # "cudaGetLastError()", "cublasCreate_v2(&cublas_handles[device])"
+    function: str  # ggml's function that checked it
+    file: str
+    line: int
+    message: str  # cudaGetErrorString / cublasGetStatusString of the error
+    kind: str = "check"
+
+    @property
+    def called(self) -> str:
+        """The function the statement calls: cudaGetLastError, cublasCreate_v2, cuMemCreate."""
+        m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(", self.statement or "")
+        return m.group(1) if m else (self.statement or "").strip()
 
 
 @record
@@ -288,6 +311,10 @@ class Timeline:
     @property
     def crashes(self) -> list[Crash]:
         return self.of("crash")
+
+    @property
+    def checks(self) -> list[Check]:
+        return self.of("check")
 
     @property
     def libraries(self) -> list[Libraries]:

@@ -46,7 +46,14 @@ _CANNOT = {
     "crash-in-runtime": "the crash is NVIDIA's cudart using a table the shim handed it: only the real table fixes it",
     "backend-load-failed": "a file problem (what ld.so could not load), not a call's result: fix the file",
     "preload-ignored": "a file problem (what ld.so could not preload), not a call's result: fix the path",
+    # the first use (core/rules_use.py): what it needs is a device doing work, not an answer
+    "first-launch-no-kernel-image": "a launch needs something to run the kernel: no answer stands in for a device "
+                                    "(or for code built for the capability reported)",
+    "first-use-memory": "an allocation's answer is memory the program then uses: a stand-in pointer would be memory "
+                        "that is not there",
+    "cublas-create-failed": "a cuBLAS handle is cuBLAS's own object, made on the device: no stand-in answer makes one",
 }
+VMM_ATTRIBUTE = 102  # CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
 
 Patch = list  # one cuda-patch command's arguments: [FUNCTION, --return, VALUE, --out, ...]
 
@@ -71,6 +78,9 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
         return _memory(report, pid)
     if rule == "device-empty-name":
         return _name(report, pid)
+    if rule == "vmm-pool-failed":
+        # the fix that needs no VMM at all: the attribute says no, and ggml allocates with cudaMalloc
+        return [["cuDeviceGetAttribute", "--return", "SUCCESS", "--out", "0=0", "--if", f"$rsi == {VMM_ATTRIBUTE}"]], None
     if rule in _CANNOT:
         return None, _CANNOT[rule]
     return None, "no stand-in for this finding's fix yet (cuda-patch sets results and out-parameters)"

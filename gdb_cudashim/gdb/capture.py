@@ -137,7 +137,8 @@ class Capture:
         tl = self.tracer.timeline
         if any(w.pid == pid for w in tl.errors):
             return False
-        return failed or any(c.pid == pid and c.failed and c.spec.layer == "runtime" for c in tl.calls)
+        return failed or any(c.pid == pid and c.failed and c.spec.layer == "runtime" and not c.spec.first_use
+                             for c in tl.calls)
 
     def maybe_close(self):
         if self.window_open():

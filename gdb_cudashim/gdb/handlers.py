@@ -362,6 +362,33 @@ class ExitBreakpoint(FunctionBreakpoint):
         return True
 
 
+class CheckBreakpoint(FunctionBreakpoint):
+    """ggml_cuda_error (calls.CHECK_FUNCTIONS): a CUDA_CHECK / CU_CHECK / CUBLAS_CHECK that failed,
+    read from its arguments (stmt, func, file, line, msg) at a hidden stop. Rare by nature: ggml
+    aborts the process right after, so it is always armed, recorder or not."""
+
+    def __init__(self, tracer, address=None):
+        from ..core.calls import CHECK_FUNCTIONS
+
+        super().__init__(tracer, CHECK_FUNCTIONS[0], address=address)
+
+    def handle(self):
+        from ..core.timeline import Check
+
+        tracer = self.tracer
+        inferior = gdb.selected_inferior()
+        pid, tid = memory.ptid()
+        stmt, func, file, line, msg = memory.regs("rdi", "rsi", "rdx", "rcx", "r8")
+
+        def text(address, limit=512):
+            return (memory.read_cstring(inferior, address, limit) or "") if address else ""
+
+        tracer.timeline.add(Check(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, statement=text(stmt),
+                                  function=text(func), file=text(file), line=memory.as_int32(line),
+                                  message=text(msg)))
+        return False
+
+
 class KillBreakpoint(FunctionBreakpoint):
     """kill / tgkill / pidfd_send_signal in the C library: a traced process sending a fatal signal
     to another (a discovery parent giving up on its child). Always armed, since a program calls
