@@ -723,6 +723,7 @@ def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[di
         print(f"gdb-cudashim: what-if {number}: {words}", file=sys.stderr)
 
     walls = walls_mod.chain(report, rerun, args.max_walls, announce)
+    walls_mod.rank(report, walls)
     return walls, round(time.monotonic() - started, 1)
 
 

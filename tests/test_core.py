@@ -251,3 +251,25 @@ def test_a_first_use_failure_is_never_the_inits_error():
 
     tl = _use_timeline(("cudaMalloc", {"size": 1 << 20}, 2))
     assert _run_error_code(tl) is None
+
+
+def test_a_finding_shown_not_the_cause_drops_in_rank():
+    """#20: a wall whose re-run failed the same way goes below the others, with the re-run's evidence."""
+    from gdb_cudashim.core import walls
+
+    report = {"findings": [{"rule": "nvml-driver-version", "summary": "pid 7 answered '12.4'", "evidence": []},
+                           {"rule": "driver-version", "summary": "cuDriverGetVersion says 11.8", "evidence": []}]}
+    chain = [{"wall": 1, "rule": "nvml-driver-version", "summary": "pid 9 answered '12.4'", "verdict": "not the cause",
+              "simulation": ["cuda-patch", "nvmlSystemGetDriverVersion", "--return", "SUCCESS"],
+              "why": "the run failed the same way"},
+             {"wall": 2, "rule": "driver-version", "summary": "cuDriverGetVersion says 11.8", "verdict": "proven",
+              "simulation": ["cuda-patch", "cuDriverGetVersion"], "why": "the error is gone"}]
+    walls.rank(report, chain)
+    assert [f["rule"] for f in report["findings"]] == ["driver-version", "nvml-driver-version"]
+    demoted = report["findings"][1]
+    assert demoted["not_the_cause"] and demoted["evidence"][-1].startswith("what-if wall 1: not the cause (with "
+                                                                           "cuda-patch nvmlSystemGetDriverVersion")
+    assert "not_the_cause" not in report["findings"][0]
+    before = [dict(f) for f in report["findings"]]
+    walls.rank(report, [chain[1]])  # nothing demoted: nothing moves
+    assert report["findings"] == before

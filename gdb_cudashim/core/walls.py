@@ -280,6 +280,30 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
     return walls
 
 
+def rank(report: dict, walls: list[dict]) -> None:
+    """A finding whose re-run showed it is not the cause drops in rank: REPORT's findings keep
+    their order, those below every other, each with the re-run's evidence. The walls that were
+    proven or could not be simulated stay where they were."""
+    findings = report.get("findings") or []
+    demoted = {}
+    for w in walls:
+        if w.get("verdict") == "not the cause":
+            demoted[_same_words({"rule": w.get("rule"), "summary": w.get("summary")})] = w
+    if not demoted:
+        return
+    keep, down = [], []
+    for f in findings:
+        w = demoted.get(_same_words(f))
+        if w is None:
+            keep.append(f)
+            continue
+        f.setdefault("evidence", []).append(f"what-if wall {w['wall']}: not the cause (with {shown(w['simulation'])}: "
+                                            f"{w['why']})")
+        f["not_the_cause"] = True
+        down.append(f)
+    report["findings"] = keep + down
+
+
 def _try(finding: dict, current: dict, patches: list[Patch], rerun, announce, number: int):
     """One wall: (its verdict fields, the re-run's report or None, the simulation's patches)."""
     sims, why = simulation(finding, current)

@@ -68,6 +68,7 @@ class CudaWhatif(Command):
                 gdb.write(f"cuda-whatif: wall {number}: {words}\n")
 
             report["walls"] = walls_mod.chain(report, rerun, args.max_walls, announce)
+            walls_mod.rank(report, report["walls"])
         report["walls_s"] = round(time.monotonic() - started, 1)
         session.print_report(report, "auto", False)
         for line in walls_mod.render(report["walls"], report["walls_s"]):
