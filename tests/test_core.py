@@ -273,3 +273,11 @@ def test_a_finding_shown_not_the_cause_drops_in_rank():
     before = [dict(f) for f in report["findings"]]
     walls.rank(report, [chain[1]])  # nothing demoted: nothing moves
     assert report["findings"] == before
+
+
+def test_two_walls_rewriting_one_variable_are_one_patch():
+    from gdb_cudashim.core import walls
+
+    merged = walls.merged([["env:CUDA_VISIBLE_DEVICES", "--map", "GPU-a=0"],
+                           ["env:CUDA_VISIBLE_DEVICES", "--map", "GPU-b=1", "--map", "GPU-a=1"]])
+    assert merged == [["env:CUDA_VISIBLE_DEVICES", "--map", "GPU-a=1", "--map", "GPU-b=1"]]

@@ -157,3 +157,25 @@ def test_a_wall_that_claims_no_error_and_cannot_be_simulated_does_not_end_the_ch
     assert [(w["rule"], w["verdict"]) for w in report["walls"]] == [
         ("preload-ignored", "cannot simulate"), ("driver-version", "proven"),
         ("driver-error-passed-through", "proven"), ("export-table-failed", "cannot simulate")], report["walls"]
+
+
+def test_a_shim_that_rejects_uuid_tokens_is_simulated_reading_them(tmp_path):
+    """#20's visible-devices token: ollama's verifying pass gives each child CUDA_VISIBLE_DEVICES=GPU-<uuid>;
+    the ordinals-only shim finds no device there. The simulation rewrites each child's token, at its
+    exec, to the ordinal the shim's own cuDeviceGetUuid answered for that UUID: both devices are then
+    verified and the wall is proven. The shim that ignores the variable cannot be simulated so."""
+    from conftest import BUILD
+
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, DISCOVER_VERIFY="uuid", CUDASHIM_DEVICE_COUNT=2,
+                   CUDASHIM_VISIBLE="ordinals-only")
+    proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
+    wall = report["walls"][0]
+    assert (wall["rule"], wall["verdict"]) == ("visible-devices", "proven"), report["walls"]
+    sim = wall["simulation"]
+    assert sim[:2] == ["cuda-patch", "env:CUDA_VISIBLE_DEVICES"] and sim.count("--map") == 2, sim
+    assert any(w.startswith("GPU-") and w.endswith("=0") for w in sim) and any(w.endswith("=1") for w in sim), sim
+    assert "visible-devices" not in wall["rules_after"], wall
+    env["CUDASHIM_VISIBLE"] = "ignore"
+    proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
+    wall = next(w for w in report["walls"] if w["rule"] == "visible-devices")
+    assert wall["verdict"] == "cannot simulate" and "not a value the variable could be given" in wall["why"]

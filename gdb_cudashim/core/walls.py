@@ -34,7 +34,6 @@ DEVICE_NAME = "NVIDIA simulated device (what-if)"
 
 _CANNOT = {
     "proc-address-target": "the fix is the pointer itself: the shim's own implementation of that entry point",
-    "visible-devices": "the fix is how the shim reads CUDA_VISIBLE_DEVICES in each child, not one call's result",
     "missing-cuGetExportTable": "NVIDIA's private export tables (CUDART_INTERFACE...) exist only in NVIDIA's driver: "
                                 "no stand-in can answer for them without one",
     "export-table-failed": "NVIDIA's private export tables (CUDART_INTERFACE...) exist only in NVIDIA's driver: "
@@ -78,12 +77,49 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
         return _memory(report, pid)
     if rule == "device-empty-name":
         return _name(report, pid)
+    if rule == "visible-devices":
+        return _visible(finding, report)
     if rule == "vmm-pool-failed":
         # the fix that needs no VMM at all: the attribute says no, and ggml allocates with cudaMalloc
         return [["cuDeviceGetAttribute", "--return", "SUCCESS", "--out", "0=0", "--if", f"$rsi == {VMM_ATTRIBUTE}"]], None
     if rule in _CANNOT:
         return None, _CANNOT[rule]
     return None, "no stand-in for this finding's fix yet (cuda-patch sets results and out-parameters)"
+
+
+def _visible(finding: dict, report: dict):
+    """A shim that rejects GPU-<uuid> tokens, simulated as one that reads them: each child's token
+    rewritten at its exec (cuda-patch env:) to the ordinal the shim's own cuDeviceGetUuid answered
+    for that UUID in another process. The other ways to get the variable wrong are the shim's state
+    across processes or its not reading the variable at all: no rewrite of the value shows their fix."""
+    summary = finding.get("summary") or ""
+    if "does not accept GPU- tokens" not in summary:
+        return None, ("the fix is how the shim keeps its devices' UUIDs or reads CUDA_VISIBLE_DEVICES at all, not "
+                      "a value the variable could be given instead")
+    ordinals: dict[str, int] = {}
+    for c in report.get("calls") or []:
+        uuid = ((c.get("args") or {}).get("uuid") or {})
+        if c.get("function") in ("cuDeviceGetUuid_v2", "cuDeviceGetUuid") and c.get("result") == 0 \
+                and isinstance(uuid, dict) and isinstance((c.get("args") or {}).get("dev"), int):
+            ordinals.setdefault(uuid.get("uuid"), c["args"]["dev"])
+    maps = []
+    for p in report.get("processes") or []:
+        value = (p.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
+        if p.get("what") != "start" or not value or any(m[0] == value for m in maps):
+            continue
+        tokens = [t for t in value.replace(" ", ",").split(",") if t]
+        if not tokens or not all(t.startswith("GPU-") for t in tokens):
+            continue
+        mapped = [next((d for u, d in ordinals.items() if u and u.startswith(t)), None) for t in tokens]
+        if None in mapped:
+            continue
+        maps.append((value, ",".join(map(str, mapped))))
+    if not maps:
+        return None, "no child's GPU- token matches a UUID the shim answered in this run"
+    patch = ["env:CUDA_VISIBLE_DEVICES"]
+    for a, b in maps:
+        patch += ["--map", f"{a}={b}"]
+    return [patch], None
 
 
 def _one(result):
@@ -201,16 +237,18 @@ def merged(patches: list[Patch]) -> list[Patch]:
                               f"and {opts.get('--if') or 'every call'}); cuda-patch holds one patch per function")
         if "--return" in opts:
             have["--return"] = opts["--return"]
-        outs = {o.split("=", 1)[0]: o for o in have.get("--out", []) + opts.get("--out", [])}
-        have["--out"] = list(outs.values())
+        for key in ("--out", "--map"):  # the later answer for one place (an out-parameter, a value) wins
+            merged_ = {o.split("=", 1)[0]: o for o in have.get(key, []) + opts.get(key, [])}
+            have[key] = list(merged_.values())
     result = []
     for fn, opts in out.items():
         args = [fn]
         for key in ("--return", "--if"):
             if opts.get(key) is not None:
                 args += [key, opts[key]]
-        for o in opts.get("--out", []):
-            args += ["--out", o]
+        for key in ("--out", "--map"):
+            for o in opts.get(key, []):
+                args += [key, o]
         result.append(args)
     return result
 
@@ -218,8 +256,8 @@ def merged(patches: list[Patch]) -> list[Patch]:
 def _options(args: list[str]) -> dict:
     opts: dict = {}
     for key, value in zip(args[::2], args[1::2]):
-        if key == "--out":
-            opts.setdefault("--out", []).append(value)
+        if key in ("--out", "--map"):
+            opts.setdefault(key, []).append(value)
         else:
             opts[key] = value
     return opts
@@ -337,6 +375,9 @@ def _claims_the_error(finding: dict) -> bool:
 
 
 def _made_but_not_patched(report: dict, function: str) -> bool:
+    if function.startswith("env:"):  # an environment rewrite says so in the notes when it is made
+        name = function[4:]
+        return not any(f"started with {name}=" in n and ", rewritten to " in n for n in report.get("notes") or [])
     calls = [c for c in report.get("calls") or [] if c.get("function") == function]
     return bool(calls) and not any(c.get("patched_from") is not None for c in calls)
 

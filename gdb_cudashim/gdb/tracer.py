@@ -422,6 +422,9 @@ class Tracer:
         pending = pid in self.exec_pending
         self.exec_pending.discard(pid)
         if self.exes.get(pid) is not None and (pending or self.exes[pid] != exe):
+            from .commands.cuda_patch import apply_env
+
+            apply_env(pid, self.note)  # run --what-if's env: patches, before the new program runs
             self.recording.exec_seen(pid)
             self.timeline.add(ProcessEvent(seq=self.timeline.next_seq(), pid=pid, what="exec", detail=exe))
             start = self.timeline.process_start(pid)

@@ -33,7 +33,14 @@ def test_cuda_patch_rejects_what_cannot_work():
                        ("cuda-patch cuDriverGetVersion --return 0 --out 0=300:1", "does not fit in 1 byte"),
                        ("cuda-patch cuInit --return 0 --if '$rdi ==='", "--if '$rdi ===': A syntax error"),
                        ("cuda-patch cuInit --return 0 --if '$rdi == 0)'", "Junk after end of expression"),
-                       ("cuda-patch cuNoSuchFunction --return 0", "not a CUDA function I know")):
+                       ("cuda-patch cuNoSuchFunction --return 0", "not a CUDA function I know"),
+                       ("cuda-patch env: --map a=b", "env: needs a variable name"),
+                       ("cuda-patch 'env:A B' --map a=b", "env: needs a variable name"),
+                       ("cuda-patch env:CUDA_VISIBLE_DEVICES", "needs --map FROM=TO"),
+                       ("cuda-patch env:CUDA_VISIBLE_DEVICES --map GPU-1", "give FROM=TO"),
+                       ("cuda-patch env:CUDA_VISIBLE_DEVICES --map 0=GPU-1", "TO cannot be longer than FROM"),
+                       ("cuda-patch env:CUDA_VISIBLE_DEVICES --map a=b --return 0", "takes only --map"),
+                       ("cuda-patch cuInit --return 0 --map a=b", "--map is for env:NAME")):
         assert words in _error_of(cmd), (cmd, _error_of(cmd))
     assert len(gdb.breakpoints()) == before
     assert "no patches" in _out("cuda-patch list")
@@ -41,6 +48,9 @@ def test_cuda_patch_rejects_what_cannot_work():
     assert "pending" in _out("cuda-patch cuMemAlloc_v2 --return CUDA_ERROR_OUT_OF_MEMORY")
     assert "pending" in _out("cuda-patch cuInit --return 0 --if 'g_initialized == 0'")
     assert "#1 cuMemAlloc_v2" in _out("cuda-patch list")
+    assert "(at each exec)" in _out("cuda-patch env:CUDA_VISIBLE_DEVICES --map GPU-a=0")
+    assert "env:CUDA_VISIBLE_DEVICES --map GPU-a=0  [at each exec]" in _out("cuda-patch list")
+    assert "already patched by #" in _error_of("cuda-patch env:CUDA_VISIBLE_DEVICES --map GPU-b=1")
     _out("cuda-patch delete all")
 
 

@@ -68,6 +68,76 @@ class Patch:
         return None
 
 
+class EnvPatch:
+    """cuda-patch env:NAME --map FROM=TO: each process that execs with NAME=FROM gets NAME=TO
+    instead, written into its environment at the exec stop, before any of its code runs. What the
+    variable's reader then sees is what a fixed reader would have made of FROM (run --what-if: a
+    shim that reads GPU-<uuid> tokens, simulated with the ordinal its own UUID answer gave)."""
+
+    def __init__(self, pid, name, maps):
+        self.id = pid
+        self.function = f"env:{name}"
+        self.name = name
+        self.maps = maps  # [(from, to)]
+        self.value = None
+        self.hits = 0
+        self.calls = 0
+        self.bp = None
+        self.finishes: list = []
+        self.history: list[dict] = []
+
+    def reset_counts(self) -> None:
+        self.hits = self.calls = 0
+
+    def describe(self) -> str:
+        return f"{self.function} " + " ".join(f"--map {a}={b}" for a, b in self.maps)
+
+    def report_note(self) -> str | None:
+        if self.hits:
+            return None
+        return (f"cuda-patch #{self.id} ({self.describe()}) never applied: no process exec'd with "
+                + " or ".join(f"{self.name}={a!r}" for a, _b in self.maps))
+
+    def apply(self, pid: int) -> str | None:
+        """Rewrite NAME in PID's environment strings (just exec'd) in place; a line for the report, or None."""
+        from ...core.procfs import ProcError, read_environ
+
+        try:
+            value = read_environ(pid).get(self.name)
+        except (OSError, ProcError):
+            return None
+        self.calls += 1
+        to = next((b for a, b in self.maps if a == value), None)
+        if value is None or to is None:
+            return None
+        if len(to) > len(value):
+            return f"cuda-patch #{self.id}: cannot write {self.name}={to!r} over {value!r} in pid {pid} (longer)"
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51)
+            inferior = next(i for i in gdb.inferiors() if i.pid == pid)
+            block = bytes(inferior.read_memory(start, end - start))
+            at = block.find(f"{self.name}={value}\0".encode())
+            if at < 0 or (at and block[at - 1] != 0):
+                return None
+            inferior.write_memory(start + at + len(self.name) + 1, to.encode() + b"\0")
+        except (OSError, ValueError, IndexError, StopIteration, gdb.error, gdb.MemoryError) as exc:
+            return f"cuda-patch #{self.id}: could not rewrite {self.name} in pid {pid}: {exc}"
+        self.hits += 1
+        self.history.append({"pid": pid, "original": value, "patched": to})
+        return f"cuda-patch #{self.id}: pid {pid} started with {self.name}={value!r}, rewritten to {to!r}"
+
+
+def apply_env(pid: int, note) -> None:
+    """At PID's exec: every env: patch (tracer._check_exec)."""
+    for patch in list(session.State.patches.values()):
+        if isinstance(patch, EnvPatch):
+            line = patch.apply(pid)
+            if line:
+                note(line)
+
+
 _NEXT_ID = [1]
 _SKIP_PENDING: list[Patch] = []
 
@@ -323,6 +393,8 @@ class CudaPatch(Command):
                             "0.name=str:NAME)")
         p.add_argument("--skip", action="store_true", help="return at entry without running the function")
         p.add_argument("--count", type=int, metavar="N", help="patch only the first N calls")
+        p.add_argument("--map", action="append", default=[], metavar="FROM=TO",
+                       help="with env:NAME: a process that execs with NAME=FROM gets NAME=TO (no longer than FROM)")
         p.add_argument("--if", dest="cond", metavar="EXPR",
                        help="patch only when EXPR is true at entry (e.g. $rdi == 0); EXPR only reads: assignments, "
                             "++/-- and calls into the program are refused; one that never held or failed is in the "
@@ -335,6 +407,10 @@ class CudaPatch(Command):
             return self._delete(args.ids)
         if args.ids:
             raise gdb.GdbError(f"cuda-patch: unexpected arguments: {' '.join(args.ids)}")
+        if args.function.startswith("env:"):
+            return self._env(args)
+        if args.map:
+            raise gdb.GdbError("cuda-patch: --map is for env:NAME (an environment variable at exec)")
         if args.ret is None:
             raise gdb.GdbError("cuda-patch: give --return VALUE (see 'help cuda-patch')")
         try:
@@ -363,12 +439,38 @@ class CudaPatch(Command):
         pending = "" if patch.bp.locations else " (pending: applies when a library defining it loads)"
         gdb.write(f"cuda-patch #{patch.id}: {patch.describe()}{pending}\n")
 
+    def _env(self, args):
+        name = args.function[4:]
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise gdb.GdbError(f"cuda-patch: {args.function!r}: env: needs a variable name (env:CUDA_VISIBLE_DEVICES)")
+        if args.ret is not None or args.out or args.skip or args.count is not None or args.cond is not None:
+            raise gdb.GdbError("cuda-patch: env:NAME takes only --map FROM=TO")
+        maps = []
+        for m in args.map:
+            a, eq, b = m.partition("=")
+            if not eq or not a:
+                raise gdb.GdbError(f"cuda-patch: --map {m!r}: give FROM=TO")
+            if len(b) > len(a):
+                raise gdb.GdbError(f"cuda-patch: --map {m!r}: TO cannot be longer than FROM (it is written in place)")
+            maps.append((a, b))
+        if not maps:
+            raise gdb.GdbError("cuda-patch: env:NAME needs --map FROM=TO")
+        holder = next((p for p in session.State.patches.values() if p.function == args.function), None)
+        if holder is not None:
+            raise gdb.GdbError(f"cuda-patch: {args.function} is already patched by #{holder.id}; "
+                               f"'cuda-patch delete {holder.id}' first")
+        patch = EnvPatch(_NEXT_ID[0], name, maps)
+        _NEXT_ID[0] += 1
+        session.State.patches[patch.id] = patch
+        gdb.write(f"cuda-patch #{patch.id}: {patch.describe()} (at each exec)\n")
+
     def _list(self):
         if not session.State.patches:
             gdb.write("cuda-patch: no patches\n")
             return
         for p in session.State.patches.values():
-            where = ", ".join(sorted({(memory.solib(l.address) or "?").rsplit("/", 1)[-1] for l in p.bp.locations})) \
+            where = "at each exec" if isinstance(p, EnvPatch) else \
+                ", ".join(sorted({(memory.solib(l.address) or "?").rsplit("/", 1)[-1] for l in p.bp.locations})) \
                 if p.bp and p.bp.is_valid() and p.bp.locations else "pending"
             last = p.history[-1] if p.history else None
             was = f", last original {last['original']}" if last and last["original"] is not None else ""
