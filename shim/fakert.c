@@ -17,7 +17,7 @@
  * Like NVIDIA's runtime it dlopens libcuda.so.1 on first use and calls cuInit(0) there
  * (libggml-cuda calls cuDeviceGet directly), and carries on without one.
  * FAKERT_DEVICES=N changes the device count (default 1). cudaDeviceGetAttribute answers
- * what the shim meant (compute capability 8.9) in handmade and good modes.
+ * what the shim meant (compute capability 8.9, FAKERT_CC=MAJOR.MINOR) in handmade and good modes.
  *
  * The first use, after init (the road past init, issue #19): device memory is host memory
  * (cudaMalloc & co. allocate, the copies and memsets are memcpy/memset), so a program gets as
@@ -77,6 +77,9 @@ static void configure(void)
     const char *n = getenv("FAKERT_DEVICES");
     if (n && *n)
         g_device_count = atoi(n);
+    const char *cc = getenv("FAKERT_CC"); /* the compute capability the shim means, "MAJOR.MINOR" */
+    if (cc && *cc && sscanf(cc, "%d.%d", &g_cc_major, &g_cc_minor) < 1)
+        g_cc_major = 8, g_cc_minor = 9;
     const char *launch = getenv("FAKERT_LAUNCH");
     if (launch && *launch)
         g_launch_result = strcmp(launch, "ok") == 0 ? cudaSuccess : atoi(launch);

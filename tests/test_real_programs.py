@@ -358,7 +358,7 @@ FAKERT = SHIM_BUILD / "variants" / "fakert" / "libcudart.so.12"
 
 
 def first_use(tmp_path, llama_cli, gemma_model, backend, **knobs):
-    env = llama_env(backend, LD_PRELOAD=FAKERT, FAKERT_LAYOUT="good", **knobs)
+    env = llama_env(backend, **{"LD_PRELOAD": FAKERT, "FAKERT_LAYOUT": "good", **knobs})
     plain = run_plain([llama_cli, "-m", gemma_model, *LLAMA_CLI_ONESHOT], env)
     rc, output, report, _ = run_tool(tmp_path, [llama_cli, "-m", gemma_model, *LLAMA_CLI_ONESHOT], env,
                                      extra=["--no-settle"])
@@ -433,3 +433,18 @@ def test_first_use_vmm_wall_proven_by_what_if(llama_cli, gemma_model, ggml_cuda_
     first = report["walls"][0]
     assert first["rule"] == "first-launch-no-kernel-image" and first["verdict"] == "cannot simulate"
     assert "no answer stands in for a device" in first["why"]
+
+
+def test_first_use_cublas_handle(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):
+    """A device the fake runtime says is 7.0 makes ggml do gemma's products with cuBLAS: its handle is
+    made then, and the fake cuBLAS (shim/fakeblas.c, preloaded under NVIDIA's soname) refuses it."""
+    fakeblas = SHIM_BUILD / "variants" / "fakeblas" / "libcublas.so.12"
+    plain, output, report = first_use(tmp_path, llama_cli, gemma_model, ggml_cuda_backend, FAKERT_LAUNCH="ok",
+                                      CUDASHIM_VMM=0, FAKERT_CC="7.0", LD_PRELOAD=f"{FAKERT}:{fakeblas}")
+    assert plain.returncode == -signal.SIGABRT and "the library was not initialized" in plain.stderr
+    (check,) = report["checks"]
+    assert check["statement"].startswith("cublasCreate_v2(") and check["message"] == "the library was not initialized"
+    assert rules_of(report)[:2] == ["cublas-create-failed", "killed-by-signal"]
+    wall = report["findings"][0]
+    assert "(CUBLAS_STATUS_NOT_INITIALIZED)" in wall["summary"]
+    assert any(e.startswith("cublasCreate_v2() in libcublas.so.12, called from libggml-cuda") for e in wall["evidence"])
