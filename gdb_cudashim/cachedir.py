@@ -10,6 +10,7 @@ import os
 
 GDB_INDEX = "gdb-index-1"  # bump when what is kept there changes
 GDB_INDEX_KEEP = 256  # index files kept: past it, the least recently written go (each rebuilt shim adds one)
+GDB_INDEX_BYTES = 512 << 20  # and past this many bytes (a -g build of llama.cpp's libraries is tens of MB)
 
 
 def root() -> str:
@@ -35,21 +36,32 @@ def gdb_index() -> str | None:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError:
         return None
-    if not os.access(path, os.W_OK | os.X_OK):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    # gdb reads what it finds there as its own index: never a folder another user can write to
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.access(path, os.W_OK | os.X_OK):
         return None
     _prune(path)
     return path
 
 
 def _prune(path: str) -> None:
-    """gdb never removes an index: keep the newest GDB_INDEX_KEEP/2 once there are more than
-    GDB_INDEX_KEEP (a shim rebuilt a hundred times a day leaves a hundred build-ids)."""
+    """gdb never removes an index: keep the newest half once there are more than GDB_INDEX_KEEP
+    files or GDB_INDEX_BYTES (a shim rebuilt a hundred times a day leaves a hundred build-ids).
+    gdb writes an index once and then only reads it, so "newest" is by when it was written: a
+    pruned index that is still used is written again at its next run."""
     try:
-        entries = [e for e in os.scandir(path) if e.name.endswith(".gdb-index") and e.is_file(follow_symlinks=False)]
-        if len(entries) <= GDB_INDEX_KEEP:
+        entries = [(e, e.stat(follow_symlinks=False)) for e in os.scandir(path)
+                   if e.name.endswith(".gdb-index") and e.is_file(follow_symlinks=False)]
+        total = sum(st.st_size for _e, st in entries)
+        if len(entries) <= GDB_INDEX_KEEP and total <= GDB_INDEX_BYTES:
             return
-        entries.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime)
-        for e in entries[:len(entries) - GDB_INDEX_KEEP // 2]:
+        entries.sort(key=lambda x: x[1].st_mtime)
+        while entries and (len(entries) > GDB_INDEX_KEEP // 2 or total > GDB_INDEX_BYTES // 2):
+            e, st = entries.pop(0)
             os.unlink(e.path)
+            total -= st.st_size
     except OSError:
         pass

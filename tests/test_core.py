@@ -203,12 +203,13 @@ def test_an_out_value_never_exceeds_its_out_parameter():
 # -- the first use, after init (core/rules_use.py), on timelines as the recorder gives them ------
 
 def _use_timeline(*calls, checks=(), exit_signal=None):
-    from gdb_cudashim.core.timeline import Call, Check, ProcessEvent, Timeline
+    from gdb_cudashim.core.timeline import Call, Check, Libraries, ProcessEvent, Timeline
 
     tl = Timeline()
     tl.add(ProcessEvent(seq=tl.next_seq(), pid=7, what="start", detail="/usr/bin/llama-cli"))
     tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function="cudaGetDeviceCount", library="libcudart.so.12",
                 caller="libggml-cuda.so", args={"count": 1}, result=0, returned=True))
+    tl.add(Libraries(seq=tl.next_seq(), pid=7, when="after init"))  # the init window closed
     for function, args, result in calls:
         tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function=function, library="libcudart.so.12",
                     caller="libggml-cuda.so", args=args, result=result, returned=True))
@@ -239,6 +240,12 @@ def test_a_failed_check_in_ggml_cuda_init_is_left_to_the_init_rules():
     from gdb_cudashim.core.rules_use import rule_failed_check
 
     tl = _use_timeline(checks=[("cuDeviceGet(&device, id)", "ggml_cuda_init", "invalid device ordinal")])
+    assert rule_failed_check(tl) == []
+    tl = _use_timeline(checks=[("cudaGetDeviceProperties(&prop, i)", "ggml_backend_cuda_reg", "invalid argument")])
+    assert rule_failed_check(tl) == []
+    # a check in a process whose init window never closed is still the init's
+    tl = _use_timeline(checks=[("cudaStreamCreateWithFlags(&stream, 0x01)", "stream", "invalid argument")])
+    tl.events = [e for e in tl.events if e.kind != "libraries"]
     assert rule_failed_check(tl) == []
     tl = _use_timeline(checks=[("cudaStreamCreateWithFlags(&stream, 0x01)", "stream", "invalid argument")])
     (f,) = rule_failed_check(tl)

@@ -410,10 +410,12 @@ def test_first_use_device_memory(llama_cli, gemma_model, ggml_cuda_backend, tmp_
     plain, output, report = first_use(tmp_path, llama_cli, gemma_model, ggml_cuda_backend, FAKERT_MALLOC=2)
     assert plain.returncode == 1 and "unable to allocate CUDA0 buffer" in plain.stderr
     assert report["checks"] == []
-    memory = [f for f in report["findings"] if f["rule"] == "first-use-memory"]
-    assert memory[0]["summary"].startswith("cudaMalloc of 235.2 MiB failed with cudaErrorMemoryAllocation")
-    assert "the request fits" in "\n".join(memory[0]["evidence"])
-    assert "not fatal by itself" in memory[1]["summary"]  # the pinned host buffer, after the device's
+    (memory,) = [f for f in report["findings"] if f["rule"] == "first-use-memory"]
+    assert memory["summary"].startswith("cudaMalloc of 235.2 MiB failed with cudaErrorMemoryAllocation")
+    assert "the request fits" in "\n".join(memory["evidence"])
+    (pinned,) = [f for f in report["findings"] if f["rule"] == "pinned-memory-failed"]  # ggml falls back
+    assert "not fatal by itself" in pinned["summary"]
+    assert rules_of(report).index("first-use-memory") < rules_of(report).index("pinned-memory-failed")
 
 
 def test_first_use_vmm_wall_proven_by_what_if(llama_cli, gemma_model, ggml_cuda_backend, tmp_path):

@@ -705,7 +705,7 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
             summary=f"{prog} (pid {pid}) died of {SIGNAL_WORDS.get(end.signal, end.signal)} {where}",
             evidence=evidence,
             fix=(f"ggml aborted because its check of {check.statement.strip()!r} failed ({check.message!r}): the "
-                 "finding on that check says why and what to change" if check is not None and rules_use.past_init(check)
+                 "finding on that check says why and what to change" if check is not None and rules_use.past_init(tl, check)
                  else
                  _crash_fix(crash) if crash is not None and crash.backtrace else
                  "run it under 'gdb-cudashim gdb --args ...' and 'bt' at the signal to see the faulting frame; "
@@ -864,11 +864,10 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
         findings += rule(tl)
     findings += rules_absent.extra(tl, findings)
     code = _run_error_code(tl)
-    if code is None and any(rules_use.past_init(c) for c in tl.checks):
+    if code is None and any(rules_use.past_init(tl, c) for c in tl.checks):
         # ggml's failed check aborted a process past its init: the wall at that check comes first,
         # the abort (killed-by-signal) follows it
-        use = {f.rule for f in findings if f.rule in rules_use.RULE_NAMES}
-        return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.rule in use else 2)
+        return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.rule in rules_use.RULE_NAMES else 2)
     driver = _ggml_driver_error(tl) if code is None else None
     if driver is not None:
         # ggml's own driver call failed (CU_CHECK: "CUDA error: CUDA_ERROR_..."), and ggml_abort
@@ -876,8 +875,11 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
         return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == driver else 2)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
         # (a wall past init, such as a VMM granularity of 0 that ggml divides by, before the crash it causes)
-        return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in rules_use.RULE_NAMES
-                      else 2 if f.rule in ("killed-by-signal", "crash-in-runtime", "crash-in-shim", *FIRST) else 3)
+        # FIRST before all (what the run printed never mattered); then a wall past init that killed the
+        # process (a VMM granularity of 0 that ggml divides by) before the crash it caused
+        return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in FIRST
+                      else 2 if f.rule in rules_use.RULE_NAMES
+                      else 3 if f.rule in ("killed-by-signal", "crash-in-runtime", "crash-in-shim") else 4)
     return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == code else 2)
 
 

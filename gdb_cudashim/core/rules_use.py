@@ -48,11 +48,19 @@ def _initialised(tl: Timeline, pid: int) -> int | None:
     return None
 
 
-INIT_FUNCTION = "ggml_cuda_init"  # a check failing in here is the init's own wall (core/rules.py reads its text)
+# ggml's functions that check during its init (ggml_backend_cuda_reg checks cudaGetDeviceProperties
+# per device, ggml_cuda_init its driver calls): a check failing in there is the init's own wall,
+# which core/rules.py names from the same call and text
+INIT_FUNCTIONS = ("ggml_cuda_init", "ggml_backend_cuda_reg", "ggml_cuda_info", "ggml_backend_cuda_get_device_count")
 
 
-def past_init(check: Check) -> bool:
-    return check.function != INIT_FUNCTION
+def past_init(tl: Timeline, check: Check) -> bool:
+    """CHECK failed after its process's init: not in an init function, and after the snapshot taken
+    when the init window closed ('after init'). A process whose init never closed is still in it."""
+    if check.function in INIT_FUNCTIONS:
+        return False
+    after = next((e for e in tl.libraries if e.pid == check.pid and e.when == "after init"), None)
+    return after is not None and after.seq < check.seq
 
 
 def _check_evidence(check: Check) -> str:
@@ -97,8 +105,9 @@ def _kernel_image(tl: Timeline, check: Check, code: int | None) -> Finding:
             if isinstance(major, int) and isinstance(minor, int)]
     built = None
     if targets:
-        built = (f"sm_{', sm_'.join(map(str, targets['sm']))}"
-                 + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else ""))
+        built = " and ".join(filter(None, [
+            f"sm_{', sm_'.join(map(str, targets['sm']))}" if targets["sm"] else "",
+            f"PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else ""])) or "nothing"
         ev.append(f"{_base(ggml)} carries GPU code for {built}")
     runnable = []
     for dev, major, minor, where in caps:
@@ -198,7 +207,7 @@ def rule_failed_check(tl: Timeline) -> list[Finding]:
             out.append(_vmm(tl, check.pid, call, check))
         elif name in ("cudaMalloc", "cudaMallocHost") and call is not None:
             out.append(_memory(tl, call, check))
-        elif past_init(check):  # in ggml_cuda_init the init's rules name it from the same call and text
+        elif past_init(tl, check):  # in the init, the init's rules name it from the same call and text
             ev = [_check_evidence(check)] + ([_describe(call)] if call else [])
             out.append(Finding(
                 rule="ggml-check-failed", pid=check.pid, explains=code,
@@ -217,7 +226,7 @@ def _memory(tl: Timeline, call: Call, check: Check | None = None) -> Finding:
     ev = ([_check_evidence(check)] if check else []) + [_describe(call)]
     if call.function == "cudaMallocHost" and check is None:
         return Finding(
-            rule="first-use-memory", pid=pid, explains=call.result if isinstance(call.result, int) else None,
+            rule="pinned-memory-failed", pid=pid,
             summary=(f"cudaMallocHost of {_mib(size)} (page-locked host memory) failed with {call.result_name} in "
                      f"{_prog(tl, pid)}: ggml falls back to ordinary host memory ('failed to allocate ... of pinned "
                      "memory'): slower copies, not fatal by itself"),

@@ -156,10 +156,8 @@ class CallBreakpoint(FunctionBreakpoint):
             call.returned = True
             if spec.result == "str":
                 call.result = memory.read_cstring(inferior, rax)
-            elif spec.result == "CUresult" or spec.result == "cudaError_t" or spec.result == "nvmlReturn_t":
+            else:  # every status type is a 32-bit enum: rax's upper half is whatever was there
                 call.result = rax & 0xFFFFFFFF
-            else:
-                call.result = rax
             ok = call.result == 0 if isinstance(call.result, int) else True
             for name, kind, ptr in outs:
                 if not ok and name != "symbolStatus":

@@ -85,9 +85,11 @@ class EnvPatch:
         self.bp = None
         self.finishes: list = []
         self.history: list[dict] = []
+        self.failed = ""  # why a matching value could not be rewritten, the first time
 
     def reset_counts(self) -> None:
         self.hits = self.calls = 0
+        self.failed = ""
 
     def describe(self) -> str:
         return f"{self.function} " + " ".join(f"--map {a}={b}" for a, b in self.maps)
@@ -95,6 +97,8 @@ class EnvPatch:
     def report_note(self) -> str | None:
         if self.hits:
             return None
+        if self.failed:
+            return f"cuda-patch #{self.id} ({self.describe()}) never applied: {self.failed}"
         return (f"cuda-patch #{self.id} ({self.describe()}) never applied: no process exec'd with "
                 + " or ".join(f"{self.name}={a!r}" for a, _b in self.maps))
 
@@ -110,7 +114,9 @@ class EnvPatch:
         to = next((b for a, b in self.maps if a == value), None)
         if value is None or to is None:
             return None
-        if len(to) > len(value):
+        old, new = value.encode(errors="surrogateescape"), to.encode()
+        if len(new) > len(old):  # written in place: never past the string's own bytes
+            self.failed = self.failed or f"{self.name}={to!r} is longer than {value!r} in bytes"
             return f"cuda-patch #{self.id}: cannot write {self.name}={to!r} over {value!r} in pid {pid} (longer)"
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -118,11 +124,16 @@ class EnvPatch:
             start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51)
             inferior = next(i for i in gdb.inferiors() if i.pid == pid)
             block = bytes(inferior.read_memory(start, end - start))
-            at = block.find(f"{self.name}={value}\0".encode())
-            if at < 0 or (at and block[at - 1] != 0):
+            entry = self.name.encode() + b"=" + old + b"\0"
+            at = block.find(entry)
+            while at > 0 and block[at - 1] != 0:  # NAME=... inside another variable (MY_NAME=...): the next
+                at = block.find(entry, at + 1)
+            if at < 0:
+                self.failed = self.failed or f"{self.name}={value!r} not found in pid {pid}'s environment strings"
                 return None
-            inferior.write_memory(start + at + len(self.name) + 1, to.encode() + b"\0")
+            inferior.write_memory(start + at + len(self.name) + 1, new + b"\0")
         except (OSError, ValueError, IndexError, StopIteration, gdb.error, gdb.MemoryError) as exc:
+            self.failed = self.failed or f"could not rewrite it in pid {pid}: {exc}"
             return f"cuda-patch #{self.id}: could not rewrite {self.name} in pid {pid}: {exc}"
         self.hits += 1
         self.history.append({"pid": pid, "original": value, "patched": to})
@@ -450,8 +461,9 @@ class CudaPatch(Command):
             a, eq, b = m.partition("=")
             if not eq or not a:
                 raise gdb.GdbError(f"cuda-patch: --map {m!r}: give FROM=TO")
-            if len(b) > len(a):
-                raise gdb.GdbError(f"cuda-patch: --map {m!r}: TO cannot be longer than FROM (it is written in place)")
+            if len(b.encode()) > len(a.encode()):
+                raise gdb.GdbError(f"cuda-patch: --map {m!r}: TO cannot be longer than FROM in bytes (it is written "
+                                   "in place)")
             maps.append((a, b))
         if not maps:
             raise gdb.GdbError("cuda-patch: env:NAME needs --map FROM=TO")
