@@ -530,8 +530,26 @@ static int spec_index(const char *name)
     return -1;
 }
 
+/* The function behind V when V is one of our recording wrappers, else V. An interposer in front
+ * of the driver (HAMi-core's way) gets our wrapper from the driver's cuGetProcAddress or from
+ * dlsym and hands it on: recorded as is, that pointer "lies in no file" (the recorder is in a
+ * namespace of its own), and wrapped again, a call through it would be recorded twice, once as
+ * landing nowhere. */
+static uintptr_t unstub(uintptr_t v)
+{
+    uintptr_t base = (uintptr_t)cs_call_stubs;
+    if (v < base || v >= base + 16 * CALL_SLOTS || (v - base) % 16)
+        return v;
+    unsigned n = (unsigned)((v - base) / 16);
+    if (n >= __atomic_load_n(&g_ncall, __ATOMIC_ACQUIRE) || g_call[n].kind != SLOT_CALL)
+        return v;
+    return g_call[n].real;
+}
+
 static uintptr_t wrap_spec(int spec, uintptr_t real, uint64_t owner)
 {
+    if (unstub(real) != real)
+        return real; /* already a recording wrapper: one record per call */
     return slot_for(g_call, &g_ncall, CALL_SLOTS, cs_call_stubs, (unsigned)spec, SLOT_CALL, real, owner);
 }
 
@@ -632,7 +650,11 @@ __attribute__((noinline)) static uint64_t call_spec(struct slot *s, uint64_t *re
                 putbytes(&o, rs, cstrlen(rs, 512));
             for (int i = 0; i < sp->nargs; i++) {
                 int want = regs[i] && (result == 0 || (gpa2 && i == 4));
-                if (sp->kind[i] == CS_OUT)
+                if (want && i == 1 && sp->kind[i] == CS_OUT && sp->size[i] == 8 &&
+                    strncmp_(sp->name, "cuGetProcAddress", 16) == 0) {
+                    uintptr_t fn = unstub(*(uintptr_t *)regs[1]); /* the entry point, not our wrapper of it */
+                    putbytes(&o, &fn, 8);
+                } else if (sp->kind[i] == CS_OUT)
                     putbytes(&o, (const void *)regs[i], want ? sp->size[i] : 0);
                 else if (sp->kind[i] == CS_OUTSTR)
                     putbytes(&o, (const void *)regs[i], want ? cstrlen((const char *)regs[i], 256) : 0);
@@ -678,7 +700,7 @@ __attribute__((noinline)) static uint64_t call_hook(struct slot *s, uint64_t *re
     struct rec *r = reserve(REC_DLSYM_RET, SLOT_HOOK, 8, serial);
     if (r) {
         struct out o = {(char *)(r + 1)};
-        put64(&o, rax);
+        put64(&o, unstub(rax)); /* where the hook's answer leads, through a wrapper of ours it passed on */
         commit(r);
     }
     int spec = rax ? spec_index((const char *)regs[1]) : -1;
