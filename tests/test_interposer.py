@@ -184,3 +184,22 @@ def test_cuda_state_does_not_warn_that_an_interposer_is_not_libcuda(interposer):
              for p, s in ((interposer, "libvgpu.so"), (SHIM_BUILD / "libcuda.so.1", "libcuda.so.1"))]
     assert roles[0]["kind"] == cudafiles.DRIVER_INTERPOSER
     assert state.warnings(roles) == []
+
+
+def test_interposer_in_front_of_a_driver_without_cugetprocaddress(stack, probe, tmp_path, interposer):
+    """HAMi-core's shape in front of the seed shim: cudart gets the interposer's own cuGetProcAddress_v2,
+    which finds none in the driver to forward to. One chain (not two drivers), and the finding says who
+    asked: the interposer, on cudart's behalf, not cudart falling back to plain lookups."""
+    env = env_with(LD_PRELOAD=interposer, LD_LIBRARY_PATH=SHIM_BUILD / "variants" / "seed",
+                   GGML_CUDA_LIB=stack.ggml_cuda)
+    proc, report = run_report(tmp_path, [probe], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "two-drivers" not in rules_of(report), rules_of(report)
+    (chain,) = report["chains"]
+    assert chain["soname"] == "libvgpu.so" and chain["forwarded"] == 0
+    assert "libvgpu.so looked up cuGetProcAddress_v2 in libcuda.so.1 to forward to it: NULL" in chain["example"]
+    (f,) = [f for f in report["findings"] if f["rule"] == "missing-cuGetProcAddress_v2"]
+    assert "libvgpu.so, in front of it, forwards cudart's cuGetProcAddress_v2 queries there" in f["summary"]
+    assert not any("fell back" in e for e in f["evidence"]), f["evidence"]
+    assert any(e.startswith("libvgpu.so's own cuGetProcAddress_v2 answered cudart") and "for 'cuInit'" in e
+               for e in f["evidence"]), f["evidence"]

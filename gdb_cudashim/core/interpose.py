@@ -54,10 +54,15 @@ def interposers(tl: Timeline, pid: int) -> list[dict]:
         except DynsymError:
             continue
         pairs = next((p for lib, p in forwards.items() if _same(lib, path)), [])
-        if info.soname == "libcuda.so.1" or not pairs or not info.dlsym_finds("cuInit"):
+        # no call got through (the driver behind it lacks what it forwards to): the file looking up
+        # driver entry points in the driver's own handle is the interposer at work all the same
+        asks = [l for l in tl.lookups if l.pid == pid and _same(l.caller, path) and l.handle_library
+                and role_of(l.handle_library) == "driver" and not _same(l.handle_library, path)]
+        if info.soname == "libcuda.so.1" or not (pairs or asks) or not info.dlsym_finds("cuInit"):
             continue
         out.append({"path": path, "source": source, "soname": info.soname or os.path.basename(path),
-                    "hooks_dlsym": info.dlsym_finds("dlsym"), "driver": pairs[0][1].library, "pairs": pairs})
+                    "hooks_dlsym": info.dlsym_finds("dlsym"),
+                    "driver": pairs[0][1].library if pairs else asks[0].handle_library, "pairs": pairs, "asks": asks})
     return out
 
 
@@ -66,12 +71,19 @@ def chains(tl: Timeline) -> list[dict]:
     out = []
     for pid in sorted({c.pid for c in tl.calls}):
         for ip in interposers(tl, pid):
-            outer, inner = next(((o, i) for o, i in ip["pairs"] if o.function == "cuInit"), ip["pairs"][0])
+            if ip["pairs"]:
+                outer, inner = next(((o, i) for o, i in ip["pairs"] if o.function == "cuInit"), ip["pairs"][0])
+                example = (f"{outer.function} from {_base(outer.caller)} landed in {_base(outer.library)}, "
+                           f"which called {inner.function} in {_base(inner.library)}: "
+                           f"{inner.result_name} -> {outer.result_name}")
+            else:
+                ask = ip["asks"][0]
+                example = (f"{_base(ip['path'])} looked up {ask.symbol} in {_base(ask.handle_library)} to forward "
+                           f"to it: {'found' if ask.found else 'NULL' if ask.found is False else 'no answer seen'}; "
+                           "no call got through")
             out.append({"pid": pid, "interposer": ip["path"], "soname": ip["soname"], "source": ip["source"],
                         "hooks_dlsym": ip["hooks_dlsym"], "driver": ip["driver"], "forwarded": len(ip["pairs"]),
-                        "example": (f"{outer.function} from {_base(outer.caller)} landed in {_base(outer.library)}, "
-                                    f"which called {inner.function} in {_base(inner.library)}: "
-                                    f"{inner.result_name} -> {outer.result_name}"),
+                        "example": example,
                         "functions": list(dict.fromkeys(o.function for o, _ in ip["pairs"]))})
     return out
 

@@ -110,11 +110,34 @@ def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
                  and l.caller == asked[0].caller]
         missing = [l for l in plain if l.found is False]
         said, hooked = _null_from(asked[0])
-        ev = [hooked or f"dlsym({_asked(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asked[0].caller)}",
-              f"cudart fell back to {len(plain)} plain dlsym() lookups; {len(missing)} found nothing"
-              + (f" (e.g. {', '.join(list(dict.fromkeys(l.symbol for l in missing if l.symbol != 'cuGetProcAddress_v2'))[:4])})" if missing else "")]
+        asker = asked[0].caller
+        first = hooked or f"dlsym({_asked(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asker)}"
+        if asker and role_of(asker) != "runtime" and not asked[0].hook:
+            # an interposer in front of the driver (HAMi-core's way) asked on cudart's behalf: cudart got
+            # the interposer's own cuGetProcAddress_v2, which has nothing to forward to
+            answered = [c for c in tl.calls if c.pid == pid and c.function == "cuGetProcAddress_v2" and c.returned
+                        and _base(c.library) == _base(asker)]
+            ev = [first]
+            if answered:
+                failed = [c for c in answered if c.failed]
+                shown = next((c for c in failed if c.args.get("symbol")), failed[0] if failed else None)
+                ev.append(f"{_base(asker)}'s own cuGetProcAddress_v2 answered cudart {len(answered)} time(s), "
+                          f"{len(failed)} with an error" + (f" ({shown.result_name} for "
+                                                            f"{shown.args.get('symbol')!r})" if shown else ""))
+            out.append(Finding(
+                rule="missing-cuGetProcAddress_v2",
+                summary=(f"{said}: {_base(asker)}, in front of it, forwards cudart's cuGetProcAddress_v2 queries "
+                         "there and finds nothing to forward to"),
+                evidence=ev + _error_evidence(tl),
+                fix=(f"export cuGetProcAddress_v2 from {_base(lib)} (the interposer forwards to it), or make "
+                     f"{_base(asker)} answer each query itself through plain dlsym when the driver has none"),
+                pid=pid))
+            continue
+        names = list(dict.fromkeys(l.symbol for l in missing if l.symbol != "cuGetProcAddress_v2"))[:4]
+        ev = [first, f"cudart fell back to {len(plain)} plain dlsym() lookups; {len(missing)} found nothing"
+              + (f" (e.g. {', '.join(names)})" if names else "")]
         v1 = [c for c in tl.calls if c.pid == pid and c.function == "cuGetProcAddress"]
-        ev.append(f"cuGetProcAddress (v1) was called {len(v1)} times: {_base(asked[0].caller)} never uses it "
+        ev.append(f"cuGetProcAddress (v1) was called {len(v1)} times: {_base(asker)} never uses it "
                   "(cudart 12 and 13 ask for cuGetProcAddress_v2 only)")
         out.append(Finding(
             rule="missing-cuGetProcAddress_v2",
