@@ -203,3 +203,12 @@ def test_interposer_in_front_of_a_driver_without_cugetprocaddress(stack, probe, 
     assert not any("fell back" in e for e in f["evidence"]), f["evidence"]
     assert any(e.startswith("libvgpu.so's own cuGetProcAddress_v2 answered cudart") and "for 'cuInit'" in e
                for e in f["evidence"]), f["evidence"]
+
+
+def test_a_driver_error_passed_on_by_the_interposer_is_the_drivers(stack, probe, tmp_path, interposer):
+    env = env_with(LD_PRELOAD=interposer, LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda,
+                   CUDASHIM_INIT_RESULT=100)
+    proc, report = run_report(tmp_path, [probe], env)
+    (f,) = [f for f in report["findings"] if f["rule"] == "driver-error-passed-through"]
+    assert f["summary"].startswith("cuInit() in libcuda.so.1 (reached through libvgpu.so) returned CUDA_ERROR_NO_DEVICE")
+    assert "forwarded by libvgpu.so to libcuda.so.1, which returned 100 (CUDA_ERROR_NO_DEVICE)" in f["evidence"]

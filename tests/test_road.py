@@ -94,6 +94,19 @@ def test_cugetprocaddress_handing_back_the_wrong_thing(stack, tmp_path, bad, wor
     assert "libcudart.so.12" in f["evidence"][0], f["evidence"]
 
 
+def test_a_pointer_into_nothing_that_the_process_then_jumps_to_ranks_before_the_crash(stack, tmp_path):
+    """cuInit handed back as 0x10: cudart calls it and dies of SIGSEGV there. Nothing is printed, so
+    the crash is what the user sees; the pointer is why, and comes first, tied to the fault."""
+    env = env_with(LD_LIBRARY_PATH=SHIM_BUILD, GGML_CUDA_LIB=stack.ggml_cuda, CUDASHIM_GPA_BAD="cuInit=unmapped")
+    proc, report = run_report(tmp_path, [BUILD / "probe"], env)
+    rules = [f["rule"] for f in report["findings"]]
+    assert rules[:2] == ["proc-address-target", "killed-by-signal"], rules
+    first, crash = report["findings"][:2]
+    assert first["summary"].endswith("and the process died of SIGSEGV there")
+    assert any(e.endswith("died of SIGSEGV at 0x10: a call through that pointer") for e in first["evidence"])
+    assert any("a call to 0x10, where nothing is mapped" in e for e in crash["evidence"]), crash["evidence"]
+
+
 def test_goservers_two_pass_flow_under_the_tool(goserver, ggml_cuda_backend, tmp_path):
     """ollama's flow (goserver --flow two-pass, UUID tokens as 0.13-0.24) with a shim that cannot
     parse them: the runner children of the verifying pass are named, with the probe's UUID."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from . import codes, cudafiles, interpose, ldmsg, loader, rules_device, rules_hang, rules_use, runtime
+from . import codes, cudafiles, interpose, ldmsg, loader, rules_device, rules_hang, rules_road, rules_use, runtime
 from .calls import role_of
 from .finding import Finding, base as _base  # noqa: F401  (Finding: rules build it; importers read it here)
 from .timeline import Call, Timeline
@@ -245,12 +245,18 @@ def rule_driver_result_passthrough(tl: Timeline) -> list[Finding]:
                 "the stubs directory on the library path",
             3: "cuInit must succeed before other calls: return CUDA_SUCCESS from cuInit once the shim is set up",
         }
+        # an interposer in front of the driver passed the driver's answer on: the driver is where it came from
+        hops = _forwarded_chain(tl, c)
+        end = hops[-1] if hops[-1].result == c.result else c
+        via = f" (reached through {', '.join(_base(h.library) for h in hops[:hops.index(end)])})" if end is not c else ""
         out.append(Finding(
             rule="driver-error-passed-through",
-            summary=f"{c.function}() in {_base(c.library)} returned {c.result_name} ({c.result}); cudart passed it "
-                    f"through and ggml reported cudaError {target} ({codes.cuda_name(target)})",
+            summary=f"{c.function}() in {_base(end.library)}{via} returned {c.result_name} ({c.result}); cudart passed "
+                    f"it through and ggml reported cudaError {target} ({codes.cuda_name(target)})",
             evidence=[f"{c.function}({c.describe_args()}) in {_base(c.library)} called from {_base(c.caller)} "
-                      f"returned {c.result} ({c.result_name})"] + _error_evidence(tl),
+                      f"returned {c.result} ({c.result_name})"]
+                     + [f"forwarded by {_base(h.caller)} to {_base(h.library)}, which returned {h.result} "
+                        f"({h.result_name})" for h in hops[1:hops.index(end) + 1]] + _error_evidence(tl),
             fix=fixes.get(target, f"find why {c.function} returns {c.result_name} in the shim and return CUDA_SUCCESS"),
             pid=c.pid, explains=target))
         break
@@ -795,7 +801,9 @@ def _fault(crash):
             return caller, f"raised by the process itself, from {caller.describe()}"
         return caller, f"sent by pid {crash.sender}, not a fault"
     if null_call:
-        return owner, "a call through a NULL function pointer"
+        pc = frames[0].pc
+        return owner, ("a call through a NULL function pointer" if not pc else
+                       f"a call to {pc:#x}, where nothing is mapped (a bad function pointer)")
     if crash.address is not None:
         return owner, (f"a NULL pointer dereference (address {crash.address:#x})" if crash.address < 4096
                        else f"an access to address {crash.address:#x}")
@@ -817,7 +825,7 @@ def _fault_lines(crash) -> list[str]:
     null_call = crash.backtrace[0].pc is not None and crash.backtrace[0].pc < 4096
     verb = "got it" if crash.sender is not None else "faulted"
     return [f"thread {crash.tid} {verb}: {_fault(crash)[1]}"] + [
-        f"#{i} {'0x0 (nothing is mapped there)' if i == 0 and null_call else f.describe()}"
+        f"#{i} {f'{f.pc:#x} (nothing is mapped there)' if i == 0 and null_call else f.describe()}"
         for i, f in enumerate(crash.backtrace[:6])]
 
 
@@ -880,7 +888,7 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
             findings += rule(tl, explain_load)
         else:
             findings += rule(tl)
-    from . import rules_absent, rules_loader, rules_road  # families of their own (device, hang, use: imported above)
+    from . import rules_absent, rules_loader  # families of their own (device, hang, road, use: imported above)
 
     findings += rules_loader.rule_preload_ignored(tl)
     for rule in rules_road.RULES + rules_use.RULES:
@@ -901,7 +909,7 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
         # FIRST before all (what the run printed never mattered); then a wall past init that killed the
         # process (a VMM granularity of 0 that ggml divides by) before the crash it caused
         return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in FIRST
-                      else 2 if f.rule in rules_use.RULE_NAMES
+                      else 2 if f.rule in rules_use.RULE_NAMES or f.explains == rules_road.CRASHED
                       else 3 if f.rule in ("killed-by-signal", "crash-in-runtime", "crash-in-shim") else 4)
     return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == code else 2)
 

@@ -258,15 +258,23 @@ def rule_proc_address_target(tl: Timeline) -> list[Finding]:
         if key in seen:
             continue
         seen.add(key)
+        ev = [f"{_call(c)}: symbol={c.args.get('symbol')!r} cudaVersion={c.args.get('cudaVersion')} "
+              f"flags={c.args.get('flags')} -> {c.result_name}, *pfn=" + (f"{pfn:#x}" if isinstance(pfn, int) else repr(pfn))]
+        # the process then faulted at that very address (a jump to it): this pointer is why it died
+        crash = next((x for x in tl.crashes if x.pid == c.pid and x.sender is None and isinstance(pfn, int)
+                      and (x.address == pfn or (x.backtrace and x.backtrace[0].pc == pfn))), None)
+        if crash is not None:
+            ev.append(f"then thread {crash.tid} died of {crash.signal} at {pfn:#x}: a call through that pointer")
         out.append(Finding(
             rule="proc-address-target", pid=c.pid,
             summary=(f"cuGetProcAddress answered CUDA_SUCCESS for {c.args.get('symbol')!r} with {what}: cudart calls "
-                     "that pointer as the entry point"),
-            evidence=[f"{_call(c)}: symbol={c.args.get('symbol')!r} cudaVersion={c.args.get('cudaVersion')} "
-                      f"flags={c.args.get('flags')} -> {c.result_name}, *pfn="
-                      + (f"{pfn:#x}" if isinstance(pfn, int) else repr(pfn))],
-            fix=fix))
+                     "that pointer as the entry point" + (f", and the process died of {crash.signal} there"
+                                                         if crash is not None else "")),
+            evidence=ev, fix=fix, explains=CRASHED if crash is not None else None))
     return out
+
+
+CRASHED = -1  # a finding's explains: the fault that ended the process (core/rules.py ranks it before the crash)
 
 
 def _legacy_variant(c: Call) -> str | None:
