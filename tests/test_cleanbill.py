@@ -136,6 +136,18 @@ def test_99999_devices_names_the_count_and_ggmls_16_device_limit(stack, probe, t
     assert "errors above" not in crash["fix"] and "device count" in crash["fix"]
 
 
+def test_zero_devices_with_success_is_no_clean_bill(stack, probe, tmp_path):
+    """A runtime that answers 0 devices and cudaSuccess: ggml carries on without CUDA and writes no
+    error, ollama says library=cpu. Not a clean bill: the report names the count."""
+    proc, report = fakert_devices(stack, probe, tmp_path, 0)
+    assert "probe: cuda devices: 0" in proc.stdout
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "No CUDA init failure seen" not in proc.stdout
+    (f,) = report["findings"]
+    assert f["rule"] == "device-count" and "reports 0 CUDA devices, with success" in f["summary"]
+    assert "CUDA_ERROR_NO_DEVICE" in f["fix"]
+
+
 def test_negative_device_count_is_a_finding(stack, probe, tmp_path):
     proc, report = fakert_devices(stack, probe, tmp_path, -5)
     assert "found -5 CUDA devices" in proc.stderr

@@ -176,14 +176,32 @@ def rule_device_count(tl: Timeline) -> list[Finding]:
         if c.function not in ("cudaGetDeviceCount", "cuDeviceGetCount") or not c.returned or c.failed:
             continue
         n = c.args.get("count")
-        if not isinstance(n, int) or 0 <= n <= GGML_CUDA_MAX_DEVICES:
+        if not isinstance(n, int) or 0 < n <= GGML_CUDA_MAX_DEVICES:
             continue
         if any(f.pid == c.pid for f in out):
             continue
         start = tl.process_start(c.pid)
         prog = _base(start.detail) if start else "?"
+        visible = (start.env or {}).get("CUDA_VISIBLE_DEVICES") if start is not None else None
+        if n == 0 and visible:
+            continue  # told to see some devices and found none: rules_road's visible-devices says why
         ev = [f"{c.function}() in {_base(c.library)}, called from {_base(c.caller)}, returned {c.result_name} "
               f"and set *count = {n}"]
+        if n == 0:
+            later = [x for x in tl.calls if x.pid == c.pid and x.seq > c.seq and x.function == c.function
+                     and x.returned and not x.failed and (x.args.get("count") or 0) > 0]
+            if later:
+                continue  # asked again later and found devices: not the answer the process went on with
+            summary = (f"{c.function} in {_base(c.library)} reports 0 CUDA devices, with success: ggml finds no "
+                       "device ('found 0 CUDA devices', llama-server lists none) and carries on without CUDA, "
+                       "which ollama reports as library=cpu; no CUDA error is written")
+            if visible is not None:
+                ev.append(f"pid {c.pid} ({prog}) started with CUDA_VISIBLE_DEVICES={visible!r}: it was told to see none")
+            fix = ("count the device(s) the shim has (after CUDA_VISIBLE_DEVICES); when there is none, say so as "
+                   "NVIDIA's driver does, with CUDA_ERROR_NO_DEVICE from cuInit (cudaErrorNoDevice, 100), so that "
+                   "the error is named where it happens")
+            out.append(Finding(rule="device-count", summary=summary, evidence=ev, fix=fix, pid=c.pid))
+            continue
         if n > GGML_CUDA_MAX_DEVICES:
             summary = (f"{c.function} in {_base(c.library)} reports {n} CUDA devices, more than ggml's limit of "
                        f"{GGML_CUDA_MAX_DEVICES} (GGML_CUDA_MAX_DEVICES): ggml_cuda_init aborts on "
