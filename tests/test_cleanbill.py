@@ -134,6 +134,11 @@ def test_99999_devices_names_the_count_and_ggmls_16_device_limit(stack, probe, t
     assert "limit of 16" in f["summary"]
     crash = next(g for g in report["findings"] if g["rule"] == "killed-by-signal")
     assert "errors above" not in crash["fix"] and "device count" in crash["fix"]
+    # ggml's own words, read from ggml_abort's arguments (its stderr is not in the window)
+    (abort,) = report["aborts"]
+    assert abort["message"] == "GGML_ASSERT(info.device_count <= GGML_CUDA_MAX_DEVICES) failed"
+    assert any(e.startswith("ggml_abort at ggml-cuda.cu:") and "GGML_ASSERT(info.device_count" in e
+               for e in crash["evidence"]), crash["evidence"]
 
 
 def test_zero_devices_with_success_is_no_clean_bill(stack, probe, tmp_path):

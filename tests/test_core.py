@@ -288,3 +288,26 @@ def test_two_walls_rewriting_one_variable_are_one_patch():
     merged = walls.merged([["env:CUDA_VISIBLE_DEVICES", "--map", "GPU-a=0"],
                            ["env:CUDA_VISIBLE_DEVICES", "--map", "GPU-b=1", "--map", "GPU-a=1"]])
     assert merged == [["env:CUDA_VISIBLE_DEVICES", "--map", "GPU-a=1", "--map", "GPU-b=1"]]
+
+
+def test_ggml_aborting_over_the_architecture_names_the_capability():
+    """GGML_ABORT("ggml was not compiled with any CUDA arch <= %d") read from ggml_abort's arguments
+    (formatted as printf would): the wall in ggml's words, with the capability the process was told."""
+    from gdb_cudashim.core.rules import analyze
+    from gdb_cudashim.core.timeline import Abort, Call, format_printf
+
+    tl = _use_timeline(exit_signal=None)
+    tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function="cudaGetDeviceProperties_v2", library="libcudart.so.12",
+                caller="libggml-cuda.so", args={"device": 0, "prop": {"name": "x", "major": 7, "minor": 0}},
+                result=0, returned=True))
+    message = format_printf("ggml was not compiled with any CUDA arch <= %d", [700], lambda a: "")
+    tl.add(Abort(seq=tl.next_seq(), pid=7, tid=7, file="/src/ggml/src/ggml-cuda/common.cuh", line=123,
+                 message=message))
+    from gdb_cudashim.core.timeline import ProcessEvent
+
+    tl.add(ProcessEvent(seq=tl.next_seq(), pid=7, what="exit", signal="SIGABRT"))
+    findings = analyze(tl)
+    assert [f.rule for f in findings][:2] == ["ggml-arch-abort", "killed-by-signal"], [f.rule for f in findings]
+    f = findings[0]
+    assert "'ggml was not compiled with any CUDA arch <= 700'" in f.summary and "compute capability 7.0" in f.summary
+    assert "ggml_abort at common.cuh:123: 'ggml was not compiled with any CUDA arch <= 700'" in findings[1].evidence

@@ -116,6 +116,9 @@ def decode_struct(kind: str, data: bytes | None) -> dict | None:
 # names the failed statement from its arguments, wherever the log text goes.
 CHECK_FUNCTIONS = ("_Z15ggml_cuda_errorPKcS0_S0_iS0_",)
 CHECK_ARGS = ("statement", "function", "file", "line", "message")
+# GGML_ABORT / GGML_ASSERT: ggml_abort(file, line, fmt, ...) in libggml-base, just before abort():
+# the rare stop that keeps ggml's own words, wherever its stderr goes
+ABORT_FUNCTIONS = ("ggml_abort",)
 
 # Entry points whose first call runs ggml's CUDA init: the window in which write
 # capture and lookup tracing are armed. The first is exported by every libggml-cuda.

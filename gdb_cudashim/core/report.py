@@ -41,6 +41,7 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "lookups": [event_to_dict(l) for l in tl.lookups],
         "loads": [event_to_dict(l) for l in tl.loads],
         "checks": [event_to_dict(c) for c in tl.checks],  # ggml's failed CUDA_CHECKs (core/rules_use.py)
+        "aborts": [event_to_dict(a) for a in tl.aborts],  # ggml_abort: GGML_ABORT / GGML_ASSERT, in ggml's words
         "findings": [as_dict(f) for f in findings],
         "processes": [event_to_dict(p) for p in tl.processes],
         "hang": hang,

@@ -729,6 +729,9 @@ def rule_killed_by_signal(tl: Timeline) -> list[Finding]:
         if check is not None:  # ggml_cuda_error aborted it: the check says why (core/rules_use.py)
             evidence.append(f"ggml's check of {check.statement.strip()!r} in {check.function} had failed just before: "
                             f"{check.message!r}")
+        abort = next((a for a in reversed(tl.aborts) if a.pid == pid), None)
+        if abort is not None and check is None:  # GGML_ABORT / GGML_ASSERT: ggml's own words, wherever stderr went
+            evidence.append(f"ggml_abort at {abort.file.rsplit('/', 1)[-1]}:{abort.line}: {abort.message!r}")
         out.append(Finding(
             rule="killed-by-signal", pid=pid,
             summary=f"{prog} (pid {pid}) died of {SIGNAL_WORDS.get(end.signal, end.signal)} {where}",

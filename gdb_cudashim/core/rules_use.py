@@ -279,6 +279,39 @@ def rule_first_use_failed(tl: Timeline) -> list[Finding]:
     return out
 
 
-RULES = (rule_failed_check, rule_first_use_failed)
+def rule_arch_abort(tl: Timeline) -> list[Finding]:
+    """ggml stopping itself over the device's architecture (GGML_ABORT "ggml was not compiled with any
+    CUDA arch <= %d", or a patched ggml's "not compiled with support for this arch" under
+    GGML_CUDA_INIT=1): in ggml's own words, with the capability the process was told and the code
+    the run's libggml-cuda carries."""
+    import re
+
+    from .devprops import fatbin_targets
+
+    out = []
+    for a in tl.aborts:
+        if not re.search(r"compiled with.*arch|arch.*not (?:compiled|supported)", a.message, re.I):
+            continue
+        ggml = ggml_in_run(tl)
+        targets = fatbin_targets(ggml) if ggml else None
+        caps = [(dev, mj, mn, where) for dev, mj, mn, where in _capabilities(tl, a.pid)
+                if isinstance(mj, int) and isinstance(mn, int)]
+        ev = [f"ggml_abort at {a.file.rsplit('/', 1)[-1]}:{a.line}: {a.message!r}"]
+        ev += [f"device {dev}: compute capability {mj}.{mn} ({where})" for dev, mj, mn, where in caps]
+        if targets:
+            ev.append(f"{_base(ggml)} carries GPU code for sm_{', sm_'.join(map(str, targets['sm'])) or '-'}"
+                      + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else ""))
+        cc = f"{caps[0][1]}.{caps[0][2]}" if caps else "?"
+        out.append(Finding(
+            rule="ggml-arch-abort", pid=a.pid,
+            summary=(f"ggml aborted {_prog(tl, a.pid)} over the device's architecture ({a.message!r}): the device "
+                     f"was reported as compute capability {cc}, which the backend has no code for"),
+            evidence=ev,
+            fix=("report the device's real compute capability (cudaDeviceProp.major/minor, attributes 75/76), the "
+                 "same everywhere; or use a libggml-cuda built for it (CMAKE_CUDA_ARCHITECTURES)")))
+    return out
+
+
+RULES = (rule_failed_check, rule_first_use_failed, rule_arch_abort)
 RULE_NAMES = ("first-launch-no-kernel-image", "cublas-create-failed", "vmm-pool-failed", "first-use-memory",
-              "ggml-check-failed")
+              "ggml-check-failed", "ggml-arch-abort")

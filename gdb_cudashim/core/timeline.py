@@ -206,6 +206,55 @@ class Check:
 
 
 @record
+class Abort:
+    """ggml_abort(file, line, fmt, ...) (GGML_ABORT, GGML_ASSERT): ggml stopping the process, in its
+    own words (the format filled from the call's integer and string arguments)."""
+    seq: int
+    pid: int
+    tid: int
+    file: str
+    line: int
+    message: str
+    kind: str = "abort"
+
+
+def format_printf(fmt: str, ints: list[int], read_string) -> str:
+    """FMT filled the way printf would with integer-class arguments INTS (in order), %s read through
+    READ_STRING(address). Floating point arguments travel in other registers: shown as '?'."""
+    out, i, pos = [], 0, 0
+    for m in re.finditer(r"%([-+ #0]*\d*(?:\.\d+)?)(hh|h|ll|l|z|j|t)?([diouxXcspfFeEgGa%])", fmt):
+        out.append(fmt[pos:m.start()])
+        pos = m.end()
+        conv = m.group(3)
+        if conv == "%":
+            out.append("%")
+            continue
+        if conv in "fFeEgGa":
+            out.append("?")
+            continue
+        if i >= len(ints):
+            out.append(m.group(0))
+            continue
+        v = ints[i]
+        i += 1
+        size = m.group(2)
+        if conv == "s":
+            out.append(read_string(v) if v else "(null)")
+        elif conv == "c":
+            out.append(chr(v & 0xFF))
+        elif conv == "p":
+            out.append(f"{v:#x}")
+        else:
+            bits = 64 if size in ("l", "ll", "z", "j", "t") else 32
+            v &= (1 << bits) - 1
+            if conv in "di" and v >> (bits - 1):
+                v -= 1 << bits
+            out.append(format(v, "x" if conv == "x" else "X" if conv == "X" else "o" if conv == "o" else "d"))
+    out.append(fmt[pos:])
+    return "".join(out)
+
+
+@record
 class Libraries:
     """The CUDA-role files mapped into a process at one moment (after its init, at a failed load,
     at a hang), with the g_* globals of every shim among them: run's view of cuda-state."""
@@ -315,6 +364,10 @@ class Timeline:
     @property
     def checks(self) -> list[Check]:
         return self.of("check")
+
+    @property
+    def aborts(self) -> list[Abort]:
+        return self.of("abort")
 
     @property
     def libraries(self) -> list[Libraries]:

@@ -387,6 +387,33 @@ class CheckBreakpoint(FunctionBreakpoint):
         return False
 
 
+class AbortBreakpoint(FunctionBreakpoint):
+    """ggml_abort (calls.ABORT_FUNCTIONS): GGML_ABORT / GGML_ASSERT, ggml's own words read from the
+    call (file, line, the format and its first integer-class arguments) at a hidden stop."""
+
+    def __init__(self, tracer, address=None):
+        from ..core.calls import ABORT_FUNCTIONS
+
+        super().__init__(tracer, ABORT_FUNCTIONS[0], address=address)
+
+    def handle(self):
+        from ..core.timeline import Abort, format_printf
+
+        tracer = self.tracer
+        inferior = gdb.selected_inferior()
+        pid, tid = memory.ptid()
+        file, line, fmt, a, b, c, rsp = memory.regs("rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp")
+        stacked = [memory.read_u64(inferior, rsp + 8 * (1 + i)) or 0 for i in range(3)]  # 7th.. integer args
+
+        def text(address, limit=512):
+            return (memory.read_cstring(inferior, address, limit) or "") if address else ""
+
+        message = format_printf(text(fmt), [a, b, c, *stacked], text)
+        tracer.timeline.add(Abort(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, file=text(file),
+                                  line=memory.as_int32(line), message=message[:1000]))
+        return False
+
+
 class KillBreakpoint(FunctionBreakpoint):
     """kill / tgkill / pidfd_send_signal in the C library: a traced process sending a fatal signal
     to another (a discovery parent giving up on its child). Always armed, since a program calls

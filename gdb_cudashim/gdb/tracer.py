@@ -18,7 +18,7 @@ import os
 
 import gdb
 
-from ..core.calls import CHECK_FUNCTIONS, SPECS, WINDOW_FUNCTIONS, is_cuda_library
+from ..core.calls import ABORT_FUNCTIONS, CHECK_FUNCTIONS, SPECS, WINDOW_FUNCTIONS, is_cuda_library
 from ..core.lookups import LookupModel
 from ..core.procfs import ProcError, parent_pid, read_environ
 from ..core.timeline import Load, ProcessEvent, Timeline, relevant_env
@@ -27,13 +27,13 @@ from .capture import EXIT_FUNCTIONS, KILL_FUNCTIONS, Capture
 from .quiet import delete_quietly
 from .recording import CALLS_KEPT, UNCAPPED, Recording
 from .events import Subscriptions
-from .handlers import (LOOKUP_CAP, CallBreakpoint, CheckBreakpoint, DlerrorBreakpoint, DlopenBreakpoint,
-                       ExitBreakpoint, KillBreakpoint, LookupBreakpoint, Return, WindowBreakpoint)
+from .handlers import (LOOKUP_CAP, AbortBreakpoint, CallBreakpoint, CheckBreakpoint, DlerrorBreakpoint,
+                       DlopenBreakpoint, ExitBreakpoint, KillBreakpoint, LookupBreakpoint, Return, WindowBreakpoint)
 
 FATAL_STOPS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
 # every function catch-init-error breaks on
 TRACED_FUNCTIONS = tuple(dict.fromkeys([*SPECS, "dlopen", "dlerror", "dlsym", "dlvsym", *WINDOW_FUNCTIONS,
-                                        *KILL_FUNCTIONS, *EXIT_FUNCTIONS, *CHECK_FUNCTIONS]))
+                                        *KILL_FUNCTIONS, *EXIT_FUNCTIONS, *CHECK_FUNCTIONS, *ABORT_FUNCTIONS]))
 
 
 class Tracer:
@@ -123,6 +123,8 @@ class Tracer:
                 made.append(ExitBreakpoint(self, name, address))
             elif name in CHECK_FUNCTIONS:
                 made.append(CheckBreakpoint(self, address))
+            elif name in ABORT_FUNCTIONS:
+                made.append(AbortBreakpoint(self, address))
         self.breakpoints.extend(made)
         return made
 
