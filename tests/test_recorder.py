@@ -31,6 +31,10 @@ def test_the_spec_header_is_generated_from_the_calls_the_rules_read():
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_audit_specs.py")], capture_output=True,
                          text=True, check=True).stdout
     assert out == (ROOT / "shim" / "audit_specs.h").read_text(), "run: python3 tools/gen_audit_specs.py > shim/audit_specs.h"
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_audit_specs.py"), "--versioned"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == (ROOT / "shim" / "versioned.h").read_text(), \
+        "run: python3 tools/gen_audit_specs.py --versioned > shim/versioned.h"
 
 
 def test_the_reader_decodes_a_ring_the_real_recorder_wrote(stack, probe, tmp_path):

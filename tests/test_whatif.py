@@ -179,3 +179,24 @@ def test_a_shim_that_rejects_uuid_tokens_is_simulated_reading_them(tmp_path):
     proc, report = run_report(tmp_path, [BUILD / "discover"], env, extra=["--what-if"], timeout=300)
     wall = next(w for w in report["walls"] if w["rule"] == "visible-devices")
     assert wall["verdict"] == "cannot simulate" and "not a value the variable could be given" in wall["why"]
+
+
+def test_a_stand_in_cugetprocaddress_behind_an_interposer_then_the_next_two_walls(stack, probe, tmp_path):
+    """#20's stand-in and dlsym answer: HAMi-core's shape (build/libvgpu.so) in front of the seed shim,
+    whose driver reports 11.8. The first finding is the missing cuGetProcAddress_v2; simulated with the
+    bundled stand-in (preloaded, and handed back by dlsym for that name), cudart gets its entry points,
+    prints the same words for another reason (the old driver: proven all the same, with that cause
+    named), then the driver version is answered and the export table is the wall nothing simulates."""
+    from conftest import BUILD
+
+    env = env_with(LD_PRELOAD=BUILD / "libvgpu.so", LD_LIBRARY_PATH=SEED, GGML_CUDA_LIB=stack.ggml_cuda,
+                   CUDASHIM_DRIVER_VERSION=11080)
+    proc, report = run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
+    assert [(w["rule"], w["verdict"]) for w in report["walls"]] == [
+        ("missing-cuGetProcAddress_v2", "proven"), ("driver-version", "proven"),
+        ("export-table-failed", "cannot simulate")], report["walls"]
+    first = report["walls"][0]
+    assert first["simulation"][:5] == ["cuda-patch", "dlsym", "--return", "sym:cudashim_standin_cuGetProcAddress_v2",
+                                       "--if"] and first["simulation"][-2] == "--preload", first["simulation"]
+    assert "met another cause behind it: driver-version" in first["why"]
+    assert first["error_after"] == first["error_before"]  # the same words, a different cause

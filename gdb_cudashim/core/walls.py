@@ -7,6 +7,8 @@ the cause), and what the next wall is. Pure: never imports gdb; the CLI runs the
 """
 from __future__ import annotations
 
+import os
+
 # init calls whose failure a stand-in result can lift, with the out-parameters a success needs
 _SUCCESS_OUTS = {
     "cuInit": [],
@@ -38,8 +40,6 @@ _CANNOT = {
                                 "no stand-in can answer for them without one",
     "export-table-failed": "NVIDIA's private export tables (CUDART_INTERFACE...) exist only in NVIDIA's driver: "
                            "no stand-in can answer for them without one",
-    "missing-cuGetProcAddress_v2": "a cuGetProcAddress_v2 that answers for the shim needs a stand-in library; "
-                                   "none is bundled yet",
     "compressed-fatbin": "the wall is which driver loads the modules (the file's compressed code against its age), "
                          "not a call's answer: a run on the shim cannot show the first launch",
     "crash-in-runtime": "the crash is NVIDIA's cudart using a table the shim handed it: only the real table fixes it",
@@ -79,12 +79,34 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
         return _name(report, pid)
     if rule == "visible-devices":
         return _visible(finding, report)
+    if rule == "missing-cuGetProcAddress_v2":
+        return _standin_gpa()
     if rule == "vmm-pool-failed":
         # the fix that needs no VMM at all: the attribute says no, and ggml allocates with cudaMalloc
         return [["cuDeviceGetAttribute", "--return", "SUCCESS", "--out", "0=0", "--if", f"$rsi == {VMM_ATTRIBUTE}"]], None
     if rule in _CANNOT:
         return None, _CANNOT[rule]
     return None, "no stand-in for this finding's fix yet (cuda-patch sets results and out-parameters)"
+
+
+STANDIN = "libcudashim-standin.so"  # shim/standin_gpa.c
+STANDIN_GPA = "cudashim_standin_cuGetProcAddress_v2"
+
+
+def standin_path() -> str:
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(here, "shim", "build", STANDIN)
+
+
+def _standin_gpa():
+    """The driver exporting cuGetProcAddress_v2, simulated: a stand-in (shim/standin_gpa.c, preloaded
+    in the re-run) that answers each query from the driver file's own exports, handed to whoever asks
+    dlsym for the driver's cuGetProcAddress_v2 (cudart, or an interposer forwarding cudart's queries)."""
+    path = standin_path()
+    if not os.path.isfile(path):
+        return None, f"the stand-in cuGetProcAddress_v2 ({path}) is not built: make -C shim"
+    return [["dlsym", "--return", f"sym:{STANDIN_GPA}", "--if", '$_streq((char *)$rsi, "cuGetProcAddress_v2")',
+             "--preload", path]], None
 
 
 def _visible(finding: dict, report: dict):
@@ -235,15 +257,16 @@ def merged(patches: list[Patch]) -> list[Patch]:
         if have.get("--if") != opts.get("--if"):
             raise Unmergeable(f"two walls answer {fn} under different conditions ({have.get('--if') or 'every call'} "
                               f"and {opts.get('--if') or 'every call'}); cuda-patch holds one patch per function")
-        if "--return" in opts:
-            have["--return"] = opts["--return"]
+        for key in ("--return", "--preload"):
+            if key in opts:
+                have[key] = opts[key]
         for key in ("--out", "--map"):  # the later answer for one place (an out-parameter, a value) wins
             merged_ = {o.split("=", 1)[0]: o for o in have.get(key, []) + opts.get(key, [])}
             have[key] = list(merged_.values())
     result = []
     for fn, opts in out.items():
         args = [fn]
-        for key in ("--return", "--if"):
+        for key in ("--return", "--if", "--preload"):
             if opts.get(key) is not None:
                 args += [key, opts[key]]
         for key in ("--out", "--map"):
@@ -402,6 +425,14 @@ def verdict(before: dict, after: dict, functions: list[str] | None = None) -> tu
         follow = _same_failure_next(before, after, functions or [])
         if follow:
             return "cannot simulate", follow
+        # the same words, but another cause behind them now: the simulated wall was real, and the next
+        # one happens to end in the same message (a driver too old, met once cudart gets its entry points)
+        had = {_same_words(f) for f in before.get("findings") or []}
+        behind = next((f for f in after.get("findings") or [] if f.get("explains") is not None
+                       and _same_words(f) not in had), None)
+        if behind is not None:
+            return "proven", (f"the same text ({now!r}), but the re-run went further and met another cause behind "
+                              f"it: {behind.get('rule')}: {behind.get('summary')}")
         # the program printed the same failure: whatever its own finding says now (the simulated
         # call answers success), the program did not get past it; the shim's state behind the
         # answer (an init that never ran) may be part of the cause, not simulated by an answer

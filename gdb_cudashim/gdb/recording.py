@@ -42,7 +42,7 @@ def library_path() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _show_env(name: str) -> str | None:
+def show_env(name: str) -> str | None:
     """The program's NAME as gdb will give it (`show environment`), None when unset."""
     try:
         text = gdb.execute(f"show environment {name}", to_string=True).strip()
@@ -52,7 +52,7 @@ def _show_env(name: str) -> str | None:
     return text[len(prefix):] if text.startswith(prefix) else None
 
 
-def _set_env(name: str, value: str | None) -> None:
+def set_env(name: str, value: str | None) -> None:
     if value is None:
         gdb.execute(f"unset environment {name}", to_string=True)
     else:
@@ -102,10 +102,10 @@ class Recording:
             self.library = None
             return f"catch-init-error: no directory for the recorder ({exc.strerror}): breakpoints only"
         for name in ("LD_AUDIT", recorder.RING_DIR_ENV):
-            self.saved_env[name] = _show_env(name)
+            self.saved_env[name] = show_env(name)
         theirs = self.saved_env["LD_AUDIT"]
-        _set_env("LD_AUDIT", self.library + (":" + theirs if theirs else ""))
-        _set_env(recorder.RING_DIR_ENV, self.dir)
+        set_env("LD_AUDIT", self.library + (":" + theirs if theirs else ""))
+        set_env(recorder.RING_DIR_ENV, self.dir)
         exiting = getattr(gdb.events, "gdb_exiting", None)  # gdb 12+: a batch run ends with quit, never a disarm
         if exiting is not None and not self._exit_hook:
             exiting.connect(lambda _event: self.remove())
@@ -119,7 +119,7 @@ class Recording:
     def disarm(self) -> None:
         for name, value in self.saved_env.items():
             try:
-                _set_env(name, value)
+                set_env(name, value)
             except gdb.error:
                 pass
         self.saved_env.clear()

@@ -40,7 +40,10 @@ def test_cuda_patch_rejects_what_cannot_work():
                        ("cuda-patch env:CUDA_VISIBLE_DEVICES --map GPU-1", "give FROM=TO"),
                        ("cuda-patch env:CUDA_VISIBLE_DEVICES --map 0=GPU-1", "TO cannot be longer than FROM"),
                        ("cuda-patch env:CUDA_VISIBLE_DEVICES --map a=b --return 0", "takes only --map"),
-                       ("cuda-patch cuInit --return 0 --map a=b", "--map is for env:NAME")):
+                       ("cuda-patch cuInit --return 0 --map a=b", "--map is for env:NAME"),
+                       ("cuda-patch dlsym --return 'sym:a b'", "sym: needs a function name"),
+                       ("cuda-patch cuInit --return sym:cuInit", "sym: is a pointer; cuInit returns a CUresult"),
+                       ("cuda-patch dlsym --return 0 --preload /nonexistent/lib.so", "not a file LD_PRELOAD can name")):
         assert words in _error_of(cmd), (cmd, _error_of(cmd))
     assert len(gdb.breakpoints()) == before
     assert "no patches" in _out("cuda-patch list")
@@ -52,6 +55,14 @@ def test_cuda_patch_rejects_what_cannot_work():
     assert "env:CUDA_VISIBLE_DEVICES --map GPU-a=0  [at each exec]" in _out("cuda-patch list")
     assert "already patched by #" in _error_of("cuda-patch env:CUDA_VISIBLE_DEVICES --map GPU-b=1")
     _out("cuda-patch delete all")
+    # --preload adds to the program's LD_PRELOAD for the patch's life, and delete gives back what was there
+    standin = os.path.join(SHIM, "libcudashim-standin.so")
+    _out("set environment LD_PRELOAD=/lib/x86_64-linux-gnu/libm.so.6")
+    _out(f"cuda-patch dlsym --return sym:cudashim_standin_cuGetProcAddress_v2 --preload {standin}")
+    assert _out("show environment LD_PRELOAD").strip() == f"LD_PRELOAD = /lib/x86_64-linux-gnu/libm.so.6:{standin}"
+    _out("cuda-patch delete all")
+    assert _out("show environment LD_PRELOAD").strip() == "LD_PRELOAD = /lib/x86_64-linux-gnu/libm.so.6"
+    _out("unset environment LD_PRELOAD")
 
 
 def test_catch_armed_before_file_still_captures():

@@ -40,7 +40,9 @@ class Patch:
         self.cond_error = ""
 
     def describe(self) -> str:
-        parts = [f"--return {self.value}"] + [f"--out {o.shown}" for o in self.outs]
+        parts = [f"--return {getattr(self, 'shown_value', None) or self.value}"] + [f"--out {o.shown}" for o in self.outs]
+        if getattr(self, "preload", None):
+            parts.append(f"--preload {self.preload}")
         if self.skip:
             parts.append("--skip")
         if self.count is not None:
@@ -140,6 +142,26 @@ class EnvPatch:
         return f"cuda-patch #{self.id}: pid {pid} started with {self.name}={value!r}, rewritten to {to!r}"
 
 
+def _preload(path: str):
+    """Add PATH to the LD_PRELOAD of the program gdb starts next; what it was before (None: unset)."""
+    import os
+
+    from ..recording import set_env, show_env
+
+    if not os.path.isfile(path) or any(c in path for c in ": \n"):
+        raise gdb.GdbError(f"cuda-patch: --preload {path!r}: not a file LD_PRELOAD can name")
+    before = show_env("LD_PRELOAD")
+    set_env("LD_PRELOAD", f"{before}:{path}" if before else path)
+    return before
+
+
+def _unpreload(patch) -> None:
+    from ..recording import set_env
+
+    if getattr(patch, "preload", None):
+        set_env("LD_PRELOAD", patch.preload_before)
+
+
 def apply_env(pid: int, note) -> None:
     """At PID's exec: every env: patch (tracer._check_exec)."""
     for patch in list(session.State.patches.values()):
@@ -154,11 +176,17 @@ _SKIP_PENDING: list[Patch] = []
 
 
 def _record(patch: Patch, original, pid, tid, library):
-    patch.history.append({"original": original, "patched": patch.value, "skipped": patch.skip})
+    value = patch.value
+    if isinstance(value, str):  # sym:NAME: the address it stood for, as the program got it
+        try:
+            value = int(gdb.parse_and_eval(value))
+        except gdb.error:
+            value = None
+    patch.history.append({"original": original, "patched": value, "skipped": patch.skip})
     tracer = session.active()
     if tracer is not None:
         tracer.timeline.add(Call(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, function=patch.function,
-                                 library=library, caller=None, args={"cuda-patch": patch.id}, result=patch.value,
+                                 library=library, caller=None, args={"cuda-patch": patch.id}, result=value,
                                  returned=True, patched_from=original if original is not None else -1))
 
 
@@ -386,7 +414,8 @@ class CudaPatch(Command):
 
     @classmethod
     def build(cls, p):
-        p.epilog = ("VALUE: a number or a name (CUDA_ERROR_NO_DEVICE, cudaErrorNoDevice, NVML_ERROR_NOT_FOUND, SUCCESS).\n"
+        p.epilog = ("VALUE: a number or a name (CUDA_ERROR_NO_DEVICE, cudaErrorNoDevice, NVML_ERROR_NOT_FOUND, SUCCESS),\n"
+                    "or sym:NAME, the address of the function NAME in the program (a pointer result: dlsym's).\n"
                     "Examples:  cuda-patch cuInit --return CUDA_ERROR_NO_DEVICE\n"
                     "           cuda-patch cuDriverGetVersion --return SUCCESS --out 0=11080\n"
                     "           cuda-patch nvmlSystemGetDriverVersion --return SUCCESS --out 0=str:570.133.20\n"
@@ -404,6 +433,9 @@ class CudaPatch(Command):
                             "0.name=str:NAME)")
         p.add_argument("--skip", action="store_true", help="return at entry without running the function")
         p.add_argument("--count", type=int, metavar="N", help="patch only the first N calls")
+        p.add_argument("--preload", metavar="PATH",
+                       help="also preload PATH (a library) in the program gdb starts next, for as long as the patch "
+                            "lives (run --what-if's stand-in cuGetProcAddress_v2)")
         p.add_argument("--map", action="append", default=[], metavar="FROM=TO",
                        help="with env:NAME: a process that execs with NAME=FROM gets NAME=TO (no longer than FROM)")
         p.add_argument("--if", dest="cond", metavar="EXPR",
@@ -424,12 +456,20 @@ class CudaPatch(Command):
             raise gdb.GdbError("cuda-patch: --map is for env:NAME (an environment variable at exec)")
         if args.ret is None:
             raise gdb.GdbError("cuda-patch: give --return VALUE (see 'help cuda-patch')")
-        try:
-            value = parse_value(args.ret)
-        except UnknownValue as exc:
-            raise gdb.GdbError(f"cuda-patch: {exc}")
         spec = SPECS.get(args.function)
-        if not fits(value, 4 if spec and spec.result != "str" else 8):
+        if args.ret.startswith("sym:"):
+            name = args.ret[4:]
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise gdb.GdbError(f"cuda-patch: --return {args.ret!r}: sym: needs a function name")
+            if spec is not None and spec.result != "str":
+                raise gdb.GdbError(f"cuda-patch: --return sym: is a pointer; {args.function} returns a {spec.result}")
+            value = f"(unsigned long)&{name}"  # evaluated at each patched return, once the library is loaded
+        else:
+            try:
+                value = parse_value(args.ret)
+            except UnknownValue as exc:
+                raise gdb.GdbError(f"cuda-patch: {exc}")
+        if isinstance(value, int) and not fits(value, 4 if spec and spec.result != "str" else 8):
             what = f"{args.function}'s {spec.result} (32 bits)" if spec and spec.result != "str" else "a 64-bit register"
             raise gdb.GdbError(f"cuda-patch: --return {args.ret} does not fit in {what}")
         if args.count is not None and args.count <= 0:
@@ -443,7 +483,10 @@ class CudaPatch(Command):
         outs = [_parse_out(o, args.function) for o in args.out]
         if args.cond is not None:
             _check_condition(args.cond)
+        preload_before = _preload(args.preload) if args.preload else None
         patch = Patch(_NEXT_ID[0], args.function, value, outs, args.skip, args.count, args.cond)
+        patch.shown_value = args.ret
+        patch.preload, patch.preload_before = args.preload, preload_before
         patch.bp = quietly(lambda: _PatchBreakpoint(patch))
         _NEXT_ID[0] += 1
         session.State.patches[patch.id] = patch
@@ -499,6 +542,8 @@ class CudaPatch(Command):
                 if not i.isdigit() or int(i) not in session.State.patches:
                     raise gdb.GdbError(f"cuda-patch: no patch #{i} (see 'cuda-patch list')")
                 targets.append(int(i))
+        for i in reversed(targets):  # the last preload first: each restores what was there before it
+            _unpreload(session.State.patches[i])
         for i in targets:
             patch = session.State.patches.pop(i)
             for f in list(patch.finishes):
