@@ -24,7 +24,7 @@ enum { SUCCESS = 0, INVALID_VALUE = 1, NOT_FOUND = 500 };
 enum { STATUS_SUCCESS = 0, STATUS_SYMBOL_NOT_FOUND = 1 };
 enum { PER_THREAD_DEFAULT_STREAM = 2 };
 
-EXPORT unsigned long g_queries = 0, g_answered = 0;
+static unsigned long g_queries = 0, g_answered = 0; /* for gdb: p g_queries (static: preloaded, it shares no name) */
 
 EXPORT int cudashim_standin_cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
                                                 unsigned long long flags, int *symbolStatus);

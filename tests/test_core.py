@@ -298,7 +298,8 @@ def test_ggml_aborting_over_the_architecture_names_the_capability():
 
     tl = _use_timeline(exit_signal=None)
     tl.add(Call(seq=tl.next_seq(), pid=7, tid=7, function="cudaGetDeviceProperties_v2", library="libcudart.so.12",
-                caller="libggml-cuda.so", args={"device": 0, "prop": {"name": "x", "major": 7, "minor": 0}},
+                caller="libggml-cuda.so", args={"device": 0, "prop": {"name": "x", "major": 7, "minor": 0,
+                                                                       "nonzero": True}},
                 result=0, returned=True))
     message = format_printf("ggml was not compiled with any CUDA arch <= %d", [700], lambda a: "")
     tl.add(Abort(seq=tl.next_seq(), pid=7, tid=7, file="/src/ggml/src/ggml-cuda/common.cuh", line=123,
@@ -311,3 +312,17 @@ def test_ggml_aborting_over_the_architecture_names_the_capability():
     f = findings[0]
     assert "'ggml was not compiled with any CUDA arch <= 700'" in f.summary and "compute capability 7.0" in f.summary
     assert "ggml_abort at common.cuh:123: 'ggml was not compiled with any CUDA arch <= 700'" in findings[1].evidence
+
+
+def test_ggml_abort_messages_are_filled_as_printf_would():
+    from gdb_cudashim.core.timeline import format_printf
+
+    strings = {0x1000: "info.device_count <= GGML_CUDA_MAX_DEVICES"}
+    assert format_printf("GGML_ASSERT(%s) failed", [0x1000], strings.get) == \
+        "GGML_ASSERT(info.device_count <= GGML_CUDA_MAX_DEVICES) failed"
+    assert format_printf("%*d|%d", [5, 42, 7], strings.get) == "42|7"  # '*' takes its argument
+    assert format_printf("%.*s|%.4s|%d", [3, 0x1000, 0x1000, 9], strings.get) == "inf|info|9"
+    assert format_printf("%hd %hhu %d", [70000, 300, -1 & 0xFFFFFFFF], strings.get) == "4464 44 -1"
+    assert format_printf("%s and %s", [0x2000, 0], strings.get) == "(unreadable) and (null)"
+    assert format_printf("x%ny %f %d", [0x3000, 5], strings.get) == "xy ? 5"
+    assert format_printf("%d %d", [1], strings.get) == "1 %d"  # no argument seen for it: left as written

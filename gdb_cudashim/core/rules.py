@@ -112,7 +112,8 @@ def rule_missing_get_proc_address(tl: Timeline) -> list[Finding]:
         said, hooked = _null_from(asked[0])
         asker = asked[0].caller
         first = hooked or f"dlsym({_asked(lib)}, \"cuGetProcAddress_v2\") = NULL, asked by {_base(asker)}"
-        if asker and role_of(asker) != "runtime" and not asked[0].hook:
+        if asker and not asked[0].hook and any(_base(ip["path"]) == _base(asker)
+                                               for ip in interpose.interposers(tl, pid)):
             # an interposer in front of the driver (HAMi-core's way) asked on cudart's behalf: cudart got
             # the interposer's own cuGetProcAddress_v2, which has nothing to forward to
             answered = [c for c in tl.calls if c.pid == pid and c.function == "cuGetProcAddress_v2" and c.returned

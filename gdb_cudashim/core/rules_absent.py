@@ -192,6 +192,8 @@ def rule_device_count(tl: Timeline) -> list[Finding]:
                      and x.returned and not x.failed and (x.args.get("count") or 0) > 0]
             if later:
                 continue  # asked again later and found devices: not the answer the process went on with
+            if any(x.pid == c.pid and x.function == "cudaGetDeviceCount" and x.failed for x in tl.calls):
+                continue  # the runtime turned it into an error, which ggml printed: the init rules name it
             summary = (f"{c.function} in {_base(c.library)} reports 0 CUDA devices, with success: ggml finds no "
                        "device ('found 0 CUDA devices', llama-server lists none) and carries on without CUDA, "
                        "which ollama reports as library=cpu; no CUDA error is written")

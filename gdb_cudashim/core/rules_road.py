@@ -231,7 +231,7 @@ def rule_visible_devices(tl: Timeline) -> list[Finding]:
 def rule_proc_address_target(tl: Timeline) -> list[Finding]:
     """cuGetProcAddress(_v2) answered success with a pointer that is not a driver entry point: into
     unmapped memory, NULL, or into a file that is no driver (libc, the runtime itself)."""
-    out, seen = [], set()
+    out, seen, claimed = [], set(), set()
     for c in tl.calls:
         if c.function not in ("cuGetProcAddress_v2", "cuGetProcAddress") or not _ok(c):
             continue
@@ -261,8 +261,13 @@ def rule_proc_address_target(tl: Timeline) -> list[Finding]:
         ev = [f"{_call(c)}: symbol={c.args.get('symbol')!r} cudaVersion={c.args.get('cudaVersion')} "
               f"flags={c.args.get('flags')} -> {c.result_name}, *pfn=" + (f"{pfn:#x}" if isinstance(pfn, int) else repr(pfn))]
         # the process then faulted at that very address (a jump to it): this pointer is why it died
+        # a jump to the pointer faults with the pc there (and, but for NULL, si_addr too); a NULL data
+        # read also has si_addr 0, so NULL needs the pc; one finding claims one crash
         crash = next((x for x in tl.crashes if x.pid == c.pid and x.sender is None and isinstance(pfn, int)
-                      and (x.address == pfn or (x.backtrace and x.backtrace[0].pc == pfn))), None)
+                      and ((x.backtrace and x.backtrace[0].pc == pfn) or (pfn and x.address == pfn))
+                      and id(x) not in claimed), None)
+        if crash is not None:
+            claimed.add(id(crash))
         if crash is not None:
             ev.append(f"then thread {crash.tid} died of {crash.signal} at {pfn:#x}: a call through that pointer")
         out.append(Finding(

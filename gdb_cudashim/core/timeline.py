@@ -220,15 +220,24 @@ class Abort:
 
 def format_printf(fmt: str, ints: list[int], read_string) -> str:
     """FMT filled the way printf would with integer-class arguments INTS (in order), %s read through
-    READ_STRING(address). Floating point arguments travel in other registers: shown as '?'."""
+    READ_STRING(address) (None: unreadable). A '*' width or precision takes an argument, as in C.
+    Floating point arguments travel in other registers: shown as '?'. Arguments beyond INTS: the
+    conversion is left as written."""
     out, i, pos = [], 0, 0
-    for m in re.finditer(r"%([-+ #0]*\d*(?:\.\d+)?)(hh|h|ll|l|z|j|t)?([diouxXcspfFeEgGa%])", fmt):
+    bits_of = {"hh": 8, "h": 16, "l": 64, "ll": 64, "z": 64, "j": 64, "t": 64}
+    for m in re.finditer(r"%([-+ #0]*)(\*|\d*)(?:\.(\*|\d*))?(hh|h|ll|l|z|j|t)?([diouxXcspnfFeEgGa%])", fmt):
         out.append(fmt[pos:m.start()])
         pos = m.end()
-        conv = m.group(3)
+        conv = m.group(5)
         if conv == "%":
             out.append("%")
             continue
+        stars = (m.group(2) == "*") + (m.group(3) == "*")
+        if i + stars > len(ints):
+            out.append(m.group(0))
+            continue
+        precision = ints[i + stars - 1] if m.group(3) == "*" else int(m.group(3)) if m.group(3) else None
+        i += stars  # the width / precision arguments: not shown
         if conv in "fFeEgGa":
             out.append("?")
             continue
@@ -237,15 +246,18 @@ def format_printf(fmt: str, ints: list[int], read_string) -> str:
             continue
         v = ints[i]
         i += 1
-        size = m.group(2)
+        if conv == "n":
+            continue  # writes a count through its pointer: prints nothing
         if conv == "s":
-            out.append(read_string(v) if v else "(null)")
+            text = read_string(v) if v else "(null)"
+            text = "(unreadable)" if text is None else text
+            out.append(text[:precision] if v and precision is not None and 0 <= precision < (1 << 31) else text)
         elif conv == "c":
-            out.append(chr(v & 0xFF))
+            out.append(chr(v & 0xFF) if v & 0xFF else "")
         elif conv == "p":
             out.append(f"{v:#x}")
         else:
-            bits = 64 if size in ("l", "ll", "z", "j", "t") else 32
+            bits = bits_of.get(m.group(4), 32)
             v &= (1 << bits) - 1
             if conv in "di" and v >> (bits - 1):
                 v -= 1 << bits

@@ -428,7 +428,8 @@ def verdict(before: dict, after: dict, functions: list[str] | None = None) -> tu
         # the same words, but another cause behind them now: the simulated wall was real, and the next
         # one happens to end in the same message (a driver too old, met once cudart gets its entry points)
         had = {_same_words(f) for f in before.get("findings") or []}
-        behind = next((f for f in after.get("findings") or [] if f.get("explains") is not None
+        code = _printed_code(after)
+        behind = next((f for f in after.get("findings") or [] if code is not None and f.get("explains") == code
                        and _same_words(f) not in had), None)
         if behind is not None:
             return "proven", (f"the same text ({now!r}), but the re-run went further and met another cause behind "
@@ -464,6 +465,17 @@ def _same_failure_next(before: dict, after: dict, functions: list[str]) -> str |
     return None
 
 
+def _printed_code(report: dict) -> int | None:
+    """The cudaError behind the error text REPORT's run printed ("failed to initialize CUDA: <text>")."""
+    import re
+
+    from .codes import cuda_error_from_message
+
+    text = error_text(report) or ""
+    m = re.search(r"failed to initialize CUDA: (.*)", text)
+    return cuda_error_from_message(m.group(1)) if m else None
+
+
 def _texts(report: dict) -> list[str]:
     return [e.get("text", "").strip() for e in report.get("errors") or []]
 
@@ -472,7 +484,8 @@ def _same_words(finding: dict) -> tuple:
     """A finding as two runs can compare it: its rule and summary without process ids."""
     import re
 
-    return finding.get("rule"), re.sub(r"\bpids? \d+", "pid N", finding.get("summary") or "")
+    summary = re.sub(r"\bpids? \d+", "pid N", finding.get("summary") or "")
+    return finding.get("rule"), re.sub(r"\b0x[0-9a-f]{5,}\b", "0x...", summary)  # load addresses move between runs
 
 
 def render(walls: list[dict], seconds: float) -> list[str]:

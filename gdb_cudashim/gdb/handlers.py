@@ -403,12 +403,16 @@ class AbortBreakpoint(FunctionBreakpoint):
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()
         file, line, fmt, a, b, c, rsp = memory.regs("rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp")
-        stacked = [memory.read_u64(inferior, rsp + 8 * (1 + i)) or 0 for i in range(3)]  # 7th.. integer args
+        # the 7th.. integer arguments are on the stack from rsp+8 at the first instruction, where a placed
+        # breakpoint stops; a by-name one may sit after the prologue, where rsp has moved: none read then
+        stacked = ([memory.read_u64(inferior, rsp + 8 * (1 + i)) or 0 for i in range(3)]
+                   if getattr(self, "placed_at", None) is not None else [])
 
         def text(address, limit=512):
             return (memory.read_cstring(inferior, address, limit) or "") if address else ""
 
-        message = format_printf(text(fmt), [a, b, c, *stacked], text)
+        message = format_printf(text(fmt), [a, b, c, *stacked],
+                                lambda address: memory.read_cstring(inferior, address, 512))
         tracer.timeline.add(Abort(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, file=text(file),
                                   line=memory.as_int32(line), message=message[:1000]))
         return False

@@ -62,6 +62,14 @@ def test_cuda_patch_rejects_what_cannot_work():
     assert _out("show environment LD_PRELOAD").strip() == f"LD_PRELOAD = /lib/x86_64-linux-gnu/libm.so.6:{standin}"
     _out("cuda-patch delete all")
     assert _out("show environment LD_PRELOAD").strip() == "LD_PRELOAD = /lib/x86_64-linux-gnu/libm.so.6"
+    # two preloads, deleted oldest first: each takes only its own entry out
+    audit = os.path.join(SHIM, "libcudashim-audit.so")
+    first = _out(f"cuda-patch dlsym --return 0 --preload {standin}").split(":")[0].split("#")[1]
+    _out(f"cuda-patch dlopen --return 0 --preload {audit}")
+    _out(f"cuda-patch delete {first}")
+    assert _out("show environment LD_PRELOAD").strip() == f"LD_PRELOAD = /lib/x86_64-linux-gnu/libm.so.6:{audit}"
+    _out("cuda-patch delete all")
+    assert _out("show environment LD_PRELOAD").strip() == "LD_PRELOAD = /lib/x86_64-linux-gnu/libm.so.6"
     _out("unset environment LD_PRELOAD")
 
 

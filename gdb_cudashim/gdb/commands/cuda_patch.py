@@ -142,24 +142,36 @@ class EnvPatch:
         return f"cuda-patch #{self.id}: pid {pid} started with {self.name}={value!r}, rewritten to {to!r}"
 
 
-def _preload(path: str):
-    """Add PATH to the LD_PRELOAD of the program gdb starts next; what it was before (None: unset)."""
+def _check_preload(path: str) -> None:
     import os
-
-    from ..recording import set_env, show_env
 
     if not os.path.isfile(path) or any(c in path for c in ": \n"):
         raise gdb.GdbError(f"cuda-patch: --preload {path!r}: not a file LD_PRELOAD can name")
+
+
+def _preload(path: str):
+    """Add PATH to the LD_PRELOAD of the program gdb starts next; what it was before (None: unset)."""
+    from ..recording import set_env, show_env
+
+    _check_preload(path)
     before = show_env("LD_PRELOAD")
     set_env("LD_PRELOAD", f"{before}:{path}" if before else path)
     return before
 
 
 def _unpreload(patch) -> None:
-    from ..recording import set_env
+    """Take this patch's library out of the program's LD_PRELOAD (one entry: another patch's, or the
+    user's own, stay whatever order patches are deleted in); unset it when nothing is left."""
+    from ..recording import set_env, show_env
 
-    if getattr(patch, "preload", None):
-        set_env("LD_PRELOAD", patch.preload_before)
+    path = getattr(patch, "preload", None)
+    if not path:
+        return
+    entries = (show_env("LD_PRELOAD") or "").split(":")
+    if path in entries:
+        entries.remove(path)
+    entries = [e for e in entries if e]
+    set_env("LD_PRELOAD", ":".join(entries) if entries else patch.preload_before)
 
 
 def apply_env(pid: int, note) -> None:
@@ -483,11 +495,12 @@ class CudaPatch(Command):
         outs = [_parse_out(o, args.function) for o in args.out]
         if args.cond is not None:
             _check_condition(args.cond)
-        preload_before = _preload(args.preload) if args.preload else None
+        if args.preload:
+            _check_preload(args.preload)
         patch = Patch(_NEXT_ID[0], args.function, value, outs, args.skip, args.count, args.cond)
         patch.shown_value = args.ret
-        patch.preload, patch.preload_before = args.preload, preload_before
         patch.bp = quietly(lambda: _PatchBreakpoint(patch))
+        patch.preload, patch.preload_before = args.preload, (_preload(args.preload) if args.preload else None)
         _NEXT_ID[0] += 1
         session.State.patches[patch.id] = patch
         pending = "" if patch.bp.locations else " (pending: applies when a library defining it loads)"
@@ -542,7 +555,7 @@ class CudaPatch(Command):
                 if not i.isdigit() or int(i) not in session.State.patches:
                     raise gdb.GdbError(f"cuda-patch: no patch #{i} (see 'cuda-patch list')")
                 targets.append(int(i))
-        for i in reversed(targets):  # the last preload first: each restores what was there before it
+        for i in targets:
             _unpreload(session.State.patches[i])
         for i in targets:
             patch = session.State.patches.pop(i)
