@@ -360,62 +360,63 @@ class ExitBreakpoint(FunctionBreakpoint):
         return True
 
 
-class CheckBreakpoint(FunctionBreakpoint):
-    """ggml_cuda_error (calls.CHECK_FUNCTIONS): a CUDA_CHECK / CU_CHECK / CUBLAS_CHECK that failed,
-    read from its arguments (stmt, func, file, line, msg) at a hidden stop. Rare by nature: ggml
-    aborts the process right after, so it is always armed, recorder or not."""
+class _WordsBreakpoint(FunctionBreakpoint):
+    """A rare stop that keeps what ggml says as it gives up, read from the call's own arguments at a
+    hidden stop (never a real one): always armed, recorder or not. HANDLE reads the arguments of the
+    function it is named for and returns the event to add."""
+
+    def __init__(self, tracer, function, address=None):
+        super().__init__(tracer, function, address=address)
+
+    def handle(self):
+        inferior = gdb.selected_inferior()
+        pid, tid = memory.ptid()
+
+        def text(address, limit=512):
+            return (memory.read_cstring(inferior, address, limit) or "") if address else ""
+
+        self.tracer.timeline.add(self.event(inferior, pid, tid, text))
+        return False
+
+
+class CheckBreakpoint(_WordsBreakpoint):
+    """ggml_cuda_error (calls.CHECK_FUNCTIONS): a CUDA_CHECK / CU_CHECK / CUBLAS_CHECK that failed:
+    its statement, ggml's function, file and line, and the error text. ggml aborts right after."""
 
     def __init__(self, tracer, address=None):
         from ..core.calls import CHECK_FUNCTIONS
 
         super().__init__(tracer, CHECK_FUNCTIONS[0], address=address)
 
-    def handle(self):
+    def event(self, inferior, pid, tid, text):
         from ..core.timeline import Check
 
-        tracer = self.tracer
-        inferior = gdb.selected_inferior()
-        pid, tid = memory.ptid()
         stmt, func, file, line, msg = memory.regs("rdi", "rsi", "rdx", "rcx", "r8")
-
-        def text(address, limit=512):
-            return (memory.read_cstring(inferior, address, limit) or "") if address else ""
-
-        tracer.timeline.add(Check(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, statement=text(stmt),
-                                  function=text(func), file=text(file), line=memory.as_int32(line),
-                                  message=text(msg)))
-        return False
+        return Check(seq=self.tracer.timeline.next_seq(), pid=pid, tid=tid, statement=text(stmt), function=text(func),
+                     file=text(file), line=memory.as_int32(line), message=text(msg))
 
 
-class AbortBreakpoint(FunctionBreakpoint):
-    """ggml_abort (calls.ABORT_FUNCTIONS): GGML_ABORT / GGML_ASSERT, ggml's own words read from the
-    call (file, line, the format and its first integer-class arguments) at a hidden stop."""
+class AbortBreakpoint(_WordsBreakpoint):
+    """ggml_abort (calls.ABORT_FUNCTIONS): GGML_ABORT / GGML_ASSERT, ggml's own words: the file, the
+    line, and the format filled from its first integer-class arguments."""
 
     def __init__(self, tracer, address=None):
         from ..core.calls import ABORT_FUNCTIONS
 
         super().__init__(tracer, ABORT_FUNCTIONS[0], address=address)
 
-    def handle(self):
+    def event(self, inferior, pid, tid, text):
         from ..core.timeline import Abort, format_printf
 
-        tracer = self.tracer
-        inferior = gdb.selected_inferior()
-        pid, tid = memory.ptid()
         file, line, fmt, a, b, c, rsp = memory.regs("rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp")
         # the 7th.. integer arguments are on the stack from rsp+8 at the first instruction, where a placed
         # breakpoint stops; a by-name one may sit after the prologue, where rsp has moved: none read then
         stacked = ([memory.read_u64(inferior, rsp + 8 * (1 + i)) or 0 for i in range(3)]
                    if getattr(self, "placed_at", None) is not None else [])
-
-        def text(address, limit=512):
-            return (memory.read_cstring(inferior, address, limit) or "") if address else ""
-
         message = format_printf(text(fmt), [a, b, c, *stacked],
                                 lambda address: memory.read_cstring(inferior, address, 512))
-        tracer.timeline.add(Abort(seq=tracer.timeline.next_seq(), pid=pid, tid=tid, file=text(file),
-                                  line=memory.as_int32(line), message=message[:1000]))
-        return False
+        return Abort(seq=self.tracer.timeline.next_seq(), pid=pid, tid=tid, file=text(file),
+                     line=memory.as_int32(line), message=message[:1000])
 
 
 class KillBreakpoint(FunctionBreakpoint):
