@@ -116,6 +116,7 @@ def decode_struct(kind: str, data: bytes | None) -> dict | None:
 # names the failed statement from its arguments, wherever the log text goes.
 CHECK_FUNCTIONS = ("_Z15ggml_cuda_errorPKcS0_S0_iS0_",)
 CHECK_ARGS = ("statement", "function", "file", "line", "message")
+VMM_ATTRIBUTE = 102  # CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: ggml takes its VMM pool when 1
 # GGML_ABORT / GGML_ASSERT: ggml_abort(file, line, fmt, ...) in libggml-base, just before abort():
 # the rare stop that keeps ggml's own words, wherever its stderr goes
 ABORT_FUNCTIONS = ("ggml_abort",)

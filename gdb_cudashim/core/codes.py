@@ -136,6 +136,13 @@ def result_name(kind: str, code: int | None) -> str:
             "cublasStatus_t": cublas_name}.get(kind, lambda c: str(c))(code)
 
 
+def ggml_init_error(text: str) -> int | None:
+    """The cudaError_t behind ggml's "failed to initialize CUDA: <cudaGetErrorString>" line, or None
+    when TEXT is not that line (or names no error this table knows)."""
+    m = re.search(r"failed to initialize CUDA: (.*)", text)
+    return cuda_error_from_message(m.group(1)) if m else None
+
+
 def cuda_error_from_message(message: str) -> int | None:
     """The cudaError_t whose cudaGetErrorString() is MESSAGE (exact, then prefix)."""
     msg = message.strip()

@@ -217,6 +217,13 @@ def _fatbin_targets(path: str, mtime: float, size: int) -> dict | None:
             "compressed_ptx": sorted(a for k, a in compressed if k == "ptx")}
 
 
+def targets_words(targets: dict) -> str:
+    """TARGETS (fatbin_targets) as a person reads them: "sm_75, sm_86 and PTX compute_75"."""
+    return " and ".join(filter(None, [
+        f"sm_{', sm_'.join(map(str, targets['sm']))}" if targets["sm"] else "",
+        f"PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else ""])) or "nothing"
+
+
 def runs_on(targets: dict, major: int, minor: int) -> bool:
     """Can a device of compute capability major.minor run this code? A cubin runs on its own
     major version at an equal or higher minor; PTX is compiled for any later device."""

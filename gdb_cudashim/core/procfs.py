@@ -22,6 +22,18 @@ def read_environ(pid: int) -> dict[str, str]:
     return env
 
 
+def environ_span(pid: int) -> tuple[int, int]:
+    """Where PID's environment strings lie in its memory: env_start, env_end of /proc/PID/stat
+    (fields 50 and 51, counted after the command name's closing parenthesis). OSError/ValueError
+    when it cannot be read."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    try:
+        return int(fields[47]), int(fields[48])
+    except IndexError:
+        raise ValueError(f"/proc/{pid}/stat has no env_start/env_end") from None
+
+
 def parent_pid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:

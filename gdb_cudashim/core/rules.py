@@ -17,9 +17,8 @@ from .timeline import Call, Timeline
 def _ggml_error_code(tl: Timeline) -> tuple[int | None, str | None]:
     """The cudaError_t behind ggml's "failed to initialize CUDA: <text>" line."""
     for w in tl.errors:
-        m = re.search(r"failed to initialize CUDA: (.*)", w.text)
-        if m:
-            return codes.cuda_error_from_message(m.group(1)), w.text.strip()
+        if "failed to initialize CUDA: " in w.text:
+            return codes.ggml_init_error(w.text), w.text.strip()
     return None, None
 
 
@@ -909,7 +908,6 @@ def analyze(tl: Timeline, explain_load=None) -> list[Finding]:
         # ended the process: the call's cause comes first, the abort (killed-by-signal) follows
         return sorted(findings, key=lambda f: 0 if f.rule in FIRST else 1 if f.explains == driver else 2)
     if code is None:  # nothing printed: a process that died in its init is what the user saw
-        # (a wall past init, such as a VMM granularity of 0 that ggml divides by, before the crash it causes)
         # FIRST before all (what the run printed never mattered); then a wall past init that killed the
         # process (a VMM granularity of 0 that ggml divides by) before the crash it caused
         return sorted(findings, key=lambda f: 0 if f.rule == "device-count" else 1 if f.rule in FIRST

@@ -93,7 +93,7 @@ def rule_device_without_properties(tl: Timeline) -> list[Finding]:
 
 def rule_device_compute_capability(tl: Timeline) -> list[Finding]:
     """Compute capability 0.0, or below every architecture this libggml-cuda carries code for."""
-    from .devprops import fatbin_targets, is_blank, runs_on
+    from .devprops import fatbin_targets, is_blank, runs_on, targets_words
 
     out = []
     for pid in _pids(tl):
@@ -105,8 +105,7 @@ def rule_device_compute_capability(tl: Timeline) -> list[Finding]:
             ggml = c.caller if role_of(c.caller) == "ggml-cuda" else next(
                 (l.resolved or l.path for l in tl.loads if l.pid == pid and role_of(l.path) == "ggml-cuda"), None)
             targets = fatbin_targets(ggml) if ggml else None
-            built = (f"sm_{', sm_'.join(map(str, targets['sm']))}" + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}"
-                     if targets["ptx"] else "")) if targets else None
+            built = targets_words(targets) if targets else None
             if major and not (targets and not runs_on(targets, major, minor)):
                 continue
             ev = [f"{_prop_call(c)} set prop.major = {major}, prop.minor = {minor} (offsets 360/364)"]

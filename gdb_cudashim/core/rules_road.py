@@ -310,7 +310,7 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
     """The compute capability a probe reads from the driver (cuDeviceGetAttribute 75/76, ollama's
     gpu-discover) that ggml cannot use: 0.0, or below every architecture the run's libggml-cuda
     carries. ggml's own path (cudaDeviceProp) is device-compute-capability's."""
-    from .devprops import fatbin_targets, runs_on
+    from .devprops import fatbin_targets, runs_on, targets_words
 
     ggml, targets, read = None, None, False  # the backend's fat binary is read once a device needs it (~50 ms)
     out = []
@@ -331,9 +331,7 @@ def rule_probe_compute_capability(tl: Timeline) -> list[Finding]:
             exact_miss = bool(archs) and major > 0 and not low and major * 10 + minor not in archs
             if major > 0 and not low and not exact_miss:
                 continue
-            built = (f"sm_{', sm_'.join(map(str, targets['sm']))}"
-                     + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else "")
-                     ) if targets else None
+            built = targets_words(targets) if targets else None
             ev = [f"{_call(asked_major)}: ComputeCapabilityMajor (75) = {major}, ComputeCapabilityMinor (76) = {minor}"]
             if built:
                 ev.append(f"{_base(ggml)}, loaded in this run, carries GPU code for {built} only")

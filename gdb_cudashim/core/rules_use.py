@@ -12,21 +12,19 @@ Each rule is Timeline -> list[Finding]. Pure: never imports gdb.
 """
 from __future__ import annotations
 
+import re
+
 from . import codes
+from .calls import VMM_ATTRIBUTE
 from .finding import Finding, base as _base
-from .rules_device import _capabilities, ggml_in_run
+from .rules_device import _capabilities, _cuda_count, ggml_in_run
+from .rules_road import _prog
 from .timeline import Call, Check, Timeline
 
 NO_KERNEL_IMAGE = 209  # cudaErrorNoKernelImageForDevice
 INVALID_DEVICE_FUNCTION = 98  # cudaErrorInvalidDeviceFunction: the same wall, as older runtimes say it
 VMM_CALLS = ("cuMemAddressReserve", "cuMemCreate", "cuMemMap", "cuMemSetAccess")
-VMM_ATTRIBUTE = 102  # CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
 MIB = 1 << 20
-
-
-def _prog(tl: Timeline, pid: int) -> str:
-    start = tl.process_start(pid)
-    return f"pid {pid} ({_base(start.detail) if start else '?'})"
 
 
 def _mib(n) -> str:
@@ -35,17 +33,6 @@ def _mib(n) -> str:
 
 def _use_calls(tl: Timeline, pid: int) -> list[Call]:
     return [c for c in tl.calls if c.pid == pid and c.spec is not None and c.spec.first_use and c.returned]
-
-
-def _initialised(tl: Timeline, pid: int) -> int | None:
-    """The device count PID's init ended with (cudaGetDeviceCount, else cuDeviceGetCount), if it succeeded."""
-    for name in ("cudaGetDeviceCount", "cuDeviceGetCount"):
-        for c in reversed(tl.calls):
-            if c.pid == pid and c.function == name and c.returned and not c.failed:
-                count = c.args.get("count")
-                if isinstance(count, int):
-                    return count
-    return None
 
 
 # ggml's functions that check during its init (ggml_backend_cuda_reg checks cudaGetDeviceProperties
@@ -95,7 +82,7 @@ def _device_memory(tl: Timeline, pid: int) -> int | None:
 def _kernel_image(tl: Timeline, check: Check, code: int | None) -> Finding:
     """'no kernel image is available' at the first launch: the architecture (the device's capability
     against the code libggml-cuda carries), or a runtime that cannot launch what it was handed."""
-    from .devprops import code_for, fatbin_targets
+    from .devprops import code_for, fatbin_targets, targets_words
 
     pid = check.pid
     ggml = ggml_in_run(tl)
@@ -105,9 +92,7 @@ def _kernel_image(tl: Timeline, check: Check, code: int | None) -> Finding:
             if isinstance(major, int) and isinstance(minor, int)]
     built = None
     if targets:
-        built = " and ".join(filter(None, [
-            f"sm_{', sm_'.join(map(str, targets['sm']))}" if targets["sm"] else "",
-            f"PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else ""])) or "nothing"
+        built = targets_words(targets)
         ev.append(f"{_base(ggml)} carries GPU code for {built}")
     runnable = []
     for dev, major, minor, where in caps:
@@ -254,7 +239,7 @@ def rule_first_use_failed(tl: Timeline) -> list[Finding]:
     out = []
     checked = {(c.pid, c.called) for c in tl.checks}
     for pid in sorted({c.pid for c in tl.calls}):
-        if not _initialised(tl, pid):
+        if not _cuda_count(tl, pid)[1]:  # no device at init: nothing was used
             continue
         seen = set()
         vmm = any(c.pid == pid and c.function == "cuDeviceGetAttribute" and c.returned and not c.failed
@@ -284,9 +269,7 @@ def rule_arch_abort(tl: Timeline) -> list[Finding]:
     CUDA arch <= %d", or a patched ggml's "not compiled with support for this arch" under
     GGML_CUDA_INIT=1): in ggml's own words, with the capability the process was told and the code
     the run's libggml-cuda carries."""
-    import re
-
-    from .devprops import fatbin_targets
+    from .devprops import fatbin_targets, targets_words
 
     out = []
     for a in tl.aborts:
@@ -299,8 +282,7 @@ def rule_arch_abort(tl: Timeline) -> list[Finding]:
         ev = [f"ggml_abort at {a.file.rsplit('/', 1)[-1]}:{a.line}: {a.message!r}"]
         ev += [f"device {dev}: compute capability {mj}.{mn} ({where})" for dev, mj, mn, where in caps]
         if targets:
-            ev.append(f"{_base(ggml)} carries GPU code for sm_{', sm_'.join(map(str, targets['sm'])) or '-'}"
-                      + (f" and PTX compute_{', compute_'.join(map(str, targets['ptx']))}" if targets["ptx"] else ""))
+            ev.append(f"{_base(ggml)} carries GPU code for {targets_words(targets)}")
         cc = f"{caps[0][1]}.{caps[0][2]}" if caps else "?"
         out.append(Finding(
             rule="ggml-arch-abort", pid=a.pid,

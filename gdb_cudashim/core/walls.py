@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from .calls import VMM_ATTRIBUTE
+
 # init calls whose failure a stand-in result can lift, with the out-parameters a success needs
 _SUCCESS_OUTS = {
     "cuInit": [],
@@ -52,7 +54,6 @@ _CANNOT = {
                         "that is not there",
     "cublas-create-failed": "a cuBLAS handle is cuBLAS's own object, made on the device: no stand-in answer makes one",
 }
-VMM_ATTRIBUTE = 102  # CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
 
 Patch = list  # one cuda-patch command's arguments: [FUNCTION, --return, VALUE, --out, ...]
 
@@ -467,13 +468,9 @@ def _same_failure_next(before: dict, after: dict, functions: list[str]) -> str |
 
 def _printed_code(report: dict) -> int | None:
     """The cudaError behind the error text REPORT's run printed ("failed to initialize CUDA: <text>")."""
-    import re
+    from .codes import ggml_init_error
 
-    from .codes import cuda_error_from_message
-
-    text = error_text(report) or ""
-    m = re.search(r"failed to initialize CUDA: (.*)", text)
-    return cuda_error_from_message(m.group(1)) if m else None
+    return ggml_init_error(error_text(report) or "")
 
 
 def _texts(report: dict) -> list[str]:

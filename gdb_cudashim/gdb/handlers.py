@@ -365,9 +365,6 @@ class _WordsBreakpoint(FunctionBreakpoint):
     hidden stop (never a real one): always armed, recorder or not. HANDLE reads the arguments of the
     function it is named for and returns the event to add."""
 
-    def __init__(self, tracer, function, address=None):
-        super().__init__(tracer, function, address=address)
-
     def handle(self):
         inferior = gdb.selected_inferior()
         pid, tid = memory.ptid()

@@ -32,6 +32,9 @@ class Patch:
         self.history: list[dict] = []
         self.bp: _PatchBreakpoint | None = None
         self.finishes: list = []
+        self.shown_value: str | None = None  # --return as given (sym:NAME), where VALUE is what gdb evaluates
+        self.preload: str | None = None  # --preload PATH
+        self.preload_before: str | None = None  # LD_PRELOAD before it (None: unset)
 
     def reset_counts(self) -> None:
         """A new run of the program (cuda-whatif): --count and the notes count from zero again."""
@@ -40,8 +43,8 @@ class Patch:
         self.cond_error = ""
 
     def describe(self) -> str:
-        parts = [f"--return {getattr(self, 'shown_value', None) or self.value}"] + [f"--out {o.shown}" for o in self.outs]
-        if getattr(self, "preload", None):
+        parts = [f"--return {self.shown_value or self.value}"] + [f"--out {o.shown}" for o in self.outs]
+        if self.preload:
             parts.append(f"--preload {self.preload}")
         if self.skip:
             parts.append("--skip")
@@ -88,6 +91,7 @@ class EnvPatch:
         self.finishes: list = []
         self.history: list[dict] = []
         self.failed = ""  # why a matching value could not be rewritten, the first time
+        self.preload = None  # what delete reads of every patch (Patch's --preload)
 
     def reset_counts(self) -> None:
         self.hits = self.calls = 0
@@ -106,7 +110,7 @@ class EnvPatch:
 
     def apply(self, pid: int) -> str | None:
         """Rewrite NAME in PID's environment strings (just exec'd) in place; a line for the report, or None."""
-        from ...core.procfs import ProcError, read_environ
+        from ...core.procfs import ProcError, environ_span, read_environ
 
         try:
             value = read_environ(pid).get(self.name)
@@ -121,9 +125,7 @@ class EnvPatch:
             self.failed = self.failed or f"{self.name}={to!r} is longer than {value!r} in bytes"
             return f"cuda-patch #{self.id}: cannot write {self.name}={to!r} over {value!r} in pid {pid} (longer)"
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51)
+            start, end = environ_span(pid)
             inferior = next(i for i in gdb.inferiors() if i.pid == pid)
             block = bytes(inferior.read_memory(start, end - start))
             entry = self.name.encode() + b"=" + old + b"\0"
@@ -134,7 +136,7 @@ class EnvPatch:
                 self.failed = self.failed or f"{self.name}={value!r} not found in pid {pid}'s environment strings"
                 return None
             inferior.write_memory(start + at + len(self.name) + 1, new + b"\0")
-        except (OSError, ValueError, IndexError, StopIteration, gdb.error, gdb.MemoryError) as exc:
+        except (OSError, ValueError, StopIteration, gdb.error, gdb.MemoryError) as exc:
             self.failed = self.failed or f"could not rewrite it in pid {pid}: {exc}"
             return f"cuda-patch #{self.id}: could not rewrite {self.name} in pid {pid}: {exc}"
         self.hits += 1
@@ -164,7 +166,7 @@ def _unpreload(patch) -> None:
     user's own, stay whatever order patches are deleted in); unset it when nothing is left."""
     from ..recording import set_env, show_env
 
-    path = getattr(patch, "preload", None)
+    path = patch.preload
     if not path:
         return
     entries = (show_env("LD_PRELOAD") or "").split(":")
