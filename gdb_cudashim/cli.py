@@ -640,7 +640,7 @@ def _emit(report: dict, args, command: list[str], gdb, ref: dict | None = None) 
     if report.get("walls") is not None:
         from .core import walls as walls_mod
 
-        lines += walls_mod.render(report["walls"], report.get("walls_s") or 0.0)
+        lines += walls_mod.render(report["walls"], report.get("walls_s") or 0.0, report.get("tested") or [])
     if compared:
         lines += [""] + compared[1]
     _print("\n".join(lines) + "\n", sys.stderr if stream == 1 else sys.stdout)
@@ -703,11 +703,11 @@ def cmd_run(args) -> int:
         program_argv = ["/bin/sh", "-c", f'eval "${ARGV_VAR}"; unset {ARGV_VAR}; exec "$@"', "gdb-cudashim"]
     report = _gdb_report(make_cmd_with([]), env, no_report, timeout=args.timeout)
     if args.what_if and not report.get("partial"):
-        report["walls"], report["walls_s"] = _what_if(report, make_cmd_with, env, no_report, args)
+        report["walls"], report["tested"], report["walls_s"] = _what_if(report, make_cmd_with, env, no_report, args)
     return _emit(report, args, args.command, gdb, ref)
 
 
-def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[dict], float]:
+def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[dict], list[dict], float]:
     """run --what-if (core/walls.py's chain): each re-run is an ordinary run in a gdb of its own,
     the same timeout, children followed, a server ended rather than left running."""
     import time
@@ -719,12 +719,12 @@ def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[di
     def rerun(patches):
         return _gdb_report(make_cmd_with(patches, end_server=True), env, no_report, timeout=args.timeout)
 
-    def announce(number, words):
-        print(f"gdb-cudashim: what-if {number}: {words}", file=sys.stderr)
+    def announce(label, words):
+        print(f"gdb-cudashim: what-if {label}: {words}", file=sys.stderr)
 
-    walls = walls_mod.chain(report, rerun, args.max_walls, announce)
-    walls_mod.rank(report, walls)
-    return walls, round(time.monotonic() - started, 1)
+    walls, tested = walls_mod.prove(report, rerun, args.max_walls, announce)
+    walls_mod.rank(report, walls, tested)
+    return walls, tested, round(time.monotonic() - started, 1)
 
 
 def _load_reference(path: str) -> dict:

@@ -93,13 +93,13 @@ def test_reports_of_different_programs_or_schemas_are_refused(stack, probe, tmp_
     assert proc.stderr == "gdb-cudashim: not the same program: REF ran probe, RUN ran spawner; diff compares two " \
                           "runs of one program\n"
     report = json.loads(reference[0].read_text())
-    cases = {"old.json": {k: v for k, v in report.items() if k != "schema"}, "future.json": dict(report, schema=3)}
+    cases = {"old.json": {k: v for k, v in report.items() if k != "schema"}, "future.json": dict(report, schema=4)}
     for name, content in cases.items():
         (tmp_path / name).write_text(json.dumps(content))
     (tmp_path / "text.json").write_text("not json")
     (tmp_path / "list.json").write_text("[1, 2]")
-    for name, words in [("old.json", "has no schema version"), ("future.json", "is report schema 3; this gdb-cudashim "
-                        "reads schemas 1 and 2"), ("text.json", "is not JSON"), ("list.json", "is not a gdb-cudashim run --json"),
+    for name, words in [("old.json", "has no schema version"), ("future.json", "is report schema 4; this gdb-cudashim "
+                        "reads schemas 1, 2 and 3"), ("text.json", "is not JSON"), ("list.json", "is not a gdb-cudashim run --json"),
                         ("missing.json", "cannot read RUN")]:
         proc = run_cli(["diff", str(reference[0]), str(tmp_path / name)])
         assert proc.returncode == 2 and words in proc.stderr, (name, proc.stderr)
@@ -230,3 +230,22 @@ def test_folding_keeps_the_first_and_counts_the_rest():
 def test_check_refuses_in_one_line(bad, words):
     with pytest.raises(diff.ReportError, match=words):
         diff.check(bad, "REF x.json")
+
+
+def test_walls_and_the_findings_tested_beside_them_are_compared_by_verdict():
+    """run --what-if's two lists: a finding tested beside the walls whose verdict differs is its own
+    divergence ("tested 1"), after the walls; a schema 2 report (no "tested") compares its walls only."""
+    wall = {"wall": 1, "rule": "driver-version", "summary": "11.8", "verdict": "proven", "why": "gone",
+            "simulation": ["cuda-patch", "cuDriverGetVersion"]}
+    test = {"test": 1, "rule": "missing-cuGetProcAddress_v2", "summary": "no v2", "verdict": "not the cause",
+            "why": "the same", "simulation": ["cuda-patch", "dlsym"], "on_walls": [1]}
+    ref = report([start(1, "/p")]) | {"walls": [wall], "tested": [test]}
+    run = report([start(2, "/p")]) | {"walls": [wall], "tested": [test | {"verdict": "proven"}]}
+    diff.check(ref, "REF")
+    (d,) = diff.compare(ref, run)
+    assert (d.kind, d.event, d.subject, d.ref, d.run) == (
+        "differs", "wall", "tested 1", "missing-cuGetProcAddress_v2: not the cause", "missing-cuGetProcAddress_v2: proven")
+    old = report([start(3, "/p")]) | {"schema": 2, "walls": [wall]}
+    assert diff.compare(old, run) == []
+    with pytest.raises(diff.ReportError, match="tested is malformed at tested\\[0\\]"):
+        diff.check(report([]) | {"tested": [{"test": "1"}]}, "RUN")

@@ -11,7 +11,7 @@ def test_an_old_driver_then_cuinit_100_are_two_proven_walls(stack, probe, tmp_pa
                    CUDASHIM_DRIVER_VERSION=11080)
     proc, report = run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
-    assert report["schema"] == 2
+    assert report["schema"] == 3
     w1, w2, w3 = report["walls"]
     assert (w1["rule"], w1["verdict"]) == ("driver-version", "proven"), w1
     assert w1["simulation"][:2] == ["cuda-patch", "cuDriverGetVersion"] and "no CUDA-capable device" in w1["error_after"]
@@ -29,6 +29,34 @@ def test_the_seed_shims_first_wall_cannot_be_simulated_and_says_why(stack, probe
     assert (wall["rule"], wall["verdict"]) == ("missing-cuGetExportTable", "cannot simulate")
     assert "private export tables" in wall["why"] and wall["simulation"] is None
     assert "cannot simulate: NVIDIA's private export tables" in proc.stdout
+
+
+def test_a_lookup_miss_cudart_tolerates_is_tested_and_ranked_down(stack, probe, tmp_path):
+    """#20's decoy: the seed shim exports no cuGetProcAddress_v2, and cudart tolerates that (it falls
+    back to plain dlsym and goes on to cuInit). With its driver saying 11.8 the first run ranks that
+    miss second, above the missing export table. The chain proves the driver version, then stops at
+    the export table (nothing simulates it); the miss no wall reached is tested beside them: with
+    the stand-in cuGetProcAddress_v2 the run fails the same way, so it is not the cause and drops
+    below the export table, with the re-run's evidence."""
+    env = env_with(LD_LIBRARY_PATH=SEED, GGML_CUDA_LIB=stack.ggml_cuda, CUDASHIM_DRIVER_VERSION=11080)
+    proc, first = run_report(tmp_path, [probe], env)
+    assert [f["rule"] for f in first["findings"]] == ["driver-version", "missing-cuGetProcAddress_v2",
+                                                      "missing-cuGetExportTable"], first["findings"]
+    proc, report = run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
+    assert report["schema"] == 3
+    assert [(w["rule"], w["verdict"]) for w in report["walls"]] == [
+        ("driver-version", "proven"), ("missing-cuGetExportTable", "cannot simulate")], report["walls"]
+    (test,) = report["tested"]
+    assert (test["rule"], test["verdict"], test["on_walls"]) == ("missing-cuGetProcAddress_v2", "not the cause", [1])
+    assert test["simulation"][:4] == ["cuda-patch", "dlsym", "--return", "sym:cudashim_standin_cuGetProcAddress_v2"]
+    assert "API call is not supported" in test["error_before"] and test["error_after"] == test["error_before"]
+    assert [f["rule"] for f in report["findings"]] == ["driver-version", "missing-cuGetExportTable",
+                                                       "missing-cuGetProcAddress_v2"], report["findings"]
+    decoy = report["findings"][-1]
+    assert decoy["not_the_cause"] and decoy["evidence"][-1].startswith("what-if test 1, with the fix of wall 1: "
+                                                                       "not the cause (with cuda-patch dlsym")
+    assert "also tested (with wall 1's fix): libcuda.so.1 does not export cuGetProcAddress_v2" in proc.stdout
+    assert "1 other finding(s) tested beside them" in proc.stdout
 
 
 def test_memory_queries_past_init_are_two_proven_walls(tmp_path):

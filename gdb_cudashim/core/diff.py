@@ -80,7 +80,7 @@ def check(report, label: str) -> dict:
         raise ReportError(f"{label} has no schema version (written by an older gdb-cudashim): record it again")
     if type(schema) is not int or schema not in READABLE_SCHEMAS:
         raise ReportError(f"{label} is report schema {schema!r}; this gdb-cudashim reads schemas "
-                          + " and ".join(map(str, READABLE_SCHEMAS)))
+                          + ", ".join(map(str, READABLE_SCHEMAS[:-1])) + f" and {READABLE_SCHEMAS[-1]}")
     for key, fields in _EVENT_FIELDS.items():
         events = report.get(key)
         if not _is(events, _LIST):
@@ -101,15 +101,16 @@ def check(report, label: str) -> dict:
     left = report.get("left_running")
     if not _is(left, _LIST) or not all(_is(p, _INT) for p in left or []):
         bad("left_running")
-    walls = report.get("walls")
-    if not _is(walls, _LIST):
-        bad("walls")
-    for i, w in enumerate(walls or []):
-        if not isinstance(w, dict) or not _is(w.get("wall"), _INT) or not all(
-                isinstance(w.get(k), str) for k in ("rule", "verdict")) or not all(
-                _is(w.get(k), _STR) for k in ("summary", "why")) \
-                or not _is(w.get("simulation"), _LIST):
-            bad(f"walls[{i}]")
+    for key, number in (("walls", "wall"), ("tested", "test")):
+        entries = report.get(key)
+        if not _is(entries, _LIST):
+            bad(key)
+        for i, w in enumerate(entries or []):
+            if not isinstance(w, dict) or not _is(w.get(number), _INT) or not all(
+                    isinstance(w.get(k), str) for k in ("rule", "verdict")) or not all(
+                    _is(w.get(k), _STR) for k in ("summary", "why")) \
+                    or not _is(w.get("simulation"), _LIST):
+                bad(f"{key}[{i}]")
     libraries = report.get("libraries")
     if not _is(libraries, _LIST):
         bad("libraries")
@@ -415,22 +416,26 @@ def compare(ref: dict, run: dict) -> list[Divergence]:
 
 
 def _wall_divergences(ref: dict, run: dict, position: float) -> list[Divergence]:
-    """run --what-if's chains, wall by wall (after every event: a wall is a re-run's conclusion,
-    not a moment of this run): a wall that is another finding, or the same finding with another
-    verdict. Reports without walls (no --what-if on one side) are not compared here."""
-    ref_walls, run_walls = ref.get("walls"), run.get("walls")
-    if ref_walls is None or run_walls is None:
+    """run --what-if's chains, wall by wall, then the findings tested beside them (after every
+    event: a wall is a re-run's conclusion, not a moment of this run): a wall that is another
+    finding, or the same finding with another verdict. Reports without walls (no --what-if on one
+    side) are not compared here; a report from before "tested" (schema 2) has none to compare."""
+    if ref.get("walls") is None or run.get("walls") is None:
         return []
     out = []
-    for n in range(max(len(ref_walls), len(run_walls))):
-        a = ref_walls[n] if n < len(ref_walls) else None
-        b = run_walls[n] if n < len(run_walls) else None
-        said = [f"{w['rule']}: {w['verdict']}" if w else None for w in (a, b)]
-        if said[0] == said[1]:
+    for key, word in (("walls", "wall"), ("tested", "tested")):
+        ref_walls, run_walls = ref.get(key), run.get(key)
+        if ref_walls is None or run_walls is None:
             continue
-        kind = "differs" if a and b else "only-in-ref" if a else "only-in-run"
-        out.append(Divergence(kind, "what-if", "wall", f"wall {n + 1}", said[0], said[1],
-                              name=(b or a)["rule"], position=position + n))
+        for n in range(max(len(ref_walls), len(run_walls))):
+            a = ref_walls[n] if n < len(ref_walls) else None
+            b = run_walls[n] if n < len(run_walls) else None
+            said = [f"{w['rule']}: {w['verdict']}" if w else None for w in (a, b)]
+            if said[0] == said[1]:
+                continue
+            kind = "differs" if a and b else "only-in-ref" if a else "only-in-run"
+            out.append(Divergence(kind, "what-if", "wall", f"{word} {n + 1}", said[0], said[1],
+                                  name=(b or a)["rule"], position=position + len(out)))
     return out
 
 

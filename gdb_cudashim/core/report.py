@@ -16,8 +16,10 @@ from .timeline import Timeline, event_to_dict
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_NO_CUDA = 4  # no traced process loaded a CUDA library: nothing to diagnose (not a clean bill)
 # The JSON's layout: raised when a field changes meaning or goes; `gdb-cudashim diff` reads only its own.
-SCHEMA = 2  # 2: the "walls" of run --what-if (core/walls.py); schema 1 reports read the same otherwise
-READABLE_SCHEMAS = (1, 2)
+# 2: the "walls" of run --what-if (core/walls.py); 3: its "tested", the findings no wall reached,
+# each re-run with its own fix. Older reports read the same otherwise (no "tested": none compared).
+SCHEMA = 3
+READABLE_SCHEMAS = (1, 2, 3)
 
 
 def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:

@@ -307,19 +307,26 @@ def _version_wanted(finding: dict) -> int:
     return 13000 if m and m.group(1).startswith("13") else 12090
 
 
-def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
-    """The walls of REPORT's run: simulate the first finding's fix, run again (RERUN(patches) ->
-    the re-run's report, or a string: why it could not run with them), and judge. Proven: the
-    next run's findings are the next wall. Not the cause: the next finding is tried, and the
-    simulation is dropped. A finding that cannot be simulated ends the chain when it claims the
-    error the run printed (nothing past it can be seen); one that claims none (a preload ld.so
-    ignored, an abort that follows) is passed, and the next finding of the same run is tried.
-    ANNOUNCE(wall number, the simulation in words) says what is about to run.
+def prove(report: dict, rerun, max_walls: int, announce=None) -> tuple[list[dict], list[dict]]:
+    """(the walls, the findings tested beside them) of REPORT's run. The walls: simulate the first
+    finding's fix, run again (RERUN(patches) -> the re-run's report, or a string: why it could not
+    run with them), and judge. Proven: the next run's findings are the next wall. Not the cause:
+    the next finding is tried, and the simulation is dropped. A finding that cannot be simulated
+    ends the chain when it claims the error the run printed (nothing past it can be seen); one
+    that claims none (a preload ld.so ignored, an abort that follows) is passed, and the next
+    finding of the same run is tried.
+    Then each finding of the chain's last run that no wall reached and whose fix can be simulated
+    is tested beside the walls, at most MAX_WALLS of them: its fix alone on top of the proven
+    walls' fixes, judged against that last run. Every finding an inference makes gets its re-run
+    (issue #20 item 1): the lookup miss cudart tolerates, listed below the wall that ended the
+    chain, is shown not to be the cause instead of standing there as a second suspect.
+    ANNOUNCE(label, the simulation in words) says what is about to run ("wall 2", "also tested").
     One loop for both drivers: the CLI (a gdb per run) and cuda-whatif (runs in the same gdb)."""
     walls: list[dict] = []
     patches: list[Patch] = []
     current, tried = report, set()
-    while len(walls) < max_walls:
+    ended = False
+    while len(walls) < max_walls and not ended:
         progressed = False
         for f in current.get("findings") or []:
             key = _same_words(f)  # the same finding in a re-run (another pid) is not a new wall
@@ -329,28 +336,49 @@ def chain(report: dict, rerun, max_walls: int, announce=None) -> list[dict]:
             wall = {"wall": len(walls) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
                     "error_before": error_text(current)}
             walls.append(wall)
-            fields, after, sims = _try(f, current, patches, rerun, announce, wall["wall"])
+            fields, after, sims = _try(f, current, patches, rerun, announce, f"wall {wall['wall']}")
             wall.update(fields)
             if fields["verdict"] == "proven":
                 patches += sims
                 current, progressed = after, True
                 break
             if fields["verdict"] == "cannot simulate" and _claims_the_error(f):
-                return walls
+                ended = True
+                break
         if not progressed:
             break
-    return walls
+    return walls, _beside(current, patches, tried, walls, rerun, max_walls, announce)
 
 
-def rank(report: dict, walls: list[dict]) -> None:
+def _beside(current: dict, patches: list[Patch], tried: set, walls: list[dict], rerun, limit: int,
+            announce) -> list[dict]:
+    """The findings of CURRENT (the chain's last run) that no wall reached, each with its fix
+    simulated alone on top of PATCHES (the proven walls' fixes) and judged against CURRENT.
+    Those that cannot be simulated are not re-run: the diagnosis already says what they are."""
+    on = [w["wall"] for w in walls if w.get("verdict") == "proven"]
+    tested: list[dict] = []
+    for f in current.get("findings") or []:
+        key = _same_words(f)
+        if key in tried or len(tested) >= limit or simulation(f, current)[0] is None:
+            continue
+        tried.add(key)
+        entry = {"test": len(tested) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
+                 "error_before": error_text(current), "on_walls": on}
+        fields, _after, _sims = _try(f, current, patches, rerun, announce, "also tested")
+        entry.update(fields)
+        tested.append(entry)
+    return tested
+
+
+def rank(report: dict, walls: list[dict], tested: list[dict] = ()) -> None:
     """A finding whose re-run showed it is not the cause drops in rank: REPORT's findings keep
     their order, those below every other, each with the re-run's evidence. The walls that were
     proven or could not be simulated stay where they were."""
     findings = report.get("findings") or []
     demoted = {}
-    for w in walls:
+    for w in [*walls, *tested]:
         if w.get("verdict") == "not the cause":
-            demoted[_same_words({"rule": w.get("rule"), "summary": w.get("summary")})] = w
+            demoted.setdefault(_same_words({"rule": w.get("rule"), "summary": w.get("summary")}), w)
     if not demoted:
         return
     keep, down = [], []
@@ -359,21 +387,31 @@ def rank(report: dict, walls: list[dict]) -> None:
         if w is None:
             keep.append(f)
             continue
-        f.setdefault("evidence", []).append(f"what-if wall {w['wall']}: not the cause (with {shown(w['simulation'])}: "
+        f.setdefault("evidence", []).append(f"what-if {_label(w)}: not the cause (with {shown(w['simulation'])}: "
                                             f"{w['why']})")
         f["not_the_cause"] = True
         down.append(f)
     report["findings"] = keep + down
 
 
-def _try(finding: dict, current: dict, patches: list[Patch], rerun, announce, number: int):
-    """One wall: (its verdict fields, the re-run's report or None, the simulation's patches)."""
+def _label(entry: dict) -> str:
+    """A wall ("wall 2") or a finding tested beside the walls ("test 1, beside walls 1-2")."""
+    if "wall" in entry:
+        return f"wall {entry['wall']}"
+    on = entry.get("on_walls") or []
+    return f"test {entry.get('test')}" + (f", with the fix of wall {on[0]}" if len(on) == 1 else
+                                          f", with the fixes of walls {', '.join(map(str, on))}" if on else
+                                          ", on the first run")
+
+
+def _try(finding: dict, current: dict, patches: list[Patch], rerun, announce, label: str):
+    """One wall or test: (its verdict fields, the re-run's report or None, the simulation's patches)."""
     sims, why = simulation(finding, current)
     if sims is None:
         return {"verdict": "cannot simulate", "why": why, "simulation": None}, None, []
     words = as_words(sims)
     if announce is not None:
-        announce(number, shown(words))
+        announce(label, shown(words))
     try:
         after = rerun(merged(patches + sims))
     except Unmergeable as exc:
@@ -386,6 +424,11 @@ def _try(finding: dict, current: dict, patches: list[Patch], rerun, announce, nu
         # arguments, or could not reach the call): no verdict from a run that simulated nothing
         return {"verdict": "cannot simulate", "simulation": words,
                 "why": f"cuda-patch {untouched[0]} did not change its result in the re-run"}, None, sims
+    if not any(_patched(after, sim[0]) for sim in sims):
+        # the re-run never reached the call the simulation answers: it ran unchanged, and failing
+        # the same way then says nothing of the finding (never "not the cause" on that strength)
+        return {"verdict": "cannot simulate", "simulation": words,
+                "why": f"the re-run never reached {sims[0][0]}: nothing was simulated"}, None, sims
     judged, why = verdict(current, after, [sim[0] for sim in sims])
     return {"verdict": judged, "why": why, "simulation": words, "error_after": error_text(after),
             "status_after": after.get("status"),
@@ -399,11 +442,19 @@ def _claims_the_error(finding: dict) -> bool:
 
 
 def _made_but_not_patched(report: dict, function: str) -> bool:
+    if function.startswith("env:"):
+        return not _patched(report, function)
+    calls = [c for c in report.get("calls") or [] if c.get("function") == function]
+    return bool(calls) and not _patched(report, function)
+
+
+def _patched(report: dict, function: str) -> bool:
+    """cuda-patch FUNCTION changed something in REPORT's run: a call's result (cuda-patch records
+    each answer it gave as a call with patched_from), or a child's variable at its exec."""
     if function.startswith("env:"):  # an environment rewrite says so in the notes when it is made
         name = function[4:]
-        return not any(f"started with {name}=" in n and ", rewritten to " in n for n in report.get("notes") or [])
-    calls = [c for c in report.get("calls") or [] if c.get("function") == function]
-    return bool(calls) and not any(c.get("patched_from") is not None for c in calls)
+        return any(f"started with {name}=" in n and ", rewritten to " in n for n in report.get("notes") or [])
+    return any(c.get("function") == function and c.get("patched_from") is not None for c in report.get("calls") or [])
 
 
 def error_text(report: dict) -> str | None:
@@ -485,22 +536,30 @@ def _same_words(finding: dict) -> tuple:
     return finding.get("rule"), re.sub(r"\b0x[0-9a-f]{5,}\b", "0x...", summary)  # load addresses move between runs
 
 
-def render(walls: list[dict], seconds: float) -> list[str]:
-    out = ["", f"What-if: each finding's fix simulated and the program run again ({len(walls)} wall(s), "
+def render(walls: list[dict], seconds: float, tested: list[dict] = ()) -> list[str]:
+    also = f", {len(tested)} other finding(s) tested beside them" if tested else ""
+    out = ["", f"What-if: each finding's fix simulated and the program run again ({len(walls)} wall(s){also}, "
                f"{seconds:.1f} s in all)"]
     for w in walls:
-        head = f"wall {w['wall']}: {w['summary']}"
-        if w["verdict"] == "cannot simulate":
-            out.append(f"{head} -- cannot simulate: {w['why']}")
-        else:
-            out.append(f"{head} -- {w['verdict']} (with {shown(w['simulation'])}: {w['why']})")
+        out.append(_line(f"wall {w['wall']}: {w['summary']}", w))
     last = walls[-1] if walls else None
     if last and last["verdict"] == "proven" and last.get("status_after") == 0 and not last.get("rules_after"):
         proven = sum(w["verdict"] == "proven" for w in walls)
         fixes = f"the {proven} simulated fixes" if proven > 1 else "the simulated fix"
         out.append(f"no wall left: with {fixes} above, CUDA initialised and the run met no finding (make "
                    f"{'them' if proven > 1 else 'it'} in the shim, then run again to see it for real)")
+    for t in tested:
+        on = t.get("on_walls") or []
+        where = (f"with wall {on[0]}'s fix" if len(on) == 1 else
+                 f"with walls {', '.join(map(str, on))}'s fixes" if on else "on the first run")
+        out.append(_line(f"also tested ({where}): {t['summary']}", t))
     return out
+
+
+def _line(head: str, entry: dict) -> str:
+    if entry["verdict"] == "cannot simulate":
+        return f"{head} -- cannot simulate: {entry['why']}"
+    return f"{head} -- {entry['verdict']} (with {shown(entry['simulation'])}: {entry['why']})"
 
 
 def shown(simulation: list[str]) -> str:

@@ -64,14 +64,14 @@ class CudaWhatif(Command):
             def rerun(patches):
                 return _one_run(os.path.join(tmp, f"run-{next(runs)}.json"), patches, args.timeout)
 
-            def announce(number, words):
-                gdb.write(f"cuda-whatif: wall {number}: {words}\n")
+            def announce(label, words):
+                gdb.write(f"cuda-whatif: {label}: {words}\n")
 
-            report["walls"] = walls_mod.chain(report, rerun, args.max_walls, announce)
-            walls_mod.rank(report, report["walls"])
+            report["walls"], report["tested"] = walls_mod.prove(report, rerun, args.max_walls, announce)
+            walls_mod.rank(report, report["walls"], report["tested"])
         report["walls_s"] = round(time.monotonic() - started, 1)
         session.print_report(report, "auto", False)
-        for line in walls_mod.render(report["walls"], report["walls_s"]):
+        for line in walls_mod.render(report["walls"], report["walls_s"], report["tested"]):
             gdb.write(line + "\n")
         if args.json:
             try:
