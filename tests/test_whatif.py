@@ -59,6 +59,49 @@ def test_a_lookup_miss_cudart_tolerates_is_tested_and_ranked_down(stack, probe, 
     assert "1 other finding(s) tested beside them" in proc.stdout
 
 
+def test_a_device_count_ggml_cannot_take_is_answered_with_one_device(stack, probe, tmp_path):
+    """The fake runtime over the seed shim. 99999 devices: ggml aborts on its 16-device assertion,
+    with no CUDA error written; answered with one device the run initialises and meets no wall.
+    0 devices with success: answered with one, ggml asks that device's properties, which the fake
+    (having none) refuses: the failed call, the cudaError ggml's CUDA_CHECK aborted on, is the next
+    wall, ranked before the abort; answering it alone is not enough (the next device call fails the
+    same way), which is what a runtime with no device does."""
+    from conftest import FAKERT
+
+    def run(count):
+        env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=SEED, GGML_CUDA_LIB=stack.ggml_cuda, FAKERT_LAYOUT="good",
+                       FAKERT_DEVICES=count)
+        return run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
+
+    proc, report = run(99999)
+    (wall,) = report["walls"]
+    assert (wall["rule"], wall["verdict"]) == ("device-count", "proven"), wall
+    assert wall["simulation"] == ["cuda-patch", "cudaGetDeviceCount", "--return", "SUCCESS", "--out", "0=1"]
+    assert wall["status_after"] == 0 and wall["rules_after"] == []
+    assert report["tested"] == []
+    proc, report = run(0)
+    w1, w2 = report["walls"]
+    assert (w1["rule"], w1["verdict"]) == ("device-count", "proven"), w1
+    assert w1["error_before"] is None and w1["error_after"].startswith("CUDA error: fakert"), w1
+    assert w1["rules_after"][:2] == ["device-without-properties", "killed-by-signal"], w1
+    assert (w2["rule"], w2["verdict"]) == ("device-without-properties", "cannot simulate"), w2
+    assert "answering cudaGetDeviceProperties_v2 alone is not enough: the next call, cudaDeviceGetAttribute" in w2["why"]
+
+
+def test_properties_that_describe_nothing_are_answered_and_proven(stack, probe, tmp_path):
+    """The fake runtime's all-zero cudaDeviceProp: a name, 8.9 and 8 GiB written into the struct
+    for that device; ggml then registers it, and no wall is left."""
+    from conftest import FAKERT
+
+    env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=SEED, GGML_CUDA_LIB=stack.ggml_cuda, FAKERT_LAYOUT="zero")
+    proc, report = run_report(tmp_path, [probe], env, extra=["--what-if"], timeout=300)
+    (wall,) = report["walls"]
+    assert (wall["rule"], wall["verdict"]) == ("device-without-properties", "proven"), wall
+    assert wall["simulation"][:4] == ["cuda-patch", "cudaGetDeviceProperties_v2", "--return", "SUCCESS"]
+    assert "0.major=8" in wall["simulation"] and wall["simulation"][-2:] == ["--if", "$rsi == 0"]
+    assert wall["status_after"] == 0 and wall["rules_after"] == []
+
+
 def test_memory_queries_past_init_are_two_proven_walls(tmp_path):
     """The road past init (#19): the context first, then the memory query, each proven by its re-run;
     with both answered the discovery meets no wall. The runs' pids differ: that alone is no change."""

@@ -87,7 +87,9 @@ def rule_device_without_properties(tl: Timeline) -> list[Finding]:
                 + [("ggml aborts its init with 'CUDA error' when this call fails" if c.failed else
                     "ggml registers the device as it is: an empty name, compute capability 0.0, VRAM: 0 MiB; ollama "
                     "filters it ('didn't fully initialize') and reports library=cpu, total_vram=\"0 B\"")],
-                fix="implement cudaGetDeviceProperties_v2 for every device the count admits: " + PROP_FIX, pid=pid))
+                fix="implement cudaGetDeviceProperties_v2 for every device the count admits: " + PROP_FIX, pid=pid,
+                # its failure is the cudaError ggml's CUDA_CHECK aborted on: this finding, not the abort, first
+                explains=c.result if c.failed and isinstance(c.result, int) else None))
     return out
 
 

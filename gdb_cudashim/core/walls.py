@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .calls import VMM_ATTRIBUTE
+from .rules_absent import GGML_CUDA_MAX_DEVICES
 
 # init calls whose failure a stand-in result can lift, with the out-parameters a success needs
 _SUCCESS_OUTS = {
@@ -70,6 +71,8 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
         return _one(_success_for_first_failure(report, pid, _MEMORY_OUTS))
     if rule == "nvml-driver-version":
         return [["nvmlSystemGetDriverVersion", "--return", "SUCCESS", "--out", f"0=str:{DRIVER_VERSION_TEXT}"]], None
+    if rule == "device-count":
+        return _count(report, pid)
     if rule == "device-uuid-zero":
         return _uuid(report, pid)
     if rule == "device-compute-capability":
@@ -78,6 +81,8 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
         return _memory(report, pid)
     if rule == "device-empty-name":
         return _name(report, pid)
+    if rule == "device-without-properties":
+        return _properties(report, pid)
     if rule == "visible-devices":
         return _visible(finding, report)
     if rule == "missing-cuGetProcAddress_v2":
@@ -155,6 +160,17 @@ def _calls(report: dict, pid, functions) -> list[dict]:
             and c.get("function") in functions and c.get("returned")]
 
 
+def _count(report: dict, pid):
+    """A device count ggml cannot take (0 or negative with success, more than its 16), answered as
+    a shim with one device would: success, *count = 1, in the call that gave the count."""
+    bad = next((c for c in _calls(report, pid, ("cudaGetDeviceCount", "cuDeviceGetCount"))
+                if c.get("result") == 0 and isinstance((c.get("args") or {}).get("count"), int)
+                and not 0 < c["args"]["count"] <= GGML_CUDA_MAX_DEVICES), None)
+    if bad is None:
+        return None, "the call that answered the device count is not in the report"
+    return [[bad["function"], "--return", "SUCCESS", "--out", "0=1"]], None
+
+
 def _uuid(report: dict, pid):
     zero = next((c for c in _calls(report, pid, ("cuDeviceGetUuid_v2", "cuDeviceGetUuid"))
                  if (c.get("args") or {}).get("uuid", {}).get("zero")), None)
@@ -225,6 +241,21 @@ def _memory(report: dict, pid):
             patches.append([fn, "--return", "SUCCESS", "--out", f"1.total={DEVICE_BYTES}",
                             "--out", f"1.free={DEVICE_BYTES}", "--out", "1.used=0"])
     return (patches, None) if patches else (None, "the calls that answered 0 bytes are not in the report")
+
+
+def _properties(report: dict, pid):
+    """cudaGetDeviceProperties_v2 that failed or described nothing, answered with what ggml's init
+    reads first: a name, a compute capability (8.9; a backend built for newer meets its own wall
+    next, simulated as such), the device's memory. The fields not named keep what the call left."""
+    from .devprops import is_blank
+
+    call = next((c for c in _calls(report, pid, ("cudaGetDeviceProperties_v2",))
+                 if c.get("result") != 0 or is_blank((c.get("args") or {}).get("prop") or {})), None)
+    if call is None:
+        return None, "the cudaGetDeviceProperties_v2 call that described nothing is not in the report"
+    return [[call["function"], "--return", "SUCCESS", "--out", f"0.name=str:{DEVICE_NAME}", "--out", "0.major=8",
+             "--out", "0.minor=9", "--out", f"0.totalGlobalMem={DEVICE_BYTES}",
+             *_for_device((call.get("args") or {}).get("device"))]], None
 
 
 def _name(report: dict, pid):
