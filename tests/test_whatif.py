@@ -90,7 +90,8 @@ def test_a_device_count_ggml_cannot_take_is_answered_with_one_device(stack, prob
 
 def test_properties_that_describe_nothing_are_answered_and_proven(stack, probe, tmp_path):
     """The fake runtime's all-zero cudaDeviceProp: a name, 8.9 and 8 GiB written into the struct
-    for that device; ggml then registers it, and no wall is left."""
+    for that device; ggml then registers it, and no wall is left. With no error text on either
+    side, the evidence is the program's own output in the init window, which the report keeps."""
     from conftest import FAKERT
 
     env = env_with(LD_PRELOAD=FAKERT, LD_LIBRARY_PATH=SEED, GGML_CUDA_LIB=stack.ggml_cuda, FAKERT_LAYOUT="zero")
@@ -100,6 +101,10 @@ def test_properties_that_describe_nothing_are_answered_and_proven(stack, probe, 
     assert wall["simulation"][:4] == ["cuda-patch", "cudaGetDeviceProperties_v2", "--return", "SUCCESS"]
     assert "0.major=8" in wall["simulation"] and wall["simulation"][-2:] == ["--if", "$rsi == 0"]
     assert wall["status_after"] == 0 and wall["rules_after"] == []
+    # not only the finding gone: what ggml itself wrote in the init window differs, and the wall says so
+    assert "the program's output changed: 'ggml_cuda_init: found 1 CUDA devices (Total VRAM: 0 MiB):' became " \
+           "'ggml_cuda_init: found 1 CUDA devices (Total VRAM: 8192 MiB):'" in wall["why"], wall["why"]
+    assert any("Device 0: , compute capability 0.0" in o["text"] for o in report["output"]), report["output"]
 
 
 def test_memory_queries_past_init_are_two_proven_walls(tmp_path):

@@ -22,6 +22,9 @@ SCHEMA = 3
 READABLE_SCHEMAS = (1, 2, 3)
 
 
+OUTPUT_WRITES, OUTPUT_TEXT = 128, 400
+
+
 def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
     errors = []
     for w in tl.errors:
@@ -39,6 +42,9 @@ def build(tl: Timeline, findings: list[Finding], hang=None, meta=None) -> dict:
         "status": status,
         "meta": meta or {},
         "errors": errors,
+        # what the program wrote inside the capture windows (ggml's "Device 0: ..." lines): what-if
+        # compares it between runs; bounded, as the windows are
+        "output": [{"pid": w.pid, "fd": w.fd, "text": w.text[:OUTPUT_TEXT]} for w in tl.writes[:OUTPUT_WRITES]],
         "calls": [event_to_dict(c) for c in tl.calls],
         "lookups": [event_to_dict(l) for l in tl.lookups],
         "loads": [event_to_dict(l) for l in tl.loads],

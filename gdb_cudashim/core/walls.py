@@ -525,9 +525,37 @@ def verdict(before: dict, after: dict, functions: list[str] | None = None) -> tu
     if _same_words(first_before) != _same_words(first_after):
         went = (f"its first finding is now {first_after.get('rule')}: {first_after.get('summary')}"
                 if first_after else "no finding is left")
-        return "proven", ("the same text, but " if now else "") + f"the run went further ({went})"
+        return "proven", (("the same text, but " if now else "") + f"the run went further ({went})"
+                          + _output_change(before, after))
     return "not the cause", (f"the run failed the same way ({now!r})" if now else
                              "the run failed the same way (the same first finding, no error text)")
+
+
+def _output_change(before: dict, after: dict) -> str:
+    """'; the program's output changed: A became B' (the first line of the capture windows that
+    differs: ggml's "Device 0: ..." lines), or '' when nothing it wrote there differs or nothing
+    was captured. The evidence that the program, not only the finding, behaved differently."""
+    was, now = _output_lines(before), _output_lines(after)
+    if was == now:
+        return ""
+    for a, b in zip(was + [None] * len(now), now + [None] * len(was)):
+        if a != b:
+            show = (lambda t: repr(t) if t is not None else "nothing")
+            return f"; the program's output changed: {show(a)} became {show(b)}"
+    return ""
+
+
+def _output_lines(report: dict) -> list[str]:
+    import re
+
+    lines = []
+    for w in report.get("output") or []:
+        for line in (w.get("text") or "").splitlines():
+            line = re.sub(r"\b0x[0-9a-f]{5,}\b", "0x...", line.strip())  # addresses move between runs
+            line = re.sub(r"^\d+\.\d+\.\d+\.\d+ ", "", line)  # llama.cpp's log time stamp
+            if line:
+                lines.append(line)
+    return lines
 
 
 def _same_failure_next(before: dict, after: dict, functions: list[str]) -> str | None:

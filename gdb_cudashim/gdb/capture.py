@@ -30,6 +30,7 @@ EXIT_FUNCTIONS = ("_exit", *GO_EXITS)  # a process's end (handlers.ExitBreakpoin
 FATAL_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 15: "SIGTERM"}
 ENOSYS = 38
 WRITES_AFTER_FAILED_LOAD = 16  # the window after a CUDA library fails to load
+KEPT_OUTPUT = 256  # the window's other writes kept as text, per run
 WRITES_AFTER_FAILED_INIT = 64  # after a failed init with no error text yet: the log thread's writes
 _CATCH_ARCH: dict[int, str] = {}
 # The end of our breakpoints' command lists. gdb runs them after a gdb.execute() returns, with
@@ -53,6 +54,7 @@ class Capture:
         self.landing: int | None = None  # the victim of the pending kill, when gdb lands it (land_kill)
         self.exiting: tuple[int, int] | None = None  # (pid, exit code) of a process let go at its exit
         self.kills_seen: set[tuple[int, int, int]] = set()  # (sender, victim, signal) already recorded
+        self.kept_output = 0  # the window's writes that are not an error's, kept as text (KEPT_OUTPUT at most)
         self.closed_at: dict[int, int] = {}  # pid -> when its first init window closed (CLOCK_MONOTONIC ns)
 
     def after_failed_load(self, pid):
@@ -193,6 +195,13 @@ class Capture:
             return False
         text = data.decode("utf-8", "replace")
         if not self.tracer.timeline.matches_error(text):
+            if fd in (1, 2) and self.kept_output < KEPT_OUTPUT:
+                # the program's own words inside the window ("Device 0: ..."): kept as text only
+                # (no backtrace, no drain: no cost past the stop we are in), for the rules' evidence
+                # and what-if's comparison of two runs
+                self.kept_output += 1
+                self.tracer.timeline.add(Write(seq=self.tracer.timeline.next_seq(), pid=pid, tid=tid, fd=fd,
+                                               text=text[:4096], via=via))
             return False
         self.tracer.recording.drain(pid)  # what it recorded itself comes before the error text
         frames = [Frame(function=f, library=lib, pc=pc, where=where) for f, lib, pc, where in memory.backtrace()]
