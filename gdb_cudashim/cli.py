@@ -1109,7 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--what-if", action="store_true",
                    help="then test each finding: simulate its fix (cuda-patch), run again, say whether the error went "
                         "away or changed (proven) or not (not the cause), and show the next wall")
-    r.add_argument("--max-walls", type=int, default=5, metavar="N", help="with --what-if: at most N walls (default 5)")
+    r.add_argument("--max-walls", type=int, default=5, metavar="N", help="with --what-if: at most N walls (default 5), and N other findings tested beside them")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]")
     r.set_defaults(func=cmd_run)
 

@@ -326,3 +326,60 @@ def test_ggml_abort_messages_are_filled_as_printf_would():
     assert format_printf("%s and %s", [0x2000, 0], strings.get) == "(unreadable) and (null)"
     assert format_printf("x%ny %f %d", [0x3000, 5], strings.get) == "xy ? 5"
     assert format_printf("%d %d", [1], strings.get) == "1 %d"  # no argument seen for it: left as written
+
+
+def _whatif_report(findings, error, calls=()):
+    return {"findings": [dict(f) for f in findings], "calls": list(calls), "status": 1,
+            "errors": [{"text": error + "\n"}] if error else []}
+
+
+_TABLE = {"rule": "missing-cuGetExportTable", "summary": "libcuda.so.1 does not export cuGetExportTable",
+          "explains": 36, "evidence": []}
+_NVML = {"rule": "nvml-driver-version", "summary": "nvmlSystemGetDriverVersion answered '12.4'", "evidence": []}
+_ERR36 = "ggml_cuda_init: failed to initialize CUDA: API call is not supported in the installed CUDA driver"
+
+
+def test_a_finding_behind_a_standing_wall_is_not_the_cause_of_that_error_only():
+    """core/walls.prove with a re-run stand-in (no gdb: the verdict logic): the chain ends at a wall
+    nothing simulates; the finding behind it, re-run with its own fix applied, fails the same way:
+    not the cause of that error, in those words, and ranked down."""
+    from gdb_cudashim.core import walls
+
+    first = _whatif_report([_TABLE, _NVML], _ERR36)
+    runs = []
+
+    def rerun(patches):
+        runs.append(patches)
+        return _whatif_report([_TABLE], _ERR36, calls=[{"function": "nvmlSystemGetDriverVersion", "returned": True,
+                                                        "result": 0, "patched_from": 0}])
+
+    chain, tested = walls.prove(first, rerun, 5)
+    assert [(w["rule"], w["verdict"]) for w in chain] == [("missing-cuGetExportTable", "cannot simulate")]
+    (t,) = tested
+    assert (t["rule"], t["verdict"], t["on_walls"]) == ("nvml-driver-version", "not the cause", [])
+    assert "wall 1 still stands in front of it (cannot simulate): not the cause of this error" in t["why"]
+    assert runs == [[["nvmlSystemGetDriverVersion", "--return", "SUCCESS", "--out", "0=str:570.133.20"]]]
+    walls.rank(first, chain, tested)
+    assert first["findings"][-1]["not_the_cause"] and "what-if test 1, on the first run" in first["findings"][-1]["evidence"][-1]
+
+
+def test_a_re_run_that_never_reached_the_simulated_call_gives_no_verdict():
+    from gdb_cudashim.core import walls
+
+    first = _whatif_report([_TABLE, _NVML], _ERR36)
+    chain, (t,) = walls.prove(first, lambda patches: _whatif_report([_TABLE], _ERR36), 5)
+    assert t["verdict"] == "cannot simulate" and "never reached nvmlSystemGetDriverVersion" in t["why"]
+    walls.rank(first, chain, [t])
+    assert "not_the_cause" not in first["findings"][-1]
+
+
+def test_a_chain_cut_by_the_wall_limit_tests_nothing_beside_it():
+    """--max-walls 1: wall 1 proven, its re-run's first finding untried stands in front of the rest."""
+    from gdb_cudashim.core import walls
+
+    old = {"rule": "driver-version", "summary": "the driver reports version 11080 (11080)", "evidence": []}
+    first = _whatif_report([old], "ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient")
+    after = _whatif_report([_TABLE, _NVML], _ERR36, calls=[{"function": "cuDriverGetVersion", "returned": True,
+                                                             "result": 0, "patched_from": 0}])
+    chain, tested = walls.prove(first, lambda patches: after, 1)
+    assert [(w["rule"], w["verdict"]) for w in chain] == [("driver-version", "proven")] and tested == []

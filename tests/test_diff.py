@@ -233,8 +233,9 @@ def test_check_refuses_in_one_line(bad, words):
 
 
 def test_walls_and_the_findings_tested_beside_them_are_compared_by_verdict():
-    """run --what-if's two lists: a finding tested beside the walls whose verdict differs is its own
-    divergence ("tested 1"), after the walls; a schema 2 report (no "tested") compares its walls only."""
+    """run --what-if's two lists: the walls place by place (a chain), the findings tested beside them
+    by finding (a set: one more in front shifts nothing), after the walls; a schema 2 report (no
+    "tested") compares its walls only."""
     wall = {"wall": 1, "rule": "driver-version", "summary": "11.8", "verdict": "proven", "why": "gone",
             "simulation": ["cuda-patch", "cuDriverGetVersion"]}
     test = {"test": 1, "rule": "missing-cuGetProcAddress_v2", "summary": "no v2", "verdict": "not the cause",
@@ -244,7 +245,13 @@ def test_walls_and_the_findings_tested_beside_them_are_compared_by_verdict():
     diff.check(ref, "REF")
     (d,) = diff.compare(ref, run)
     assert (d.kind, d.event, d.subject, d.ref, d.run) == (
-        "differs", "wall", "tested 1", "missing-cuGetProcAddress_v2: not the cause", "missing-cuGetProcAddress_v2: proven")
+        "differs", "wall", "tested: missing-cuGetProcAddress_v2", "missing-cuGetProcAddress_v2: not the cause",
+        "missing-cuGetProcAddress_v2: proven")
+    other = test | {"test": 1, "rule": "device-uuid-zero", "summary": "zero"}  # one more in front: no shift
+    run = report([start(2, "/p")]) | {"walls": [wall], "tested": [other, test]}
+    (d,) = diff.compare(ref, run)
+    assert (d.kind, d.subject, d.ref, d.run) == ("only-in-run", "tested: device-uuid-zero", None,
+                                                 "device-uuid-zero: not the cause")
     old = report([start(3, "/p")]) | {"schema": 2, "walls": [wall]}
     assert diff.compare(old, run) == []
     with pytest.raises(diff.ReportError, match="tested is malformed at tested\\[0\\]"):

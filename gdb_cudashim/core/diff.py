@@ -422,20 +422,27 @@ def _wall_divergences(ref: dict, run: dict, position: float) -> list[Divergence]
     side) are not compared here; a report from before "tested" (schema 2) has none to compare."""
     if ref.get("walls") is None or run.get("walls") is None:
         return []
+    from .walls import same_words
+
+    pairs = []  # the walls are a chain: compared place by place
+    ref_walls, run_walls = ref["walls"], run["walls"]
+    for n in range(max(len(ref_walls), len(run_walls))):
+        pairs.append((f"wall {n + 1}", ref_walls[n] if n < len(ref_walls) else None,
+                      run_walls[n] if n < len(run_walls) else None))
+    if ref.get("tested") is not None and run.get("tested") is not None:
+        # the findings tested beside them are a set: the same finding (rule and words) in both
+        ref_tested = {same_words(t): t for t in ref["tested"]}
+        run_tested = {same_words(t): t for t in run["tested"]}
+        for key in dict.fromkeys([*ref_tested, *run_tested]):
+            pairs.append((f"tested: {key[0]}", ref_tested.get(key), run_tested.get(key)))
     out = []
-    for key, word in (("walls", "wall"), ("tested", "tested")):
-        ref_walls, run_walls = ref.get(key), run.get(key)
-        if ref_walls is None or run_walls is None:
+    for subject, a, b in pairs:
+        said = [f"{w['rule']}: {w['verdict']}" if w else None for w in (a, b)]
+        if said[0] == said[1]:
             continue
-        for n in range(max(len(ref_walls), len(run_walls))):
-            a = ref_walls[n] if n < len(ref_walls) else None
-            b = run_walls[n] if n < len(run_walls) else None
-            said = [f"{w['rule']}: {w['verdict']}" if w else None for w in (a, b)]
-            if said[0] == said[1]:
-                continue
-            kind = "differs" if a and b else "only-in-ref" if a else "only-in-run"
-            out.append(Divergence(kind, "what-if", "wall", f"{word} {n + 1}", said[0], said[1],
-                                  name=(b or a)["rule"], position=position + len(out)))
+        kind = "differs" if a and b else "only-in-ref" if a else "only-in-run"
+        out.append(Divergence(kind, "what-if", "wall", subject, said[0], said[1],
+                              name=(b or a)["rule"], position=position + len(out)))
     return out
 
 

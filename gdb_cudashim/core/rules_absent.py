@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 from .calls import role_of
 from .finding import Finding, base as _base
@@ -150,7 +151,10 @@ def rule_init_call_failed(tl: Timeline) -> list[Finding]:
         prog = _base(start.detail) if start else "?"
         ev = [f"{c.function}({c.describe_args()}) in {_base(c.library)}, called from {_base(c.caller)}, returned "
               f"{c.result} ({c.result_name})"]
-        said = [w for w in tl.writes if w.pid == c.pid and str(c.result) in w.text][:2]
+        # what the program wrote about it: the result as a number of its own (never the digit of a
+        # time stamp or a device count), in a line naming the call or written as an error
+        said = [w for w in tl.writes if w.pid == c.pid and re.search(rf"(?<![\w.]){c.result}(?![\w.])", w.text)
+                and (c.function in w.text or tl.matches_error(w.text))][:2]
         ev += [f"{prog} wrote: {w.text.strip()!r}" for w in said]
         ev.append(f"pid {c.pid} ({prog}) {_how_it_ended(tl, c.pid)}")
         fix = FIXES.get(c.result if c.spec and c.spec.layer == "driver" else None,

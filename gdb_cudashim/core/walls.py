@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from .calls import VMM_ATTRIBUTE
-from .rules_absent import GGML_CUDA_MAX_DEVICES
 
 # init calls whose failure a stand-in result can lift, with the out-parameters a success needs
 _SUCCESS_OUTS = {
@@ -72,7 +71,7 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
     if rule == "nvml-driver-version":
         return [["nvmlSystemGetDriverVersion", "--return", "SUCCESS", "--out", f"0=str:{DRIVER_VERSION_TEXT}"]], None
     if rule == "device-count":
-        return _count(report, pid)
+        return _count(finding, report, pid)
     if rule == "device-uuid-zero":
         return _uuid(report, pid)
     if rule == "device-compute-capability":
@@ -82,7 +81,7 @@ def simulation(finding: dict, report: dict) -> tuple[list[Patch] | None, str | N
     if rule == "device-empty-name":
         return _name(report, pid)
     if rule == "device-without-properties":
-        return _properties(report, pid)
+        return _properties(finding, report, pid)
     if rule == "visible-devices":
         return _visible(finding, report)
     if rule == "missing-cuGetProcAddress_v2":
@@ -160,12 +159,17 @@ def _calls(report: dict, pid, functions) -> list[dict]:
             and c.get("function") in functions and c.get("returned")]
 
 
-def _count(report: dict, pid):
+def _count(finding: dict, report: dict, pid):
     """A device count ggml cannot take (0 or negative with success, more than its 16), answered as
-    a shim with one device would: success, *count = 1, in the call that gave the count."""
-    bad = next((c for c in _calls(report, pid, ("cudaGetDeviceCount", "cuDeviceGetCount"))
-                if c.get("result") == 0 and isinstance((c.get("args") or {}).get("count"), int)
-                and not 0 < c["args"]["count"] <= GGML_CUDA_MAX_DEVICES), None)
+    a shim with one device would: success, *count = 1, in the call the finding names (its
+    summary: "FUNCTION in LIB reports N CUDA devices")."""
+    import re
+
+    m = re.match(r"(\w+) in \S+ reports (-?\d+) CUDA devices", finding.get("summary") or "")
+    if m is None:
+        return None, "the finding does not name the call that gave the count"
+    bad = next((c for c in _calls(report, pid, (m.group(1),))
+                if c.get("result") == 0 and (c.get("args") or {}).get("count") == int(m.group(2))), None)
     if bad is None:
         return None, "the call that answered the device count is not in the report"
     return [[bad["function"], "--return", "SUCCESS", "--out", "0=1"]], None
@@ -243,14 +247,20 @@ def _memory(report: dict, pid):
     return (patches, None) if patches else (None, "the calls that answered 0 bytes are not in the report")
 
 
-def _properties(report: dict, pid):
+def _properties(finding: dict, report: dict, pid):
     """cudaGetDeviceProperties_v2 that failed or described nothing, answered with what ggml's init
     reads first: a name, a compute capability (8.9; a backend built for newer meets its own wall
     next, simulated as such), the device's memory. The fields not named keep what the call left."""
+    import re
+
     from .devprops import is_blank
 
+    m = re.search(r"\(device=(\d+)\)", finding.get("summary") or "")
+    device = int(m.group(1)) if m else None
     call = next((c for c in _calls(report, pid, ("cudaGetDeviceProperties_v2",))
-                 if c.get("result") != 0 or is_blank((c.get("args") or {}).get("prop") or {})), None)
+                 if (device is None or (c.get("args") or {}).get("device") == device)
+                 and (c.get("result") != 0 or isinstance((c.get("args") or {}).get("prop"), dict)
+                      and is_blank(c["args"]["prop"]))), None)
     if call is None:
         return None, "the cudaGetDeviceProperties_v2 call that described nothing is not in the report"
     return [[call["function"], "--return", "SUCCESS", "--out", f"0.name=str:{DEVICE_NAME}", "--out", "0.major=8",
@@ -360,7 +370,7 @@ def prove(report: dict, rerun, max_walls: int, announce=None) -> tuple[list[dict
     while len(walls) < max_walls and not ended:
         progressed = False
         for f in current.get("findings") or []:
-            key = _same_words(f)  # the same finding in a re-run (another pid) is not a new wall
+            key = same_words(f)  # the same finding in a re-run (another pid) is not a new wall
             if key in tried or len(walls) >= max_walls:
                 continue
             tried.add(key)
@@ -378,24 +388,33 @@ def prove(report: dict, rerun, max_walls: int, announce=None) -> tuple[list[dict
                 break
         if not progressed:
             break
-    return walls, _beside(current, patches, tried, walls, rerun, max_walls, announce)
+    if not ended and len(walls) >= max_walls and any(same_words(f) not in tried for f in current.get("findings") or []):
+        return walls, []  # cut by the limit: the next wall stands untried in front of every other finding
+    standing = walls[-1] if ended else None
+    return walls, _beside(current, patches, tried, walls, standing, rerun, max_walls, announce)
 
 
-def _beside(current: dict, patches: list[Patch], tried: set, walls: list[dict], rerun, limit: int,
-            announce) -> list[dict]:
+def _beside(current: dict, patches: list[Patch], tried: set, walls: list[dict], standing: dict | None, rerun,
+            limit: int, announce) -> list[dict]:
     """The findings of CURRENT (the chain's last run) that no wall reached, each with its fix
     simulated alone on top of PATCHES (the proven walls' fixes) and judged against CURRENT.
-    Those that cannot be simulated are not re-run: the diagnosis already says what they are."""
+    Those that cannot be simulated are not re-run: the diagnosis already says what they are.
+    STANDING: the wall that ended the chain (the printed error's own cause, which nothing
+    simulates); a finding that fails the same way behind it is not the cause of that error, and
+    says so in those words: what it does once that wall is fixed no run here can show."""
     on = [w["wall"] for w in walls if w.get("verdict") == "proven"]
     tested: list[dict] = []
     for f in current.get("findings") or []:
-        key = _same_words(f)
+        key = same_words(f)
         if key in tried or len(tested) >= limit or simulation(f, current)[0] is None:
             continue
         tried.add(key)
         entry = {"test": len(tested) + 1, "rule": f.get("rule"), "summary": f.get("summary"),
                  "error_before": error_text(current), "on_walls": on}
         fields, _after, _sims = _try(f, current, patches, rerun, announce, "also tested")
+        if fields["verdict"] == "not the cause" and standing is not None:
+            fields["why"] += (f"; wall {standing['wall']} still stands in front of it (cannot simulate): not the cause "
+                              "of this error, which says nothing of what it does once that wall is fixed")
         entry.update(fields)
         tested.append(entry)
     return tested
@@ -409,12 +428,12 @@ def rank(report: dict, walls: list[dict], tested: list[dict] = ()) -> None:
     demoted = {}
     for w in [*walls, *tested]:
         if w.get("verdict") == "not the cause":
-            demoted.setdefault(_same_words({"rule": w.get("rule"), "summary": w.get("summary")}), w)
+            demoted.setdefault(same_words({"rule": w.get("rule"), "summary": w.get("summary")}), w)
     if not demoted:
         return
     keep, down = [], []
     for f in findings:
-        w = demoted.get(_same_words(f))
+        w = demoted.get(same_words(f))
         if w is None:
             keep.append(f)
             continue
@@ -426,7 +445,7 @@ def rank(report: dict, walls: list[dict], tested: list[dict] = ()) -> None:
 
 
 def _label(entry: dict) -> str:
-    """A wall ("wall 2") or a finding tested beside the walls ("test 1, beside walls 1-2")."""
+    """A wall ("wall 2") or a finding tested beside the walls ("test 1, with the fix of wall 1")."""
     if "wall" in entry:
         return f"wall {entry['wall']}"
     on = entry.get("on_walls") or []
@@ -510,10 +529,10 @@ def verdict(before: dict, after: dict, functions: list[str] | None = None) -> tu
             return "cannot simulate", follow
         # the same words, but another cause behind them now: the simulated wall was real, and the next
         # one happens to end in the same message (a driver too old, met once cudart gets its entry points)
-        had = {_same_words(f) for f in before.get("findings") or []}
+        had = {same_words(f) for f in before.get("findings") or []}
         code = _printed_code(after)
         behind = next((f for f in after.get("findings") or [] if code is not None and f.get("explains") == code
-                       and _same_words(f) not in had), None)
+                       and same_words(f) not in had), None)
         if behind is not None:
             return "proven", (f"the same text ({now!r}), but the re-run went further and met another cause behind "
                               f"it: {behind.get('rule')}: {behind.get('summary')}")
@@ -522,7 +541,7 @@ def verdict(before: dict, after: dict, functions: list[str] | None = None) -> tu
         # answer (an init that never ran) may be part of the cause, not simulated by an answer
         return "not the cause", (f"the run failed the same way ({now!r}): the simulated answer alone does not get "
                                  "the program past it")
-    if _same_words(first_before) != _same_words(first_after):
+    if same_words(first_before) != same_words(first_after):
         went = (f"its first finding is now {first_after.get('rule')}: {first_after.get('summary')}"
                 if first_after else "no finding is left")
         return "proven", (("the same text, but " if now else "") + f"the run went further ({went})"
@@ -553,6 +572,9 @@ def _output_lines(report: dict) -> list[str]:
         for line in (w.get("text") or "").splitlines():
             line = re.sub(r"\b0x[0-9a-f]{5,}\b", "0x...", line.strip())  # addresses move between runs
             line = re.sub(r"^\d+\.\d+\.\d+\.\d+ ", "", line)  # llama.cpp's log time stamp
+            # Go's slog (ollama: time=2025-...Z, pid=N) and ISO times differ on every run
+            line = re.sub(r"\b(time|pid)=\S+", r"\1=...", line)
+            line = re.sub(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?", "...", line)
             if line:
                 lines.append(line)
     return lines
@@ -587,7 +609,7 @@ def _texts(report: dict) -> list[str]:
     return [e.get("text", "").strip() for e in report.get("errors") or []]
 
 
-def _same_words(finding: dict) -> tuple:
+def same_words(finding: dict) -> tuple:
     """A finding as two runs can compare it: its rule and summary without process ids."""
     import re
 

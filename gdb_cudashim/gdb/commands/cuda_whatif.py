@@ -33,7 +33,7 @@ class CudaWhatif(Command):
     def build(cls, p):
         p.epilog = ("Runs the program loaded with 'file' (and its 'set args', 'set environment') from the start, "
                     "several times.\nThe same as 'gdb-cudashim run --what-if' outside gdb.")
-        p.add_argument("--max-walls", type=int, default=5, metavar="N", help="at most N walls (default 5)")
+        p.add_argument("--max-walls", type=int, default=5, metavar="N", help="at most N walls (default 5), and N other findings tested beside them")
         p.add_argument("--timeout", type=float, metavar="S", help="each run: stop after S seconds and report the hang")
         p.add_argument("--json", metavar="FILE", help="write the first run's report, with its walls, to FILE")
 
