@@ -207,11 +207,13 @@ _TIMESTAMP = re.compile(r"^\d+\.\d+\.\d+\.\d+ [A-Z] ", re.M)  # llama.cpp's comm
 _PATH = re.compile(r"(?:/[^\s/:'\"()]+)+/([^\s/:'\"()]+)")
 _HEX = re.compile(r"0x[0-9a-fA-F]{6,}")
 _PID = re.compile(r"\b(pid|tid|thread|process)[ =:]*\d+", re.I)
+# Go's slog (ollama: time=2025-...Z) and ISO times elsewhere
+_TIMES = re.compile(r"\btime=\S+|\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?")
 
 
 def normal_text(text: str) -> str:
     """Error or loader text without what always differs: timestamps, directories, addresses, pids."""
-    text = _TIMESTAMP.sub("", text or "")
+    text = _TIMES.sub("…", _TIMESTAMP.sub("", text or ""))
     text = _PATH.sub(r"\1", text)
     text = _HEX.sub("0x…", text)
     return _PID.sub(r"\1 N", text).rstrip("\n")

@@ -554,29 +554,23 @@ def _output_change(before: dict, after: dict) -> str:
     """'; the program's output changed: A became B' (the first line of the capture windows that
     differs: ggml's "Device 0: ..." lines), or '' when nothing it wrote there differs or nothing
     was captured. The evidence that the program, not only the finding, behaved differently."""
-    was, now = _output_lines(before), _output_lines(after)
-    if was == now:
+    from itertools import zip_longest
+
+    a, b = next(((a, b) for a, b in zip_longest(_output_lines(before), _output_lines(after)) if a != b), (None, None))
+    if a is None and b is None:
         return ""
-    for a, b in zip(was + [None] * len(now), now + [None] * len(was)):
-        if a != b:
-            show = (lambda t: repr(t) if t is not None else "nothing")
-            return f"; the program's output changed: {show(a)} became {show(b)}"
-    return ""
+    return f"; the program's output changed: {repr(a) if a is not None else 'nothing'} became " \
+           f"{repr(b) if b is not None else 'nothing'}"
 
 
 def _output_lines(report: dict) -> list[str]:
-    import re
+    """REPORT's output, line by line, without what differs on every run (diff's normal_text:
+    time stamps, addresses, pids, directories)."""
+    from .diff import normal_text
 
     lines = []
     for w in report.get("output") or []:
-        for line in (w.get("text") or "").splitlines():
-            line = re.sub(r"\b0x[0-9a-f]{5,}\b", "0x...", line.strip())  # addresses move between runs
-            line = re.sub(r"^\d+\.\d+\.\d+\.\d+ ", "", line)  # llama.cpp's log time stamp
-            # Go's slog (ollama: time=2025-...Z, pid=N) and ISO times differ on every run
-            line = re.sub(r"\b(time|pid)=\S+", r"\1=...", line)
-            line = re.sub(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?", "...", line)
-            if line:
-                lines.append(line)
+        lines += [t for t in (normal_text(line).strip() for line in (w.get("text") or "").splitlines()) if t]
     return lines
 
 
