@@ -716,14 +716,24 @@ def _what_if(report: dict, make_cmd_with, env, no_report, args) -> tuple[list[di
 
     started = time.monotonic()
 
+    stopped: list[dict] = []
+
     def rerun(patches):
-        return _gdb_report(make_cmd_with(patches, end_server=True), env, no_report, timeout=args.timeout)
+        after = _gdb_report(make_cmd_with(patches, end_server=True), env, no_report, timeout=args.timeout)
+        if after.get("interrupted"):  # the user's SIGINT/SIGTERM: no verdict from it, and no more runs
+            stopped.append(after)
+            raise walls_mod.Stop
+        return after
 
     def announce(label, words):
         print(f"gdb-cudashim: what-if {label}: {words}", file=sys.stderr)
 
     walls, tested = walls_mod.prove(report, rerun, args.max_walls, announce)
     walls_mod.rank(report, walls, tested)
+    if stopped:  # the what-if was stopped: a partial report, and the signal's exit status
+        report.update(partial=True, interrupted=stopped[0]["interrupted"], exit_signal=stopped[0]["exit_signal"])
+        report.setdefault("notes", []).append(f"what-if stopped by {stopped[0]['interrupted']} during a re-run: "
+                                              "the walls above are those judged before it")
     return walls, tested, round(time.monotonic() - started, 1)
 
 

@@ -383,3 +383,24 @@ def test_a_chain_cut_by_the_wall_limit_tests_nothing_beside_it():
                                                              "result": 0, "patched_from": 0}])
     chain, tested = walls.prove(first, lambda patches: after, 1)
     assert [(w["rule"], w["verdict"]) for w in chain] == [("driver-version", "proven")] and tested == []
+
+
+def test_a_what_if_stopped_or_cut_short_judges_nothing_from_part_of_a_run():
+    """A re-run that did not finish is no evidence ('cannot simulate', never proven); one the user
+    stopped (RERUN raises walls.Stop) ends the what-if with the walls judged before it."""
+    from gdb_cudashim.core import walls
+
+    first = _whatif_report([_TABLE, _NVML], _ERR36)
+    partial = _whatif_report([], None) | {"partial": True, "gdb_died": "gdb was killed by SIGKILL"}
+    chain, (t,) = walls.prove(first, lambda patches: partial, 5)
+    assert t["verdict"] == "cannot simulate" and "did not finish (gdb was killed by SIGKILL)" in t["why"]
+
+    def stopped(patches):
+        raise walls.Stop
+
+    chain, tested = walls.prove(first, stopped, 5)
+    assert [(w["rule"], w["verdict"]) for w in chain] == [("missing-cuGetExportTable", "cannot simulate")]
+    assert tested == []
+    old = {"rule": "driver-version", "summary": "the driver reports version 11080 (11080)", "evidence": []}
+    chain, tested = walls.prove(_whatif_report([old], "insufficient"), stopped, 5)
+    assert chain == [] and tested == []  # the wall in progress is dropped, not left without a verdict

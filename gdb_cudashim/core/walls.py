@@ -362,8 +362,24 @@ def prove(report: dict, rerun, max_walls: int, announce=None) -> tuple[list[dict
     (issue #20 item 1): the lookup miss cudart tolerates, listed below the wall that ended the
     chain, is shown not to be the cause instead of standing there as a second suspect.
     ANNOUNCE(label, the simulation in words) says what is about to run ("wall 2", "also tested").
+    RERUN raises Stop when the user stopped the what-if (SIGINT, SIGTERM): the walls and tests
+    judged so far are kept, the one in progress is dropped.
     One loop for both drivers: the CLI (a gdb per run) and cuda-whatif (runs in the same gdb)."""
     walls: list[dict] = []
+    tested: list[dict] = []
+    try:
+        _prove(report, rerun, max_walls, announce, walls, tested)
+    except Stop:
+        if walls and "verdict" not in walls[-1]:
+            walls.pop()
+    return walls, tested
+
+
+class Stop(Exception):
+    """Raised by a what-if's RERUN: the user stopped it; no further run is made."""
+
+
+def _prove(report: dict, rerun, max_walls: int, announce, walls: list[dict], tested: list[dict]) -> None:
     patches: list[Patch] = []
     current, tried = report, set()
     ended = False
@@ -389,13 +405,13 @@ def prove(report: dict, rerun, max_walls: int, announce=None) -> tuple[list[dict
         if not progressed:
             break
     if not ended and len(walls) >= max_walls and any(same_words(f) not in tried for f in current.get("findings") or []):
-        return walls, []  # cut by the limit: the next wall stands untried in front of every other finding
+        return  # cut by the limit: the next wall stands untried in front of every other finding
     standing = walls[-1] if ended else None
-    return walls, _beside(current, patches, tried, walls, standing, rerun, max_walls, announce)
+    _beside(current, patches, tried, walls, standing, rerun, max_walls, announce, tested)
 
 
 def _beside(current: dict, patches: list[Patch], tried: set, walls: list[dict], standing: dict | None, rerun,
-            limit: int, announce) -> list[dict]:
+            limit: int, announce, tested: list[dict]) -> None:
     """The findings of CURRENT (the chain's last run) that no wall reached, each with its fix
     simulated alone on top of PATCHES (the proven walls' fixes) and judged against CURRENT.
     Those that cannot be simulated are not re-run: the diagnosis already says what they are.
@@ -403,7 +419,6 @@ def _beside(current: dict, patches: list[Patch], tried: set, walls: list[dict], 
     simulates); a finding that fails the same way behind it is not the cause of that error, and
     says so in those words: what it does once that wall is fixed no run here can show."""
     on = [w["wall"] for w in walls if w.get("verdict") == "proven"]
-    tested: list[dict] = []
     for f in current.get("findings") or []:
         key = same_words(f)
         if key in tried or len(tested) >= limit or simulation(f, current)[0] is None:
@@ -417,7 +432,6 @@ def _beside(current: dict, patches: list[Patch], tried: set, walls: list[dict], 
                               "of this error, which says nothing of what it does once that wall is fixed")
         entry.update(fields)
         tested.append(entry)
-    return tested
 
 
 def rank(report: dict, walls: list[dict], tested: list[dict] = ()) -> None:
@@ -468,6 +482,11 @@ def _try(finding: dict, current: dict, patches: list[Patch], rerun, announce, la
         after = str(exc)
     if isinstance(after, str):
         return {"verdict": "cannot simulate", "simulation": words, "why": after}, None, sims
+    if after.get("partial"):
+        # stopped before its end (gdb died, stopped answering): part of a run proves nothing
+        how = after.get("gdb_died") or after.get("interrupted") or "stopped before its end"
+        return {"verdict": "cannot simulate", "simulation": words,
+                "why": f"the re-run did not finish ({how}): no verdict from part of a run"}, None, sims
     untouched = [sim[0] for sim in sims if _made_but_not_patched(after, sim[0])]
     if untouched:
         # the call was made again but its result was not replaced (cuda-patch refused the
